@@ -1,0 +1,46 @@
+# vigil — the two commands a newcomer needs are `make run` and `make test`.
+# Both install what they need first (Debian; run as root or with sudo).
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+VIGIL := target/release/vigil
+
+.PHONY: all deps test-deps build run test bench bench-micro lint fmt clean-state
+
+all: build
+
+# Pingora's zlib-ng (flate2) is built with cmake.
+deps:
+	@command -v cmake >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq cmake; }
+
+# Tools the tests use as peers or checkers: promtool (package prometheus).
+test-deps: deps
+	@command -v promtool >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends prometheus; }
+
+# Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client.
+bench-deps: deps
+	@missing=""; for t in nginx haproxy wrk; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+run: build
+	$(VIGIL) demo
+
+# One profile (release) for the binary, the tests and the benches: Pingora is built once.
+test: test-deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release --workspace
+
+bench: bench-deps build
+	$(CARGO) bench -p vigil-bench
+	bench/run.sh
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

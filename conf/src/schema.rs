@@ -1,0 +1,101 @@
+//! The YAML schema as serde sees it: every key optional, so `validate` can tell a
+//! default from a value the operator wrote and point at the line of the latter.
+//! Unknown keys are not rejected here but collected (see `lib.rs`), so that one pass
+//! reports all of them.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub threads: Option<i64>,
+    pub grace_period: Option<String>,
+    pub listeners: Option<Vec<RawListener>>,
+    pub admin: Option<RawAdmin>,
+    pub checker: Option<RawChecker>,
+    pub metrics: Option<RawMetrics>,
+    pub pools: Option<Vec<RawPool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawListener {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawChecker {
+    pub max_concurrent_checks: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMetrics {
+    pub per_backend: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPool {
+    pub name: Option<String>,
+    pub routes: Option<Vec<RawRoute>>,
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    pub retries: Option<i64>,
+    pub retry_on_status: Option<Vec<i64>>,
+    pub panic_threshold: Option<f64>,
+    pub backends: Option<Vec<RawBackend>>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBackend {
+    pub address: Option<String>,
+    pub weight: Option<i64>,
+}
+
+/// `200` or `"200-399"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStatus {
+    Code(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expected_status: Option<Vec<RawStatus>>,
+    pub expected_body: Option<String>,
+    pub interval: Option<String>,
+    pub fast_interval: Option<String>,
+    pub down_interval: Option<String>,
+    pub backoff_multiplier: Option<f64>,
+    pub max_down_interval: Option<String>,
+    pub jitter: Option<f64>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub reuse_connections: Option<bool>,
+    pub max_connection_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPassive {
+    pub consecutive_failures: Option<i64>,
+    pub ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejected_percent: Option<f64>,
+}

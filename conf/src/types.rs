@@ -1,0 +1,162 @@
+//! The validated configuration: plain data with typed values and every default
+//! filled in. Nothing here can be invalid; `validate` is the only way to build it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub grace_period: Duration,
+    pub listeners: Vec<SocketAddr>,
+    pub admin: AdminConfig,
+    pub checker: CheckerConfig,
+    pub metrics: MetricsConfig,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    /// When set, `POST /admin/*` needs `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckerConfig {
+    pub max_concurrent_checks: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub per_backend: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub routes: Vec<RouteConfig>,
+    pub balance: Balance,
+    pub hash_key: Option<HashKey>,
+    pub retries: u32,
+    pub retry_on_status: Vec<u16>,
+    /// Percent of alive backends below which the pool routes to all of them; 0 = never.
+    pub panic_threshold: f64,
+    pub backends: Vec<BackendConfig>,
+    pub health_check: HealthCheckConfig,
+    pub passive: PassiveConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteConfig {
+    pub host: HostPattern,
+    pub path_prefix: String,
+}
+
+/// Host patterns, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `*`
+    Any,
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastRequests,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Lower-cased header name.
+    Header(String),
+    ClientIp,
+    Path,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// As written in the file: the backend's identity in state, logs and metrics.
+    pub address: String,
+    /// What `address` resolved to at load time.
+    pub socket_addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub kind: CheckKind,
+    pub path: String,
+    pub host: Option<String>,
+    /// Inclusive ranges.
+    pub expected_status: Vec<(u16, u16)>,
+    pub expected_body: Option<String>,
+    pub interval: Duration,
+    pub fast_interval: Duration,
+    pub down_interval: Duration,
+    pub backoff_multiplier: f64,
+    pub max_down_interval: Duration,
+    pub jitter: f64,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub reuse_connections: bool,
+    pub max_connection_age: Duration,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: CheckKind::Http,
+            path: "/health".to_string(),
+            host: None,
+            expected_status: vec![(200, 399)],
+            expected_body: None,
+            interval: Duration::from_secs(5),
+            fast_interval: Duration::from_secs(1),
+            down_interval: Duration::from_secs(5),
+            backoff_multiplier: 2.0,
+            max_down_interval: Duration::from_secs(60),
+            jitter: 0.1,
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+            reuse_connections: true,
+            max_connection_age: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveConfig {
+    /// Connect errors / 5xx in a row that eject; 0 turns passive detection off.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejected_percent: f64,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejected_percent: 50.0,
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Every kind of configuration error, from strings, with its line and column.
+
+use vigil_conf::{from_str, Balance, ConfigErrors, HashKey, HostPattern};
+
+const MINIMAL: &str = "\
+listeners:
+  - address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9901
+pools:
+  - name: web
+    backends:
+      - address: 127.0.0.1:18081
+      - address: 127.0.0.1:18082
+        weight: 2
+";
+
+fn errors(text: &str) -> ConfigErrors {
+    from_str(text, "f.yaml").expect_err("config should be rejected")
+}
+
+/// Asserts that exactly one error sits at LINE:COL and mentions `needle`.
+fn assert_error(text: &str, line: usize, col: usize, needle: &str) {
+    let errs = errors(text);
+    let hit = errs.iter().find(|e| e.line == line && e.col == col);
+    assert!(
+        hit.is_some_and(|e| e.message.contains(needle)),
+        "wanted f.yaml:{line}:{col}: …{needle}…, got:\n{errs}"
+    );
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = from_str(MINIMAL, "f.yaml").unwrap();
+    assert_eq!(c.listeners[0].to_string(), "127.0.0.1:8080");
+    assert_eq!(c.pools.len(), 1);
+    let p = &c.pools[0];
+    assert_eq!(p.balance, Balance::RoundRobin);
+    assert_eq!(p.retries, 2);
+    assert_eq!(p.retry_on_status, vec![502, 503, 504]);
+    assert_eq!(p.routes[0].host, HostPattern::Any);
+    assert_eq!(p.routes[0].path_prefix, "/");
+    assert_eq!(p.backends[1].weight, 2);
+    assert_eq!(p.health_check.rise, 2);
+    assert_eq!(p.health_check.fall, 3);
+    assert_eq!(p.health_check.down_interval, p.health_check.interval);
+    assert_eq!(p.passive.consecutive_failures, 5);
+    assert!(c.metrics.per_backend);
+    assert_eq!(c.checker.max_concurrent_checks, 1024);
+    assert_eq!(c.grace_period.as_secs(), 5);
+}
+
+#[test]
+fn full_file_parses() {
+    let text = "\
+threads: 1
+grace_period: 2s
+listeners:
+  - address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9901
+  token: secret
+checker:
+  max_concurrent_checks: 64
+metrics:
+  per_backend: false
+pools:
+  - name: api_1
+    routes:
+      - host: \"*.Example.com\"
+        path_prefix: /api
+    balance: consistent_hash
+    hash_key: header:X-User-Id
+    retries: 1
+    retry_on_status: [503]
+    panic_threshold: 30
+    backends:
+      - address: localhost:18081
+        weight: 3
+    health_check:
+      type: tcp
+      expected_status: [200, \"300-302\"]
+      interval: 500ms
+      fast_interval: 100ms
+      down_interval: 1s
+      max_down_interval: 10s
+      timeout: 250ms
+      jitter: 0
+      rise: 1
+      fall: 1
+    passive:
+      consecutive_failures: 0
+";
+    let c = from_str(text, "f.yaml").unwrap();
+    let p = &c.pools[0];
+    assert_eq!(c.threads, 1);
+    assert_eq!(c.admin.token.as_deref(), Some("secret"));
+    assert_eq!(p.routes[0].host, HostPattern::Suffix(".example.com".into()));
+    assert_eq!(p.hash_key, Some(HashKey::Header("x-user-id".into())));
+    assert_eq!(p.health_check.expected_status, vec![(200, 200), (300, 302)]);
+    assert_eq!(p.backends[0].socket_addr.to_string(), "127.0.0.1:18081");
+    assert_eq!(p.passive.consecutive_failures, 0);
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_position() {
+    let text = MINIMAL.replace("weight: 2", "weight: 2\n        wieght: 3") + "    colour: blue\n";
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs}");
+    assert_error(&text, 11, 9, "unknown key `wieght`");
+    assert_error(&text, 12, 5, "unknown key `colour`");
+}
+
+#[test]
+fn syntax_and_type_errors_carry_position() {
+    assert_error(
+        &MINIMAL.replace("weight: 2", "weight: two"),
+        10,
+        17,
+        "invalid type",
+    );
+    let broken = MINIMAL.replace("  - name: web", "  - name: [web");
+    let errs = errors(&broken);
+    assert_eq!(errs.len(), 1);
+    assert!(errs.0[0].line >= 6, "{errs}");
+}
+
+#[test]
+fn value_errors() {
+    let cases: &[(&str, &str, usize, usize, &str)] = &[
+        ("weight: 2", "weight: 0", 10, 17, "weight must be between 1"),
+        ("name: web", "name: Web!", 6, 11, "must match [a-z0-9_-]+"),
+        ("127.0.0.1:18082", "127.0.0.1", 9, 18, "needs a port"),
+        (
+            "127.0.0.1:18082",
+            "no-such-host.invalid:80",
+            9,
+            18,
+            "does not parse or resolve",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    balance: fastest",
+            11,
+            14,
+            "unknown balance",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    balance: consistent_hash",
+            11,
+            14,
+            "needs a hash_key",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    hash_key: client_ip",
+            11,
+            15,
+            "only used with balance: consistent_hash",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    balance: consistent_hash\n    hash_key: cookie",
+            12,
+            15,
+            "use header:NAME",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    routes:\n      - host: a*b",
+            12,
+            15,
+            "use exact",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    routes:\n      - path_prefix: api",
+            12,
+            22,
+            "must start with '/'",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    panic_threshold: 120",
+            11,
+            22,
+            "percentage",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    retry_on_status: [700]",
+            11,
+            23,
+            "between 100 and 599",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      rise: 0",
+            12,
+            13,
+            "rise must be between 1",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      fall: 0",
+            12,
+            13,
+            "fall must be between 1",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      jitter: 1.0",
+            12,
+            15,
+            "jitter must be at least 0 and below 1",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      jitter: -0.1",
+            12,
+            15,
+            "jitter",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      timeout: 10s",
+            12,
+            16,
+            "must not exceed interval",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      interval: 5",
+            12,
+            17,
+            "has no unit",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      interval: 5y",
+            12,
+            17,
+            "unknown unit",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      type: udp",
+            12,
+            13,
+            "unknown health check type",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      path: health",
+            12,
+            13,
+            "must start with '/'",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      expected_status: [\"399-200\"]",
+            12,
+            25,
+            "expected_status entry",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      backoff_multiplier: 0.5",
+            12,
+            27,
+            "backoff_multiplier",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    health_check:\n      down_interval: 10s\n      max_down_interval: 5s",
+            13,
+            26,
+            "below down_interval",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    passive:\n      ejection_time: 10s\n      max_ejection_time: 1s",
+            13,
+            26,
+            "below ejection_time",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    passive:\n      max_ejected_percent: 101",
+            12,
+            28,
+            "percentage",
+        ),
+        ("127.0.0.1:9901", "127.0.0.1:8080", 4, 12, "also a listener"),
+    ];
+    for (from, to, line, col, needle) in cases {
+        let text = MINIMAL.replacen(from, to, 1);
+        assert_ne!(text, MINIMAL, "case {to:?} did not change the text");
+        assert_error(&text, *line, *col, needle);
+    }
+}
+
+#[test]
+fn duplicates_and_missing_sections() {
+    let dup_backend = MINIMAL.replace("127.0.0.1:18082", "127.0.0.1:18081");
+    assert_error(&dup_backend, 9, 18, "listed twice");
+    let dup_pool = format!("{MINIMAL}  - name: web\n    backends:\n      - address: 127.0.0.1:1\n");
+    assert_error(&dup_pool, 11, 11, "used twice");
+    assert_error(&dup_pool, 11, 5, "already routed");
+    assert_error("pools: []\nlisteners: []\n", 1, 8, "at least one pool");
+    assert_error("pools: []\nlisteners: []\n", 2, 12, "at least one address");
+    assert_error("threads: 0\n", 1, 10, "threads must be between 1");
+    assert_error("", 1, 1, "empty");
+}
+
+#[test]
+fn all_errors_at_once_sorted_by_position() {
+    let text = MINIMAL
+        .replace(
+            "weight: 2",
+            "weight: 0\n    health_check:\n      rise: 0\n      jitter: 2",
+        )
+        .replace("name: web", "name: WEB");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 4, "{errs}");
+    let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![6, 10, 12, 13]);
+    let printed = errs.to_string();
+    assert!(
+        printed.lines().all(|l| l.starts_with("f.yaml:")),
+        "{printed}"
+    );
+}

@@ -1,0 +1,110 @@
+//! Passive ejection policy: pure arithmetic, applied by the backend's task.
+//!
+//! Each ejection lasts `ejection_time × 2^(n-1)` for the n-th ejection in a series,
+//! capped at `max_ejection_time`. The series decays: every `ejection_time` without an
+//! ejection forgives one step, so a backend that misbehaved once last hour starts over.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassivePolicy {
+    /// Failures in a row on live traffic that eject; 0 disables passive ejection.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    /// Never eject more than this share of a pool, in percent.
+    pub max_ejected_percent: f64,
+}
+
+impl Default for PassivePolicy {
+    fn default() -> Self {
+        PassivePolicy {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejected_percent: 50.0,
+        }
+    }
+}
+
+impl PassivePolicy {
+    pub fn enabled(&self) -> bool {
+        self.consecutive_failures > 0
+    }
+
+    /// Length of an ejection when `previous` ejections are still on record.
+    pub fn ejection_duration(&self, previous: u32) -> Duration {
+        let factor = 2f64.powi(previous.min(32) as i32);
+        let d = self.ejection_time.as_secs_f64() * factor;
+        if d.is_finite() && d < self.max_ejection_time.as_secs_f64() {
+            Duration::from_secs_f64(d)
+        } else {
+            self.max_ejection_time.max(self.ejection_time)
+        }
+    }
+
+    /// Ejections still on record after `clean_for` without one.
+    pub fn decayed(&self, count: u32, clean_for: Duration) -> u32 {
+        if self.ejection_time.is_zero() {
+            return 0;
+        }
+        let steps = (clean_for.as_secs_f64() / self.ejection_time.as_secs_f64()) as u64;
+        count.saturating_sub(steps.min(u32::MAX as u64) as u32)
+    }
+
+    /// Whether one more ejection keeps the pool within `max_ejected_percent`.
+    pub fn may_eject(&self, already_ejected: usize, pool_size: usize) -> bool {
+        if pool_size == 0 {
+            return false;
+        }
+        ((already_ejected + 1) as f64) * 100.0 <= self.max_ejected_percent * pool_size as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> PassivePolicy {
+        PassivePolicy {
+            consecutive_failures: 3,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(60),
+            max_ejected_percent: 50.0,
+        }
+    }
+
+    #[test]
+    fn doubles_and_caps() {
+        let got: Vec<u64> = (0..6).map(|n| p().ejection_duration(n).as_secs()).collect();
+        assert_eq!(got, vec![10, 20, 40, 60, 60, 60]);
+        assert_eq!(p().ejection_duration(u32::MAX).as_secs(), 60);
+    }
+
+    #[test]
+    fn decays_one_step_per_clean_ejection_time() {
+        assert_eq!(p().decayed(3, Duration::from_secs(9)), 3);
+        assert_eq!(p().decayed(3, Duration::from_secs(10)), 2);
+        assert_eq!(p().decayed(3, Duration::from_secs(25)), 1);
+        assert_eq!(p().decayed(3, Duration::from_secs(3600)), 0);
+    }
+
+    #[test]
+    fn never_ejects_more_than_the_share() {
+        let p = p();
+        assert!(p.may_eject(0, 2));
+        assert!(!p.may_eject(1, 2));
+        assert!(!p.may_eject(0, 1), "50% of a pool of one is nobody");
+        assert!(p.may_eject(4, 10) && !p.may_eject(5, 10));
+        let none = PassivePolicy {
+            max_ejected_percent: 0.0,
+            ..p
+        };
+        assert!(!none.may_eject(0, 100));
+        assert!(!PassivePolicy {
+            consecutive_failures: 0,
+            ..PassivePolicy::default()
+        }
+        .enabled());
+    }
+}
