@@ -1,0 +1,354 @@
+//! A fake HTTP/1.1 backend on loopback with a control handle and counters, so tests
+//! can make it fail, hang or slow down, and count what reached it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the backend does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Answer normally.
+    Normal = 0,
+    /// Read the request and never answer.
+    Hang = 1,
+    /// Answer, then close the connection without saying so.
+    CloseAfterResponse = 2,
+    /// Close the connection as soon as the request arrives, without answering.
+    Reset = 3,
+}
+
+/// Counters; may be shared by many backends to measure a group.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub open_connections: AtomicI64,
+    pub requests: AtomicU64,
+    pub health_requests: AtomicU64,
+    pub in_flight: AtomicI64,
+    pub peak_in_flight: AtomicI64,
+    pub health_times: Mutex<Vec<Instant>>,
+    pub last_request: Mutex<Option<Request>>,
+}
+
+impl Stats {
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+    pub fn open(&self) -> i64 {
+        self.open_connections.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+    pub fn health_requests(&self) -> u64 {
+        self.health_requests.load(Ordering::SeqCst)
+    }
+    pub fn peak_in_flight(&self) -> i64 {
+        self.peak_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Knobs a test turns while the backend runs.
+#[derive(Debug)]
+pub struct Control {
+    /// Status for the health path.
+    pub health_status: AtomicU16,
+    /// Status for every other path.
+    pub status: AtomicU16,
+    mode: AtomicU8,
+    /// Delay before answering, in milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Answer with chunked encoding instead of Content-Length.
+    pub chunked: AtomicBool,
+    /// Also delay health checks (otherwise only traffic is delayed).
+    pub delay_health: AtomicBool,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            health_status: AtomicU16::new(200),
+            status: AtomicU16::new(200),
+            mode: AtomicU8::new(Mode::Normal as u8),
+            delay_ms: AtomicU64::new(0),
+            chunked: AtomicBool::new(false),
+            delay_health: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Control {
+    pub fn set_mode(&self, m: Mode) {
+        self.mode.store(m as u8, Ordering::SeqCst);
+    }
+    fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => Mode::Hang,
+            2 => Mode::CloseAfterResponse,
+            3 => Mode::Reset,
+            _ => Mode::Normal,
+        }
+    }
+    pub fn set_health(&self, status: u16) {
+        self.health_status.store(status, Ordering::SeqCst);
+    }
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+pub struct FakeBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    pub ctl: Arc<Control>,
+    stop: watch::Sender<bool>,
+}
+
+impl FakeBackend {
+    /// Starts a backend on `127.0.0.1:0` that answers `name` in its body.
+    pub async fn start(name: &str) -> FakeBackend {
+        Self::start_with(
+            name,
+            Arc::new(Stats::default()),
+            Arc::new(Control::default()),
+        )
+        .await
+    }
+
+    pub async fn start_with(name: &str, stats: Arc<Stats>, ctl: Arc<Control>) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Self::serve(name, listener, stats, ctl)
+    }
+
+    /// Starts on a given address (to bring a killed backend back on its port).
+    pub async fn start_at(
+        name: &str,
+        addr: SocketAddr,
+        stats: Arc<Stats>,
+        ctl: Arc<Control>,
+    ) -> FakeBackend {
+        let listener = TcpListener::bind(addr).await.expect("rebind backend port");
+        Self::serve(name, listener, stats, ctl)
+    }
+
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        stats: Arc<Stats>,
+        ctl: Arc<Control>,
+    ) -> FakeBackend {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let (n, s, c) = (name.to_string(), stats.clone(), ctl.clone());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.changed() => return,
+                    accepted = listener.accept() => {
+                        let Ok((sock, _)) = accepted else { continue };
+                        let (n, s, c, rx) = (n.clone(), s.clone(), c.clone(), stop_rx.clone());
+                        tokio::spawn(connection(sock, n, s, c, rx));
+                    }
+                }
+            }
+        });
+        FakeBackend {
+            name: name.to_string(),
+            addr,
+            stats,
+            ctl,
+            stop,
+        }
+    }
+
+    /// Closes the listener and every connection: new connections are refused.
+    pub fn kill(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for FakeBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct OpenGuard(Arc<Stats>);
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn connection(
+    mut sock: TcpStream,
+    name: String,
+    stats: Arc<Stats>,
+    ctl: Arc<Control>,
+    mut stop: watch::Receiver<bool>,
+) {
+    stats.connections.fetch_add(1, Ordering::SeqCst);
+    stats.open_connections.fetch_add(1, Ordering::SeqCst);
+    let _guard = OpenGuard(stats.clone());
+    let _ = sock.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Read one request head (and its Content-Length body).
+        let req = loop {
+            if let Some((req, used)) = parse_request(&buf) {
+                buf.drain(..used);
+                break req;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::select! {
+                r = sock.read(&mut chunk) => match r { Ok(n) => n, Err(_) => return },
+                _ = stop.changed() => return,
+            };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let is_health = req.path.starts_with("/health");
+        stats.requests.fetch_add(1, Ordering::SeqCst);
+        if is_health {
+            stats.health_requests.fetch_add(1, Ordering::SeqCst);
+            stats.health_times.lock().unwrap().push(Instant::now());
+        } else {
+            *stats.last_request.lock().unwrap() = Some(req.clone());
+        }
+        let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        let _in_flight = InFlight(stats.clone());
+        match ctl.mode() {
+            Mode::Reset => return,
+            Mode::Hang => {
+                // Hold the connection until the client gives up or the backend is killed.
+                let mut chunk = [0u8; 1024];
+                loop {
+                    tokio::select! {
+                        r = sock.read(&mut chunk) => if !matches!(r, Ok(n) if n > 0) { return },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+            _ => {}
+        }
+        let delay = ctl.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 && (!is_health || ctl.delay_health.load(Ordering::SeqCst)) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let status = if is_health {
+            ctl.health_status.load(Ordering::SeqCst)
+        } else {
+            ctl.status.load(Ordering::SeqCst)
+        };
+        let body = if is_health {
+            format!("{name} ok")
+        } else {
+            name.clone()
+        };
+        let head_only = req.method == "HEAD";
+        let resp = if ctl.chunked.load(Ordering::SeqCst) {
+            let mut r = format!(
+                "HTTP/1.1 {status} X\r\nx-backend: {name}\r\ntransfer-encoding: chunked\r\n\r\n"
+            );
+            if !head_only {
+                let (a, b) = body.split_at(body.len() / 2);
+                r += &format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+            }
+            r
+        } else {
+            let mut r = format!(
+                "HTTP/1.1 {status} X\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if !head_only {
+                r += &body;
+            }
+            r
+        };
+        // Finished before the answer leaves: the client may start its next request
+        // the moment it reads this one.
+        drop(_in_flight);
+        if sock.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+        if ctl.mode() == Mode::CloseAfterResponse {
+            return;
+        }
+    }
+}
+
+struct InFlight(Arc<Stats>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    if buf.len() < head + len {
+        return None;
+    }
+    Some((
+        Request {
+            method: req.method?.to_string(),
+            path: req.path?.to_string(),
+            headers,
+        },
+        head + len,
+    ))
+}

@@ -1,0 +1,209 @@
+//! The real `vigil` binary in a child process, its stderr collected line by line.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    l.local_addr().unwrap()
+}
+
+pub struct Vigil {
+    child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Vigil {
+    /// `target/<profile>/vigil`, next to the test binary's `deps/` folder.
+    pub fn binary() -> PathBuf {
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target/<profile>");
+        let bin = dir.join("vigil");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --release --bins` first (make test does)",
+            bin.display()
+        );
+        bin
+    }
+
+    /// A fresh temp file path for a config.
+    pub fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vigil-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(format!("{}-{name}", SEQ.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    /// Writes `config` (which must listen on `listen` and `admin`) and runs
+    /// `vigil run -c FILE --log-format json`.
+    pub fn start(config: &str, listen: SocketAddr, admin: SocketAddr) -> Vigil {
+        let path = Self::temp_path("vigil.yaml");
+        std::fs::write(&path, config).unwrap();
+        let args = ["run", "-c", path.to_str().unwrap(), "--log-format", "json"];
+        Self::spawn(&args, listen, admin, path.clone())
+    }
+
+    pub fn spawn(
+        args: &[&str],
+        listen: SocketAddr,
+        admin: SocketAddr,
+        config_path: PathBuf,
+    ) -> Vigil {
+        let mut child = Command::new(Self::binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vigil");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sink = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if std::env::var_os("VIGIL_TEST_ECHO").is_some() {
+                        eprintln!("vigil| {line}");
+                    }
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Vigil {
+            child,
+            listen,
+            admin,
+            config_path,
+            logs,
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines parsed as JSON (non-JSON lines skipped).
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// State-change lines (those with `from` and `to` fields).
+    pub fn transitions(&self) -> Vec<serde_json::Value> {
+        self.json_logs()
+            .into_iter()
+            .filter(|v| v["fields"]["from"].is_string() && v["fields"]["to"].is_string())
+            .collect()
+    }
+
+    /// Waits until the admin listener answers `/health/live`.
+    pub async fn wait_live(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = crate::get(self.admin, "admin", "/health/live").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "vigil exited with {status} before it was live; logs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vigil not live after 30s; logs:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `/health/ready` answers 200.
+    pub async fn wait_ready(&mut self) {
+        self.wait_live().await;
+        let admin = self.admin;
+        crate::wait_for_async("vigil ready", Duration::from_secs(30), || async move {
+            matches!(crate::get(admin, "admin", "/health/ready").await, Ok(r) if r.status == 200)
+        })
+        .await;
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Polls for exit; None if still running after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> crate::Response {
+        crate::get(self.admin, "admin", path)
+            .await
+            .expect("admin request")
+    }
+
+    /// One metric sample's value, if the series exists.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.admin_get("/metrics").await.body;
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            l.rsplit_once(' ')
+                .filter(|(name, _)| *name == series)
+                .and_then(|(_, v)| v.parse().ok())
+        })
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

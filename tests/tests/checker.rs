@@ -1,0 +1,457 @@
+//! The health checker against real loopback backends: connections reused, backoff,
+//! no overlapping checks, the global bound, runtime updates, nothing leaked.
+//! Assertions are on counts; time only bounds how long we wait.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vigil_healthcheck::*;
+use vigil_tests::{raise_fd_limit, wait_for, Control, FakeBackend, Mode, Stats};
+
+/// Records every membership it is handed.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Arc<Membership>>>);
+
+impl Publish for Recorder {
+    fn publish(&self, m: Arc<Membership>) {
+        self.0.lock().unwrap().push(m);
+    }
+}
+
+impl Recorder {
+    fn last(&self) -> Arc<Membership> {
+        self.0.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn policy(interval_ms: u64) -> CheckPolicy {
+    let d = Duration::from_millis(interval_ms);
+    CheckPolicy {
+        probe: ProbeSpec::Http(HttpSpec::default()),
+        thresholds: Thresholds::new(1, 1),
+        schedule: Schedule {
+            interval: d,
+            fast_interval: d,
+            down_interval: d,
+            backoff_multiplier: 1.0,
+            max_down_interval: d,
+            jitter: 0.0,
+        },
+        timeout: Duration::from_secs(2),
+        passive: PassivePolicy::default(),
+    }
+}
+
+fn spec(pool: &str, b: &FakeBackend, weight: u32, policy: &Arc<CheckPolicy>) -> BackendSpec {
+    BackendSpec {
+        pool: pool.into(),
+        address: b.addr.to_string(),
+        socket_addr: b.addr,
+        weight,
+        policy: policy.clone(),
+    }
+}
+
+fn checker(max: usize) -> (Checker, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let c = Checker::new(
+        tokio::runtime::Handle::current(),
+        CheckerOptions {
+            max_concurrent_checks: max,
+            per_backend_metrics: true,
+        },
+        rec.clone(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
+    (c, rec)
+}
+
+fn health_of(c: &Checker, addr: &str) -> Option<Health> {
+    c.status()
+        .into_iter()
+        .find(|s| s.address == addr)
+        .map(|s| s.health)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_checks_open_at_most_two_connections() {
+    let b = FakeBackend::start("a").await;
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &b, 1, &Arc::new(policy(1)))]);
+    wait_for("1,000 checks", Duration::from_secs(60), || {
+        b.stats.health_requests() >= 1000
+    })
+    .await;
+    c.shutdown();
+    assert!(
+        b.stats.connections() <= 2,
+        "opened {} connections for 1,000 checks",
+        b.stats.connections()
+    );
+    assert_eq!(c.connections_opened(), b.stats.connections());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_closed_by_backend_is_replaced_without_a_failure() {
+    let b = FakeBackend::start("a").await;
+    b.ctl.set_mode(Mode::CloseAfterResponse);
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &b, 1, &Arc::new(policy(2)))]);
+    wait_for("50 checks", Duration::from_secs(30), || {
+        b.stats.health_requests() >= 50
+    })
+    .await;
+    let st = c.status().remove(0);
+    assert_eq!(st.health, Health::Up);
+    assert_eq!(st.consecutive_failures, 0);
+    assert!(
+        st.last_error.is_none(),
+        "a closed keep-alive connection counted as a failure: {:?}",
+        st.last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connection_age_replaces_pooled_connections() {
+    let b = FakeBackend::start("a").await;
+    let mut p = policy(2);
+    p.probe = ProbeSpec::Http(HttpSpec {
+        max_connection_age: Duration::ZERO,
+        ..Default::default()
+    });
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &b, 1, &Arc::new(p))]);
+    wait_for("20 checks", Duration::from_secs(30), || {
+        b.stats.health_requests() >= 20
+    })
+    .await;
+    c.shutdown();
+    // Age zero: no connection may serve two checks.
+    assert!(b.stats.connections() >= b.stats.health_requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_backend_is_probed_with_growing_spacing_up_to_the_cap() {
+    let b = FakeBackend::start("a").await;
+    b.ctl.set_health(500);
+    let mut p = policy(10);
+    p.schedule.down_interval = Duration::from_millis(20);
+    p.schedule.backoff_multiplier = 2.0;
+    p.schedule.max_down_interval = Duration::from_millis(160);
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &b, 1, &Arc::new(p))]);
+    wait_for("8 checks", Duration::from_secs(30), || {
+        b.stats.health_requests() >= 8
+    })
+    .await;
+    c.shutdown();
+    let times = b.stats.health_times.lock().unwrap().clone();
+    let gaps: Vec<u128> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    // Down after the first failure (fall 1), then 20, 40, 80, 160, 160… ms.
+    let expected = [20u128, 40, 80, 160, 160, 160, 160];
+    for (i, (gap, want)) in gaps.iter().zip(expected).enumerate() {
+        assert!(
+            *gap + 2 >= want,
+            "gap {i} was {gap} ms, expected at least {want} ms: {gaps:?}"
+        );
+    }
+    assert!(
+        gaps[2] > gaps[0] && gaps[3] > gaps[1],
+        "spacing does not grow: {gaps:?}"
+    );
+    assert_eq!(c.status()[0].health, Health::Down);
+    assert_eq!(c.status()[0].last_error.as_deref(), Some("HTTP 500"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_never_has_two_checks_in_flight() {
+    let b = FakeBackend::start("a").await;
+    b.ctl.set_mode(Mode::Hang);
+    let mut p = policy(5);
+    p.timeout = Duration::from_millis(30);
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &b, 1, &Arc::new(p))]);
+    wait_for("10 timed-out checks", Duration::from_secs(30), || {
+        b.stats.health_requests() >= 10
+    })
+    .await;
+    c.shutdown();
+    assert_eq!(
+        b.stats.peak_in_flight(),
+        1,
+        "two checks of one backend overlapped"
+    );
+    let st = c.status().remove(0);
+    assert_eq!(st.health, Health::Down);
+    assert!(st.last_error.unwrap().contains("no answer within"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_bound_holds_with_two_thousand_backends() {
+    raise_fd_limit();
+    let stats = Arc::new(Stats::default());
+    let ctl = Arc::new(Control::default());
+    ctl.set_delay(Duration::from_millis(20));
+    ctl.delay_health.store(true, Ordering::SeqCst);
+    let mut backends = Vec::new();
+    for i in 0..2000 {
+        backends.push(FakeBackend::start_with(&format!("b{i}"), stats.clone(), ctl.clone()).await);
+    }
+    let p = Arc::new(policy(50));
+    let (c, _) = checker(64);
+    c.apply(backends.iter().map(|b| spec("big", b, 1, &p)).collect());
+    wait_for("every backend up", Duration::from_secs(120), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    wait_for("4,000 checks", Duration::from_secs(120), || {
+        stats.health_requests() >= 4000
+    })
+    .await;
+    c.shutdown();
+    assert!(
+        stats.peak_in_flight() <= 64,
+        "{} checks in flight at once",
+        stats.peak_in_flight()
+    );
+    assert!(c.peak_in_flight() <= 64);
+    // The bound was really reached: 2,000 backends at 50 ms with 20 ms answers need it.
+    assert!(
+        stats.peak_in_flight() >= 32,
+        "peak only {}",
+        stats.peak_in_flight()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_change_keeps_state_and_schedule() {
+    let b = FakeBackend::start("a").await;
+    let p = Arc::new(policy(5));
+    let (c, rec) = checker(16);
+    c.apply(vec![spec("p", &b, 1, &p)]);
+    wait_for("up", Duration::from_secs(10), || {
+        health_of(&c, &b.addr.to_string()) == Some(Health::Up)
+    })
+    .await;
+    wait_for("a few checks", Duration::from_secs(10), || {
+        c.status()[0].checks >= 3
+    })
+    .await;
+    let before = c.status().remove(0);
+    let report = c.apply(vec![spec("p", &b, 5, &p)]);
+    assert_eq!(report.updated, vec![format!("p/{}", b.addr)]);
+    assert!(report.added.is_empty() && report.removed.is_empty());
+    let after = c.status().remove(0);
+    assert_eq!(after.health, Health::Up);
+    assert!(after.checks >= before.checks, "check history was reset");
+    assert_eq!(rec.last().pool("p").unwrap()[0].weight, 5);
+    assert_eq!(c.tasks_alive(), 1, "the update restarted the task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_backend_stops_being_probed_and_its_connection_closes() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let p = Arc::new(policy(5));
+    let (c, rec) = checker(16);
+    let baseline = c.tasks_alive();
+    c.apply(vec![spec("p", &a, 1, &p), spec("p", &b, 1, &p)]);
+    wait_for(
+        "b holds a pooled connection",
+        Duration::from_secs(10),
+        || b.stats.open() == 1 && b.stats.health_requests() >= 2,
+    )
+    .await;
+    let report = c.apply(vec![spec("p", &a, 1, &p)]);
+    assert_eq!(report.removed, vec![format!("p/{}", b.addr)]);
+    wait_for("b's connection closed", Duration::from_secs(10), || {
+        b.stats.open() == 0
+    })
+    .await;
+    wait_for("one task left", Duration::from_secs(10), || {
+        c.tasks_alive() == baseline + 1
+    })
+    .await;
+    let probes = b.stats.health_requests();
+    let a_probes = a.stats.health_requests();
+    wait_for("a checked 10 more times", Duration::from_secs(10), || {
+        a.stats.health_requests() >= a_probes + 10
+    })
+    .await;
+    assert_eq!(
+        b.stats.health_requests(),
+        probes,
+        "a removed backend was probed"
+    );
+    assert_eq!(rec.last().pool("p").unwrap().len(), 1);
+    c.apply(vec![]);
+    wait_for("no tasks", Duration::from_secs(10), || {
+        c.tasks_alive() == baseline
+    })
+    .await;
+    assert!(c.is_empty());
+    assert!(rec.last().pools.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_is_published_only_when_it_changes() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let p = Arc::new(policy(2));
+    let (c, rec) = checker(16);
+    c.apply(vec![spec("p", &a, 1, &p), spec("p", &b, 1, &p)]);
+    wait_for("both up", Duration::from_secs(10), || {
+        rec.last()
+            .pool("p")
+            .is_some_and(|m| m.iter().all(|m| m.state.routable()))
+    })
+    .await;
+    let published = rec.count();
+    let checks = c.checks_done();
+    wait_for("100 more checks", Duration::from_secs(10), || {
+        c.checks_done() >= checks + 100
+    })
+    .await;
+    assert_eq!(
+        rec.count(),
+        published,
+        "steady checks republished an unchanged membership"
+    );
+    b.ctl.set_health(503);
+    wait_for("b out", Duration::from_secs(10), || {
+        rec.last()
+            .pool("p")
+            .is_some_and(|m| m.iter().filter(|m| m.state.routable()).count() == 1)
+    })
+    .await;
+    assert!(rec.count() > published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_and_refused_connections() {
+    let a = FakeBackend::start("a").await;
+    let mut p = policy(5);
+    p.probe = ProbeSpec::Tcp;
+    let p = Arc::new(p);
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &a, 1, &p)]);
+    wait_for("up", Duration::from_secs(10), || {
+        c.status()[0].health == Health::Up
+    })
+    .await;
+    assert_eq!(a.stats.requests(), 0, "a TCP check sent an HTTP request");
+    a.kill();
+    wait_for("down", Duration::from_secs(10), || {
+        c.status()[0].health == Health::Down
+    })
+    .await;
+    assert!(c.status()[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("connect error"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_body_and_chunked_responses() {
+    let a = FakeBackend::start("alpha").await;
+    a.ctl.chunked.store(true, Ordering::SeqCst);
+    let mut p = policy(5);
+    p.probe = ProbeSpec::Http(HttpSpec {
+        expected_body: Some("alpha ok".into()),
+        ..Default::default()
+    });
+    let (c, _) = checker(16);
+    c.apply(vec![spec("p", &a, 1, &Arc::new(p.clone()))]);
+    wait_for("up", Duration::from_secs(10), || {
+        c.status()[0].health == Health::Up
+    })
+    .await;
+    wait_for("several checks", Duration::from_secs(10), || {
+        a.stats.health_requests() >= 5
+    })
+    .await;
+    assert_eq!(
+        a.stats.connections(),
+        1,
+        "chunked body not read to the end: connection not reused"
+    );
+    p.probe = ProbeSpec::Http(HttpSpec {
+        expected_body: Some("beta".into()),
+        ..Default::default()
+    });
+    c.apply(vec![spec("p", &a, 1, &Arc::new(p))]);
+    wait_for("down on body mismatch", Duration::from_secs(10), || {
+        c.status()[0].health == Health::Down
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_failures_eject_and_active_success_does_not_unject() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let mut p = policy(5);
+    p.passive = PassivePolicy {
+        consecutive_failures: 3,
+        ejection_time: Duration::from_millis(300),
+        max_ejection_time: Duration::from_secs(2),
+        max_ejected_percent: 50.0,
+    };
+    let p = Arc::new(p);
+    let (c, rec) = checker(16);
+    c.apply(vec![spec("p", &a, 1, &p), spec("p", &b, 1, &p)]);
+    wait_for("both up", Duration::from_secs(10), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    let handle = |addr: &str| {
+        rec.last()
+            .pool("p")
+            .unwrap()
+            .iter()
+            .find(|m| &*m.backend.address == addr)
+            .unwrap()
+            .backend
+            .clone()
+    };
+    let ha = handle(&a.addr.to_string());
+    for _ in 0..3 {
+        ha.report_failure();
+    }
+    wait_for("a ejected", Duration::from_secs(5), || {
+        c.status()[0].ejected
+    })
+    .await;
+    let checks = c.status()[0].checks;
+    wait_for("active checks keep passing", Duration::from_secs(5), || {
+        c.status()[0].checks >= checks + 5
+    })
+    .await;
+    let st = c.status().remove(0);
+    assert!(
+        st.ejected && st.health == Health::Up,
+        "an active success ended the ejection early"
+    );
+    assert!(!rec.last().pool("p").unwrap()[0].state.routable());
+    // b may not be ejected too: that would be 100% of the pool, above 50%.
+    let hb = handle(&b.addr.to_string());
+    for _ in 0..3 {
+        hb.report_failure();
+    }
+    wait_for("a's ejection ends", Duration::from_secs(5), || {
+        !c.status()[0].ejected
+    })
+    .await;
+    assert!(
+        !c.status()[1].ejected,
+        "ejected more than max_ejected_percent of the pool"
+    );
+}
