@@ -44,6 +44,10 @@ pub struct PoolConfig {
     pub retry_on_status: Vec<u16>,
     /// Percent of alive backends below which the pool routes to all of them; 0 = never.
     pub panic_threshold: f64,
+    /// Connecting to a backend; a timeout is retried on another backend.
+    pub connect_timeout: Duration,
+    /// Waiting for each read from a backend (its response header, then each body chunk).
+    pub read_timeout: Duration,
     pub backends: Vec<BackendConfig>,
     pub health_check: HealthCheckConfig,
     pub passive: PassiveConfig,

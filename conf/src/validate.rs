@@ -289,6 +289,27 @@ impl<'a> Validator<'a> {
         };
         let panic_threshold =
             self.percent(&format!("{path}.panic_threshold"), raw.panic_threshold, 0.0);
+        let connect_timeout = self.duration(
+            &format!("{path}.connect_timeout"),
+            &raw.connect_timeout,
+            Duration::from_secs(3),
+        );
+        let read_timeout = self.duration(
+            &format!("{path}.read_timeout"),
+            &raw.read_timeout,
+            Duration::from_secs(30),
+        );
+        for (key, v) in [
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+        ] {
+            if v.is_zero() {
+                self.error(
+                    &format!("{path}.{key}"),
+                    format!("{key} must be greater than 0"),
+                );
+            }
+        }
 
         let mut backends = Vec::new();
         let mut seen = HashSet::new();
@@ -338,6 +359,8 @@ impl<'a> Validator<'a> {
             retries,
             retry_on_status,
             panic_threshold,
+            connect_timeout,
+            read_timeout,
             backends,
             health_check,
             passive,

@@ -293,6 +293,20 @@ fn value_errors() {
             "percentage",
         ),
         ("127.0.0.1:9901", "127.0.0.1:8080", 4, 12, "also a listener"),
+        (
+            "weight: 2",
+            "weight: 2\n    read_timeout: 0s",
+            11,
+            19,
+            "read_timeout must be greater than 0",
+        ),
+        (
+            "weight: 2",
+            "weight: 2\n    connect_timeout: soon",
+            11,
+            22,
+            "connect_timeout",
+        ),
     ];
     for (from, to, line, col, needle) in cases {
         let text = MINIMAL.replacen(from, to, 1);

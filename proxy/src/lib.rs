@@ -1,8 +1,20 @@
-//! placeholder
-pub use arc_swap;
-pub use clap;
-pub use dashmap;
-pub use pingora;
-pub use pingora_ketama;
-pub use prometheus;
-pub use tracing_subscriber;
+//! The `vigil` proxy: configuration wired to a running Pingora server.
+//!
+//! - [`app`]: shared state; the routing snapshot is one `ArcSwap<RoutingTable>`.
+//! - [`routing`] and [`balance`]: Host/path routing and lock-free backend selection.
+//! - [`proxy`]: the `ProxyHttp` implementation (retries, 404/503, forwarded headers).
+//! - [`admin`]: `/metrics`, `/health/*`, `POST /admin/reload`.
+//! - [`reload`]: validate-then-swap configuration reloads.
+//! - [`server`]: process wiring, signals, drain; [`demo`]: `vigil demo`.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod convert;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod server;

@@ -1,1 +1,129 @@
-fn main() {}
+//! The `vigil` command line: `run`, `demo`, `validate`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vigil_proxy::logging::{self, LogFormat};
+use vigil_proxy::{demo, server};
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "An edge reverse proxy that notices dead backends first"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy on a YAML config.
+    Run {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// Reload when the file changes (as well as on SIGHUP and POST /admin/reload).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start on the embedded example config plus three demo backends on loopback.
+    Demo,
+    /// Parse and validate a config file; print a summary per pool or every error.
+    Validate { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Run { config, watch } => {
+            let parsed = match vigil_conf::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            logging::init(cli.log_format);
+            let opts = server::RunOptions {
+                config_path: Some(config),
+                watch,
+            };
+            report(server::run(parsed, opts, |_| {}))
+        }
+        Command::Demo => {
+            // The embedded file is tested; failing here is a build defect.
+            let config = vigil_conf::from_str(demo::CONFIG, "<demo>")
+                .expect("embedded demo config is valid");
+            logging::init(cli.log_format);
+            let backends: Vec<_> = config.pools[0]
+                .backends
+                .iter()
+                .map(|b| b.socket_addr)
+                .collect();
+            println!(
+                "{}",
+                demo::banner(config.listeners[0], config.admin.address)
+            );
+            let opts = server::RunOptions {
+                config_path: None,
+                watch: false,
+            };
+            let mut started = Ok(());
+            let result = server::run(config, opts, |rt| {
+                started = demo::start_backends(rt, &backends)
+            });
+            report(started.and(result))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match vigil_conf::load(file) {
+        Ok(config) => {
+            for p in &config.pools {
+                let routes: Vec<String> = p
+                    .routes
+                    .iter()
+                    .map(|r| format!("{}{}", host(&r.host), r.path_prefix))
+                    .collect();
+                println!(
+                    "pool {}: {} backends, {:?}, routes {}, {:?} check every {:?}",
+                    p.name,
+                    p.backends.len(),
+                    p.balance,
+                    routes.join(" "),
+                    p.health_check.kind,
+                    p.health_check.interval
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn host(h: &vigil_conf::HostPattern) -> String {
+    match h {
+        vigil_conf::HostPattern::Any => "*".into(),
+        vigil_conf::HostPattern::Exact(e) => e.clone(),
+        vigil_conf::HostPattern::Suffix(s) => format!("*{s}"),
+    }
+}

@@ -1,0 +1,254 @@
+//! The admin listener: metrics, liveness, readiness, health summaries and reload.
+//! Every answer comes from memory; none calls a backend.
+
+use crate::app::App;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{Encoder, TextEncoder};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vigil_healthcheck::{BackendStatus, Health};
+
+pub struct AdminApp {
+    pub app: Arc<App>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        // Status and headers above are all valid constants.
+        .expect("valid response")
+}
+
+fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    ms(since.elapsed())
+}
+
+#[derive(Default)]
+struct Counts {
+    up: usize,
+    down: usize,
+    unknown: usize,
+    ejected: usize,
+    total: usize,
+    routable: usize,
+}
+
+fn counts_by_pool(status: &[BackendStatus], pools: &[String]) -> BTreeMap<String, Counts> {
+    let mut out: BTreeMap<String, Counts> = pools
+        .iter()
+        .map(|p| (p.clone(), Counts::default()))
+        .collect();
+    for s in status {
+        let c = out.entry(s.pool.clone()).or_default();
+        c.total += 1;
+        c.routable += s.routable() as usize;
+        match s.state_label() {
+            "up" => c.up += 1,
+            "down" => c.down += 1,
+            "ejected" => c.ejected += 1,
+            _ => c.unknown += 1,
+        }
+    }
+    out
+}
+
+impl AdminApp {
+    fn pool_names(&self) -> Vec<String> {
+        self.app
+            .config()
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.app.registry.gather(), &mut buf) {
+            return reply(
+                500,
+                "text/plain",
+                format!("cannot encode metrics: {e}\n").into_bytes(),
+            );
+        }
+        reply(200, "text/plain; version=0.0.4; charset=utf-8", buf)
+    }
+
+    fn ready(&self) -> Response<Vec<u8>> {
+        let mut reasons = Vec::new();
+        if self.app.draining.load(Ordering::SeqCst) {
+            reasons.push("draining: shutting down".to_string());
+        }
+        let status = self.app.checker.status();
+        for (pool, c) in counts_by_pool(&status, &self.pool_names()) {
+            if c.unknown > 0
+                && status
+                    .iter()
+                    .any(|s| s.pool == pool && s.health == Health::Unknown)
+            {
+                reasons.push(format!(
+                    "pool {pool}: {} of {} backends not checked yet",
+                    c.unknown, c.total
+                ));
+            } else if c.routable == 0 {
+                reasons.push(format!("pool {pool}: no alive backend"));
+            }
+        }
+        if reasons.is_empty() {
+            json_reply(200, json!({"status": "ready"}))
+        } else {
+            json_reply(503, json!({"status": "not_ready", "reasons": reasons}))
+        }
+    }
+
+    fn summary(&self, started: Instant) -> Response<Vec<u8>> {
+        let status = self.app.checker.status();
+        let counts = counts_by_pool(&status, &self.pool_names());
+        let all_alive = counts.values().all(|c| c.routable == c.total);
+        let any_dead_pool = counts.values().any(|c| c.routable == 0);
+        let (word, code) = match (any_dead_pool, all_alive) {
+            (true, _) => ("unhealthy", 503),
+            (false, true) => ("healthy", 200),
+            (false, false) => ("degraded", 200),
+        };
+        let pools: serde_json::Map<String, Value> = counts
+            .iter()
+            .map(|(p, c)| {
+                (
+                    p.clone(),
+                    json!({"up": c.up, "down": c.down, "unknown": c.unknown, "ejected": c.ejected}),
+                )
+            })
+            .collect();
+        json_reply(
+            code,
+            json!({"status": word, "pools": pools, "response_time_ms": elapsed_ms(started)}),
+        )
+    }
+
+    fn detailed(&self, started: Instant) -> Response<Vec<u8>> {
+        let table = self.app.table();
+        let mut pools: serde_json::Map<String, Value> = self
+            .pool_names()
+            .into_iter()
+            .map(|p| {
+                let panic = table.pool(&p).is_some_and(|r| r.panic);
+                (p, json!({"panic": panic, "backends": []}))
+            })
+            .collect();
+        for s in self.app.checker.status() {
+            let entry = pools
+                .entry(s.pool.clone())
+                .or_insert_with(|| json!({"panic": false, "backends": []}));
+            if let Some(list) = entry["backends"].as_array_mut() {
+                list.push(json!({
+                    "address": s.address,
+                    "state": s.state_label(),
+                    "health": s.health.as_str(),
+                    "ejected": s.ejected,
+                    "weight": s.weight,
+                    "consecutive_successes": s.consecutive_successes,
+                    "consecutive_failures": s.consecutive_failures,
+                    "checks": s.checks,
+                    "last_check_ms_ago": s.last_check_ago.map(ms),
+                    "last_latency_ms": s.last_latency.map(ms),
+                    "next_check_in_ms": s.next_check_in.map(ms),
+                    "last_error": s.last_error,
+                    "last_transition_ms_ago": ms(s.last_transition_ago),
+                    "ejected_for_ms": s.ejected_for.map(ms),
+                    "in_flight_requests": s.in_flight_requests,
+                }));
+            }
+        }
+        json_reply(
+            200,
+            json!({"pools": pools, "checks_in_flight_peak": self.app.checker.peak_in_flight(), "response_time_ms": elapsed_ms(started)}),
+        )
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = self.app.config().admin.token.clone() else {
+            return true;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        // Compare without an early exit so timing does not reveal the prefix matched.
+        match given.and_then(|g| g.strip_prefix("Bearer ")) {
+            Some(g) if g.len() == token.len() => {
+                g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+            }
+            _ => false,
+        }
+    }
+
+    async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // The body is ignored but read, so the connection stays usable.
+        while let Ok(Some(_)) = session.read_request_body().await {}
+        if !self.authorized(session) {
+            return json_reply(
+                401,
+                json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
+            );
+        }
+        let app = self.app.clone();
+        // Reload reads a file and may resolve names: keep it off the event loop.
+        let result = tokio::task::spawn_blocking(move || app.reload()).await;
+        match result {
+            Ok(Ok(summary)) => json_reply(
+                200,
+                json!({"status": "reloaded", "changes": summary.to_json()}),
+            ),
+            Ok(Err(e)) => json_reply(400, json!({"status": "error", "errors": e.lines()})),
+            Err(e) => json_reply(
+                500,
+                json!({"status": "error", "errors": [format!("reload task failed: {e}")]}),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let started = Instant::now();
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let get = method == Method::GET || method == Method::HEAD;
+        match path.as_str() {
+            "/metrics" if get => self.metrics(),
+            "/health/live" if get => json_reply(200, json!({"status": "alive"})),
+            "/health/ready" if get => self.ready(),
+            "/health" if get => self.summary(started),
+            "/health/detailed" if get => self.detailed(started),
+            "/admin/reload" if method == Method::POST => self.reload(session).await,
+            "/metrics" | "/health/live" | "/health/ready" | "/health" | "/health/detailed"
+            | "/admin/reload" => json_reply(405, json!({"error": "method not allowed"})),
+            _ => json_reply(404, json!({"error": "not found"})),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Picking a backend among a pool's routable members, lock-free, skipping those a
+//! request already tried. All state that needs building (the smooth weighted
+//! sequence, the ketama ring) is built off the request path, with the snapshot.
+
+use pingora_ketama::{Bucket, Continuum};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use vigil_conf::Balance;
+use vigil_healthcheck::Member;
+
+/// Longest smooth-weighted sequence we precompute; beyond it weights are scaled down.
+const MAX_WRR_SEQUENCE: u64 = 1 << 16;
+
+pub enum Selector {
+    RoundRobin {
+        next: AtomicUsize,
+    },
+    /// A precomputed smooth weighted round robin order (nginx's algorithm): weights
+    /// 5,1,1 give a a b a c a a, never a burst of five.
+    Weighted {
+        sequence: Vec<u32>,
+        next: AtomicUsize,
+    },
+    LeastRequests {
+        next: AtomicUsize,
+    },
+    ConsistentHash {
+        ring: Continuum,
+        by_addr: HashMap<SocketAddr, usize>,
+    },
+}
+
+impl Selector {
+    /// Builds the selector over `candidates` (indexes into `members`).
+    pub fn build(balance: Balance, members: &[Member], candidates: &[usize]) -> Selector {
+        match balance {
+            Balance::RoundRobin => Selector::RoundRobin {
+                next: AtomicUsize::new(0),
+            },
+            Balance::LeastRequests => Selector::LeastRequests {
+                next: AtomicUsize::new(0),
+            },
+            Balance::WeightedRoundRobin => {
+                let weights: Vec<u64> = candidates
+                    .iter()
+                    .map(|&i| members[i].weight.max(1) as u64)
+                    .collect();
+                Selector::Weighted {
+                    sequence: smooth_sequence(&weights),
+                    next: AtomicUsize::new(0),
+                }
+            }
+            Balance::ConsistentHash => {
+                // Weights are validated >= 1: ketama asserts it and divides by their sum.
+                let buckets: Vec<Bucket> = candidates
+                    .iter()
+                    .map(|&i| Bucket::new(members[i].backend.socket_addr, members[i].weight.max(1)))
+                    .collect();
+                let by_addr = candidates
+                    .iter()
+                    .map(|&i| (members[i].backend.socket_addr, i))
+                    .collect();
+                Selector::ConsistentHash {
+                    ring: Continuum::new(&buckets),
+                    by_addr,
+                }
+            }
+        }
+    }
+
+    /// A member index from `candidates` not in `tried`, or None when all were tried.
+    pub fn pick(
+        &self,
+        members: &[Member],
+        candidates: &[usize],
+        tried: &[usize],
+        key: &[u8],
+    ) -> Option<usize> {
+        let n = candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let untried = |i: &usize| !tried.contains(i);
+        match self {
+            Selector::RoundRobin { next } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| candidates[(start + k) % n]).find(untried)
+            }
+            Selector::Weighted { sequence, next } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let len = sequence.len();
+                (0..len)
+                    .map(|k| candidates[sequence[(start + k) % len] as usize])
+                    .find(untried)
+                    .or_else(|| candidates.iter().copied().find(untried))
+            }
+            Selector::LeastRequests { next } => {
+                // Rotate the scan's start so ties spread instead of piling on the first.
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let mut best: Option<(usize, u64, u64)> = None;
+                for k in 0..n {
+                    let i = candidates[(start + k) % n];
+                    if tried.contains(&i) {
+                        continue;
+                    }
+                    let m = &members[i];
+                    let (load, weight) = (m.backend.in_flight(), m.weight.max(1) as u64);
+                    // load/weight < best_load/best_weight, without division.
+                    if best.is_none_or(|(_, bl, bw)| load * bw < bl * weight) {
+                        best = Some((i, load, weight));
+                    }
+                }
+                best.map(|(i, _, _)| i)
+            }
+            Selector::ConsistentHash { ring, by_addr } => ring
+                .node_iter(key)
+                .take(n * 160 + 1)
+                .filter_map(|addr| by_addr.get(addr).copied())
+                .find(untried)
+                .or_else(|| candidates.iter().copied().find(untried)),
+        }
+    }
+}
+
+/// Smooth weighted round robin over `weights`, as indexes into them.
+fn smooth_sequence(weights: &[u64]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let mut weights = weights.to_vec();
+    let mut total: u64 = weights.iter().sum();
+    if total > MAX_WRR_SEQUENCE {
+        // Keep proportions, bounded memory; every backend keeps at least one slot.
+        let scale = total as f64 / MAX_WRR_SEQUENCE as f64;
+        for w in &mut weights {
+            *w = ((*w as f64 / scale).round() as u64).max(1);
+        }
+        total = weights.iter().sum();
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += *w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        out.push(best as u32);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_sequence_has_no_bursts() {
+        let seq = smooth_sequence(&[5, 1, 1]);
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+        let seq = smooth_sequence(&[1, 2]);
+        assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 2);
+        assert!(smooth_sequence(&[]).is_empty());
+    }
+
+    #[test]
+    fn huge_weights_are_scaled_not_exploded() {
+        let seq = smooth_sequence(&[1_000_000, 1_000_000, 1]);
+        assert!(seq.len() as u64 <= MAX_WRR_SEQUENCE + 3);
+        assert!(seq.contains(&2), "the lightest backend lost its slot");
+        let a = seq.iter().filter(|&&i| i == 0).count() as f64;
+        let b = seq.iter().filter(|&&i| i == 1).count() as f64;
+        assert!((a / b - 1.0).abs() < 0.01);
+    }
+}

@@ -1,0 +1,58 @@
+//! The one place where configuration becomes the checker's specs.
+
+use std::sync::Arc;
+use vigil_conf::{CheckKind, Config, PoolConfig};
+use vigil_healthcheck::{
+    BackendSpec, CheckPolicy, HttpSpec, PassivePolicy, ProbeSpec, Schedule, Thresholds,
+};
+
+pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
+    let h = &pool.health_check;
+    CheckPolicy {
+        probe: match h.kind {
+            CheckKind::Tcp => ProbeSpec::Tcp,
+            CheckKind::Http => ProbeSpec::Http(HttpSpec {
+                path: h.path.clone(),
+                host: h.host.clone(),
+                expected_status: h.expected_status.clone(),
+                expected_body: h.expected_body.clone(),
+                reuse_connections: h.reuse_connections,
+                max_connection_age: h.max_connection_age,
+            }),
+        },
+        thresholds: Thresholds::new(h.rise, h.fall),
+        schedule: Schedule {
+            interval: h.interval,
+            fast_interval: h.fast_interval,
+            down_interval: h.down_interval,
+            backoff_multiplier: h.backoff_multiplier,
+            max_down_interval: h.max_down_interval,
+            jitter: h.jitter,
+        },
+        timeout: h.timeout,
+        passive: PassivePolicy {
+            consecutive_failures: pool.passive.consecutive_failures,
+            ejection_time: pool.passive.ejection_time,
+            max_ejection_time: pool.passive.max_ejection_time,
+            max_ejected_percent: pool.passive.max_ejected_percent,
+        },
+    }
+}
+
+/// Every backend of every pool, in configuration order.
+pub fn backend_specs(config: &Config) -> Vec<BackendSpec> {
+    let mut out = Vec::new();
+    for pool in &config.pools {
+        let policy = Arc::new(check_policy(pool));
+        for b in &pool.backends {
+            out.push(BackendSpec {
+                pool: pool.name.clone(),
+                address: b.address.clone(),
+                socket_addr: b.socket_addr,
+                weight: b.weight,
+                policy: policy.clone(),
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,178 @@
+//! The proxy's Prometheus families (CONTRACT §7). Per-pool and per-backend handles are
+//! resolved when a routing snapshot is built, so the request path only increments.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+use vigil_healthcheck::Member;
+
+pub mod names {
+    pub const REQUESTS: &str = "vigil_requests_total";
+    pub const UPSTREAM_REQUESTS: &str = "vigil_upstream_requests_total";
+    pub const REQUEST_DURATION: &str = "vigil_request_duration_seconds";
+    pub const RETRIES: &str = "vigil_upstream_retries_total";
+    pub const NO_HEALTHY: &str = "vigil_no_healthy_backend_total";
+    pub const PANIC: &str = "vigil_panic_routed_requests_total";
+    pub const RELOADS: &str = "vigil_config_reloads_total";
+    pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
+}
+
+pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CLASSES`]; informational and odd codes count with their neighbours.
+pub fn class_index(status: u16) -> usize {
+    match status {
+        0..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    upstream: IntCounterVec,
+    duration: HistogramVec,
+    retries: IntCounterVec,
+    no_healthy: IntCounterVec,
+    panic: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    per_backend: bool,
+}
+
+/// Handles of one pool, resolved off the request path.
+pub struct PoolHandles {
+    pub requests: [IntCounter; 4],
+    pub duration: Histogram,
+    pub retries: IntCounter,
+    pub no_healthy: IntCounter,
+    pub panic: IntCounter,
+    /// Per member, in member order; empty when per-backend metrics are off.
+    pub upstream: Vec<[IntCounter; 4]>,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &Registry, per_backend: bool) -> prometheus::Result<Self> {
+        let m = ProxyMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    names::REQUESTS,
+                    "Requests answered, by pool and status class",
+                ),
+                &["pool", "status_class"],
+            )?,
+            upstream: IntCounterVec::new(
+                Opts::new(names::UPSTREAM_REQUESTS, "Responses received from backends"),
+                &["pool", "backend", "status_class"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    names::REQUEST_DURATION,
+                    "Time from request to the end of the response",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["pool"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(names::RETRIES, "Requests retried on another backend"),
+                &["pool"],
+            )?,
+            no_healthy: IntCounterVec::new(
+                Opts::new(
+                    names::NO_HEALTHY,
+                    "Requests answered 503 for want of an alive backend",
+                ),
+                &["pool"],
+            )?,
+            panic: IntCounterVec::new(
+                Opts::new(
+                    names::PANIC,
+                    "Requests routed to all backends because the pool was below panic_threshold",
+                ),
+                &["pool"],
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new(names::RELOADS, "Configuration reloads by result"),
+                &["result"],
+            )?,
+            last_reload_success: Gauge::new(
+                names::LAST_RELOAD,
+                "Unix time of the last successful configuration load",
+            )?,
+            per_backend,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.upstream.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.no_healthy.clone()))?;
+        registry.register(Box::new(m.panic.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.last_reload_success.clone()))?;
+        for r in ["success", "failure"] {
+            m.reloads.with_label_values(&[r]);
+        }
+        Ok(m)
+    }
+
+    pub fn pool(&self, pool: &str, members: &[Member]) -> PoolHandles {
+        PoolHandles {
+            requests: CLASSES.map(|c| self.requests.with_label_values(&[pool, c])),
+            duration: self.duration.with_label_values(&[pool]),
+            retries: self.retries.with_label_values(&[pool]),
+            no_healthy: self.no_healthy.with_label_values(&[pool]),
+            panic: self.panic.with_label_values(&[pool]),
+            upstream: if self.per_backend {
+                members
+                    .iter()
+                    .map(|m| {
+                        CLASSES.map(|c| {
+                            self.upstream
+                                .with_label_values(&[pool, &m.backend.address, c])
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub fn remove_pool(&self, pool: &str) {
+        for c in CLASSES {
+            let _ = self.requests.remove_label_values(&[pool, c]);
+        }
+        let _ = self.duration.remove_label_values(&[pool]);
+        let _ = self.retries.remove_label_values(&[pool]);
+        let _ = self.no_healthy.remove_label_values(&[pool]);
+        let _ = self.panic.remove_label_values(&[pool]);
+    }
+
+    pub fn remove_backend(&self, pool: &str, backend: &str) {
+        for c in CLASSES {
+            let _ = self.upstream.remove_label_values(&[pool, backend, c]);
+        }
+    }
+
+    pub fn reload_succeeded(&self) {
+        self.reloads.with_label_values(&["success"]).inc();
+        self.mark_loaded();
+    }
+
+    /// A configuration was loaded (at start or by reload).
+    pub fn mark_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_reload_success.set(now);
+    }
+
+    pub fn reload_failed(&self) {
+        self.reloads.with_label_values(&["failure"]).inc();
+    }
+}

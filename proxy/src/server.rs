@@ -1,0 +1,177 @@
+//! Config → running process: the checker's runtime, the Pingora server with the proxy
+//! and admin services, and the signals (SIGHUP reload, SIGTERM drain).
+//!
+//! The checker runs on its own single-threaded runtime, apart from Pingora's worker
+//! threads, so a proxy saturated with requests does not starve health checks.
+
+use crate::admin::AdminApp;
+use crate::app::App;
+use crate::proxy::VigilProxy;
+use anyhow::Context;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vigil_conf::Config;
+
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+    pub watch: bool,
+}
+
+/// Binds nothing: checks that every address we must listen on is free, so a taken
+/// port is a clear error at start instead of a panic inside a service.
+fn check_addresses(config: &Config) -> anyhow::Result<()> {
+    for addr in config
+        .listeners
+        .iter()
+        .chain(std::iter::once(&config.admin.address))
+    {
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    Ok(())
+}
+
+/// Runs until a signal ends the process; never returns on success.
+pub fn run(
+    config: Config,
+    opts: RunOptions,
+    before_start: impl FnOnce(&tokio::runtime::Handle),
+) -> anyhow::Result<()> {
+    check_addresses(&config)?;
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vigil-checker")
+        .enable_all()
+        .build()
+        .context("cannot start the checker runtime")?;
+    before_start(control.handle());
+
+    let app = App::start(
+        config.clone(),
+        opts.config_path.clone(),
+        control.handle().clone(),
+    )?;
+    install_signal_handlers(&control, &app, config.grace_period)?;
+    if opts.watch {
+        spawn_watcher(&control, &app);
+    }
+    tracing::info!(
+        listeners = ?config.listeners,
+        admin = %config.admin.address,
+        pools = config.pools.len(),
+        backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>(),
+        "vigil started"
+    );
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora counts attempts; our per-pool `retries` (at most 100) is the real limit.
+        max_retries: 101,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        VigilProxy { app: app.clone() },
+        "vigil proxy",
+    );
+    for l in &config.listeners {
+        proxy.add_tcp(&l.to_string());
+    }
+    let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
+    admin.add_tcp(&config.admin.address.to_string());
+    admin.threads = Some(1);
+    server.add_service(proxy);
+    server.add_service(admin);
+    // The checker runtime must outlive the server; run_forever exits the process.
+    std::mem::forget(control);
+    server.run_forever();
+}
+
+fn install_signal_handlers(
+    rt: &tokio::runtime::Runtime,
+    app: &Arc<App>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _enter = rt.enter();
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let a = app.clone();
+    rt.spawn(async move {
+        while hup.recv().await.is_some() {
+            let a = a.clone();
+            let _ = tokio::task::spawn_blocking(move || a.reload()).await;
+        }
+    });
+    let a = app.clone();
+    rt.spawn(async move {
+        if term.recv().await.is_none() {
+            return;
+        }
+        drain(a, grace).await;
+    });
+    Ok(())
+}
+
+/// Pingora stops accepting on SIGTERM and then waits the whole grace period. We exit
+/// as soon as no request is in flight (or the grace period is over), so a deploy
+/// does not wait for nothing.
+async fn drain(app: Arc<App>, grace: Duration) {
+    app.draining.store(true, Ordering::SeqCst);
+    tracing::info!(in_flight = app.in_flight.load(Ordering::SeqCst), grace_period = ?grace, "SIGTERM: draining");
+    let deadline = Instant::now() + grace;
+    // A connection accepted just before the listeners closed may still be reading
+    // its request head: zero must hold for a little while before it counts.
+    let settle = Duration::from_millis(250);
+    let mut idle_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if app.in_flight.load(Ordering::SeqCst) == 0 {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= settle {
+                tracing::info!("drained: every request finished; exiting");
+                std::process::exit(0);
+            }
+        } else {
+            idle_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(
+        in_flight = app.in_flight.load(Ordering::SeqCst),
+        "grace period over; exiting with requests in flight"
+    );
+    std::process::exit(0);
+}
+
+/// `--watch`: reload when the file's modification time or size changes.
+fn spawn_watcher(rt: &tokio::runtime::Runtime, app: &Arc<App>) {
+    let Some(path) = app.config_path.clone() else {
+        return;
+    };
+    let app = app.clone();
+    rt.spawn(async move {
+        let stamp = |p: &PathBuf| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&path);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = stamp(&path);
+            if now != last && now.is_some() {
+                last = now;
+                let a = app.clone();
+                let _ = tokio::task::spawn_blocking(move || a.reload()).await;
+            }
+        }
+    });
+}
