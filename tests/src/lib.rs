@@ -3,6 +3,7 @@
 
 mod backend;
 mod client;
+pub mod config;
 mod process;
 
 pub use backend::{Control, FakeBackend, Mode, Request, Stats};
@@ -10,6 +11,19 @@ pub use client::{get, request, Response};
 pub use process::{free_port, Vigil};
 
 use std::time::{Duration, Instant};
+
+/// Starts `vigil` on `pools` (built with [`config::pool`]) and waits until ready.
+pub async fn start_vigil(top: &str, pools: &[String]) -> Vigil {
+    let (listen, admin) = (free_port(), free_port());
+    let mut v = Vigil::start(&config::config(listen, admin, top, pools), listen, admin);
+    v.wait_ready().await;
+    v
+}
+
+/// Traffic (not health checks) a backend received.
+pub fn traffic(b: &FakeBackend) -> u64 {
+    b.stats.requests() - b.stats.health_requests()
+}
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {

@@ -1,0 +1,242 @@
+//! The admin listener's answers, `/metrics` against promtool, and the command line.
+
+use std::process::Command;
+use std::time::Duration;
+use vigil_tests::config::{pool, FAST_CHECKS};
+use vigil_tests::{get, request, start_vigil, wait_for_async, FakeBackend, Vigil};
+
+const FAMILIES: [&str; 17] = [
+    "vigil_backend_up",
+    "vigil_backend_state",
+    "vigil_health_checks_total",
+    "vigil_health_check_duration_seconds",
+    "vigil_health_check_connections_opened_total",
+    "vigil_health_checks_in_flight",
+    "vigil_health_check_lag_seconds",
+    "vigil_backend_transitions_total",
+    "vigil_pool_backends",
+    "vigil_requests_total",
+    "vigil_upstream_requests_total",
+    "vigil_request_duration_seconds",
+    "vigil_upstream_retries_total",
+    "vigil_passive_ejections_total",
+    "vigil_no_healthy_backend_total",
+    "vigil_config_reloads_total",
+    "vigil_config_last_reload_success_timestamp_seconds",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_have_the_contract_shapes() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    b.ctl.set_health(500);
+    let v = start_vigil("", &[pool("web", &[(&a, 1), (&b, 3)], FAST_CHECKS)]).await;
+    let admin = v.admin;
+    wait_for_async("b down", Duration::from_secs(10), || async move {
+        get(admin, "a", "/health").await.unwrap().json()["pools"]["web"]["down"] == 1
+    })
+    .await;
+
+    let live = v.admin_get("/health/live").await;
+    assert_eq!(
+        (live.status, live.json()),
+        (200, serde_json::json!({"status": "alive"}))
+    );
+    let ready = v.admin_get("/health/ready").await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (200, serde_json::json!({"status": "ready"}))
+    );
+
+    let h = v.admin_get("/health").await;
+    assert_eq!(h.status, 200);
+    let j = h.json();
+    assert_eq!(j["status"], "degraded");
+    assert_eq!(
+        j["pools"]["web"],
+        serde_json::json!({"up": 1, "down": 1, "unknown": 0, "ejected": 0})
+    );
+    assert!(j["response_time_ms"].as_f64().unwrap() >= 0.0);
+
+    let d = v.admin_get("/health/detailed").await.json();
+    let list = d["pools"]["web"]["backends"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for key in [
+        "address",
+        "state",
+        "weight",
+        "consecutive_successes",
+        "consecutive_failures",
+        "last_check_ms_ago",
+        "last_latency_ms",
+        "next_check_in_ms",
+        "last_error",
+        "last_transition_ms_ago",
+    ] {
+        assert!(
+            list[0].get(key).is_some(),
+            "detailed lacks {key}: {}",
+            list[0]
+        );
+    }
+    assert_eq!(list[1]["address"], b.addr.to_string());
+    assert_eq!(list[1]["state"], "down");
+    assert_eq!(list[1]["weight"], 3);
+    assert_eq!(list[1]["last_error"], "HTTP 500");
+    assert!(d["response_time_ms"].is_number());
+
+    a.ctl.set_health(500);
+    wait_for_async("unhealthy", Duration::from_secs(10), || async move {
+        get(admin, "a", "/health").await.unwrap().status == 503
+    })
+    .await;
+    assert_eq!(v.admin_get("/health").await.json()["status"], "unhealthy");
+    assert_eq!(v.admin_get("/nope").await.status, 404);
+    assert_eq!(
+        request(admin, "POST", "a", "/health", &[], "")
+            .await
+            .unwrap()
+            .status,
+        405
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_name_every_family() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    get(v.listen, "app", "/").await.unwrap();
+    let m = v.admin_get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    for f in FAMILIES {
+        assert!(
+            m.body.contains(&format!("# TYPE {f} ")),
+            "/metrics lacks {f}"
+        );
+    }
+    // Label sets known from the config start at zero.
+    let backend = a.addr.to_string();
+    for series in [
+        format!("vigil_backend_state{{backend=\"{backend}\",pool=\"web\",state=\"ejected\"}} 0"),
+        format!(
+            "vigil_health_checks_total{{backend=\"{backend}\",pool=\"web\",result=\"timeout\"}} 0"
+        ),
+        "vigil_no_healthy_backend_total{pool=\"web\"} 0".to_string(),
+        "vigil_requests_total{pool=\"web\",status_class=\"5xx\"} 0".to_string(),
+        "vigil_config_reloads_total{result=\"failure\"} 0".to_string(),
+    ] {
+        assert!(m.body.contains(&series), "missing zero series {series}");
+    }
+    assert_eq!(
+        v.metric("vigil_requests_total{pool=\"web\",status_class=\"2xx\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        v.metric(&format!(
+            "vigil_backend_up{{backend=\"{backend}\",pool=\"web\"}}"
+        ))
+        .await,
+        Some(1.0)
+    );
+
+    let path = Vigil::temp_path("metrics.txt");
+    std::fs::write(&path, &m.body).unwrap();
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("metrics")
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .expect("promtool (make test installs it)");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
+fn vigil_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(Vigil::binary()).args(args).output().unwrap()
+}
+
+#[test]
+fn validate_reports_every_error_with_position() {
+    let path = Vigil::temp_path("broken.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: 127.0.0.1:8080\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n        weight: 0\n    health_check:\n      jitter: 2\n",
+    )
+    .unwrap();
+    let out = vigil_cmd(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        err.contains(&format!("{file}:7:17: weight must be between 1")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:9:15: jitter must be")),
+        "{err}"
+    );
+
+    let good = Vigil::temp_path("good.yaml");
+    std::fs::write(&good, "listeners:\n  - address: 127.0.0.1:8080\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n").unwrap();
+    let out = vigil_cmd(&["validate", good.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pool web: 1 backends"));
+
+    let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "run started on a broken file");
+    let missing = vigil_cmd(&["validate", "/nonexistent/vigil.yaml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .contains("/nonexistent/vigil.yaml:1:1: cannot read file"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = vigil_cmd(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("vigil "));
+    let out = vigil_cmd(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "demo", "validate"] {
+        assert!(help.contains(cmd), "--help lacks {cmd}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_through_the_proxy() {
+    let listen: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let admin: std::net::SocketAddr = "127.0.0.1:9901".parse().unwrap();
+    let mut v = Vigil::spawn(
+        &["demo", "--log-format", "json"],
+        listen,
+        admin,
+        Vigil::temp_path("none"),
+    );
+    v.wait_ready().await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let r = get(listen, "localhost", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+        seen.insert(r.body);
+    }
+    assert!(seen.len() >= 2, "demo did not balance: {seen:?}");
+    assert!(v
+        .admin_get("/metrics")
+        .await
+        .body
+        .contains("vigil_backend_up{backend=\"127.0.0.1:18083\",pool=\"demo\"}"));
+}
