@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use vigil_conf::HashKey;
 
+/// How long an idle upstream keep-alive connection is kept in Pingora's pool.
+const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct VigilProxy {
     pub app: Arc<App>,
 }
@@ -200,6 +203,8 @@ impl ProxyHttp for VigilProxy {
         let mut peer = HttpPeer::new(member.backend.socket_addr, false, String::new());
         peer.options.connection_timeout = Some(pool.config.connect_timeout);
         peer.options.read_timeout = Some(pool.config.read_timeout);
+        // Pooled connections to a backend removed by reload must not linger forever.
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
         ctx.tried.push(i);
         ctx.current = Some(i);
         Ok(Box::new(peer))

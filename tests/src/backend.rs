@@ -28,6 +28,8 @@ pub enum Mode {
 pub struct Stats {
     pub connections: AtomicU64,
     pub open_connections: AtomicI64,
+    /// Open connections that carried a health check.
+    pub open_check_connections: AtomicI64,
     pub requests: AtomicU64,
     pub health_requests: AtomicU64,
     pub in_flight: AtomicI64,
@@ -42,6 +44,9 @@ impl Stats {
     }
     pub fn open(&self) -> i64 {
         self.open_connections.load(Ordering::SeqCst)
+    }
+    pub fn open_check_connections(&self) -> i64 {
+        self.open_check_connections.load(Ordering::SeqCst)
     }
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
@@ -202,10 +207,13 @@ impl Drop for FakeBackend {
     }
 }
 
-struct OpenGuard(Arc<Stats>);
+struct OpenGuard(Arc<Stats>, bool);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+        if self.1 {
+            self.0.open_check_connections.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -218,7 +226,7 @@ async fn connection(
 ) {
     stats.connections.fetch_add(1, Ordering::SeqCst);
     stats.open_connections.fetch_add(1, Ordering::SeqCst);
-    let _guard = OpenGuard(stats.clone());
+    let mut guard = OpenGuard(stats.clone(), false);
     let _ = sock.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -241,6 +249,10 @@ async fn connection(
         let is_health = req.path.starts_with("/health");
         stats.requests.fetch_add(1, Ordering::SeqCst);
         if is_health {
+            if !guard.1 {
+                guard.1 = true;
+                stats.open_check_connections.fetch_add(1, Ordering::SeqCst);
+            }
             stats.health_requests.fetch_add(1, Ordering::SeqCst);
             stats.health_times.lock().unwrap().push(Instant::now());
         } else {

@@ -5,6 +5,7 @@ mod backend;
 mod client;
 pub mod config;
 mod process;
+pub mod stream;
 
 pub use backend::{Control, FakeBackend, Mode, Request, Stats};
 pub use client::{get, request, Response};

@@ -1,0 +1,326 @@
+//! Reloads under traffic: nothing lost, kept backends keep their state, bad files
+//! change nothing.
+
+use std::time::Duration;
+use vigil_tests::config::{config, pool, FAST_CHECKS};
+use vigil_tests::stream::{failures, Stream};
+use vigil_tests::{free_port, get, request, traffic, wait_for, wait_for_async, FakeBackend, Vigil};
+
+async fn post_reload(v: &Vigil, token: Option<&str>) -> vigil_tests::Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    request(v.admin, "POST", "admin", "/admin/reload", &headers, "")
+        .await
+        .unwrap()
+}
+
+fn state_of(detail: &serde_json::Value, pool: &str, addr: &str) -> serde_json::Value {
+    detail["pools"][pool]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .map(|b| b["state"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_traffic_lose_nothing() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let c = FakeBackend::start("c").await;
+    let (listen, admin) = (free_port(), free_port());
+    let variant = |i: usize| {
+        // Alternate weights, check settings, balance, and whether c is in the pool.
+        let checks = if i % 2 == 0 {
+            FAST_CHECKS.to_string()
+        } else {
+            FAST_CHECKS.replace("interval: 1s", "interval: 2s")
+        };
+        let balance = ["round_robin", "weighted_round_robin", "least_requests"][i % 3];
+        let mut members = vec![(&a, 1 + (i % 3) as u32), (&b, 1)];
+        if i % 5 != 4 {
+            members.push((&c, 2));
+        }
+        config(
+            listen,
+            admin,
+            "",
+            &[pool(
+                "web",
+                &members,
+                &format!("    balance: {balance}\n{checks}"),
+            )],
+        )
+    };
+    let mut v = Vigil::start(&variant(0), listen, admin);
+    v.wait_ready().await;
+    wait_for_async("all three up", Duration::from_secs(10), || async move {
+        get(admin, "a", "/health").await.unwrap().json()["pools"]["web"]["up"] == 3
+    })
+    .await;
+    let kept = [a.addr.to_string(), b.addr.to_string()];
+    let before = v.admin_get("/health/detailed").await.json();
+    let logged_before = v
+        .transitions()
+        .iter()
+        .filter(|l| kept.iter().any(|k| l["fields"]["backend"] == k.as_str()))
+        .count();
+
+    let stream = Stream::start(listen, "GET", 2);
+    for i in 1..=50 {
+        std::fs::write(&v.config_path, variant(i)).unwrap();
+        let r = post_reload(&v, None).await;
+        assert_eq!(r.status, 200, "reload {i}: {}", r.body);
+    }
+    wait_for(
+        "traffic after the last reload",
+        Duration::from_secs(10),
+        || stream.count() > 100,
+    )
+    .await;
+    let outcomes = stream.finish().await;
+    let failed = failures(&outcomes);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during reloads: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    let after = v.admin_get("/health/detailed").await.json();
+    for k in &kept {
+        assert_eq!(state_of(&before, "web", k), "up");
+        assert_eq!(
+            state_of(&after, "web", k),
+            "up",
+            "kept backend {k} changed state"
+        );
+    }
+    let logged_after = v
+        .transitions()
+        .iter()
+        .filter(|l| kept.iter().any(|k| l["fields"]["backend"] == k.as_str()))
+        .count();
+    assert_eq!(
+        logged_after, logged_before,
+        "a reload logged a state change for a kept backend"
+    );
+    assert_eq!(
+        v.metric("vigil_config_reloads_total{result=\"success\"}")
+            .await,
+        Some(50.0)
+    );
+    v.signal(libc::SIGKILL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_file_keeps_the_old_config_serving() {
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = (free_port(), free_port());
+    let good = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
+    let mut v = Vigil::start(&good, listen, admin);
+    v.wait_ready().await;
+    std::fs::write(
+        &v.config_path,
+        good.replace("weight: 1", "weight: 0\n        colour: red"),
+    )
+    .unwrap();
+    let r = post_reload(&v, None).await;
+    assert_eq!(r.status, 400);
+    let errors: Vec<String> = r.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    let file = v.config_path.display().to_string();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.starts_with(&format!("{file}:"))),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains(":11:17: weight must be")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("unknown key `colour`")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        get(listen, "app", "/").await.unwrap().status,
+        200,
+        "the old config stopped serving"
+    );
+    assert_eq!(
+        v.metric("vigil_config_reloads_total{result=\"failure\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        v.metric("vigil_config_reloads_total{result=\"success\"}")
+            .await,
+        Some(0.0)
+    );
+    assert!(v
+        .logs()
+        .iter()
+        .any(|l| l.contains("reload rejected") && l.contains("weight must be")));
+
+    // A change that needs a restart is refused whole, not half-applied.
+    let moved = good
+        .replace(&listen.to_string(), &free_port().to_string())
+        .replace("weight: 1", "weight: 7");
+    std::fs::write(&v.config_path, moved).unwrap();
+    let r = post_reload(&v, None).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("listeners changed: restart vigil"),
+        "{}",
+        r.body
+    );
+    let d = v.admin_get("/health/detailed").await.json();
+    assert_eq!(
+        d["pools"]["web"]["backends"][0]["weight"], 1,
+        "half of a refused reload was applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_backend_leaves_and_added_backend_joins_after_its_first_check() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let (listen, admin) = (free_port(), free_port());
+    let slow_steady = FAST_CHECKS.replace("interval: 1s", "interval: 3s");
+    let v1 = config(listen, admin, "", &[pool("web", &[(&a, 1)], &slow_steady)]);
+    let mut v = Vigil::start(&v1, listen, admin);
+    v.wait_ready().await;
+
+    // Add b: checked at once (within fast_interval), joins after one success.
+    std::fs::write(
+        &v.config_path,
+        config(
+            listen,
+            admin,
+            "",
+            &[pool("web", &[(&a, 1), (&b, 1)], &slow_steady)],
+        ),
+    )
+    .unwrap();
+    let r = post_reload(&v, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["changes"]["backends"]["added"][0],
+        format!("web/{}", b.addr)
+    );
+    wait_for("b checked", Duration::from_secs(2), || {
+        b.stats.health_requests() >= 1
+    })
+    .await;
+    wait_for_async("b serves", Duration::from_secs(10), || {
+        let listen = listen;
+        async move { get(listen, "app", "/").await.unwrap().body == "b" }
+    })
+    .await;
+
+    // Remove a: no more requests, no more checks, its series gone.
+    std::fs::write(
+        &v.config_path,
+        config(listen, admin, "", &[pool("web", &[(&b, 1)], &slow_steady)]),
+    )
+    .unwrap();
+    let r = post_reload(&v, None).await;
+    assert_eq!(
+        r.json()["changes"]["backends"]["removed"][0],
+        format!("web/{}", a.addr)
+    );
+    let (t, h) = (traffic(&a), a.stats.health_requests());
+    for _ in 0..20 {
+        assert_eq!(get(listen, "app", "/").await.unwrap().body, "b");
+    }
+    wait_for(
+        "a's check connection closed",
+        Duration::from_secs(5),
+        || a.stats.open_check_connections() == 0,
+    )
+    .await;
+    assert_eq!(traffic(&a), t);
+    assert!(
+        a.stats.health_requests() <= h + 1,
+        "a removed backend is still checked"
+    );
+    let m = v.admin_get("/metrics").await.body;
+    assert!(
+        !m.contains(&a.addr.to_string()),
+        "series of a removed backend remain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_watch_and_token() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    let (listen, admin) = (free_port(), free_port());
+    let top = "admin_token_placeholder";
+    let make = |backends: &[(&FakeBackend, u32)]| {
+        config(listen, admin, "", &[pool("web", backends, FAST_CHECKS)])
+            .replace(
+                &format!("  address: {admin}\n"),
+                &format!("  address: {admin}\n  token: s3cret\n"),
+            )
+            .replace(top, "")
+    };
+    let path = Vigil::temp_path("watched.yaml");
+    std::fs::write(&path, make(&[(&a, 1)])).unwrap();
+    let mut v = Vigil::spawn(
+        &[
+            "run",
+            "-c",
+            path.to_str().unwrap(),
+            "--watch",
+            "--log-format",
+            "json",
+        ],
+        listen,
+        admin,
+        path.clone(),
+    );
+    v.wait_ready().await;
+
+    assert_eq!(post_reload(&v, None).await.status, 401);
+    assert_eq!(post_reload(&v, Some("wrong")).await.status, 401);
+    assert_eq!(post_reload(&v, Some("s3cret")).await.status, 200);
+
+    // SIGHUP
+    std::fs::write(&path, make(&[(&a, 1), (&b, 1)])).unwrap();
+    v.signal(libc::SIGHUP);
+    wait_for("b checked after SIGHUP", Duration::from_secs(10), || {
+        b.stats.health_requests() >= 1
+    })
+    .await;
+
+    // --watch (SIGHUP above may also have been seen by the watcher: count from here)
+    let reloads = v
+        .metric("vigil_config_reloads_total{result=\"success\"}")
+        .await
+        .unwrap();
+    std::fs::write(&path, make(&[(&b, 1)])).unwrap();
+    let admin_addr = v.admin;
+    wait_for_async("watch reloaded", Duration::from_secs(10), || async move {
+        let m = get(admin_addr, "a", "/metrics").await.unwrap().body;
+        !m.contains(&format!("vigil_backend_up{{backend=\"{}\"", a.addr))
+    })
+    .await;
+    assert!(
+        v.metric("vigil_config_reloads_total{result=\"success\"}")
+            .await
+            .unwrap()
+            > reloads
+    );
+    assert!(v
+        .logs()
+        .iter()
+        .any(|l| l.contains("configuration reloaded")));
+}
