@@ -57,7 +57,8 @@ impl<'a> Validator<'a> {
         match raw {
             None => default,
             Some(text) => parse_duration(text).unwrap_or_else(|e| {
-                self.error(path, e);
+                let key = path.rsplit('.').next().unwrap_or(path);
+                self.error(path, format!("{key}: {e}"));
                 default
             }),
         }
