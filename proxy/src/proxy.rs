@@ -61,7 +61,7 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 impl Ctx {
-    fn pool<'a>(&'a self) -> Option<&'a crate::routing::PoolRoute> {
+    fn pool(&self) -> Option<&crate::routing::PoolRoute> {
         self.table.as_ref().map(|t| &t.pools[self.pool])
     }
 
@@ -250,7 +250,7 @@ impl ProxyHttp for VigilProxy {
             }
         }
         // A stale pooled connection never carried the request: safe for any method.
-        let mut reused_only = e.retry.clone();
+        let mut reused_only = e.retry;
         reused_only.decide_reuse(client_reused);
         let safe = idempotent(&session.req_header().method) || reused_only.retry();
         if from_upstream

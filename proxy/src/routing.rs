@@ -91,7 +91,7 @@ impl Router {
         for (_, list) in &mut self.suffix {
             list.sort_by(by_len);
         }
-        self.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.suffix.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
     }
 
     /// Host first (exact, then longest `*.suffix`, then `*`); within the most specific

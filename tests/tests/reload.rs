@@ -32,7 +32,7 @@ async fn fifty_reloads_under_traffic_lose_nothing() {
     let (listen, admin) = (free_port(), free_port());
     let variant = |i: usize| {
         // Alternate weights, check settings, balance, and whether c is in the pool.
-        let checks = if i % 2 == 0 {
+        let checks = if i.is_multiple_of(2) {
             FAST_CHECKS.to_string()
         } else {
             FAST_CHECKS.replace("interval: 1s", "interval: 2s")
@@ -219,9 +219,8 @@ async fn removed_backend_leaves_and_added_backend_joins_after_its_first_check() 
         b.stats.health_requests() >= 1
     })
     .await;
-    wait_for_async("b serves", Duration::from_secs(10), || {
-        let listen = listen;
-        async move { get(listen, "app", "/").await.unwrap().body == "b" }
+    wait_for_async("b serves", Duration::from_secs(10), || async move {
+        get(listen, "app", "/").await.unwrap().body == "b"
     })
     .await;
 
