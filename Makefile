@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 VIGIL := target/release/vigil
 
-.PHONY: all deps test-deps build run test bench bench-micro lint fmt clean-state
+.PHONY: all deps test-deps bench-deps build run test bench soak lint fmt
 
 all: build
 
@@ -34,9 +34,19 @@ test: test-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
 
+# Results go to bench/RESULTS.md by hand, beside the command that produced them.
 bench: bench-deps build
+	$(CARGO) build --release -p vigil-bench --bins
 	$(CARGO) bench -p vigil-bench
-	bench/run.sh
+	python3 bench/harness.py proxy
+	python3 bench/harness.py checker
+	python3 bench/harness.py death
+	python3 bench/harness.py reload
+
+# Ten minutes: task count, fds and memory must stay flat.
+soak: bench-deps build
+	$(CARGO) build --release -p vigil-bench --bins
+	python3 bench/harness.py soak
 
 lint: deps
 	$(CARGO) fmt --all -- --check

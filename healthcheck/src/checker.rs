@@ -390,6 +390,12 @@ impl Checker {
         self.inner.tasks_alive.load(Ordering::SeqCst)
     }
 
+    /// Tasks alive on the checker's runtime (backend tasks, the publisher, and
+    /// whatever else the owner spawned there).
+    pub fn runtime_tasks(&self) -> usize {
+        self.inner.runtime.metrics().num_alive_tasks()
+    }
+
     /// Most checks ever in flight at once.
     pub fn peak_in_flight(&self) -> usize {
         self.inner.peak_in_flight.load(Ordering::SeqCst)

@@ -35,6 +35,25 @@ fn check_addresses(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard one: every backend may hold a check
+/// connection and a few pooled proxy connections.
+fn raise_fd_limit() {
+    // SAFETY: plain libc calls on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(soft, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// Runs until a signal ends the process; never returns on success.
 pub fn run(
     config: Config,
@@ -42,6 +61,7 @@ pub fn run(
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> anyhow::Result<()> {
     check_addresses(&config)?;
+    raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("vigil-checker")

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""vigil's end-to-end benchmarks, each beside its peers in the same run.
+
+    bench/harness.py proxy     # throughput, p50/p99, CPU per request: vigil, nginx, HAProxy
+    bench/harness.py checker   # 10,000 backends at 1 s: vigil's checker vs pingora-load-balancing
+    bench/harness.py death     # a backend killed under load: vigil, HAProxy, nginx
+    bench/harness.py reload    # 100 reloads under load vs none
+    bench/harness.py soak      # 10 min, 1,000 backends, a reload every 10 s, one flapping
+
+Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
+the proxy share them, so figures are for comparison within one run, not absolutes.
+Prints a Markdown section to paste into bench/RESULTS.md.
+"""
+
+import calendar
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+WORK = tempfile.mkdtemp(prefix="vigil-bench-")
+TICK = os.sysconf("SC_CLK_TCK")
+PROCS = []
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def start(cmd, name, **kw):
+    out = open(os.path.join(WORK, name + ".log"), "w")
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cleanup():
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+
+
+def wait_for(what, cond, limit=60):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def http(url, data=None, timeout=5):
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+        except OSError:
+            kids = []
+        todo += [int(k) for k in kids]
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / TICK
+
+
+def rss_mib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def metrics(admin):
+    _, text = http(f"http://{admin}/metrics")
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def hist_quantile(before, after, family, q, labels=""):
+    """q-quantile (bucket upper bound) of a histogram's increase between two scrapes."""
+    buckets = []
+    for k, v in after.items():
+        m = re.fullmatch(re.escape(family) + r'_bucket\{' + labels + r'le="([^"]+)"\}', k)
+        if m:
+            buckets.append((float(m.group(1)), v - before.get(k, 0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    for le, n in buckets:
+        if total and n >= q * total:
+            return le
+    return float("nan")
+
+
+def fleet(count, name, flap=None):
+    out = os.path.join(WORK, name + ".txt")
+    cmd = [os.path.join(BIN, "fleet"), "--count", str(count), "--out", out]
+    if flap:
+        cmd += ["--flap", str(flap)]
+    p = start(cmd, name)
+    wait_for(f"{name} up", lambda: os.path.exists(out) and len(open(out).read().split()) == count)
+    return p, out, open(out).read().split()
+
+
+def fleet_stats(file):
+    parts = open(file + ".stats").read().split()
+    return {"connections": int(parts[1]), "requests": int(parts[3])}
+
+
+def vigil(config, name="vigil"):
+    path = os.path.join(WORK, name + ".yaml")
+    open(path, "w").write(config)
+    p = start([os.path.join(BIN, "vigil"), "run", "-c", path], name)
+    admin = re.search(r"admin:\n  address: (\S+)", config).group(1)
+    wait_for("vigil live", lambda: http(f"http://{admin}/health/live")[0] == 200)
+    return p, admin, path
+
+
+def vigil_config(listen, admin, pools, top="threads: 1\n"):
+    return f"{top}grace_period: 1s\nlisteners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n{pools}"
+
+
+def pool_yaml(name, addrs, extra=""):
+    s = f"  - name: {name}\n    backends:\n"
+    s += "".join(f"      - address: {a}\n" for a in addrs)
+    return s + extra
+
+
+def wrk(url, seconds, conns=32, extra=()):
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+    return {"requests": reqs, "rps": reqs / seconds, "p50": lat("50"), "p99": lat("99"), "errors": errors, "raw": out}
+
+
+# ---------------------------------------------------------------- peers' configs
+
+def nginx_conf(listen, addrs, extra_upstream="", extra_location=""):
+    servers = "".join(f"    server {a}{extra_upstream};\n" for a in addrs)
+    return f"""worker_processes 1;
+daemon off;
+pid {WORK}/nginx.pid;
+error_log {WORK}/nginx-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream pool {{
+{servers}    keepalive 64;
+  }}
+  server {{
+    listen {listen};
+    location / {{
+      proxy_pass http://pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+{extra_location}    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(listen, addrs, server_opts="", backend_opts=""):
+    servers = "".join(f"  server s{i} {a}{server_opts}\n" for i, a in enumerate(addrs))
+    return f"""global
+  nbthread 1
+  maxconn 4096
+  log stderr format short local0 notice
+defaults
+  mode http
+  log global
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind {listen}
+  default_backend pool
+backend pool
+  balance roundrobin
+{backend_opts}{servers}"""
+
+
+def start_nginx(conf, name="nginx"):
+    path = os.path.join(WORK, name + ".conf")
+    open(path, "w").write(conf)
+    return start(["nginx", "-c", path, "-p", WORK], name)
+
+
+def start_haproxy(conf, name="haproxy"):
+    path = os.path.join(WORK, name + ".cfg")
+    open(path, "w").write(conf)
+    return start(["haproxy", "-f", path], name)
+
+
+def wait_port(addr):
+    host, port = addr.rsplit(":", 1)
+    import socket
+    def up():
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    wait_for(f"{addr} listening", up)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+def bench_proxy(rounds=3, seconds=15):
+    backends = [fleet(1, f"proxy-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    peers = {
+        "vigil": lambda: vigil(vigil_config("127.0.0.1:18800", "127.0.0.1:18801", pool_yaml("web", addrs)))[0],
+        "nginx": lambda: start_nginx(nginx_conf("127.0.0.1:18810", addrs)),
+        "haproxy": lambda: start_haproxy(haproxy_conf("127.0.0.1:18820", addrs)),
+    }
+    ports = {"vigil": "127.0.0.1:18800", "nginx": "127.0.0.1:18810", "haproxy": "127.0.0.1:18820"}
+    results = {k: [] for k in peers}
+    for r in range(rounds):
+        order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
+        for name in order:
+            p = peers[name]()
+            wait_port(ports[name])
+            if name == "vigil":
+                wait_for("vigil ready", lambda: http("http://127.0.0.1:18801/health/ready")[0] == 200)
+            wrk(f"http://{ports[name]}/", 3)  # warm-up: keep-alive pools filled
+            c0 = cpu_seconds(p.pid)
+            w = wrk(f"http://{ports[name]}/", seconds)
+            cpu = cpu_seconds(p.pid) - c0
+            w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
+            w["cpu_share"] = cpu / seconds
+            results[name].append(w)
+            log(f"round {r} {name}: {w['rps']:.0f} req/s p50 {w['p50']:.3f} ms p99 {w['p99']:.3f} ms "
+                f"cpu {w['cpu_us_per_req']:.1f} us/req errors {w['errors']}")
+            stop(p, signal.SIGINT if name == "vigil" else signal.SIGTERM)
+            time.sleep(0.5)
+    print(f"\n### Proxy throughput ({rounds} rounds of {seconds} s, medians)\n")
+    print("| proxy | req/s | p50 ms | p99 ms | CPU µs/request | proxy CPU share | errors |")
+    print("|---|---|---|---|---|---|---|")
+    med = lambda k, n: statistics.median(x[k] for x in results[n])
+    for n in peers:
+        print(f"| {n} | {med('rps', n):.0f} | {med('p50', n):.3f} | {med('p99', n):.3f} | "
+              f"{med('cpu_us_per_req', n):.1f} | {med('cpu_share', n):.2f} | {sum(x['errors'] for x in results[n])} |")
+    hv = med("cpu_us_per_req", "vigil") / med("cpu_us_per_req", "haproxy")
+    nv = med("p99", "vigil") / med("p99", "nginx")
+    print(f"\nvigil CPU/request ÷ HAProxy's: {hv:.2f}; vigil p99 ÷ nginx p99: {nv:.2f}")
+
+
+def bench_checker(seconds=60, warmup=15, count=10000):
+    half = count // 2
+    f1, file1, a1 = fleet(half, "checker-fleet1")
+    f2, file2, a2 = fleet(count - half, "checker-fleet2")
+    addrs = a1 + a2
+    checks = ("    health_check:\n      interval: 1s\n      fast_interval: 1s\n      timeout: 1s\n"
+              "      jitter: 0.1\n")
+    top = "threads: 1\nmetrics:\n  per_backend: false\nchecker:\n  max_concurrent_checks: 1024\n"
+    cfg = vigil_config("127.0.0.1:18900", "127.0.0.1:18901", pool_yaml("big", addrs, checks), top)
+    s0 = [fleet_stats(file1), fleet_stats(file2)]
+    p, admin, _ = vigil(cfg)
+    wait_for("every backend up", lambda: metrics(admin).get('vigil_pool_backends{pool="big",state="up"}') == count, 120)
+    time.sleep(warmup)
+    m0, c0, t0, fs0 = metrics(admin), cpu_seconds(p.pid), time.time(), [fleet_stats(file1), fleet_stats(file2)]
+    time.sleep(seconds)
+    m1, c1, t1, fs1 = metrics(admin), cpu_seconds(p.pid), time.time(), [fleet_stats(file1), fleet_stats(file2)]
+    rss = rss_mib(p.pid)
+    el = t1 - t0
+    n = 'vigil_health_check_duration_seconds_count{pool="big"}'
+    vchecks = (m1[n] - m0[n]) / el
+    vconn_total = m1['vigil_health_check_connections_opened_total{pool="big"}']
+    fleet_conns = sum(f["connections"] for f in fs1) - sum(f["connections"] for f in s0)
+    lag99 = hist_quantile(m0, m1, "vigil_health_check_lag_seconds", 0.99)
+    dur99 = hist_quantile(m0, m1, "vigil_health_check_duration_seconds", 0.99, 'pool="big",')
+    vcpu = (c1 - c0) / el
+    v = {"cpu": vcpu, "rss": rss, "checks": vchecks, "conn_per_backend": vconn_total / count,
+         "fleet_conn_per_backend": fleet_conns / count, "lag99": lag99, "dur99": dur99,
+         "cpu_us_per_check": vcpu / vchecks * 1e6}
+    log(f"vigil: {v}")
+    stop(p, signal.SIGINT)
+
+    peers = {}
+    for reuse in (True, False):
+        name = "pingora-lb" + (" (reuse_connection)" if reuse else " (default)")
+        cmd = [os.path.join(BIN, "lb_peer"), file1, file2] + (["--reuse"] if reuse else [])
+        s0 = [fleet_stats(file1), fleet_stats(file2)]
+        q = start(cmd, "lb_peer")
+        time.sleep(warmup)
+        fs0, c0, t0 = [fleet_stats(file1), fleet_stats(file2)], cpu_seconds(q.pid), time.time()
+        time.sleep(seconds)
+        fs1, c1, t1 = [fleet_stats(file1), fleet_stats(file2)], cpu_seconds(q.pid), time.time()
+        el = t1 - t0
+        reqs = (sum(f["requests"] for f in fs1) - sum(f["requests"] for f in fs0)) / el
+        conns = sum(f["connections"] for f in fs1) - sum(f["connections"] for f in s0)
+        cpu = (c1 - c0) / el
+        peers[name] = {"cpu": cpu, "rss": rss_mib(q.pid), "checks": reqs, "conn_per_backend": conns / count,
+                       "cpu_us_per_check": cpu / max(reqs, 1) * 1e6}
+        log(f"{name}: {peers[name]}")
+        stop(q)
+    print(f"\n### Checker scale: {count} backends, 1 s interval, {seconds} s measured after {warmup} s warm-up\n")
+    print("| checker | CPU (share of one core) | RSS MiB | checks/s | CPU µs/check | connections opened per backend | lag p99 | check p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| vigil | {v['cpu']:.3f} | {v['rss']:.0f} | {v['checks']:.0f} | {v['cpu_us_per_check']:.1f} | "
+          f"{v['conn_per_backend']:.3f} (fleet saw {v['fleet_conn_per_backend']:.3f}) | ≤ {v['lag99']*1000:g} ms | ≤ {v['dur99']*1000:g} ms |")
+    for name, r in peers.items():
+        print(f"| {name} | {r['cpu']:.3f} | {r['rss']:.0f} | {r['checks']:.0f} | {r['cpu_us_per_check']:.1f} | "
+              f"{r['conn_per_backend']:.3f} | n/a | n/a |")
+    stop(f1)
+    stop(f2)
+
+
+def bench_death(seconds=12, kill_at=3):
+    rows = []
+    setups = [
+        ("vigil (passive: 5 failures)", "vigil", ""),
+        ("vigil (passive: 1 failure)", "vigil", "    passive:\n      consecutive_failures: 1\n"),
+        ("haproxy check inter 1s fall 3 rise 2", "haproxy", ""),
+        ("haproxy … + option redispatch, retries 3", "haproxy", "redispatch"),
+        ("nginx max_fails=1 proxy_next_upstream error timeout", "nginx", ""),
+    ]
+    for label, kind, extra in setups:
+        backends = [fleet(1, f"death-{kind}-{i}") for i in range(3)]
+        addrs = [b[2][0] for b in backends]
+        if kind == "vigil":
+            checks = "    health_check:\n      interval: 1s\n      fast_interval: 250ms\n      timeout: 500ms\n      rise: 2\n      fall: 3\n"
+            p, admin, _ = vigil(vigil_config("127.0.0.1:18700", "127.0.0.1:18701", pool_yaml("web", addrs, checks + extra)))
+            wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
+            port = "127.0.0.1:18700"
+        elif kind == "haproxy":
+            bo = "  option httpchk GET /health\n"
+            if extra == "redispatch":
+                bo += "  option redispatch 1\n  retries 3\n"
+            p = start_haproxy(haproxy_conf("127.0.0.1:18720", addrs, " check inter 1s fall 3 rise 2", bo), "haproxy-death")
+            port = "127.0.0.1:18720"
+        else:
+            p = start_nginx(nginx_conf("127.0.0.1:18710", addrs, " max_fails=1 fail_timeout=10s",
+                                       "      proxy_next_upstream error timeout;\n"), "nginx-death")
+            port = "127.0.0.1:18710"
+        wait_port(port)
+        time.sleep(1.5)
+        killed_at = []
+        def killer():
+            time.sleep(kill_at)
+            killed_at.append(time.time())
+            backends[1][0].kill()
+        import threading
+        t = threading.Thread(target=killer)
+        t.start()
+        w = wrk(f"http://{port}/", seconds, conns=16)
+        t.join()
+        detect = "n/a"
+        if kind == "vigil":
+            logs = open(os.path.join(WORK, "vigil.log")).read()
+            m = re.search(r"^(\S+Z).*(backend ejected|backend is down).*" + re.escape(addrs[1]), logs, re.M)
+            if m:
+                ts = calendar.timegm(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + m.group(1)[20:-1])
+                detect = f"{(ts - killed_at[0]) * 1000:.0f} ms ({m.group(2)})"
+            mm = metrics(admin)
+            detect += f"; {int(mm.get('vigil_upstream_retries_total{pool=\"web\"}', 0))} retried attempts"
+        elif kind == "haproxy":
+            logs = open(os.path.join(WORK, "haproxy-death.log")).read()
+            detect = "marked DOWN" if "is DOWN" in logs else "not marked down"
+        else:
+            errs = open(os.path.join(WORK, "nginx-error.log")).read().count("connect() failed")
+            detect = f"{errs} connect attempts on the dead backend"
+        rows.append((label, w["requests"], w["errors"], detect))
+        log(label, w["requests"], w["errors"], detect)
+        stop(p, signal.SIGINT if kind == "vigil" else signal.SIGTERM)
+        for b in backends:
+            stop(b[0])
+        time.sleep(0.5)
+    print(f"\n### Backend death under load (wrk -c16 for {seconds} s, one of three backends SIGKILLed at {kill_at} s)\n")
+    print("| proxy | requests | failed requests | detection |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
+
+
+def bench_reload(reloads=100, seconds=20):
+    backends = [fleet(1, f"reload-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    def cfg(i):
+        body = "    backends:\n" + "".join(f"      - address: {a}\n        weight: {1 + (i + j) % 3}\n" for j, a in enumerate(addrs))
+        return vigil_config("127.0.0.1:18600", "127.0.0.1:18601", f"  - name: web\n    balance: weighted_round_robin\n{body}")
+    p, admin, path = vigil(cfg(0))
+    wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
+    wrk("http://127.0.0.1:18600/", 3)
+    base = wrk("http://127.0.0.1:18600/", seconds, conns=16)
+    import threading
+    done = []
+    def reloader():
+        time.sleep(1)
+        for i in range(reloads):
+            open(path, "w").write(cfg(i + 1))
+            code, body = http(f"http://{admin}/admin/reload", data=b"")
+            done.append(code)
+            time.sleep((seconds - 3) / reloads)
+    t = threading.Thread(target=reloader)
+    t.start()
+    during = wrk("http://127.0.0.1:18600/", seconds, conns=16)
+    t.join()
+    ok = sum(1 for c in done if c == 200)
+    stop(p, signal.SIGINT)
+    print(f"\n### Reload under load ({reloads} reloads over {seconds} s, wrk -c16)\n")
+    print("| run | requests | failed requests | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|")
+    print(f"| no reloads | {base['requests']} | {base['errors']} | {base['p50']:.3f} | {base['p99']:.3f} |")
+    print(f"| {ok}/{reloads} reloads | {during['requests']} | {during['errors']} | {during['p50']:.3f} | {during['p99']:.3f} |")
+
+
+def bench_soak(minutes=10, count=1000):
+    f, file, addrs = fleet(count, "soak-fleet", flap=5)
+    checks = "    health_check:\n      interval: 1s\n      fast_interval: 500ms\n      timeout: 500ms\n"
+    def cfg(i):
+        # Alternate one backend in and out, and every weight, on each reload.
+        use = addrs if i % 2 == 0 else addrs[:-1]
+        body = "    backends:\n" + "".join(f"      - address: {a}\n        weight: {1 + (i % 3)}\n" for a in use)
+        return vigil_config("127.0.0.1:18500", "127.0.0.1:18501", f"  - name: soak\n{body}{checks}")
+    p, admin, path = vigil(cfg(0))
+    wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200, 60)
+    def sample():
+        _, body = http(f"http://{admin}/health/detailed", timeout=10)
+        d = json.loads(body)["checker"]
+        return {"t": time.time(), "backend_tasks": d["backend_tasks"], "runtime_tasks": d["runtime_tasks"],
+                "fds": open_fds(p.pid), "rss": rss_mib(p.pid)}
+    samples = [sample()]
+    end = time.time() + minutes * 60
+    i = 0
+    failures = 0
+    while time.time() < end:
+        time.sleep(10)
+        i += 1
+        open(path, "w").write(cfg(i))
+        code, _ = http(f"http://{admin}/admin/reload", data=b"", timeout=10)
+        failures += code != 200
+        if i % 6 == 0:
+            samples.append(sample())
+            log(samples[-1])
+    samples.append(sample())
+    m = metrics(admin)
+    stop(p, signal.SIGINT)
+    stop(f)
+    print(f"\n### Soak: {minutes} min, {count} backends (one flapping every 5 s), a reload every 10 s ({i} reloads, {failures} failed)\n")
+    print("| minute | backend tasks | runtime tasks | open fds | RSS MiB |")
+    print("|---|---|---|---|---|")
+    t0 = samples[0]["t"]
+    for s in samples:
+        print(f"| {(s['t'] - t0) / 60:.1f} | {s['backend_tasks']} | {s['runtime_tasks']} | {s['fds']} | {s['rss']:.1f} |")
+    print(f"\nTransitions counted: {int(sum(v for k, v in m.items() if k.startswith('vigil_backend_transitions_total')))}")
+
+
+if __name__ == "__main__":
+    try:
+        what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
+        {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
+         "reload": bench_reload, "soak": bench_soak}[what]()
+        log(f"logs in {WORK}")
+    finally:
+        cleanup()

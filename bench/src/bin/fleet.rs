@@ -1,0 +1,117 @@
+//! `fleet --count N --out FILE [--flap SECS]`: N HTTP/1.1 backends on loopback
+//! (ports from 127.0.0.1:0), their addresses written to FILE one per line. Health
+//! paths answer `200 ok`; anything else answers the backend's name. With `--flap`,
+//! the first backend fails (503 everywhere) every other SECS seconds.
+//! Every second FILE.stats gets `connections REQUESTS requests N`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let count: usize = arg(&args, "--count")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let out = arg(&args, "--out").unwrap_or_else(|| "fleet.txt".into());
+    let flap: Option<u64> = arg(&args, "--flap").and_then(|v| v.parse().ok());
+    let threads: usize = arg(&args, "--threads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    vigil_bench::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let counters = Arc::new(Counters::default());
+        let born = Instant::now();
+        let mut lines = String::new();
+        for i in 0..count {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            lines += &format!("{}\n", listener.local_addr().unwrap());
+            let c = counters.clone();
+            let flapping = flap.filter(|_| i == 0);
+            tokio::spawn(async move {
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    c.connections.fetch_add(1, Ordering::Relaxed);
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let _ = sock.set_nodelay(true);
+                        let mut buf = vec![0u8; 4096];
+                        let mut have = 0;
+                        loop {
+                            let Ok(n) = sock.read(&mut buf[have..]).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            have += n;
+                            while let Some(end) =
+                                buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
+                            {
+                                c.requests.fetch_add(1, Ordering::Relaxed);
+                                let failing = flapping
+                                    .is_some_and(|s| (born.elapsed().as_secs() / s) % 2 == 1);
+                                let health = buf.starts_with(b"GET /health");
+                                let body: &[u8] = if failing {
+                                    b"failing"
+                                } else if health {
+                                    b"ok"
+                                } else {
+                                    b"hello from the fleet\n"
+                                };
+                                let status = if failing {
+                                    "503 Service Unavailable"
+                                } else {
+                                    "200 OK"
+                                };
+                                let resp = format!(
+                                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n",
+                                    body.len()
+                                );
+                                let mut r = resp.into_bytes();
+                                r.extend_from_slice(body);
+                                if sock.write_all(&r).await.is_err() {
+                                    return;
+                                }
+                                buf.copy_within(end + 4..have, 0);
+                                have -= end + 4;
+                            }
+                            if have == buf.len() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        std::fs::write(&out, lines).expect("write addresses");
+        let stats = format!("{out}.stats");
+        loop {
+            let s = format!(
+                "connections {} requests {}\n",
+                counters.connections.load(Ordering::Relaxed),
+                counters.requests.load(Ordering::Relaxed)
+            );
+            let _ = std::fs::write(&stats, s);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
