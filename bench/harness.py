@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """vigil's end-to-end benchmarks, each beside its peers in the same run.
 
-    bench/harness.py proxy     # throughput, p50/p99, CPU per request: vigil, nginx, HAProxy
+    bench/harness.py proxy     # throughput, p50/p99, CPU per request: vigil, nginx, HAProxy, Pingora's LB
     bench/harness.py checker   # 10,000 backends at 1 s: vigil's checker vs pingora-load-balancing
     bench/harness.py death     # a backend killed under load: vigil, HAProxy, nginx
     bench/harness.py reload    # 100 reloads under load vs none
@@ -272,8 +272,12 @@ def bench_proxy(rounds=3, seconds=15):
         "vigil": lambda: vigil(vigil_config("127.0.0.1:18800", "127.0.0.1:18801", pool_yaml("web", addrs)))[0],
         "nginx": lambda: start_nginx(nginx_conf("127.0.0.1:18810", addrs)),
         "haproxy": lambda: start_haproxy(haproxy_conf("127.0.0.1:18820", addrs)),
+        "pingora-lb": lambda: start([os.path.join(BIN, "pingora_proxy"), "127.0.0.1:18830", backends[0][1]
+                                     .replace("proxy-backend0", "proxy-all")], "pingora-lb"),
     }
-    ports = {"vigil": "127.0.0.1:18800", "nginx": "127.0.0.1:18810", "haproxy": "127.0.0.1:18820"}
+    open(os.path.join(WORK, "proxy-all.txt"), "w").write("\n".join(addrs) + "\n")
+    ports = {"vigil": "127.0.0.1:18800", "nginx": "127.0.0.1:18810", "haproxy": "127.0.0.1:18820",
+             "pingora-lb": "127.0.0.1:18830"}
     results = {k: [] for k in peers}
     for r in range(rounds):
         order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
@@ -291,7 +295,7 @@ def bench_proxy(rounds=3, seconds=15):
             results[name].append(w)
             log(f"round {r} {name}: {w['rps']:.0f} req/s p50 {w['p50']:.3f} ms p99 {w['p99']:.3f} ms "
                 f"cpu {w['cpu_us_per_req']:.1f} us/req errors {w['errors']}")
-            stop(p, signal.SIGINT if name == "vigil" else signal.SIGTERM)
+            stop(p, signal.SIGINT if name in ("vigil", "pingora-lb") else signal.SIGTERM)
             time.sleep(0.5)
     print(f"\n### Proxy throughput ({rounds} rounds of {seconds} s, medians)\n")
     print("| proxy | req/s | p50 ms | p99 ms | CPU µs/request | proxy CPU share | errors |")
@@ -413,7 +417,8 @@ def bench_death(seconds=12, kill_at=3):
                 ts = calendar.timegm(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + m.group(1)[20:-1])
                 detect = f"{(ts - killed_at[0]) * 1000:.0f} ms ({m.group(2)})"
             mm = metrics(admin)
-            detect += f"; {int(mm.get('vigil_upstream_retries_total{pool=\"web\"}', 0))} retried attempts"
+            retried = int(mm.get('vigil_upstream_retries_total{pool="web"}', 0))
+            detect += f"; {retried} retried attempts"
         elif kind == "haproxy":
             logs = open(os.path.join(WORK, "haproxy-death.log")).read()
             detect = "marked DOWN" if "is DOWN" in logs else "not marked down"

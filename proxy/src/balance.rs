@@ -96,19 +96,23 @@ impl Selector {
                     .or_else(|| candidates.iter().copied().find(untried))
             }
             Selector::LeastRequests { next } => {
-                // Rotate the scan's start so ties spread instead of piling on the first.
                 let start = next.fetch_add(1, Ordering::Relaxed);
+                if n > FULL_SCAN_MAX {
+                    return power_of_two_choices(members, candidates, tried, start);
+                }
+                // Rotate the scan's start so ties spread instead of piling on the first.
                 let mut best: Option<(usize, u64, u64)> = None;
                 for k in 0..n {
                     let i = candidates[(start + k) % n];
                     if tried.contains(&i) {
                         continue;
                     }
-                    let m = &members[i];
-                    let (load, weight) = (m.backend.in_flight(), m.weight.max(1) as u64);
-                    // load/weight < best_load/best_weight, without division.
-                    if best.is_none_or(|(_, bl, bw)| load * bw < bl * weight) {
-                        best = Some((i, load, weight));
+                    if less_loaded(&members[i], best.map(|(_, l, w)| (l, w))) {
+                        best = Some((
+                            i,
+                            members[i].backend.in_flight(),
+                            members[i].weight.max(1) as u64,
+                        ));
                     }
                 }
                 best.map(|(i, _, _)| i)
@@ -120,6 +124,52 @@ impl Selector {
                 .find(untried)
                 .or_else(|| candidates.iter().copied().find(untried)),
         }
+    }
+}
+
+/// Pools larger than this use two random choices instead of scanning every member.
+const FULL_SCAN_MAX: usize = 16;
+
+/// `m` carries less load per weight than `best` (load, weight); compared without division.
+fn less_loaded(m: &Member, best: Option<(u64, u64)>) -> bool {
+    let (load, weight) = (m.backend.in_flight(), m.weight.max(1) as u64);
+    best.is_none_or(|(bl, bw)| load * bw < bl * weight)
+}
+
+/// Envoy's choice for large pools: the less loaded of two members drawn at random
+/// (here from a mixed counter), probing forward past members already tried.
+fn power_of_two_choices(
+    members: &[Member],
+    candidates: &[usize],
+    tried: &[usize],
+    seed: usize,
+) -> Option<usize> {
+    let n = candidates.len();
+    // splitmix64: two well-spread indexes from one counter value.
+    let mut z = (seed as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let untried_from = |start: usize| {
+        (0..n)
+            .map(|k| candidates[(start + k) % n])
+            .find(|i| !tried.contains(i))
+    };
+    let a = untried_from((z as u32 as usize) % n)?;
+    let b = untried_from(((z >> 32) as usize) % n).filter(|&b| b != a);
+    match b {
+        Some(b)
+            if less_loaded(
+                &members[b],
+                Some((
+                    members[a].backend.in_flight(),
+                    members[a].weight.max(1) as u64,
+                )),
+            ) =>
+        {
+            Some(b)
+        }
+        _ => Some(a),
     }
 }
 
@@ -165,6 +215,59 @@ mod tests {
         let seq = smooth_sequence(&[1, 2]);
         assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 2);
         assert!(smooth_sequence(&[]).is_empty());
+    }
+
+    fn members(n: usize) -> Vec<Member> {
+        use vigil_healthcheck::{Backend, Health, MemberState};
+        (0..n)
+            .map(|i| Member {
+                backend: std::sync::Arc::new(Backend::new(
+                    "p",
+                    &format!("b{i}"),
+                    ([127, 0, 0, 1], 1000 + i as u16).into(),
+                    0,
+                )),
+                weight: 1,
+                state: MemberState {
+                    health: Health::Up,
+                    ejected: false,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn least_requests_avoids_the_busy_member_at_any_size() {
+        for n in [3, 40] {
+            let ms = members(n);
+            let all: Vec<usize> = (0..n).collect();
+            for m in &ms[1..] {
+                for _ in 0..5 {
+                    m.backend.request_started();
+                }
+            }
+            let sel = Selector::build(Balance::LeastRequests, &ms, &all);
+            let idle = (0..200)
+                .filter(|_| sel.pick(&ms, &all, &[], b"") == Some(0))
+                .count();
+            // Full scan always finds it; two choices find it whenever it is drawn.
+            assert!(
+                if n <= FULL_SCAN_MAX {
+                    idle == 200
+                } else {
+                    idle >= 5
+                },
+                "n={n}: idle picked {idle}/200"
+            );
+            let tried: Vec<usize> = (0..n - 1).collect();
+            assert_eq!(
+                sel.pick(&ms, &all, &tried, b""),
+                Some(n - 1),
+                "n={n}: the untried member"
+            );
+            let all_tried: Vec<usize> = (0..n).collect();
+            assert_eq!(sel.pick(&ms, &all, &all_tried, b""), None);
+        }
     }
 
     #[test]

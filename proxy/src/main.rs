@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use vigil_proxy::logging::{self, LogFormat};
 use vigil_proxy::{demo, server};
 
+// glibc malloc was a tenth of the proxy's CPU per request (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vigil",

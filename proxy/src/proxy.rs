@@ -135,6 +135,11 @@ pub(crate) async fn respond(
 impl ProxyHttp for VigilProxy {
     type CTX = Ctx;
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's default adds a disabled compression module that still runs on every
+        // request; vigil passes bodies through untouched.
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             table: None,

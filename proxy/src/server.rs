@@ -93,6 +93,7 @@ pub fn run(
         graceful_shutdown_timeout_seconds: Some(1),
         // Pingora counts attempts; our per-pool `retries` (at most 100) is the real limit.
         max_retries: 101,
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
