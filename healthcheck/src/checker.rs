@@ -200,9 +200,14 @@ impl Checker {
                     _ = republish.notified() => {}
                     _ = stop.changed() => return,
                 }
-                match weak.upgrade() {
-                    Some(inner) => Checker { inner }.publish_now(),
-                    None => return,
+                let Some(inner) = weak.upgrade() else { return };
+                // Rebuilding is O(backends) and the proxy's snapshot build with it: do it
+                // off the checker's thread, or ten thousand backends coming up at once
+                // would starve the very checks whose timeouts are running.
+                let rebuilt =
+                    tokio::task::spawn_blocking(move || Checker { inner }.publish_now()).await;
+                if rebuilt.is_err() {
+                    return;
                 }
             }
         });

@@ -205,7 +205,7 @@ async fn global_bound_holds_with_two_thousand_backends() {
         backends.push(FakeBackend::start_with(&format!("b{i}"), stats.clone(), ctl.clone()).await);
     }
     let p = Arc::new(policy(50));
-    let (c, _) = checker(64);
+    let (c, rec) = checker(64);
     c.apply(backends.iter().map(|b| spec("big", b, 1, &p)).collect());
     wait_for("every backend up", Duration::from_secs(120), || {
         c.status().iter().all(|s| s.health == Health::Up)
@@ -222,6 +222,25 @@ async fn global_bound_holds_with_two_thousand_backends() {
         stats.peak_in_flight()
     );
     assert!(c.peak_in_flight() <= 64);
+    // Every backend answered in time: none may have been marked down on the way, as a
+    // checker starved by its own bookkeeping would (timeouts firing on unread answers).
+    let downs: usize = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m.pools
+                .values()
+                .flatten()
+                .filter(|m| m.state.health == Health::Down)
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        downs, 0,
+        "{downs} down states published for healthy backends"
+    );
     // The bound was really reached: 2,000 backends at 50 ms with 20 ms answers need it.
     assert!(
         stats.peak_in_flight() >= 32,
