@@ -147,6 +147,8 @@ def hist_quantile(before, after, family, q, labels=""):
 
 def fleet(count, name, flap=None):
     out = os.path.join(WORK, name + ".txt")
+    if os.path.exists(out):
+        os.remove(out)
     cmd = [os.path.join(BIN, "fleet"), "--count", str(count), "--out", out]
     if flap:
         cmd += ["--flap", str(flap)]
@@ -381,8 +383,8 @@ def bench_death(seconds=12, kill_at=3):
         ("haproxy … + option redispatch, retries 3", "haproxy", "redispatch"),
         ("nginx max_fails=1 proxy_next_upstream error timeout", "nginx", ""),
     ]
-    for label, kind, extra in setups:
-        backends = [fleet(1, f"death-{kind}-{i}") for i in range(3)]
+    for n, (label, kind, extra) in enumerate(setups):
+        backends = [fleet(1, f"death{n}-{kind}-{i}") for i in range(3)]
         addrs = [b[2][0] for b in backends]
         if kind == "vigil":
             checks = "    health_check:\n      interval: 1s\n      fast_interval: 250ms\n      timeout: 500ms\n      rise: 2\n      fall: 3\n"
@@ -396,6 +398,7 @@ def bench_death(seconds=12, kill_at=3):
             p = start_haproxy(haproxy_conf("127.0.0.1:18720", addrs, " check inter 1s fall 3 rise 2", bo), "haproxy-death")
             port = "127.0.0.1:18720"
         else:
+            open(os.path.join(WORK, "nginx-error.log"), "w").close()
             p = start_nginx(nginx_conf("127.0.0.1:18710", addrs, " max_fails=1 fail_timeout=10s",
                                        "      proxy_next_upstream error timeout;\n"), "nginx-death")
             port = "127.0.0.1:18710"
@@ -414,7 +417,9 @@ def bench_death(seconds=12, kill_at=3):
         detect = "n/a"
         if kind == "vigil":
             logs = open(os.path.join(WORK, "vigil.log")).read()
-            m = re.search(r"^(\S+Z).*(backend ejected|backend is down).*" + re.escape(addrs[1]), logs, re.M)
+            m = None
+            for m in re.finditer(r"^(\S+Z).*(backend ejected|backend is down).*" + re.escape(addrs[1]), logs, re.M):
+                break
             if m:
                 ts = calendar.timegm(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + m.group(1)[20:-1])
                 detect = f"{(ts - killed_at[0]) * 1000:.0f} ms ({m.group(2)})"
@@ -423,10 +428,10 @@ def bench_death(seconds=12, kill_at=3):
             detect += f"; {retried} retried attempts"
         elif kind == "haproxy":
             logs = open(os.path.join(WORK, "haproxy-death.log")).read()
-            detect = "marked DOWN" if "is DOWN" in logs else "not marked down"
+            detect = "marked DOWN by checks" if "s1 is DOWN" in logs else "not marked down"
         else:
-            errs = open(os.path.join(WORK, "nginx-error.log")).read().count("connect() failed")
-            detect = f"{errs} connect attempts on the dead backend"
+            errs = sum(1 for l in open(os.path.join(WORK, "nginx-error.log")) if addrs[1] in l)
+            detect = f"{errs} failed attempts on the dead backend (error log)"
         rows.append((label, w["requests"], w["errors"], detect))
         log(label, w["requests"], w["errors"], detect)
         stop(p, signal.SIGINT if kind == "vigil" else signal.SIGTERM)

@@ -243,12 +243,13 @@ fn consider_ejection(inner: &Inner, entry: &Entry) {
         m.record_ejection();
         m.record_transition("ejected");
     }
+    let reason = format!("{failures} failures in a row on live traffic; ejected for {duration:?}");
     tracing::warn!(
-        pool = %entry.key.0,
-        backend = %entry.key.1,
+        pool = &*entry.key.0,
+        backend = &*entry.key.1,
         from = d.tracker.health.as_str(),
         to = "ejected",
-        reason = %format!("{failures} failures in a row on live traffic; ejected for {duration:?}"),
+        reason = reason.as_str(),
         consecutive = failures,
         "backend ejected"
     );
@@ -268,8 +269,8 @@ fn end_ejection(inner: &Inner, entry: &Entry) {
     entry.backend.clear_passive_failures();
     entry.refresh_state_metrics(&d);
     tracing::info!(
-        pool = %entry.key.0,
-        backend = %entry.key.1,
+        pool = &*entry.key.0,
+        backend = &*entry.key.1,
         from = "ejected",
         to = d.tracker.health.as_str(),
         reason = "ejection time ended",
