@@ -67,6 +67,8 @@ pub struct Transition {
     pub to: Health,
     /// Results in a row that caused it.
     pub consecutive: u32,
+    /// Why, for the log line: the results that decided it and the last one's detail.
+    pub reason: String,
 }
 
 /// Health plus the counters that decide the next transition.
@@ -92,7 +94,13 @@ impl Default for Tracker {
 
 impl Tracker {
     /// Records one result; returns the transition it caused, if any.
-    pub fn observe(&mut self, verdict: Verdict, t: &Thresholds) -> Option<Transition> {
+    /// `detail` describes the result (e.g. `HTTP 503`) for the transition's reason.
+    pub fn observe(
+        &mut self,
+        verdict: Verdict,
+        detail: &str,
+        t: &Thresholds,
+    ) -> Option<Transition> {
         match verdict {
             Verdict::Pass => {
                 self.consecutive_successes = self.consecutive_successes.saturating_add(1);
@@ -119,12 +127,19 @@ impl Tracker {
             Verdict::Pass => self.consecutive_successes,
             Verdict::Fail => self.consecutive_failures,
         };
+        let reason = match (from, verdict) {
+            (Health::Unknown, Verdict::Pass) => format!("first check passed: {detail}"),
+            (Health::Unknown, Verdict::Fail) => format!("first check failed: {detail}"),
+            (_, Verdict::Pass) => format!("{consecutive} checks in a row passed"),
+            (_, Verdict::Fail) => format!("{consecutive} checks in a row failed, last: {detail}"),
+        };
         self.health = to;
         self.failures_while_down = 0;
         Some(Transition {
             from,
             to,
             consecutive,
+            reason,
         })
     }
 
@@ -146,7 +161,7 @@ mod tests {
 
     fn run(t: &mut Tracker, th: &Thresholds, seq: &[Verdict]) -> Vec<Option<(Health, Health)>> {
         seq.iter()
-            .map(|v| t.observe(*v, th).map(|tr| (tr.from, tr.to)))
+            .map(|v| t.observe(*v, "x", th).map(|tr| (tr.from, tr.to)))
             .collect()
     }
 
@@ -159,7 +174,7 @@ mod tests {
             vec![Some((Health::Unknown, Health::Up))]
         );
         let mut t = Tracker::default();
-        let tr = t.observe(Fail, &th).unwrap();
+        let tr = t.observe(Fail, "HTTP 500", &th).unwrap();
         assert_eq!(
             (tr.from, tr.to, tr.consecutive),
             (Health::Unknown, Health::Down, 1)
@@ -178,7 +193,7 @@ mod tests {
             vec![None; 5]
         );
         assert!(t.is_changing());
-        let tr = t.observe(Fail, &th).unwrap();
+        let tr = t.observe(Fail, "HTTP 500", &th).unwrap();
         assert_eq!(
             (tr.from, tr.to, tr.consecutive),
             (Health::Up, Health::Down, 3)
@@ -195,7 +210,7 @@ mod tests {
         };
         assert_eq!(run(&mut t, &th, &[Pass, Fail, Pass]), vec![None; 3]);
         assert_eq!(t.failures_while_down, 1);
-        let tr = t.observe(Pass, &th).unwrap();
+        let tr = t.observe(Pass, "ok", &th).unwrap();
         assert_eq!(
             (tr.from, tr.to, tr.consecutive),
             (Health::Down, Health::Up, 2)
@@ -207,9 +222,9 @@ mod tests {
     fn failures_while_down_count_for_backoff() {
         let th = Thresholds::new(1, 1);
         let mut t = Tracker::default();
-        t.observe(Fail, &th);
+        t.observe(Fail, "HTTP 500", &th);
         for n in 1..=5 {
-            assert_eq!(t.observe(Fail, &th), None);
+            assert_eq!(t.observe(Fail, "HTTP 500", &th), None);
             assert_eq!(t.failures_while_down, n);
         }
     }

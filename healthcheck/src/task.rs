@@ -148,22 +148,18 @@ fn record(
     d.checks += 1;
     d.last_check = Some(at);
     d.last_latency = Some(latency);
+    let detail = outcome.describe(timeout);
+    let transition = d.tracker.observe(verdict, &detail, &spec.policy.thresholds);
     if !outcome.is_success() {
-        d.last_error = Some(outcome.describe(timeout));
+        d.last_error = Some(detail);
     }
-    let transition = d.tracker.observe(verdict, &spec.policy.thresholds);
     if let Some(t) = &transition {
         d.last_transition = at;
         entry.refresh_state_metrics(&d);
         if let Some(m) = &entry.metrics {
             m.record_transition(t.to.as_str());
         }
-        log_transition(
-            entry,
-            t,
-            &outcome.describe(timeout),
-            d.ejected_until.is_some(),
-        );
+        log_transition(entry, t, d.ejected_until.is_some());
     } else {
         tracing::debug!(pool = %entry.key.0, backend = %entry.key.1, result = outcome.label(), ?latency, "health check");
     }
@@ -175,8 +171,8 @@ fn record(
     tracker
 }
 
-fn log_transition(entry: &Entry, t: &Transition, reason: &str, ejected: bool) {
-    let (pool, backend) = (&*entry.key.0, &*entry.key.1);
+fn log_transition(entry: &Entry, t: &Transition, ejected: bool) {
+    let (pool, backend, reason) = (&*entry.key.0, &*entry.key.1, t.reason.as_str());
     let (from, to, consecutive) = (t.from.as_str(), t.to.as_str(), t.consecutive);
     if t.to == crate::state::Health::Up {
         tracing::info!(

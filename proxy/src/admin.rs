@@ -179,9 +179,15 @@ impl AdminApp {
                 }));
             }
         }
+        let checker = json!({
+            "backend_tasks": self.app.checker.tasks_alive(),
+            "runtime_tasks": self.app.checker.runtime_tasks(),
+            "checks_in_flight_peak": self.app.checker.peak_in_flight(),
+            "connections_opened": self.app.checker.connections_opened(),
+        });
         json_reply(
             200,
-            json!({"pools": pools, "checks_in_flight_peak": self.app.checker.peak_in_flight(), "response_time_ms": elapsed_ms(started)}),
+            json!({"pools": pools, "checker": checker, "response_time_ms": elapsed_ms(started)}),
         )
     }
 

@@ -35,22 +35,27 @@ fn check_addresses(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the soft open-file limit to the hard one: every backend may hold a check
-/// connection and a few pooled proxy connections.
-fn raise_fd_limit() {
+/// Raises the soft open-file limit to the hard one (every backend may hold a check
+/// connection and a few pooled proxy connections); returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
     // SAFETY: plain libc calls on a stack struct.
     unsafe {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
             let soft = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 tracing::warn!(soft, "cannot raise the open-file limit");
+                return soft;
             }
         }
+        lim.rlim_cur
     }
 }
 

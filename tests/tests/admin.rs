@@ -84,6 +84,9 @@ async fn health_endpoints_have_the_contract_shapes() {
     assert_eq!(list[1]["weight"], 3);
     assert_eq!(list[1]["last_error"], "HTTP 500");
     assert!(d["response_time_ms"].is_number());
+    assert_eq!(d["checker"]["backend_tasks"], 2);
+    assert!(d["checker"]["runtime_tasks"].as_u64().unwrap() >= 2);
+    assert!(d["checker"]["connections_opened"].as_u64().unwrap() >= 2);
 
     a.ctl.set_health(500);
     wait_for_async("unhealthy", Duration::from_secs(10), || async move {

@@ -323,3 +323,51 @@ async fn sighup_watch_and_token() {
         .iter()
         .any(|l| l.contains("configuration reloaded")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_flight_to_a_removed_backend_completes() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    a.ctl.set_delay(Duration::from_millis(1500));
+    let (listen, admin) = (free_port(), free_port());
+    let both = config(
+        listen,
+        admin,
+        "",
+        &[pool("web", &[(&a, 1), (&b, 1)], FAST_CHECKS)],
+    );
+    let mut v = Vigil::start(&both, listen, admin);
+    v.wait_ready().await;
+    wait_for_async("both up", Duration::from_secs(10), || async move {
+        get(admin, "x", "/health").await.unwrap().json()["pools"]["web"]["up"] == 2
+    })
+    .await;
+    // Round robin: of two requests, one goes to the slow backend a.
+    let slow = [
+        tokio::spawn(async move { get(listen, "app", "/").await }),
+        tokio::spawn(async move { get(listen, "app", "/").await }),
+    ];
+    wait_for("a request held at a", Duration::from_secs(10), || {
+        a.stats.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    std::fs::write(
+        &v.config_path,
+        config(listen, admin, "", &[pool("web", &[(&b, 1)], FAST_CHECKS)]),
+    )
+    .unwrap();
+    assert_eq!(post_reload(&v, None).await.status, 200);
+    let mut bodies = Vec::new();
+    for t in slow {
+        let r = t.await.unwrap().expect("request dropped by the reload");
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec!["a", "b"],
+        "the request at the removed backend did not finish there"
+    );
+    assert_eq!(get(listen, "app", "/").await.unwrap().body, "b");
+}
