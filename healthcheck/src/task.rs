@@ -24,6 +24,26 @@ impl Drop for Alive {
     }
 }
 
+/// One check in flight: counted (and its peak kept) from creation to drop, however the
+/// check ends.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let now = inner.checks_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        inner.metrics.in_flight.inc();
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.checks_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
 pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>) {
     let _alive = Alive(inner.clone());
     let mut stop = entry.stop.subscribe();
@@ -83,24 +103,14 @@ pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>) {
             .metrics
             .lag
             .observe(started.duration_since(deadline).as_secs_f64());
-        let now_in_flight = inner.checks_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        inner
-            .peak_in_flight
-            .fetch_max(now_in_flight, Ordering::SeqCst);
-        inner.metrics.in_flight.inc();
-
+        let in_flight = InFlight::new(&inner);
         let opened_before = prober.connections_opened();
         let outcome = tokio::select! {
             o = prober.check(&spec.policy.probe, spec.policy.timeout) => o,
-            _ = stop.changed() => {
-                inner.checks_in_flight.fetch_sub(1, Ordering::SeqCst);
-                inner.metrics.in_flight.dec();
-                return;
-            }
+            _ = stop.changed() => return,
         };
         let ended = Instant::now();
-        inner.checks_in_flight.fetch_sub(1, Ordering::SeqCst);
-        inner.metrics.in_flight.dec();
+        drop(in_flight);
         drop(permit);
 
         let opened = prober.connections_opened() - opened_before;
