@@ -64,7 +64,8 @@ impl ExchangeError {
     }
 }
 
-fn request(spec: &HttpSpec, addr: SocketAddr) -> Vec<u8> {
+/// The check request's bytes; the prober builds them once per spec and address.
+pub(crate) fn request(spec: &HttpSpec, addr: SocketAddr) -> Vec<u8> {
     let host = spec.host.clone().unwrap_or_else(|| addr.to_string());
     let connection = if spec.reuse_connections {
         "keep-alive"
@@ -81,9 +82,9 @@ fn request(spec: &HttpSpec, addr: SocketAddr) -> Vec<u8> {
 pub(crate) async fn exchange(
     mut stream: TcpStream,
     spec: &HttpSpec,
-    addr: SocketAddr,
+    request: &[u8],
 ) -> Result<Exchange, ExchangeError> {
-    if let Err(e) = stream.write_all(&request(spec, addr)).await {
+    if let Err(e) = stream.write_all(request).await {
         return Err(match e.kind() {
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
                 ExchangeError::ClosedBeforeResponse

@@ -5,6 +5,7 @@
 
 use crate::http::{self, HttpSpec};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -64,6 +65,8 @@ pub(crate) struct Pooled {
 pub struct Prober {
     addr: SocketAddr,
     idle: Option<Pooled>,
+    /// The HTTP request, built once; cleared with the settings it was built from.
+    request: Option<Arc<[u8]>>,
     opened: u64,
 }
 
@@ -72,6 +75,7 @@ impl Prober {
         Prober {
             addr,
             idle: None,
+            request: None,
             opened: 0,
         }
     }
@@ -84,12 +88,13 @@ impl Prober {
     /// Closes the pooled connection, e.g. when the probe settings changed.
     pub fn reset(&mut self) {
         self.idle = None;
+        self.request = None;
     }
 
     pub fn set_addr(&mut self, addr: SocketAddr) {
         if addr != self.addr {
             self.addr = addr;
-            self.idle = None;
+            self.reset();
         }
     }
 
@@ -124,11 +129,16 @@ impl Prober {
 
     async fn http(&mut self, spec: &HttpSpec) -> Outcome {
         let now = Instant::now();
+        let addr = self.addr;
+        let request = self
+            .request
+            .get_or_insert_with(|| http::request(spec, addr).into())
+            .clone();
         let pooled = self.idle.take().filter(|p| {
             spec.reuse_connections && now.duration_since(p.opened) < spec.max_connection_age
         });
         if let Some(p) = pooled {
-            match http::exchange(p.stream, spec, self.addr).await {
+            match http::exchange(p.stream, spec, &request).await {
                 Ok(r) => return self.finish(r, p.opened, spec),
                 // The backend closed an idle keep-alive connection before it saw our
                 // request: any HTTP client retries that once on a fresh connection.
@@ -140,7 +150,7 @@ impl Prober {
             Ok(s) => s,
             Err(e) => return Outcome::ConnectError(e.to_string()),
         };
-        match http::exchange(stream, spec, self.addr).await {
+        match http::exchange(stream, spec, &request).await {
             Ok(r) => self.finish(r, now, spec),
             Err(http::ExchangeError::ClosedBeforeResponse) => {
                 Outcome::ConnectError("connection closed before any response".into())

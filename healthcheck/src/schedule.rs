@@ -138,16 +138,16 @@ mod tests {
         let s = sched();
         let th = Thresholds::new(1, 1);
         let mut t = Tracker::default();
-        t.observe(Verdict::Fail, "", &th);
+        t.observe(Verdict::Fail, String::new, &th);
         let mut seen = vec![base_delay(&t, &s).as_secs()];
         for _ in 0..6 {
-            t.observe(Verdict::Fail, "", &th);
+            t.observe(Verdict::Fail, String::new, &th);
             seen.push(base_delay(&t, &s).as_secs());
         }
         assert_eq!(seen, vec![2, 4, 8, 16, 30, 30, 30]);
-        t.observe(Verdict::Pass, "", &th);
+        t.observe(Verdict::Pass, String::new, &th);
         assert_eq!(base_delay(&t, &s), s.interval);
-        t.observe(Verdict::Fail, "", &th);
+        t.observe(Verdict::Fail, String::new, &th);
         assert_eq!(
             base_delay(&t, &s),
             s.down_interval,

@@ -94,11 +94,12 @@ impl Default for Tracker {
 
 impl Tracker {
     /// Records one result; returns the transition it caused, if any.
-    /// `detail` describes the result (e.g. `HTTP 503`) for the transition's reason.
+    /// `detail` describes the result (e.g. `HTTP 503`) for the transition's reason; it
+    /// is called only when the state changes, so passing checks allocate nothing.
     pub fn observe(
         &mut self,
         verdict: Verdict,
-        detail: &str,
+        detail: impl FnOnce() -> String,
         t: &Thresholds,
     ) -> Option<Transition> {
         match verdict {
@@ -128,10 +129,12 @@ impl Tracker {
             Verdict::Fail => self.consecutive_failures,
         };
         let reason = match (from, verdict) {
-            (Health::Unknown, Verdict::Pass) => format!("first check passed: {detail}"),
-            (Health::Unknown, Verdict::Fail) => format!("first check failed: {detail}"),
+            (Health::Unknown, Verdict::Pass) => format!("first check passed: {}", detail()),
+            (Health::Unknown, Verdict::Fail) => format!("first check failed: {}", detail()),
             (_, Verdict::Pass) => format!("{consecutive} checks in a row passed"),
-            (_, Verdict::Fail) => format!("{consecutive} checks in a row failed, last: {detail}"),
+            (_, Verdict::Fail) => {
+                format!("{consecutive} checks in a row failed, last: {}", detail())
+            }
         };
         self.health = to;
         self.failures_while_down = 0;
@@ -161,7 +164,7 @@ mod tests {
 
     fn run(t: &mut Tracker, th: &Thresholds, seq: &[Verdict]) -> Vec<Option<(Health, Health)>> {
         seq.iter()
-            .map(|v| t.observe(*v, "x", th).map(|tr| (tr.from, tr.to)))
+            .map(|v| t.observe(*v, || "x".into(), th).map(|tr| (tr.from, tr.to)))
             .collect()
     }
 
@@ -174,7 +177,7 @@ mod tests {
             vec![Some((Health::Unknown, Health::Up))]
         );
         let mut t = Tracker::default();
-        let tr = t.observe(Fail, "HTTP 500", &th).unwrap();
+        let tr = t.observe(Fail, || "HTTP 500".into(), &th).unwrap();
         assert_eq!(
             (tr.from, tr.to, tr.consecutive),
             (Health::Unknown, Health::Down, 1)
@@ -193,7 +196,7 @@ mod tests {
             vec![None; 5]
         );
         assert!(t.is_changing());
-        let tr = t.observe(Fail, "HTTP 500", &th).unwrap();
+        let tr = t.observe(Fail, || "HTTP 500".into(), &th).unwrap();
         assert_eq!(
             (tr.from, tr.to, tr.consecutive),
             (Health::Up, Health::Down, 3)
@@ -210,7 +213,7 @@ mod tests {
         };
         assert_eq!(run(&mut t, &th, &[Pass, Fail, Pass]), vec![None; 3]);
         assert_eq!(t.failures_while_down, 1);
-        let tr = t.observe(Pass, "ok", &th).unwrap();
+        let tr = t.observe(Pass, || "ok".into(), &th).unwrap();
         assert_eq!(
             (tr.from, tr.to, tr.consecutive),
             (Health::Down, Health::Up, 2)
@@ -222,9 +225,9 @@ mod tests {
     fn failures_while_down_count_for_backoff() {
         let th = Thresholds::new(1, 1);
         let mut t = Tracker::default();
-        t.observe(Fail, "HTTP 500", &th);
+        t.observe(Fail, || "HTTP 500".into(), &th);
         for n in 1..=5 {
-            assert_eq!(t.observe(Fail, "HTTP 500", &th), None);
+            assert_eq!(t.observe(Fail, || "HTTP 500".into(), &th), None);
             assert_eq!(t.failures_while_down, n);
         }
     }

@@ -158,10 +158,12 @@ fn record(
     d.checks += 1;
     d.last_check = Some(at);
     d.last_latency = Some(latency);
-    let detail = outcome.describe(timeout);
-    let transition = d.tracker.observe(verdict, &detail, &spec.policy.thresholds);
+    let describe = || outcome.describe(timeout);
+    let transition = d
+        .tracker
+        .observe(verdict, describe, &spec.policy.thresholds);
     if !outcome.is_success() {
-        d.last_error = Some(detail);
+        d.last_error = Some(describe());
     }
     if let Some(t) = &transition {
         d.last_transition = at;
