@@ -49,6 +49,8 @@ struct Counts {
     ejected: usize,
     total: usize,
     routable: usize,
+    /// Not checked yet, whatever the label (an unchecked backend can be ejected in panic mode).
+    unchecked: usize,
 }
 
 fn counts_by_pool(status: &[BackendStatus], pools: &[String]) -> BTreeMap<String, Counts> {
@@ -60,6 +62,7 @@ fn counts_by_pool(status: &[BackendStatus], pools: &[String]) -> BTreeMap<String
         let c = out.entry(s.pool.clone()).or_default();
         c.total += 1;
         c.routable += s.routable() as usize;
+        c.unchecked += (s.health == Health::Unknown) as usize;
         match s.state_label() {
             "up" => c.up += 1,
             "down" => c.down += 1,
@@ -100,14 +103,10 @@ impl AdminApp {
         }
         let status = self.app.checker.status();
         for (pool, c) in counts_by_pool(&status, &self.pool_names()) {
-            if c.unknown > 0
-                && status
-                    .iter()
-                    .any(|s| s.pool == pool && s.health == Health::Unknown)
-            {
+            if c.unchecked > 0 {
                 reasons.push(format!(
                     "pool {pool}: {} of {} backends not checked yet",
-                    c.unknown, c.total
+                    c.unchecked, c.total
                 ));
             } else if c.routable == 0 {
                 reasons.push(format!("pool {pool}: no alive backend"));
