@@ -190,6 +190,23 @@ impl Vigil {
             .expect("admin request")
     }
 
+    /// Polls `/metrics` until `series` has `value` (counters bumped in Pingora's
+    /// logging phase land just after the client has its answer).
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.metric(series).await;
+            if got == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {got:?}, wanted {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// One metric sample's value, if the series exists.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.admin_get("/metrics").await.body;

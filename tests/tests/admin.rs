@@ -134,11 +134,11 @@ async fn metrics_pass_promtool_and_name_every_family() {
     ] {
         assert!(m.body.contains(&series), "missing zero series {series}");
     }
-    assert_eq!(
-        v.metric("vigil_requests_total{pool=\"web\",status_class=\"2xx\"}")
-            .await,
-        Some(1.0)
-    );
+    v.wait_metric(
+        "vigil_requests_total{pool=\"web\",status_class=\"2xx\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(
         v.metric(&format!(
             "vigil_backend_up{{backend=\"{backend}\",pool=\"web\"}}"
@@ -242,4 +242,41 @@ async fn demo_serves_through_the_proxy() {
         .await
         .body
         .contains("vigil_backend_up{backend=\"127.0.0.1:18083\",pool=\"demo\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_backend_metrics_can_be_turned_off() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "metrics:\n  per_backend: false\n",
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    get(v.listen, "app", "/").await.unwrap();
+    v.wait_metric(
+        "vigil_requests_total{pool=\"web\",status_class=\"2xx\"}",
+        1.0,
+    )
+    .await;
+    let m = v.admin_get("/metrics").await.body;
+    assert!(
+        !m.contains(&a.addr.to_string()),
+        "a per-backend series is still exported"
+    );
+    assert!(
+        m.contains("vigil_pool_backends{pool=\"web\",state=\"up\"} 1"),
+        "pool series missing"
+    );
+    let per_backend = [
+        "vigil_backend_up",
+        "vigil_backend_state",
+        "vigil_health_checks_total",
+        "vigil_backend_transitions_total",
+        "vigil_upstream_requests_total",
+        "vigil_passive_ejections_total",
+    ];
+    for f in FAMILIES {
+        let present = m.contains(&format!("# TYPE {f} "));
+        assert_eq!(present, !per_backend.contains(&f), "{f}: present={present}");
+    }
 }

@@ -260,3 +260,48 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     );
     assert!(v.logs().iter().any(|l| l.contains("drained")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_hung_backend_answers_504_after_read_timeout() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "",
+        &[pool(
+            "web",
+            &[(&a, 1)],
+            &format!("    read_timeout: 300ms\n{FAST_CHECKS}"),
+        )],
+    )
+    .await;
+    a.ctl.set_mode(Mode::Hang);
+    let r = get(v.listen, "app", "/")
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(r.status, 504);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_at_once_even_with_requests_in_flight() {
+    let a = FakeBackend::start("a").await;
+    a.ctl.set_delay(Duration::from_secs(20));
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)])
+        .replace("grace_period: 5s", "grace_period: 30s");
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    let held = tokio::spawn(async move { get(listen, "app", "/").await });
+    wait_for("a request at the backend", Duration::from_secs(10), || {
+        a.stats.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    v.signal(libc::SIGINT);
+    // Well inside the 20 s the request would take and the 30 s grace period.
+    assert!(
+        v.wait_exit(Duration::from_secs(5)).await.is_some(),
+        "SIGINT did not exit at once"
+    );
+    assert!(
+        held.await.unwrap().is_err(),
+        "the held request should be cut off"
+    );
+}
