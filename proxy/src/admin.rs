@@ -2,6 +2,7 @@
 //! Every answer comes from memory; none calls a backend.
 
 use crate::app::App;
+use crate::routing::RoutingTable;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vigil_healthcheck::{BackendStatus, Health};
+use vigil_healthcheck::Health;
 
 pub struct AdminApp {
     pub app: Arc<App>,
@@ -53,21 +54,22 @@ struct Counts {
     unchecked: usize,
 }
 
-fn counts_by_pool(status: &[BackendStatus], pools: &[String]) -> BTreeMap<String, Counts> {
-    let mut out: BTreeMap<String, Counts> = pools
-        .iter()
-        .map(|p| (p.clone(), Counts::default()))
-        .collect();
-    for s in status {
-        let c = out.entry(s.pool.clone()).or_default();
-        c.total += 1;
-        c.routable += s.routable() as usize;
-        c.unchecked += (s.health == Health::Unknown) as usize;
-        match s.state_label() {
-            "up" => c.up += 1,
-            "down" => c.down += 1,
-            "ejected" => c.ejected += 1,
-            _ => c.unknown += 1,
+/// Counts per pool from the routing snapshot: what the proxy routes by right now, not
+/// the checker's live detail, which runs a moment ahead of the published snapshot.
+fn counts_by_pool(table: &RoutingTable) -> BTreeMap<String, Counts> {
+    let mut out = BTreeMap::new();
+    for pool in &table.pools {
+        let c: &mut Counts = out.entry(pool.name.to_string()).or_default();
+        for m in &pool.members {
+            c.total += 1;
+            c.routable += m.state.routable() as usize;
+            c.unchecked += (m.state.health == Health::Unknown) as usize;
+            match m.state.label() {
+                "up" => c.up += 1,
+                "down" => c.down += 1,
+                "ejected" => c.ejected += 1,
+                _ => c.unknown += 1,
+            }
         }
     }
     out
@@ -101,8 +103,7 @@ impl AdminApp {
         if self.app.draining.load(Ordering::SeqCst) {
             reasons.push("draining: shutting down".to_string());
         }
-        let status = self.app.checker.status();
-        for (pool, c) in counts_by_pool(&status, &self.pool_names()) {
+        for (pool, c) in counts_by_pool(&self.app.table()) {
             if c.unchecked > 0 {
                 reasons.push(format!(
                     "pool {pool}: {} of {} backends not checked yet",
@@ -120,8 +121,7 @@ impl AdminApp {
     }
 
     fn summary(&self, started: Instant) -> Response<Vec<u8>> {
-        let status = self.app.checker.status();
-        let counts = counts_by_pool(&status, &self.pool_names());
+        let counts = counts_by_pool(&self.app.table());
         let all_alive = counts.values().all(|c| c.routable == c.total);
         let any_dead_pool = counts.values().any(|c| c.routable == 0);
         let (word, code) = match (any_dead_pool, all_alive) {
