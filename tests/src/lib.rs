@@ -9,13 +9,13 @@ pub mod stream;
 
 pub use backend::{Control, FakeBackend, Mode, Request, Stats};
 pub use client::{get, request, Response};
-pub use process::{free_port, Vigil};
+pub use process::{free_port, free_ports, Vigil};
 
 use std::time::{Duration, Instant};
 
 /// Starts `vigil` on `pools` (built with [`config::pool`]) and waits until ready.
 pub async fn start_vigil(top: &str, pools: &[String]) -> Vigil {
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let mut v = Vigil::start(&config::config(listen, admin, top, pools), listen, admin);
     v.wait_ready().await;
     v

@@ -10,8 +10,15 @@ use std::time::{Duration, Instant};
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    l.local_addr().unwrap()
+    free_ports().0
+}
+
+/// Two distinct free loopback ports (listener and admin). Both are held while the
+/// second is chosen, or the kernel may hand out the same port twice.
+pub fn free_ports() -> (SocketAddr, SocketAddr) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
 }
 
 pub struct Vigil {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use vigil_tests::config::{config, pool, FAST_CHECKS};
 use vigil_tests::stream::{failures, Stream};
 use vigil_tests::{
-    free_port, get, start_vigil, traffic, wait_for, wait_for_async, FakeBackend, Mode, Vigil,
+    free_ports, get, start_vigil, traffic, wait_for, wait_for_async, FakeBackend, Mode, Vigil,
 };
 
 async fn two() -> (FakeBackend, FakeBackend) {
@@ -228,7 +228,7 @@ async fn panic_threshold_routes_to_every_backend() {
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let a = FakeBackend::start("a").await;
     a.ctl.set_delay(Duration::from_millis(1500));
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)])
         .replace("grace_period: 5s", "grace_period: 10s");
     let mut v = Vigil::start(&cfg, listen, admin);
@@ -284,7 +284,7 @@ async fn lone_hung_backend_answers_504_after_read_timeout() {
 async fn sigint_exits_at_once_even_with_requests_in_flight() {
     let a = FakeBackend::start("a").await;
     a.ctl.set_delay(Duration::from_secs(20));
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)])
         .replace("grace_period: 5s", "grace_period: 30s");
     let mut v = Vigil::start(&cfg, listen, admin);

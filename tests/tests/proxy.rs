@@ -341,7 +341,7 @@ async fn retries_on_status_and_on_reset_only_when_safe() {
 async fn no_route_is_404_and_no_alive_backend_is_503() {
     let bs = backends(1).await;
     bs[0].ctl.set_health(500);
-    let (listen, admin) = (vigil_tests::free_port(), vigil_tests::free_port());
+    let (listen, admin) = vigil_tests::free_ports();
     let cfg = vigil_tests::config::config(listen, admin, "", &[pool("api", &[(&bs[0], 1)], &format!("    routes:\n      - host: api.example.com\n        path_prefix: /v1\n{FAST_CHECKS}"))]);
     let mut v = vigil_tests::Vigil::start(&cfg, listen, admin);
     v.wait_live().await;
@@ -419,7 +419,7 @@ async fn unknown_backends_get_no_traffic() {
     let slow = FAST_CHECKS
         .replace("interval: 1s", "interval: 5s")
         .replace("timeout: 1s", "timeout: 5s");
-    let (listen, admin) = (vigil_tests::free_port(), vigil_tests::free_port());
+    let (listen, admin) = vigil_tests::free_ports();
     let cfg = vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&bs[0], 1)], &slow)]);
     let mut v = vigil_tests::Vigil::start(&cfg, listen, admin);
     v.wait_live().await;

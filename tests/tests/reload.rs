@@ -4,7 +4,9 @@
 use std::time::Duration;
 use vigil_tests::config::{config, pool, FAST_CHECKS};
 use vigil_tests::stream::{failures, Stream};
-use vigil_tests::{free_port, get, request, traffic, wait_for, wait_for_async, FakeBackend, Vigil};
+use vigil_tests::{
+    free_port, free_ports, get, request, traffic, wait_for, wait_for_async, FakeBackend, Vigil,
+};
 
 async fn post_reload(v: &Vigil, token: Option<&str>) -> vigil_tests::Response {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -29,7 +31,7 @@ async fn fifty_reloads_under_traffic_lose_nothing() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
     let c = FakeBackend::start("c").await;
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let variant = |i: usize| {
         // Alternate weights, check settings, balance, and whether c is in the pool.
         let checks = if i.is_multiple_of(2) {
@@ -118,7 +120,7 @@ async fn fifty_reloads_under_traffic_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_file_keeps_the_old_config_serving() {
     let a = FakeBackend::start("a").await;
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let good = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
     let mut v = Vigil::start(&good, listen, admin);
     v.wait_ready().await;
@@ -192,7 +194,7 @@ async fn broken_file_keeps_the_old_config_serving() {
 async fn removed_backend_leaves_and_added_backend_joins_after_its_first_check() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let slow_steady = FAST_CHECKS.replace("interval: 1s", "interval: 3s");
     let v1 = config(listen, admin, "", &[pool("web", &[(&a, 1)], &slow_steady)]);
     let mut v = Vigil::start(&v1, listen, admin);
@@ -261,7 +263,7 @@ async fn removed_backend_leaves_and_added_backend_joins_after_its_first_check() 
 async fn sighup_watch_and_token() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let top = "admin_token_placeholder";
     let make = |backends: &[(&FakeBackend, u32)]| {
         config(listen, admin, "", &[pool("web", backends, FAST_CHECKS)])
@@ -329,7 +331,7 @@ async fn request_in_flight_to_a_removed_backend_completes() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
     a.ctl.set_delay(Duration::from_millis(1500));
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = free_ports();
     let both = config(
         listen,
         admin,
