@@ -227,7 +227,7 @@ def haproxy_conf(listen, addrs, server_opts="", backend_opts=""):
     return f"""global
   nbthread 1
   maxconn 4096
-  log stderr format short local0 notice
+  log stderr format rfc5424 local0 notice
 defaults
   mode http
   log global
@@ -428,10 +428,23 @@ def bench_death(seconds=12, kill_at=3):
             detect += f"; {retried} retried attempts"
         elif kind == "haproxy":
             logs = open(os.path.join(WORK, "haproxy-death.log")).read()
-            detect = "marked DOWN by checks" if "s1 is DOWN" in logs else "not marked down"
+            # RFC 5424 lines carry a timestamp with microseconds.
+            m = re.search(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)([+-]\d\d:\d\d|Z)\S* .*Server pool/s1 is DOWN", logs)
+            if m:
+                ts = calendar.timegm(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + m.group(1)[20:])
+                if m.group(2) not in ("Z", "+00:00"):
+                    sign = 1 if m.group(2)[0] == "+" else -1
+                    ts -= sign * (int(m.group(2)[1:3]) * 3600 + int(m.group(2)[4:6]) * 60)
+                detect = f"{(ts - killed_at[0]) * 1000:.0f} ms (marked DOWN by checks)"
+            else:
+                detect = "not marked down"
         else:
-            errs = sum(1 for l in open(os.path.join(WORK, "nginx-error.log")) if addrs[1] in l)
-            detect = f"{errs} failed attempts on the dead backend (error log)"
+            lines = [l for l in open(os.path.join(WORK, "nginx-error.log")) if addrs[1] in l]
+            detect = f"{len(lines)} failed attempts logged"
+            if lines:
+                # nginx's error log has 1-second resolution.
+                last = calendar.timegm(time.strptime(lines[-1][:19], "%Y/%m/%d %H:%M:%S"))
+                detect += f"; last within {max(0.0, last - killed_at[0]) + 1:.0f} s of the kill (1 s resolution); retried after fail_timeout 10s"
         rows.append((label, w["requests"], w["errors"], detect))
         log(label, w["requests"], w["errors"], detect)
         stop(p, signal.SIGINT if kind == "vigil" else signal.SIGTERM)
