@@ -317,16 +317,20 @@ impl ProxyHttp for VigilProxy {
         req: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        let listed: Vec<String> = req
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-            .collect();
-        for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
-            req.remove_header(name);
+        // Most requests carry no hop-by-hop header: one pass over the names tells, and
+        // only then are they looked up one by one and removed.
+        if req.headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+            let listed: Vec<String> = req
+                .headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+                .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+                .collect();
+            for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
+                req.remove_header(name);
+            }
         }
         let client = session
             .client_addr()
@@ -343,7 +347,7 @@ impl ProxyHttp for VigilProxy {
             };
             req.insert_header("x-forwarded-for", xff)?;
         }
-        req.insert_header("x-forwarded-proto", "http")?;
+        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
         let host = session
             .req_header()
             .headers
