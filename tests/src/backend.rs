@@ -337,16 +337,7 @@ fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
     let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
         return None;
     };
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers = crate::client::owned_headers(req.headers);
     let len: usize = headers
         .iter()
         .find(|(n, _)| n == "content-length")

@@ -59,6 +59,19 @@ pub async fn request(
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))?
 }
 
+/// Parsed headers as owned (lower-case name, value) pairs.
+pub(crate) fn owned_headers(headers: &[httparse::Header]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 fn parse(buf: &[u8], head_only: bool) -> std::io::Result<Response> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -67,16 +80,7 @@ fn parse(buf: &[u8], head_only: bool) -> std::io::Result<Response> {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Err(bad("incomplete response header")),
     };
-    let headers: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers = owned_headers(resp.headers);
     let status = resp.code.unwrap_or(0);
     let raw = &buf[head..];
     let chunked = headers
