@@ -59,6 +59,30 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// Pingora binds its listeners inside each service's thread and panics there when a
+/// bind fails, leaving the process running without that listener: a proxy that looks
+/// alive but answers nowhere (or an admin port answered by someone else). Make that
+/// panic end the process, with a message an operator can act on.
+fn exit_on_listener_failure() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let message = info.to_string();
+        if payload.contains("Failed to build listeners")
+            || message.contains("Failed to build listeners")
+        {
+            eprintln!("vigil: cannot listen: {message}");
+            std::process::exit(1);
+        }
+        default_hook(info);
+    }));
+}
+
 /// Runs until a signal ends the process; never returns on success.
 pub fn run(
     config: Config,
@@ -66,6 +90,7 @@ pub fn run(
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> anyhow::Result<()> {
     check_addresses(&config)?;
+    exit_on_listener_failure();
     raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -8,17 +8,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A loopback address with a port that was free a moment ago.
+/// Ports for vigil's listeners come from 20000–31999, below the kernel's ephemeral
+/// range (32768+), so a fake backend binding `:0` can never take one between the
+/// moment we pick it and the moment vigil binds it; and no port is handed out twice
+/// in one test process, so parallel tests never share one.
+const PORT_BASE: u32 = 20_000;
+const PORT_SPAN: u32 = 12_000;
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
+
+/// A loopback address with a port that is free and was never handed out before here.
 pub fn free_port() -> SocketAddr {
-    free_ports().0
+    // Test binaries run one after another; start each at a different place anyway.
+    let start = std::process::id() % PORT_SPAN;
+    loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::SeqCst) as u32;
+        assert!(n < PORT_SPAN, "ran out of test ports");
+        let port = (PORT_BASE + (start + n) % PORT_SPAN) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
-/// Two distinct free loopback ports (listener and admin). Both are held while the
-/// second is chosen, or the kernel may hand out the same port twice.
+/// Two distinct free loopback ports (listener and admin).
 pub fn free_ports() -> (SocketAddr, SocketAddr) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
+    (free_port(), free_port())
 }
 
 pub struct Vigil {
@@ -113,6 +127,24 @@ impl Vigil {
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until some log line contains every one of `needles` (stderr is read by
+    /// another thread, so a line written just now may not be here yet).
+    pub async fn wait_log(&self, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .logs()
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?}; logs:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Log lines parsed as JSON (non-JSON lines skipped).

@@ -258,7 +258,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         get(listen, "app", "/").await.is_err(),
         "still accepting after exit"
     );
-    assert!(v.logs().iter().any(|l| l.contains("drained")));
+    v.wait_log(&["drained"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,8 +80,21 @@ async fn only_alive_backends_get_traffic_and_state_follows_checks() {
     assert_eq!(got["b0"], 10);
 
     // One log line per state change, with the contract's fields.
-    let lines = v.transitions();
     let b0 = bs[0].addr.to_string();
+    let of_b0 = |v: &vigil_tests::Vigil| {
+        v.transitions()
+            .iter()
+            .filter(|l| l["fields"]["backend"] == b0.as_str())
+            .count()
+    };
+    // stderr is read by another thread: the last line may still be on its way.
+    vigil_tests::wait_for(
+        "b0's three state changes logged",
+        Duration::from_secs(10),
+        || of_b0(&v) >= 3,
+    )
+    .await;
+    let lines = v.transitions();
     let mine: Vec<_> = lines
         .iter()
         .filter(|l| l["fields"]["backend"] == b0.as_str())

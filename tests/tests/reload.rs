@@ -63,11 +63,20 @@ async fn fifty_reloads_under_traffic_lose_nothing() {
     .await;
     let kept = [a.addr.to_string(), b.addr.to_string()];
     let before = v.admin_get("/health/detailed").await.json();
-    let logged_before = v
-        .transitions()
-        .iter()
-        .filter(|l| kept.iter().any(|k| l["fields"]["backend"] == k.as_str()))
-        .count();
+    let kept_lines = |v: &Vigil| {
+        v.transitions()
+            .iter()
+            .filter(|l| kept.iter().any(|k| l["fields"]["backend"] == k.as_str()))
+            .count()
+    };
+    // stderr is read by another thread: wait for both "unknown → up" lines to arrive.
+    wait_for(
+        "start-up transitions logged",
+        Duration::from_secs(10),
+        || kept_lines(&v) == 2,
+    )
+    .await;
+    let logged_before = kept_lines(&v);
 
     let stream = Stream::start(listen, "GET", 2);
     for i in 1..=50 {
@@ -100,11 +109,7 @@ async fn fifty_reloads_under_traffic_lose_nothing() {
             "kept backend {k} changed state"
         );
     }
-    let logged_after = v
-        .transitions()
-        .iter()
-        .filter(|l| kept.iter().any(|k| l["fields"]["backend"] == k.as_str()))
-        .count();
+    let logged_after = kept_lines(&v);
     assert_eq!(
         logged_after, logged_before,
         "a reload logged a state change for a kept backend"
@@ -166,10 +171,7 @@ async fn broken_file_keeps_the_old_config_serving() {
             .await,
         Some(0.0)
     );
-    assert!(v
-        .logs()
-        .iter()
-        .any(|l| l.contains("reload rejected") && l.contains("weight must be")));
+    v.wait_log(&["reload rejected", "weight must be"]).await;
 
     // A change that needs a restart is refused whole, not half-applied.
     let moved = good
@@ -320,10 +322,7 @@ async fn sighup_watch_and_token() {
             .unwrap()
             > reloads
     );
-    assert!(v
-        .logs()
-        .iter()
-        .any(|l| l.contains("configuration reloaded")));
+    v.wait_log(&["configuration reloaded"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
