@@ -46,7 +46,7 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
         m.pools.insert(p.name.as_str().into(), members);
     }
     let pools: Vec<_> = c.pools.iter().cloned().map(Arc::new).collect();
-    RoutingTable::build(&pools, Arc::new(m), metrics)
+    RoutingTable::build(&pools, &m, metrics)
 }
 
 fn pick(swap: &ArcSwap<RoutingTable>) -> usize {

@@ -148,7 +148,6 @@ pub(crate) struct Inner {
     pub peak_in_flight: AtomicUsize,
     pub checks_done: AtomicU64,
     pub connections_opened: AtomicU64,
-    pub publishes: AtomicU64,
     /// Serialises ejection decisions so two backends cannot both take the last slot.
     pub ejection_lock: Mutex<()>,
     pub shutdown: watch::Sender<bool>,
@@ -184,7 +183,6 @@ impl Checker {
             peak_in_flight: AtomicUsize::new(0),
             checks_done: AtomicU64::new(0),
             connections_opened: AtomicU64::new(0),
-            publishes: AtomicU64::new(0),
             ejection_lock: Mutex::new(()),
             shutdown: watch::channel(false).0,
             runtime: runtime.clone(),
@@ -370,19 +368,8 @@ impl Checker {
         if last.as_deref() != Some(&membership) {
             let m = Arc::new(membership);
             *last = Some(m.clone());
-            inner.publishes.fetch_add(1, Ordering::Relaxed);
             inner.publisher.publish(m);
         }
-    }
-
-    /// The membership last handed to the publisher.
-    pub fn membership(&self) -> Arc<Membership> {
-        self.inner
-            .last_published
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_default()
     }
 
     /// Stops every task; the checker does nothing after this.
@@ -412,11 +399,6 @@ impl Checker {
 
     pub fn connections_opened(&self) -> u64 {
         self.inner.connections_opened.load(Ordering::Relaxed)
-    }
-
-    /// How many times a changed membership was published.
-    pub fn publishes(&self) -> u64 {
-        self.inner.publishes.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -33,10 +33,6 @@ impl BackendStatus {
             self.health.as_str()
         }
     }
-
-    pub fn routable(&self) -> bool {
-        self.health == Health::Up && !self.ejected
-    }
 }
 
 impl Checker {

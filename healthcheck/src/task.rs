@@ -5,7 +5,7 @@
 //! Because the next deadline counts from the end of the previous check, one backend
 //! never has two checks in flight, however slow it is.
 
-use crate::checker::{Entry, Inner};
+use crate::checker::{BackendSpec, Entry, Inner};
 use crate::probe::{Outcome, Prober};
 use crate::schedule::{initial_delay, next_delay};
 use crate::state::{Transition, Verdict};
@@ -127,14 +127,7 @@ pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>) {
             m.record_check(outcome.label());
         }
 
-        let tracker = record(
-            &inner,
-            &entry,
-            &outcome,
-            latency,
-            ended,
-            spec.policy.timeout,
-        );
+        let tracker = record(&inner, &entry, &outcome, latency, ended, &spec);
         deadline = ended + next_delay(&tracker, &spec.policy.schedule, &mut rng);
     }
 }
@@ -146,9 +139,9 @@ fn record(
     outcome: &Outcome,
     latency: std::time::Duration,
     at: Instant,
-    timeout: std::time::Duration,
+    spec: &BackendSpec,
 ) -> crate::state::Tracker {
-    let spec = entry.spec();
+    let timeout = spec.policy.timeout;
     let verdict = if outcome.is_success() {
         Verdict::Pass
     } else {

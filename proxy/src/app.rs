@@ -21,7 +21,7 @@ pub struct TablePublisher {
 
 impl TablePublisher {
     fn rebuild(&self, state: &(Vec<Arc<PoolConfig>>, Arc<Membership>)) {
-        let table = RoutingTable::build(&state.0, state.1.clone(), &self.metrics);
+        let table = RoutingTable::build(&state.0, &state.1, &self.metrics);
         self.table.store(Arc::new(table));
     }
 

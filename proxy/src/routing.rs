@@ -48,10 +48,6 @@ impl PoolRoute {
             metrics,
         }
     }
-
-    pub fn alive(&self) -> usize {
-        self.members.iter().filter(|m| m.state.routable()).count()
-    }
 }
 
 /// Path prefixes of one host pattern, longest first, with the pool they go to.
@@ -119,8 +115,6 @@ impl Router {
 pub struct RoutingTable {
     router: Router,
     pub pools: Vec<PoolRoute>,
-    /// The membership this table was built from.
-    pub membership: Arc<Membership>,
 }
 
 impl RoutingTable {
@@ -128,13 +122,12 @@ impl RoutingTable {
         RoutingTable {
             router: Router::default(),
             pools: Vec::new(),
-            membership: Arc::default(),
         }
     }
 
     pub fn build(
         pools: &[Arc<PoolConfig>],
-        membership: Arc<Membership>,
+        membership: &Membership,
         metrics: &ProxyMetrics,
     ) -> RoutingTable {
         let mut router = Router::default();
@@ -162,16 +155,11 @@ impl RoutingTable {
         RoutingTable {
             router,
             pools: routes,
-            membership,
         }
     }
 
-    /// The pool for a request, by Host (lower-case, without port) and path.
-    pub fn route(&self, host: &str, path: &str) -> Option<&PoolRoute> {
-        self.router.route(host, path).map(|i| &self.pools[i])
-    }
-
-    /// Like [`route`](Self::route), as an index into `pools`.
+    /// The pool for a request, by Host (lower-case, without port) and path, as an
+    /// index into `pools`.
     pub fn route_index(&self, host: &str, path: &str) -> Option<usize> {
         self.router.route(host, path)
     }

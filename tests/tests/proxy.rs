@@ -14,6 +14,11 @@ async fn backends(n: usize) -> Vec<FakeBackend> {
     v
 }
 
+/// Every backend of `bs`, weight 1.
+fn weight_one(bs: &[FakeBackend]) -> Vec<(&FakeBackend, u32)> {
+    bs.iter().map(|b| (b, 1)).collect()
+}
+
 /// Sends `n` GETs one after another; returns how many each backend answered.
 async fn spread(v: &vigil_tests::Vigil, n: usize) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -32,15 +37,7 @@ async fn only_alive_backends_get_traffic_and_state_follows_checks() {
     let extra = FAST_CHECKS
         .replace("rise: 1", "rise: 2")
         .replace("fall: 1", "fall: 3");
-    let v = start_vigil(
-        "",
-        &[pool(
-            "web",
-            &[(&bs[0], 1), (&bs[1], 1), (&bs[2], 1)],
-            &extra,
-        )],
-    )
-    .await;
+    let v = start_vigil("", &[pool("web", &weight_one(&bs), &extra)]).await;
     let got = spread(&v, 30).await;
     assert_eq!(got.get("b2"), None, "a down backend got traffic: {got:?}");
     assert_eq!(got["b0"], 15);
@@ -122,7 +119,7 @@ async fn round_robin_and_smooth_weighted_round_robin() {
     let bs = backends(3).await;
     let rr = pool(
         "rr",
-        &[(&bs[0], 1), (&bs[1], 1), (&bs[2], 1)],
+        &weight_one(&bs),
         &format!("    routes:\n      - host: rr\n{FAST_CHECKS}"),
     );
     let wrr = pool(
@@ -166,7 +163,7 @@ async fn least_requests_prefers_the_idle_backend() {
         "",
         &[pool(
             "lr",
-            &[(&bs[0], 1), (&bs[1], 1)],
+            &weight_one(&bs),
             &format!("    balance: least_requests\n{FAST_CHECKS}"),
         )],
     )
@@ -198,11 +195,7 @@ async fn consistent_hash_is_sticky_and_moves_little_on_failure() {
     let bs = backends(3).await;
     let extra =
         format!("    balance: consistent_hash\n    hash_key: header:x-user-id\n{FAST_CHECKS}");
-    let v = start_vigil(
-        "",
-        &[pool("ch", &[(&bs[0], 1), (&bs[1], 1), (&bs[2], 1)], &extra)],
-    )
-    .await;
+    let v = start_vigil("", &[pool("ch", &weight_one(&bs), &extra)]).await;
     let owner = |user: String| {
         let listen = v.listen;
         async move {
@@ -253,15 +246,7 @@ async fn killed_backend_costs_no_failed_request() {
     let extra = FAST_CHECKS
         .replace("interval: 1s", "interval: 5s")
         .replace("timeout: 1s", "timeout: 2s");
-    let v = start_vigil(
-        "",
-        &[pool(
-            "web",
-            &[(&bs[0], 1), (&bs[1], 1), (&bs[2], 1)],
-            &extra,
-        )],
-    )
-    .await;
+    let v = start_vigil("", &[pool("web", &weight_one(&bs), &extra)]).await;
     let mut statuses = Vec::new();
     for i in 0..300 {
         if i == 50 {
@@ -294,7 +279,7 @@ async fn retries_on_status_and_on_reset_only_when_safe() {
         "",
         &[pool(
             "web",
-            &[(&bs[0], 1), (&bs[1], 1)],
+            &weight_one(&bs),
             &format!("    passive:\n      consecutive_failures: 0\n{FAST_CHECKS}"),
         )],
     )
