@@ -10,7 +10,10 @@ use crate::proxy::VigilProxy;
 use anyhow::Context;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::listening::Service;
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,17 +25,66 @@ pub struct RunOptions {
     pub watch: bool,
 }
 
-/// Binds nothing: checks that every address we must listen on is free, so a taken
-/// port is a clear error at start instead of a panic inside a service.
-fn check_addresses(config: &Config) -> anyhow::Result<()> {
-    for addr in config
+/// Binds every address vigil listens on before Pingora starts, so a taken port is a
+/// clear error (exit 1) at start, and every listener accepts connections (into its
+/// backlog) from this moment on: once the admin answers, the proxy port is open too.
+fn bind_listeners(config: &Config) -> anyhow::Result<Vec<(String, OwnedFd)>> {
+    config
         .listeners
         .iter()
         .chain(std::iter::once(&config.admin.address))
-    {
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        .map(|addr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            // Pingora's tokio listener requires a non-blocking socket.
+            listener
+                .set_nonblocking(true)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            Ok((addr.to_string(), OwnedFd::from(listener)))
+        })
+        .collect()
+}
+
+/// A Pingora listening service whose sockets vigil has already bound: they are put in
+/// Pingora's listen-fd table under the address the service was given, where Pingora
+/// looks before binding (the path it uses for inherited sockets on upgrade).
+struct PreBound<S> {
+    inner: S,
+    fds: Vec<(String, OwnedFd)>,
+}
+
+#[async_trait::async_trait]
+impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready_notifier: ServiceReadyNotifier,
+    ) {
+        if let Some(table) = &fds {
+            let mut table = table.lock();
+            for (addr, fd) in self.fds.drain(..) {
+                // Ownership passes to Pingora, which builds its listener from the fd.
+                table.add(addr, fd.into_raw_fd());
+            }
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
+            .await
     }
-    Ok(())
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
 }
 
 /// Raises the soft open-file limit to the hard one (every backend may hold a check
@@ -59,38 +111,16 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Pingora binds its listeners inside each service's thread and panics there when a
-/// bind fails, leaving the process running without that listener: a proxy that looks
-/// alive but answers nowhere (or an admin port answered by someone else). Make that
-/// panic end the process, with a message an operator can act on.
-fn exit_on_listener_failure() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        let message = info.to_string();
-        if payload.contains("Failed to build listeners")
-            || message.contains("Failed to build listeners")
-        {
-            eprintln!("vigil: cannot listen: {message}");
-            std::process::exit(1);
-        }
-        default_hook(info);
-    }));
-}
-
 /// Runs until a signal ends the process; never returns on success.
 pub fn run(
     config: Config,
     opts: RunOptions,
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> anyhow::Result<()> {
-    check_addresses(&config)?;
-    exit_on_listener_failure();
+    let mut bound = bind_listeners(&config)?;
+    let admin_fd = bound
+        .pop()
+        .expect("bind_listeners returns the admin socket last");
     raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -139,8 +169,14 @@ pub fn run(
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
     admin.add_tcp(&config.admin.address.to_string());
     admin.threads = Some(1);
-    server.add_service(proxy);
-    server.add_service(admin);
+    server.add_service(PreBound {
+        inner: proxy,
+        fds: bound,
+    });
+    server.add_service(PreBound {
+        inner: admin,
+        fds: vec![admin_fd],
+    });
     // The checker runtime must outlive the server; run_forever exits the process.
     std::mem::forget(control);
     server.run_forever();

@@ -292,3 +292,38 @@ fn a_taken_port_is_a_clear_error_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {admin}")), "{err}");
 }
+
+#[test]
+fn a_taken_proxy_port_is_a_clear_error_at_start() {
+    let (listen, admin) = vigil_tests::free_ports();
+    let _squatter = std::net::TcpListener::bind(listen).unwrap();
+    let path = Vigil::temp_path("taken-proxy.yaml");
+    std::fs::write(&path, format!("listeners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n")).unwrap();
+    let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {listen}")), "{err}");
+}
+
+/// Once the admin answers, the proxy port takes connections: both are bound before
+/// either Pingora service starts (CI once caught a 404 test connecting to a proxy
+/// port that Pingora's service thread had not bound yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_port_is_open_once_the_admin_is_live() {
+    let backend = FakeBackend::start("a").await;
+    for _ in 0..5 {
+        let (listen, admin) = vigil_tests::free_ports();
+        let cfg =
+            vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&backend, 1)], "")]);
+        let mut v = Vigil::start(&cfg, listen, admin);
+        v.wait_live().await;
+        // Any HTTP answer will do (200, or 503 before the first check): the point is
+        // that the connection is accepted and served, not refused.
+        let r = get(listen, "www.example.com", "/").await;
+        assert!(
+            r.is_ok(),
+            "proxy port not serving right after the admin was live: {:?}",
+            r.err()
+        );
+    }
+}
