@@ -270,16 +270,21 @@ def wait_port(addr):
 def bench_proxy(rounds=3, seconds=15):
     backends = [fleet(1, f"proxy-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
+    all_file = os.path.join(WORK, "proxy-all.txt")
+    open(all_file, "w").write("\n".join(addrs) + "\n")
     peers = {
         "vigil": lambda: vigil(vigil_config("127.0.0.1:18800", "127.0.0.1:18801", pool_yaml("web", addrs)))[0],
         "nginx": lambda: start_nginx(nginx_conf("127.0.0.1:18810", addrs)),
         "haproxy": lambda: start_haproxy(haproxy_conf("127.0.0.1:18820", addrs)),
-        "pingora-lb": lambda: start([os.path.join(BIN, "pingora_proxy"), "127.0.0.1:18830", backends[0][1]
-                                     .replace("proxy-backend0", "proxy-all")], "pingora-lb"),
+        "pingora-lb": lambda: start([os.path.join(BIN, "pingora_proxy"), "127.0.0.1:18830", all_file], "pingora-lb"),
+        # Floors, not products: pingora-core's HTTP/1 session and connector without
+        # pingora-proxy, with Pingora's connection pool and with a bare idle list.
+        "core-pool": lambda: start([os.path.join(BIN, "core_proxy"), "127.0.0.1:18840", all_file], "core-pool"),
+        "core-bare": lambda: start([os.path.join(BIN, "core_proxy"), "127.0.0.1:18850", all_file, "--own-pool"],
+                                   "core-bare"),
     }
-    open(os.path.join(WORK, "proxy-all.txt"), "w").write("\n".join(addrs) + "\n")
     ports = {"vigil": "127.0.0.1:18800", "nginx": "127.0.0.1:18810", "haproxy": "127.0.0.1:18820",
-             "pingora-lb": "127.0.0.1:18830"}
+             "pingora-lb": "127.0.0.1:18830", "core-pool": "127.0.0.1:18840", "core-bare": "127.0.0.1:18850"}
     results = {k: [] for k in peers}
     for r in range(rounds):
         order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
@@ -297,7 +302,7 @@ def bench_proxy(rounds=3, seconds=15):
             results[name].append(w)
             log(f"round {r} {name}: {w['rps']:.0f} req/s p50 {w['p50']:.3f} ms p99 {w['p99']:.3f} ms "
                 f"cpu {w['cpu_us_per_req']:.1f} us/req errors {w['errors']}")
-            stop(p, signal.SIGINT if name in ("vigil", "pingora-lb") else signal.SIGTERM)
+            stop(p, signal.SIGINT if name in ("vigil", "pingora-lb", "core-pool", "core-bare") else signal.SIGTERM)
             time.sleep(0.5)
     print(f"\n### Proxy throughput ({rounds} rounds of {seconds} s, medians)\n")
     print("| proxy | req/s | p50 ms | p99 ms | CPU µs/request | proxy CPU share | errors |")

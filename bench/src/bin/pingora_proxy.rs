@@ -10,6 +10,10 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use std::sync::Arc;
 
+// The same allocator as vigil, so the comparison is of the proxy code alone.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Lb(Arc<LoadBalancer<RoundRobin>>);
 
 #[async_trait]
