@@ -11,10 +11,11 @@ use crate::passive::PassivePolicy;
 use crate::probe::ProbeSpec;
 use crate::schedule::Schedule;
 use crate::state::{Thresholds, Tracker};
+use crate::task::Start;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -144,6 +145,9 @@ pub(crate) struct Inner {
     pub metrics: CheckerMetrics,
     pools: Mutex<HashMap<Arc<str>, PoolMetrics>>,
     pub tasks_alive: AtomicUsize,
+    /// Set by the first `apply`: backends it brings are spread over `fast_interval`
+    /// (a thousand backends must not fire at once); later ones are checked at once.
+    applied: AtomicBool,
     pub checks_in_flight: AtomicUsize,
     pub peak_in_flight: AtomicUsize,
     pub checks_done: AtomicU64,
@@ -179,6 +183,7 @@ impl Checker {
             metrics: CheckerMetrics::new(registry, options.per_backend_metrics)?,
             pools: Mutex::new(HashMap::new()),
             tasks_alive: AtomicUsize::new(0),
+            applied: AtomicBool::new(false),
             checks_in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             checks_done: AtomicU64::new(0),
@@ -216,6 +221,8 @@ impl Checker {
     pub fn apply(&self, specs: Vec<BackendSpec>) -> ApplyReport {
         let mut report = ApplyReport::default();
         let inner = &self.inner;
+        let first = !inner.applied.swap(true, Ordering::SeqCst);
+        let start = if first { Start::Spread } else { Start::Now };
         let wanted: HashSet<(String, String)> = specs
             .iter()
             .map(|s| (s.pool.clone(), s.address.clone()))
@@ -286,7 +293,9 @@ impl Checker {
             report.added.push(format!("{}/{}", key.0, key.1));
             inner.entries.insert(key, entry.clone());
             inner.tasks_alive.fetch_add(1, Ordering::SeqCst);
-            inner.runtime.spawn(crate::task::run(inner.clone(), entry));
+            inner
+                .runtime
+                .spawn(crate::task::run(inner.clone(), entry, start));
         }
 
         let mut pools = inner.pools.lock().unwrap();

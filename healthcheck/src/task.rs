@@ -44,14 +44,28 @@ impl Drop for InFlight<'_> {
     }
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>) {
+/// When a new backend's first check happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// At a random point in `[0, fast_interval)`: backends known at start-up.
+    Spread,
+    /// At once: a backend added while running (reload). The global bound on checks
+    /// in flight still applies.
+    Now,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>, start: Start) {
     let _alive = Alive(inner.clone());
     let mut stop = entry.stop.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
     let mut rng = StdRng::from_entropy();
     let mut spec = entry.spec();
     let mut prober = Prober::new(spec.socket_addr);
-    let mut deadline = Instant::now() + initial_delay(&spec.policy.schedule, &mut rng);
+    let mut deadline = Instant::now()
+        + match start {
+            Start::Spread => initial_delay(&spec.policy.schedule, &mut rng),
+            Start::Now => std::time::Duration::ZERO,
+        };
 
     loop {
         if *stop.borrow() || *shutdown.borrow() {

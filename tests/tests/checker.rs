@@ -474,3 +474,46 @@ async fn passive_failures_eject_and_active_success_does_not_unject() {
         "ejected more than max_ejected_percent of the pool"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_added_later_are_checked_at_once_first_ones_spread() {
+    let a = FakeBackend::start("a").await;
+    let b = FakeBackend::start("b").await;
+    // fast_interval of an hour: a spread first check would almost surely wait minutes.
+    let mut slow_first = policy(3_600_000);
+    slow_first.schedule.interval = Duration::from_millis(50);
+    let p = Arc::new(slow_first);
+    let (c, _) = checker(16);
+    let first = (0..20)
+        .map(|_| FakeBackend::start("spread"))
+        .collect::<Vec<_>>();
+    let mut spread = Vec::new();
+    for f in first {
+        spread.push(f.await);
+    }
+    c.apply(spread.iter().map(|f| spec("p", f, 1, &p)).collect());
+    c.apply(
+        spread
+            .iter()
+            .chain([&a, &b])
+            .map(|f| spec("p", f, 1, &p))
+            .collect(),
+    );
+    wait_for(
+        "the added backends checked",
+        Duration::from_secs(10),
+        || a.stats.health_requests() >= 1 && b.stats.health_requests() >= 1,
+    )
+    .await;
+    // The first batch is spread over [0, 1 h): with 20 backends, more than a few checked
+    // within these seconds would mean no spreading at all.
+    let early = spread
+        .iter()
+        .filter(|f| f.stats.health_requests() > 0)
+        .count();
+    assert!(
+        early <= 2,
+        "{early} of 20 start-up backends checked at once"
+    );
+    c.shutdown();
+}
