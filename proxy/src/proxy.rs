@@ -398,6 +398,14 @@ impl ProxyHttp for VigilProxy {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        // A pool without alive backends answers 503 to every request: counted in
+        // vigil_no_healthy_backend_total, and its cause logged once (the state change);
+        // a line per request would flood the log in an outage. Clients that go away are
+        // not the proxy's fault. Upstream failures that reach the client stay logged.
+        ctx.no_backend || matches!(e.esource(), ErrorSource::Downstream)
+    }
+
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,

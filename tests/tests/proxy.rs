@@ -368,6 +368,16 @@ async fn no_route_is_404_and_no_alive_backend_is_503() {
         .as_str()
         .unwrap()
         .contains("no alive backend"));
+    // The 503s are counted, not logged one by one: the outage's cause is the state
+    // change. Any line written for the 503 precedes "backend is up" on stderr.
+    bs[0].ctl.set_health(200);
+    v.wait_log(&["backend is up"]).await;
+    let per_request: Vec<String> = v
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("Fail to proxy") || l.contains("no healthy backend"))
+        .collect();
+    assert!(per_request.is_empty(), "{per_request:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
