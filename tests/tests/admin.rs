@@ -283,26 +283,17 @@ async fn per_backend_metrics_can_be_turned_off() {
 
 #[test]
 fn a_taken_port_is_a_clear_error_at_start() {
-    let (listen, admin) = vigil_tests::free_ports();
-    let _squatter = std::net::TcpListener::bind(admin).unwrap();
-    let path = Vigil::temp_path("taken.yaml");
-    std::fs::write(&path, format!("listeners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n")).unwrap();
-    let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on {admin}")), "{err}");
-}
-
-#[test]
-fn a_taken_proxy_port_is_a_clear_error_at_start() {
-    let (listen, admin) = vigil_tests::free_ports();
-    let _squatter = std::net::TcpListener::bind(listen).unwrap();
-    let path = Vigil::temp_path("taken-proxy.yaml");
-    std::fs::write(&path, format!("listeners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n")).unwrap();
-    let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on {listen}")), "{err}");
+    for taken in ["admin", "proxy"] {
+        let (listen, admin) = vigil_tests::free_ports();
+        let squat = if taken == "admin" { admin } else { listen };
+        let _squatter = std::net::TcpListener::bind(squat).unwrap();
+        let path = Vigil::temp_path("taken.yaml");
+        std::fs::write(&path, format!("listeners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n")).unwrap();
+        let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{taken} port taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("cannot listen on {squat}")), "{err}");
+    }
 }
 
 /// Once the admin answers, the proxy port takes connections: both are bound before
