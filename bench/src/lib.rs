@@ -2,4 +2,4 @@
 //! (Pingora's own load balancer health checks, the peer for the checker benchmark)
 //! and the criterion benches in `benches/`. Results live in `RESULTS.md`.
 
-pub use vigil_proxy::server::raise_fd_limit;
+pub use vigil_healthcheck::raise_fd_limit;

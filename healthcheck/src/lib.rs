@@ -30,3 +30,27 @@ pub use probe::{Outcome, ProbeSpec, Prober};
 pub use schedule::Schedule;
 pub use state::{Health, Thresholds, Tracker, Transition, Verdict};
 pub use status::BackendStatus;
+
+/// Raises the soft open-file limit to the hard one (every backend holds a check
+/// connection, and a proxy a few more of its own); returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: plain libc calls on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(soft, "cannot raise the open-file limit");
+                return soft;
+            }
+        }
+        lim.rlim_cur
+    }
+}

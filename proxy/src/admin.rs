@@ -220,10 +220,7 @@ impl AdminApp {
                 json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
             );
         }
-        let app = self.app.clone();
-        // Reload reads a file and may resolve names: keep it off the event loop.
-        let result = tokio::task::spawn_blocking(move || app.reload()).await;
-        match result {
+        match self.app.reload_off_thread().await {
             Ok(Ok(summary)) => json_reply(
                 200,
                 json!({"status": "reloaded", "changes": summary.to_json()}),

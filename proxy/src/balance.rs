@@ -101,21 +101,18 @@ impl Selector {
                     return power_of_two_choices(members, candidates, tried, start);
                 }
                 // Rotate the scan's start so ties spread instead of piling on the first.
-                let mut best: Option<(usize, u64, u64)> = None;
+                let mut best: Option<(usize, Load)> = None;
                 for k in 0..n {
                     let i = candidates[(start + k) % n];
                     if tried.contains(&i) {
                         continue;
                     }
-                    if less_loaded(&members[i], best.map(|(_, l, w)| (l, w))) {
-                        best = Some((
-                            i,
-                            members[i].backend.in_flight(),
-                            members[i].weight.max(1) as u64,
-                        ));
+                    let l = load(&members[i]);
+                    if best.is_none_or(|(_, b)| lighter(l, b)) {
+                        best = Some((i, l));
                     }
                 }
-                best.map(|(i, _, _)| i)
+                best.map(|(i, _)| i)
             }
             Selector::ConsistentHash { ring, by_addr } => ring
                 .node_iter(key)
@@ -130,10 +127,16 @@ impl Selector {
 /// Pools larger than this use two random choices instead of scanning every member.
 const FULL_SCAN_MAX: usize = 16;
 
-/// `m` carries less load per weight than `best` (load, weight); compared without division.
-fn less_loaded(m: &Member, best: Option<(u64, u64)>) -> bool {
-    let (load, weight) = (m.backend.in_flight(), m.weight.max(1) as u64);
-    best.is_none_or(|(bl, bw)| load * bw < bl * weight)
+/// A member's requests in flight and its weight.
+type Load = (u64, u64);
+
+fn load(m: &Member) -> Load {
+    (m.backend.in_flight(), m.weight.max(1) as u64)
+}
+
+/// `a` carries less load per weight than `b`; compared without division.
+fn lighter((load, weight): Load, (other_load, other_weight): Load) -> bool {
+    load * other_weight < other_load * weight
 }
 
 /// Envoy's choice for large pools: the less loaded of two members drawn at random
@@ -158,17 +161,7 @@ fn power_of_two_choices(
     let a = untried_from((z as u32 as usize) % n)?;
     let b = untried_from(((z >> 32) as usize) % n).filter(|&b| b != a);
     match b {
-        Some(b)
-            if less_loaded(
-                &members[b],
-                Some((
-                    members[a].backend.in_flight(),
-                    members[a].weight.max(1) as u64,
-                )),
-            ) =>
-        {
-            Some(b)
-        }
+        Some(b) if lighter(load(&members[b]), load(&members[a])) => Some(b),
         _ => Some(a),
     }
 }

@@ -45,12 +45,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Run { config, watch } => {
-            let parsed = match vigil_conf::load(&config) {
+            let parsed = match load(&config) {
                 Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             logging::init(cli.log_format);
             let opts = server::RunOptions {
@@ -96,8 +93,17 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// Loads and validates a config file; on errors prints them all (`FILE:LINE:COL:
+/// message`) and gives exit code 1.
+fn load(file: &std::path::Path) -> Result<vigil_conf::Config, ExitCode> {
+    vigil_conf::load(file).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(1)
+    })
+}
+
 fn validate(file: &std::path::Path) -> ExitCode {
-    match vigil_conf::load(file) {
+    match load(file) {
         Ok(config) => {
             for p in &config.pools {
                 let routes: Vec<String> = p
@@ -117,10 +123,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            ExitCode::from(1)
-        }
+        Err(code) => code,
     }
 }
 

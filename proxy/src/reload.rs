@@ -84,6 +84,15 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
 }
 
 impl App {
+    /// [`App::reload`] on the blocking pool: it reads a file and may resolve names,
+    /// which must not stall the event loop of SIGHUP, `--watch` or the admin listener.
+    pub async fn reload_off_thread(
+        self: &Arc<Self>,
+    ) -> Result<Result<ReloadSummary, ReloadError>, tokio::task::JoinError> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.reload()).await
+    }
+
     /// Reloads the config file. Counts and logs the outcome either way.
     pub fn reload(&self) -> Result<ReloadSummary, ReloadError> {
         let result = self.reload_inner();

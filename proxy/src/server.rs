@@ -8,11 +8,13 @@ use crate::admin::AdminApp;
 use crate::app::App;
 use crate::proxy::VigilProxy;
 use anyhow::Context;
+use pingora::apps::ServerApp;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::listening::Service;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -25,14 +27,12 @@ pub struct RunOptions {
     pub watch: bool,
 }
 
-/// Binds every address vigil listens on before Pingora starts, so a taken port is a
-/// clear error (exit 1) at start, and every listener accepts connections (into its
-/// backlog) from this moment on: once the admin answers, the proxy port is open too.
-fn bind_listeners(config: &Config) -> anyhow::Result<Vec<(String, OwnedFd)>> {
-    config
-        .listeners
+/// Binds `addrs` before Pingora starts, so a taken port is a clear error (exit 1) at
+/// start, and every listener accepts connections (into its backlog) from this moment
+/// on: once the admin answers, the proxy port is open too.
+fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<(String, OwnedFd)>> {
+    addrs
         .iter()
-        .chain(std::iter::once(&config.admin.address))
         .map(|addr| {
             let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen on {addr}"))?;
@@ -51,6 +51,16 @@ fn bind_listeners(config: &Config) -> anyhow::Result<Vec<(String, OwnedFd)>> {
 struct PreBound<S> {
     inner: S,
     fds: Vec<(String, OwnedFd)>,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
+    /// The service listens on exactly the addresses of `fds`, under the same keys.
+    fn new(mut inner: Service<A>, fds: Vec<(String, OwnedFd)>) -> Self {
+        for (addr, _) in &fds {
+            inner.add_tcp(addr);
+        }
+        PreBound { inner, fds }
+    }
 }
 
 #[async_trait::async_trait]
@@ -87,41 +97,15 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
     }
 }
 
-/// Raises the soft open-file limit to the hard one (every backend may hold a check
-/// connection and a few pooled proxy connections); returns the soft limit now in force.
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a stack struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!(soft, "cannot raise the open-file limit");
-                return soft;
-            }
-        }
-        lim.rlim_cur
-    }
-}
-
 /// Runs until a signal ends the process; never returns on success.
 pub fn run(
     config: Config,
     opts: RunOptions,
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> anyhow::Result<()> {
-    let mut bound = bind_listeners(&config)?;
-    let admin_fd = bound
-        .pop()
-        .expect("bind_listeners returns the admin socket last");
-    raise_fd_limit();
+    let proxy_fds = bind(&config.listeners)?;
+    let admin_fds = bind(&[config.admin.address])?;
+    vigil_healthcheck::raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("vigil-checker")
@@ -158,25 +142,15 @@ pub fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         VigilProxy { app: app.clone() },
         "vigil proxy",
     );
-    for l in &config.listeners {
-        proxy.add_tcp(&l.to_string());
-    }
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
-    admin.add_tcp(&config.admin.address.to_string());
     admin.threads = Some(1);
-    server.add_service(PreBound {
-        inner: proxy,
-        fds: bound,
-    });
-    server.add_service(PreBound {
-        inner: admin,
-        fds: vec![admin_fd],
-    });
+    server.add_service(PreBound::new(proxy, proxy_fds));
+    server.add_service(PreBound::new(admin, admin_fds));
     // The checker runtime must outlive the server; run_forever exits the process.
     std::mem::forget(control);
     server.run_forever();
@@ -194,8 +168,7 @@ fn install_signal_handlers(
     let a = app.clone();
     rt.spawn(async move {
         while hup.recv().await.is_some() {
-            let a = a.clone();
-            let _ = tokio::task::spawn_blocking(move || a.reload()).await;
+            let _ = a.reload_off_thread().await;
         }
     });
     let a = app.clone();
@@ -256,8 +229,7 @@ fn spawn_watcher(rt: &tokio::runtime::Runtime, app: &Arc<App>) {
             let now = stamp(&path);
             if now != last && now.is_some() {
                 last = now;
-                let a = app.clone();
-                let _ = tokio::task::spawn_blocking(move || a.reload()).await;
+                let _ = app.reload_off_thread().await;
             }
         }
     });

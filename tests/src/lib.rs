@@ -28,16 +28,10 @@ pub fn traffic(b: &FakeBackend) -> u64 {
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_async(what, limit, || std::future::ready(cond())).await
 }
 
-/// Async version of [`wait_for`] for conditions that need I/O.
+/// [`wait_for`] for conditions that need I/O.
 pub async fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
@@ -50,21 +44,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Raises the soft open-file limit to the hard limit (scale tests open thousands).
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a stack struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            return lim.rlim_cur;
-        }
-    }
-    0
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vigil_healthcheck::*;
-use vigil_tests::{raise_fd_limit, wait_for, Control, FakeBackend, Mode, Stats};
+use vigil_tests::{wait_for, Control, FakeBackend, Mode, Stats};
 
 /// Records every membership it is handed.
 #[derive(Default)]
