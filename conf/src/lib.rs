@@ -6,6 +6,7 @@
 //! strings. This crate knows nothing of tokio or pingora.
 
 mod duration;
+mod edge;
 mod error;
 mod marks;
 mod schema;

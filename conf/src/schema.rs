@@ -13,7 +13,23 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub checker: Option<RawChecker>,
     pub metrics: Option<RawMetrics>,
+    pub limits: Option<RawLimits>,
+    pub access_log: Option<RawAccessLog>,
     pub pools: Option<Vec<RawPool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    pub header_bytes: Option<i64>,
+    pub headers: Option<i64>,
+    pub header_timeout: Option<String>,
+    pub body_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAccessLog {
+    pub format: Option<String>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,56 @@ pub struct Config {
     pub admin: AdminConfig,
     pub checker: CheckerConfig,
     pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+    pub access_log: AccessLogConfig,
     pub pools: Vec<PoolConfig>,
+}
+
+/// Per-request limits, answered by vigil without calling a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Request line plus headers; over it 431.
+    pub header_bytes: usize,
+    /// Header count; over it 431.
+    pub headers: usize,
+    /// The whole request head within this of its first byte, else 408 and close.
+    pub header_timeout: Duration,
+    /// Request body; over it 413. 0 = no limit.
+    pub body_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_bytes: 32 * 1024,
+            headers: 100,
+            header_timeout: Duration::from_secs(10),
+            body_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Off,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub format: AccessLogFormat,
+    /// A file, reopened on SIGUSR1; None writes to stdout.
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            format: AccessLogFormat::Off,
+            path: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +127,18 @@ pub enum Balance {
     ConsistentHash,
 }
 
+impl Balance {
+    /// The spelling the config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::WeightedRoundRobin => "weighted_round_robin",
+            Balance::LeastRequests => "least_requests",
+            Balance::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     /// Lower-cased header name.
@@ -99,6 +160,16 @@ pub struct BackendConfig {
 pub enum CheckKind {
     Http,
     Tcp,
+}
+
+impl CheckKind {
+    /// The spelling the config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -30,7 +30,7 @@ impl<'a> Validator<'a> {
         self.push(pos.line, pos.col, message);
     }
 
-    fn error(&mut self, path: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
         let pos = self.marks.value(path);
         self.push(pos.line, pos.col, message.into());
     }
@@ -53,7 +53,12 @@ impl<'a> Validator<'a> {
         Err(ConfigErrors(self.errors))
     }
 
-    fn duration(&mut self, path: &str, raw: &Option<String>, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        path: &str,
+        raw: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         match raw {
             None => default,
             Some(text) => parse_duration(text).unwrap_or_else(|e| {
@@ -64,7 +69,14 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn int(&mut self, path: &str, raw: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+    pub(crate) fn int(
+        &mut self,
+        path: &str,
+        raw: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
         match raw {
             None => default,
             Some(v) if v < min || v > max => {
@@ -187,6 +199,8 @@ impl<'a> Validator<'a> {
             }
         }
         self.cross_pool(&pools);
+        let limits = self.limits(raw.limits.unwrap_or_default());
+        let access_log = self.access_log(raw.access_log.unwrap_or_default());
 
         Config {
             threads,
@@ -197,6 +211,8 @@ impl<'a> Validator<'a> {
                 max_concurrent_checks,
             },
             metrics,
+            limits,
+            access_log,
             pools,
         }
     }
@@ -233,6 +249,9 @@ impl<'a> Validator<'a> {
                 &format!("{path}.name"),
                 format!("pool name {name:?} must match [a-z0-9_-]+"),
             );
+        } else if name == "-" {
+            // Metrics label requests answered before routing with pool="-".
+            self.error(&format!("{path}.name"), "pool name \"-\" is reserved");
         }
 
         let routes = match raw.routes {
@@ -484,7 +503,9 @@ impl<'a> Validator<'a> {
             &raw.max_down_interval,
             d.max_down_interval,
         );
-        let timeout = self.duration(&p("timeout"), &raw.timeout, d.timeout);
+        // Like HAProxy's check timeout, which defaults to `inter`: a pool that only
+        // shortens its interval must not be refused for a timeout it never wrote.
+        let timeout = self.duration(&p("timeout"), &raw.timeout, d.timeout.min(interval));
         let max_connection_age = self.duration(
             &p("max_connection_age"),
             &raw.max_connection_age,

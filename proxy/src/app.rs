@@ -1,8 +1,11 @@
 //! The running proxy's shared state: the routing snapshot (one `ArcSwap`), the
 //! checker that keeps it true, metrics, and the configuration in force.
 
+use crate::access_log::AccessLog;
+use crate::edge::EdgeLimits;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingTable;
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -47,6 +50,9 @@ pub struct App {
     pub metrics: Arc<ProxyMetrics>,
     pub registry: prometheus::Registry,
     pub config: Mutex<Arc<Config>>,
+    /// Limits on client requests, read by Pingora per request head and by the proxy.
+    pub edge: Arc<EdgeLimits>,
+    pub access_log: Arc<AccessLog>,
     /// The file reloads read; None for the demo's embedded config.
     pub config_path: Option<PathBuf>,
     pub started: Instant,
@@ -79,6 +85,15 @@ impl App {
             publisher.clone(),
             &registry,
         )?;
+        let access_log = Arc::new(
+            AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())
+                .context("cannot open the access log")?,
+        );
+        let edge = Arc::new(EdgeLimits::new(
+            &config.limits,
+            metrics.unrouted(),
+            access_log.clone(),
+        ));
         publisher.set_pools(config.pools.iter().cloned().map(Arc::new).collect());
         checker.apply(crate::convert::backend_specs(&config));
         metrics.mark_loaded();
@@ -88,6 +103,8 @@ impl App {
             metrics,
             registry,
             config: Mutex::new(Arc::new(config)),
+            edge,
+            access_log,
             config_path,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),

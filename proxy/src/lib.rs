@@ -3,15 +3,18 @@
 //! - [`app`]: shared state; the routing snapshot is one `ArcSwap<RoutingTable>`.
 //! - [`routing`] and [`balance`]: Host/path routing and lock-free backend selection.
 //! - [`proxy`]: the `ProxyHttp` implementation (retries, 404/503, forwarded headers).
+//! - [`edge`] and [`access_log`]: limits on client requests; one log line per request.
 //! - [`admin`]: `/metrics`, `/health/*`, `POST /admin/reload`.
 //! - [`reload`]: validate-then-swap configuration reloads.
 //! - [`server`]: process wiring, signals, drain; [`demo`]: `vigil demo`.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod convert;
 pub mod demo;
+pub mod edge;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -112,12 +112,12 @@ fn validate(file: &std::path::Path) -> ExitCode {
                     .map(|r| format!("{}{}", host(&r.host), r.path_prefix))
                     .collect();
                 println!(
-                    "pool {}: {} backends, {:?}, routes {}, {:?} check every {:?}",
+                    "pool {}: {} backends, {}, routes {}, {} check every {:?}",
                     p.name,
                     p.backends.len(),
-                    p.balance,
+                    p.balance.as_str(),
                     routes.join(" "),
-                    p.health_check.kind,
+                    p.health_check.kind.as_str(),
                     p.health_check.interval
                 );
             }

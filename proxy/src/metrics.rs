@@ -15,7 +15,12 @@ pub mod names {
     pub const PANIC: &str = "vigil_panic_routed_requests_total";
     pub const RELOADS: &str = "vigil_config_reloads_total";
     pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
+    pub const ACCESS_LOG_DROPPED: &str = "vigil_access_log_dropped_total";
 }
+
+/// The `pool` label of requests answered before they were routed (no route, a refused
+/// head, a request without Host): pool names never contain `-` alone.
+pub const UNROUTED: &str = "-";
 
 pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -38,6 +43,7 @@ pub struct ProxyMetrics {
     panic: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
+    pub access_log_dropped: IntCounter,
     per_backend: bool,
 }
 
@@ -103,8 +109,13 @@ impl ProxyMetrics {
                 names::LAST_RELOAD,
                 "Unix time of the last successful configuration load",
             )?,
+            access_log_dropped: IntCounter::new(
+                names::ACCESS_LOG_DROPPED,
+                "Access log lines dropped because the writer fell behind",
+            )?,
             per_backend,
         };
+        registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -117,6 +128,11 @@ impl ProxyMetrics {
             m.reloads.with_label_values(&[r]);
         }
         Ok(m)
+    }
+
+    /// `vigil_requests_total{pool="-"}` by class, present from start.
+    pub fn unrouted(&self) -> [IntCounter; 4] {
+        CLASSES.map(|c| self.requests.with_label_values(&[UNROUTED, c]))
     }
 
     pub fn pool(&self, pool: &str, members: &[Member]) -> PoolHandles {

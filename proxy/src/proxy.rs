@@ -1,18 +1,19 @@
 //! vigil's `ProxyHttp`: route by Host and path, pick an alive backend, retry on
 //! another one when that is safe, never on one already tried.
 
+use crate::access_log::Entry;
 use crate::app::App;
 use crate::metrics::class_index;
 use crate::routing::{normalize_host, RoutingTable};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::Method;
+use http::{Method, Version};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use vigil_conf::HashKey;
 
 /// How long an idle upstream keep-alive connection is kept in Pingora's pool.
@@ -39,6 +40,12 @@ pub struct Ctx {
     /// `upstream_response_filter` asked for a retry on the response status.
     status_retry: bool,
     counted: bool,
+    /// Status of the last response header a backend sent; 0 when none did.
+    upstream_status: u16,
+    /// Set only while the access log is on: the client's `x-request-id` or ours.
+    request_id: String,
+    /// We made the id up, so it is added to the request sent upstream.
+    request_id_generated: bool,
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
@@ -131,6 +138,103 @@ pub(crate) async fn respond(
         .await
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header (HTTP/2 carries the
+/// authority in its own field).
+fn check_host(session: &Session) -> std::result::Result<(), &'static str> {
+    let req = session.req_header();
+    if req.version != Version::HTTP_11 {
+        return Ok(());
+    }
+    match req.headers.get_all(http::header::HOST).iter().count() {
+        0 => Err("HTTP/1.1 request without Host"),
+        1 => Ok(()),
+        _ => Err("more than one Host header"),
+    }
+}
+
+fn content_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn expects_continue(session: &Session) -> bool {
+    let req = session.req_header();
+    req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
+    let req = session.req_header();
+    let pool = ctx.pool();
+    Entry {
+        time: Some(SystemTime::now()),
+        client: session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        method: req.method.as_str().to_string(),
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.host())
+            .unwrap_or_default()
+            .to_string(),
+        path: req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string(),
+        protocol: match req.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        },
+        status,
+        bytes_in: session.as_downstream().body_bytes_read(),
+        bytes_out: session.as_downstream().body_bytes_sent(),
+        duration: ctx.started.elapsed(),
+        pool: pool.map(|p| p.config.name.clone()).unwrap_or_default(),
+        backend: pool
+            .zip(ctx.tried.last())
+            .map(|(p, &i)| p.members[i].backend.address.to_string())
+            .unwrap_or_default(),
+        attempts: ctx.tried.len(),
+        upstream_status: ctx.upstream_status,
+        request_id: ctx.request_id.clone(),
+    }
+}
+
+impl VigilProxy {
+    /// The client's `x-request-id`, or a new random one that goes upstream too.
+    fn assign_request_id(&self, session: &Session, ctx: &mut Ctx) {
+        match session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) if !id.is_empty() => ctx.request_id = id.to_string(),
+            _ => {
+                ctx.request_id = format!("{:016x}", rand::random::<u64>());
+                ctx.request_id_generated = true;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for VigilProxy {
     type CTX = Ctx;
@@ -153,12 +257,31 @@ impl ProxyHttp for VigilProxy {
             got_header: false,
             status_retry: false,
             counted: false,
+            upstream_status: 0,
+            request_id: String::new(),
+            request_id_generated: false,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Pipelined requests are answered in order, one after the other (RFC 9112
+        // §9.3.2); Pingora keeps the setting for the rest of the connection.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.app.in_flight.fetch_add(1, Ordering::SeqCst);
         ctx.counted = true;
+        if self.app.access_log.enabled() {
+            self.assign_request_id(session, ctx);
+        }
+        if let Err(reason) = check_host(session) {
+            session.set_keepalive(None);
+            let body = format!("{{\"error\":\"{reason}\"}}");
+            respond(session, 400, &[], &body).await?;
+            return Ok(true);
+        }
         let table = self.app.table();
         let req = session.req_header();
         let host = req
@@ -182,7 +305,40 @@ impl ProxyHttp for VigilProxy {
         }
         ctx.pool = index;
         ctx.table = Some(table);
+        if let Some(max) = self.app.edge.body_bytes() {
+            if content_length(session).is_some_and(|len| len > max) {
+                // The body is not read: the connection cannot carry another request.
+                session.set_keepalive(None);
+                respond(session, 413, &[], "{\"error\":\"request body too large\"}").await?;
+                return Ok(true);
+            }
+        }
+        if expects_continue(session) {
+            // Answered here, as nginx does: the client sends its body at once instead
+            // of waiting out its own timeout for a backend that may never say 100.
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await?;
+        }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Chunked bodies announce no length: count what arrived.
+        if let Some(max) = self.app.edge.body_bytes() {
+            if session.as_downstream().body_bytes_read() as u64 > max {
+                session.set_keepalive(None);
+                return Err(Error::explain(HTTPStatus(413), "request body too large"));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -280,9 +436,14 @@ impl ProxyHttp for VigilProxy {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         if resp.status.is_informational() {
+            // A 101 keeps its Connection and Upgrade headers: they are the handshake.
+            if status == 101 {
+                ctx.upstream_status = status;
+            }
             return Ok(());
         }
         ctx.got_header = true;
+        ctx.upstream_status = status;
         if let (Some(i), Some(pool)) = (ctx.current, ctx.pool()) {
             if let Some(counters) = pool.metrics.upstream.get(i) {
                 counters[class_index(status)].inc();
@@ -315,11 +476,15 @@ impl ProxyHttp for VigilProxy {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // Most requests carry no hop-by-hop header: one pass over the names tells, and
         // only then are they looked up one by one and removed.
         if req.headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+            let upgrade = session
+                .is_upgrade_req()
+                .then(|| req.headers.get(http::header::UPGRADE).cloned())
+                .flatten();
             let listed: Vec<String> = req
                 .headers
                 .get_all(http::header::CONNECTION)
@@ -331,6 +496,22 @@ impl ProxyHttp for VigilProxy {
             for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
                 req.remove_header(name);
             }
+            // An upgrade (WebSocket) asks the backend to change protocols: that one
+            // hop-by-hop pair is the request itself and goes through.
+            if let Some(protocol) = upgrade {
+                req.insert_header(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("upgrade"),
+                )?;
+                req.insert_header(http::header::UPGRADE, protocol)?;
+            }
+        }
+        // vigil answered `100 Continue` itself (request_filter).
+        if req.headers.contains_key(http::header::EXPECT) {
+            req.remove_header(&http::header::EXPECT);
+        }
+        if ctx.request_id_generated {
+            req.insert_header("x-request-id", ctx.request_id.as_str())?;
         }
         let client = session
             .client_addr()
@@ -403,7 +584,9 @@ impl ProxyHttp for VigilProxy {
         // vigil_no_healthy_backend_total, and its cause logged once (the state change);
         // a line per request would flood the log in an outage. Clients that go away are
         // not the proxy's fault. Upstream failures that reach the client stay logged.
-        ctx.no_backend || matches!(e.esource(), ErrorSource::Downstream)
+        ctx.no_backend
+            || matches!(e.esource(), ErrorSource::Downstream)
+            || matches!(e.etype(), HTTPStatus(413))
     }
 
     fn suppress_proxy_warn_log(
@@ -419,15 +602,20 @@ impl ProxyHttp for VigilProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         ctx.release_current();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(502);
         if let Some(pool) = ctx.pool() {
-            let status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(502);
             pool.metrics.requests[class_index(status)].inc();
             pool.metrics
                 .duration
                 .observe(ctx.started.elapsed().as_secs_f64());
+        } else {
+            self.app.edge.count_unrouted(status);
+        }
+        if self.app.access_log.enabled() {
+            self.app.access_log.log(access_entry(session, ctx, status));
         }
         if std::mem::take(&mut ctx.counted) {
             self.app.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -13,6 +13,8 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
     /// The file changes settings that only a restart applies; nothing changed.
     NeedsRestart(Vec<String>),
+    /// The new access log file cannot be opened; nothing changed.
+    AccessLog(String),
     /// Running from the embedded demo config: there is no file to reload.
     NoFile,
 }
@@ -26,6 +28,7 @@ impl ReloadError {
                 .iter()
                 .map(|w| format!("{w} changed: restart vigil to apply it; nothing was reloaded"))
                 .collect(),
+            ReloadError::AccessLog(e) => vec![e.clone()],
             ReloadError::NoFile => {
                 vec!["no configuration file to reload (embedded demo config)".into()]
             }
@@ -42,6 +45,8 @@ pub struct ReloadSummary {
     pub backends_added: Vec<String>,
     pub backends_removed: Vec<String>,
     pub backends_updated: Vec<String>,
+    /// Top-level sections applied in place: `limits`, `access_log`.
+    pub settings_changed: Vec<String>,
 }
 
 impl ReloadSummary {
@@ -49,6 +54,7 @@ impl ReloadSummary {
         json!({
             "pools": {"added": self.pools_added, "removed": self.pools_removed, "changed": self.pools_changed},
             "backends": {"added": self.backends_added, "removed": self.backends_removed, "updated": self.backends_updated},
+            "settings": self.settings_changed,
         })
     }
 
@@ -59,6 +65,7 @@ impl ReloadSummary {
             && self.backends_added.is_empty()
             && self.backends_removed.is_empty()
             && self.backends_updated.is_empty()
+            && self.settings_changed.is_empty()
     }
 }
 
@@ -125,6 +132,24 @@ impl App {
         }
 
         let mut summary = ReloadSummary::default();
+        if old.access_log != new.access_log {
+            self.access_log.configure(&new.access_log).map_err(|e| {
+                let path = new
+                    .access_log
+                    .path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-"));
+                ReloadError::AccessLog(format!(
+                    "access_log.path: cannot open {}: {e}",
+                    path.display()
+                ))
+            })?;
+            summary.settings_changed.push("access_log".into());
+        }
+        if old.limits != new.limits {
+            self.edge.set(&new.limits);
+            summary.settings_changed.push("limits".into());
+        }
         let old_pools: BTreeSet<&str> = old.pools.iter().map(|p| p.name.as_str()).collect();
         let new_pools: BTreeSet<&str> = new.pools.iter().map(|p| p.name.as_str()).collect();
         summary.pools_added = new_pools

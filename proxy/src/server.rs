@@ -8,7 +8,7 @@ use crate::admin::AdminApp;
 use crate::app::App;
 use crate::proxy::VigilProxy;
 use anyhow::Context;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::server::{ListenFds, ShutdownWatch};
@@ -142,11 +142,16 @@ pub fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         VigilProxy { app: app.clone() },
         "vigil proxy",
     );
+    if let Some(logic) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.head_limits = Some(app.edge.clone());
+        logic.server_options = Some(options);
+    }
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
     admin.threads = Some(1);
     server.add_service(PreBound::new(proxy, proxy_fds));
@@ -165,6 +170,13 @@ fn install_signal_handlers(
     let _enter = rt.enter();
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let a = app.clone();
+    rt.spawn(async move {
+        while usr1.recv().await.is_some() {
+            a.access_log.reopen();
+        }
+    });
     let a = app.clone();
     rt.spawn(async move {
         while hup.recv().await.is_some() {

@@ -36,6 +36,8 @@ pub struct Stats {
     pub peak_in_flight: AtomicI64,
     pub health_times: Mutex<Vec<Instant>>,
     pub last_request: Mutex<Option<Request>>,
+    /// Paths of every request that was not a health check, in arrival order.
+    pub paths: Mutex<Vec<String>>,
 }
 
 impl Stats {
@@ -64,6 +66,7 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -256,6 +259,7 @@ async fn connection(
             stats.health_requests.fetch_add(1, Ordering::SeqCst);
             stats.health_times.lock().unwrap().push(Instant::now());
         } else {
+            stats.paths.lock().unwrap().push(req.path.clone());
             *stats.last_request.lock().unwrap() = Some(req.clone());
         }
         let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -274,6 +278,29 @@ async fn connection(
                 }
             }
             _ => {}
+        }
+        if let Some(protocol) = req.header("upgrade").map(str::to_string) {
+            // A protocol switch: say yes, then echo every byte back until either side closes.
+            drop(_in_flight);
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {protocol}\r\nx-backend: {name}\r\n\r\n"
+            );
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            if !buf.is_empty() && sock.write_all(&std::mem::take(&mut buf)).await.is_err() {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = tokio::select! {
+                    r = sock.read(&mut chunk) => match r { Ok(n) if n > 0 => n, _ => return },
+                    _ = stop.changed() => return,
+                };
+                if sock.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
         }
         let delay = ctl.delay_ms.load(Ordering::SeqCst);
         if delay > 0 && (!is_health || ctl.delay_health.load(Ordering::SeqCst)) {
@@ -295,7 +322,8 @@ async fn connection(
         let head_only = req.method == "HEAD";
         let resp = if ctl.chunked.load(Ordering::SeqCst) {
             let mut r = format!(
-                "HTTP/1.1 {status} X\r\nx-backend: {name}\r\ntransfer-encoding: chunked\r\n\r\n"
+                "HTTP/1.1 {status} X\r\nx-backend: {name}\r\nx-path: {}\r\ntransfer-encoding: chunked\r\n\r\n",
+                req.path
             );
             if !head_only {
                 let (a, b) = body.split_at(body.len() / 2);
@@ -304,7 +332,8 @@ async fn connection(
             r
         } else {
             let mut r = format!(
-                "HTTP/1.1 {status} X\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 {status} X\r\nx-backend: {name}\r\nx-path: {}\r\ncontent-length: {}\r\n\r\n",
+                req.path,
                 body.len()
             );
             if !head_only {
@@ -332,26 +361,62 @@ impl Drop for InFlight {
 }
 
 fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
         return None;
     };
     let headers = crate::client::owned_headers(req.headers);
-    let len: usize = headers
+    let chunked = headers
         .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    if buf.len() < head + len {
-        return None;
-    }
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let (body, used) = if chunked {
+        let (body, len) = chunked_body(&buf[head..])?;
+        (body, head + len)
+    } else {
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() < head + len {
+            return None;
+        }
+        (buf[head..head + len].to_vec(), head + len)
+    };
     Some((
         Request {
             method: req.method?.to_string(),
             path: req.path?.to_string(),
             headers,
+            body,
         },
-        head + len,
+        used,
     ))
+}
+
+/// A whole chunked body at the start of `raw` (no trailers): its bytes and the length
+/// it took on the wire; None while incomplete.
+pub(crate) fn chunked_body(mut raw: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let total = raw.len();
+    let mut out = Vec::new();
+    loop {
+        let i = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&raw[..i])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
+        raw = &raw[i + 2..];
+        if size == 0 {
+            raw = raw.get(2..)?;
+            return Some((out, total - raw.len()));
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
 }

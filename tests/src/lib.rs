@@ -5,6 +5,7 @@ mod backend;
 mod client;
 pub mod config;
 mod process;
+pub mod raw;
 pub mod stream;
 
 pub use backend::{Control, FakeBackend, Mode, Request, Stats};

@@ -189,7 +189,8 @@ fn validate_reports_every_error_with_position() {
     );
 
     let good = Vigil::temp_path("good.yaml");
-    std::fs::write(&good, "listeners:\n  - address: 127.0.0.1:8080\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n").unwrap();
+    // Only the interval is shortened: the check timeout follows it down (issue #7).
+    std::fs::write(&good, "listeners:\n  - address: 127.0.0.1:8080\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n    health_check:\n      interval: 1s\n").unwrap();
     let out = vigil_cmd(&["validate", good.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
@@ -197,7 +198,12 @@ fn validate_reports_every_error_with_position() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pool web: 1 backends"));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    // Config spellings, not Rust names.
+    assert!(
+        summary.starts_with("pool web: 1 backends, round_robin, routes */, http check every 1s"),
+        "{summary}"
+    );
 
     let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "run started on a broken file");

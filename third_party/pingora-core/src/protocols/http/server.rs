@@ -311,6 +311,16 @@ impl Session {
         }
     }
 
+    /// Enforce `limits` on every request head (vigil patch). Noop for h2 and subrequest
+    pub fn set_head_limits(
+        &mut self,
+        limits: Option<std::sync::Arc<dyn super::v1::server::HeadLimits>>,
+    ) {
+        if let Self::H1(s) = self {
+            s.set_head_limits(limits);
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {

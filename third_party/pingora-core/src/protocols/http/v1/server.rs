@@ -74,6 +74,31 @@ impl ProxyTaskState {
 }
 
 /// The HTTP 1.x server session
+/// Limits on a request head, enforced while it is read (vigil patch; pingora#447).
+///
+/// Without them a head may grow to 1 MiB and 256 headers, and a client that trickles it
+/// in one byte at a time holds the connection for as long as each read beats
+/// `read_timeout`. With them the session itself answers 431 (too large, too many headers)
+/// or 408 (the whole head did not arrive within `timeout` of its first byte), closes the
+/// connection, and tells [`HeadLimits::refused`].
+pub trait HeadLimits: std::fmt::Debug + Send + Sync {
+    /// The limits for the next request head; asked once per head, so they may change.
+    fn limits(&self) -> HeadLimitValues;
+    /// A head from `client` was refused and answered with `status`.
+    fn refused(&self, status: u16, client: Option<&SocketAddr>);
+}
+
+/// See [`HeadLimits`].
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimitValues {
+    /// Request line plus headers, in bytes (at most 1 MiB).
+    pub max_bytes: usize,
+    /// Header count (at most 256 can be parsed).
+    pub max_headers: usize,
+    /// The whole head must arrive within this, counted from its first byte.
+    pub timeout: Option<Duration>,
+}
+
 pub struct HttpSession {
     underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
@@ -158,6 +183,8 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// See [`HeadLimits`]; None keeps Pingora's own limits.
+    head_limits: Option<std::sync::Arc<dyn HeadLimits>>,
 }
 
 impl HttpSession {
@@ -206,7 +233,52 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            head_limits: None,
         }
+    }
+
+    /// Enforce `limits` on every request head this session reads.
+    pub fn set_head_limits(&mut self, limits: Option<std::sync::Arc<dyn HeadLimits>>) {
+        self.head_limits = limits;
+    }
+
+    /// Answers a refused head itself and closes: the status line is written, the write
+    /// side shut, and what the client already sent is read and discarded for a moment
+    /// (a lingering close), so the kernel does not reset the connection before the
+    /// client has read the answer. Every step is bounded in time.
+    async fn refuse_head(&mut self, status: u16) -> Result<Option<usize>> {
+        debug!("request head refused with {status}");
+        if let Some(limits) = &self.head_limits {
+            let client = self.digest.socket_digest.as_ref().and_then(|d| d.peer_addr());
+            limits.refused(status, client);
+        }
+        let reason = match status {
+            400 => "Bad Request",
+            408 => "Request Timeout",
+            _ => "Request Header Fields Too Large",
+        };
+        let answer =
+            format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let stream = &mut self.underlying_stream;
+        let _ = timeout(Duration::from_secs(1), async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.flush().await?;
+            stream.shutdown().await
+        })
+        .await;
+        let mut sink = [0u8; 4096];
+        let _ = timeout(Duration::from_secs(1), async {
+            let mut drained = 0usize;
+            while drained < 1 << 20 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+        self.set_keepalive(None);
+        Ok(None)
     }
 
     async fn read_request_buf(
@@ -276,6 +348,18 @@ impl HttpSession {
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
+        match self.read_request_head().await {
+            // With head limits, a malformed head is answered here too, so every refused
+            // head is counted in one place (vigil patch).
+            Err(e) if self.head_limits.is_some() && e.etype() == &InvalidHTTPHeader => {
+                debug!("invalid request head: {e}");
+                self.refuse_head(400).await
+            }
+            read => read,
+        }
+    }
+
+    async fn read_request_head(&mut self) -> Result<Option<usize>> {
         const MAX_ERR_BUF_LEN: usize = 2048;
 
         self.buf.clear();
@@ -304,7 +388,18 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let limits = self.head_limits.as_ref().map(|l| l.limits());
+        let max_bytes = limits.map_or(MAX_HEADER_SIZE, |l| l.max_bytes.min(MAX_HEADER_SIZE));
+        let max_headers = limits.map_or(MAX_HEADERS, |l| l.max_headers.min(MAX_HEADERS));
+        let head_timeout = limits.and_then(|l| l.timeout);
+        let mut head_deadline = None;
         loop {
+            if limits.is_some() && already_read > max_bytes {
+                return self.refuse_head(431).await;
+            }
+            if already_read > 0 && head_deadline.is_none() {
+                head_deadline = head_timeout.map(|t| tokio::time::Instant::now() + t);
+            }
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
@@ -323,10 +418,22 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = match head_deadline {
+                    Some(deadline) => {
+                        let read = self.read_request_buf(&mut buf, already_read);
+                        match tokio::time::timeout_at(deadline, read).await {
+                            Ok(read) => read?,
+                            Err(_) => return self.refuse_head(408).await,
+                        }
+                    }
+                    None => self.read_request_buf(&mut buf, already_read).await?,
+                };
+                if let Some(n) = read {
+                    already_read += n;
+                } else {
+                    return Ok(None);
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -335,6 +442,17 @@ impl HttpSession {
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
+                    HeaderParseState::Complete(s)
+                        if limits.is_some()
+                            && (s > max_bytes || req.headers.len() > max_headers) =>
+                    {
+                        return self.refuse_head(431).await;
+                    }
+                    HeaderParseState::Invalid(httparse::Error::TooManyHeaders)
+                        if limits.is_some() =>
+                    {
+                        return self.refuse_head(431).await;
+                    }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
 

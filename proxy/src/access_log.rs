@@ -1,0 +1,296 @@
+//! The access log: one line per request, text or JSON, written off the request path.
+//!
+//! The request path only builds an [`Entry`] and hands it to a bounded queue with
+//! `try_send`: when the writer falls behind, entries are dropped and counted in
+//! `vigil_access_log_dropped_total`, and no request ever waits for the disk. One writer
+//! thread formats and writes; it reopens the file on SIGUSR1 (logrotate moves the old
+//! file away first) and flushes whenever the queue runs dry.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use vigil_conf::{AccessLogConfig, AccessLogFormat};
+
+/// Entries waiting for the writer; beyond this they are dropped (and counted).
+const QUEUE: usize = 16 * 1024;
+
+/// What one request leaves in the log.
+#[derive(Debug, Default)]
+pub struct Entry {
+    pub time: Option<SystemTime>,
+    pub client: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub duration: Duration,
+    pub pool: String,
+    pub backend: String,
+    pub attempts: usize,
+    /// 0 when no backend answered.
+    pub upstream_status: u16,
+    pub request_id: String,
+}
+
+/// Settings the writer reads on every line, so a reload changes them in place.
+struct Shared {
+    /// [`AccessLogFormat`] as a number; `Off` means the request path builds nothing.
+    format: AtomicU8,
+    path: Mutex<Option<PathBuf>>,
+    reopen: AtomicBool,
+}
+
+pub struct AccessLog {
+    shared: Arc<Shared>,
+    queue: SyncSender<Entry>,
+    dropped: prometheus::IntCounter,
+}
+
+fn format_code(f: AccessLogFormat) -> u8 {
+    match f {
+        AccessLogFormat::Off => 0,
+        AccessLogFormat::Text => 1,
+        AccessLogFormat::Json => 2,
+    }
+}
+
+impl AccessLog {
+    /// Starts the writer thread; nothing is written until a format other than `off`
+    /// is set.
+    pub fn start(config: &AccessLogConfig, dropped: prometheus::IntCounter) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            format: AtomicU8::new(0),
+            path: Mutex::new(None),
+            reopen: AtomicBool::new(false),
+        });
+        let (queue, rx) = sync_channel(QUEUE);
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("vigil-access-log".into())
+            .spawn(move || write_loop(rx, &writer_shared))?;
+        let log = AccessLog {
+            shared,
+            queue,
+            dropped,
+        };
+        log.configure(config)?;
+        Ok(log)
+    }
+
+    /// Applies `config` (at start and on reload). A file that cannot be opened is an
+    /// error here, before anything changes.
+    pub fn configure(&self, config: &AccessLogConfig) -> io::Result<()> {
+        if let Some(p) = &config.path {
+            open(p)?;
+        }
+        let mut path = self.shared.path.lock().unwrap();
+        if *path != config.path {
+            *path = config.path.clone();
+            self.shared.reopen.store(true, Ordering::SeqCst);
+        }
+        self.shared
+            .format
+            .store(format_code(config.format), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether requests should build entries at all.
+    pub fn enabled(&self) -> bool {
+        self.shared.format.load(Ordering::Relaxed) != 0
+    }
+
+    /// Queues `entry` without waiting; drops and counts it when the queue is full.
+    pub fn log(&self, entry: Entry) {
+        match self.queue.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// Reopens the file before the next line (SIGUSR1, after logrotate renamed it).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::SeqCst);
+    }
+}
+
+fn open(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+enum Sink {
+    Stdout(io::Stdout),
+    File(BufWriter<File>),
+}
+
+impl Sink {
+    fn open(path: &Option<PathBuf>) -> Sink {
+        match path {
+            None => Sink::Stdout(io::stdout()),
+            Some(p) => match open(p) {
+                Ok(f) => Sink::File(BufWriter::with_capacity(64 * 1024, f)),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot open the access log; writing it to stdout");
+                    Sink::Stdout(io::stdout())
+                }
+            },
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(s) => s,
+            Sink::File(f) => f,
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Entry>, shared: &Shared) {
+    let mut sink = Sink::open(&shared.path.lock().unwrap().clone());
+    let mut line = String::with_capacity(512);
+    loop {
+        let mut next = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if shared.reopen.swap(false, Ordering::SeqCst) {
+            let _ = sink.writer().flush();
+            sink = Sink::open(&shared.path.lock().unwrap().clone());
+        }
+        // Write everything queued, then flush once: a line reaches the file within a
+        // moment of its request, and a busy proxy pays one write per batch.
+        while let Some(entry) = next.take() {
+            line.clear();
+            match shared.format.load(Ordering::Relaxed) {
+                1 => text(&entry, &mut line),
+                2 => json(&entry, &mut line),
+                _ => {}
+            }
+            if !line.is_empty() {
+                line.push('\n');
+                let _ = sink.writer().write_all(line.as_bytes());
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = sink.writer().flush();
+    }
+}
+
+/// `-` for an empty field, as in nginx's and HAProxy's logs.
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn text(e: &Entry, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "{} {} \"{} {} {}\" {} in={} out={} dur_ms={:.3} host={} pool={} backend={} attempts={} upstream_status={} id={}",
+        rfc3339(e.time.unwrap_or_else(SystemTime::now)),
+        or_dash(&e.client),
+        or_dash(&e.method),
+        or_dash(&e.path),
+        e.protocol,
+        e.status,
+        e.bytes_in,
+        e.bytes_out,
+        e.duration.as_secs_f64() * 1000.0,
+        or_dash(&e.host),
+        or_dash(&e.pool),
+        or_dash(&e.backend),
+        e.attempts,
+        if e.upstream_status == 0 { "-".to_string() } else { e.upstream_status.to_string() },
+        or_dash(&e.request_id),
+    );
+}
+
+fn json(e: &Entry, out: &mut String) {
+    let v = serde_json::json!({
+        "time": rfc3339(e.time.unwrap_or_else(SystemTime::now)),
+        "client": e.client,
+        "method": e.method,
+        "host": e.host,
+        "path": e.path,
+        "protocol": e.protocol,
+        "status": e.status,
+        "bytes_in": e.bytes_in,
+        "bytes_out": e.bytes_out,
+        "duration_ms": (e.duration.as_secs_f64() * 1e6).round() / 1e3,
+        "pool": e.pool,
+        "backend": e.backend,
+        "attempts": e.attempts,
+        "upstream_status": if e.upstream_status == 0 { None } else { Some(e.upstream_status) },
+        "request_id": e.request_id,
+    });
+    out.push_str(&v.to_string());
+}
+
+/// `2026-11-22T03:04:05.678Z`, UTC, milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        let at = |s: u64, ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(s * 1000 + ms);
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(at(1_795_307_045, 678)), "2026-11-22T00:24:05.678Z");
+    }
+
+    #[test]
+    fn text_line_has_every_field_and_dashes_for_empty_ones() {
+        let mut out = String::new();
+        text(
+            &Entry {
+                time: Some(SystemTime::UNIX_EPOCH),
+                client: "127.0.0.1:5000".into(),
+                method: "GET".into(),
+                path: "/a".into(),
+                protocol: "HTTP/1.1",
+                status: 404,
+                attempts: 0,
+                ..Entry::default()
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "1970-01-01T00:00:00.000Z 127.0.0.1:5000 \"GET /a HTTP/1.1\" 404 in=0 out=0 dur_ms=0.000 host=- pool=- backend=- attempts=0 upstream_status=- id=-"
+        );
+    }
+}

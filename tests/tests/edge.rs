@@ -1,0 +1,512 @@
+//! Edge HTTP correctness with raw sockets (issue #7): protocol upgrades, pipelining,
+//! limits on request heads and bodies, `Expect: 100-continue`, request smuggling, and
+//! the access log. Everything refused must never reach a backend.
+
+use std::time::Duration;
+use vigil_tests::config::{config, pool, FAST_CHECKS};
+use vigil_tests::raw::RawConn;
+use vigil_tests::{free_ports, get, start_vigil, traffic, wait_for, FakeBackend, Vigil};
+
+const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// A masked WebSocket text frame from the client (RFC 6455 §5.2), as a browser sends it.
+fn client_frame(text: &str) -> Vec<u8> {
+    let key = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// No line at info or above but start-up and state changes: refused requests are
+/// counted, not logged.
+fn assert_no_request_lines(v: &Vigil) {
+    let noisy: Vec<String> = v
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["level"] != "DEBUG" && l["level"] != "TRACE")
+        .filter(|l| {
+            let m = l["fields"]["message"].as_str().unwrap_or_default();
+            m != "vigil started" && !m.starts_with("backend is ")
+        })
+        .map(|l| l.to_string())
+        .collect();
+    assert!(noisy.is_empty(), "per-request log lines: {noisy:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_tunnels_both_ways() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    let head = c.head().await.unwrap();
+    assert_eq!(head.status, 101, "{head:?}");
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert!(head
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+    let seen = a.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.header("upgrade"), Some("websocket"), "{seen:?}");
+    for text in ["hello", "and again, after the first"] {
+        let frame = client_frame(text);
+        c.send(&frame).await.unwrap();
+        assert_eq!(c.bytes(frame.len()).await.unwrap(), frame);
+    }
+    // Closing the client's side closes the backend's side of the tunnel.
+    let open = a.stats.open();
+    drop(c);
+    wait_for(
+        "the backend's tunnel end closed",
+        Duration::from_secs(5),
+        || a.stats.open() < open,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnel_closes_after_read_timeout_and_a_busy_one_stays() {
+    let a = FakeBackend::start("a").await;
+    let extra = format!("    read_timeout: 1s\n{FAST_CHECKS}");
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], &extra)]).await;
+
+    let mut busy = RawConn::connect(v.listen).await;
+    busy.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(busy.head().await.unwrap().status, 101);
+    let mut idle = RawConn::connect(v.listen).await;
+    idle.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(idle.head().await.unwrap().status, 101);
+    // Traffic every 300 ms for 2 s keeps one tunnel open past its 1 s read timeout.
+    for i in 0..7 {
+        let frame = client_frame(&format!("tick {i}"));
+        busy.send(&frame).await.unwrap();
+        assert_eq!(busy.bytes(frame.len()).await.unwrap(), frame);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        idle.closed_within(Duration::from_secs(5)).await,
+        "an idle tunnel outlived read_timeout"
+    );
+    let frame = client_frame("still here");
+    busy.send(&frame).await.unwrap();
+    assert_eq!(busy.bytes(frame.len()).await.unwrap(), frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnel_drains_on_sigterm_then_vigil_exits() {
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = free_ports();
+    let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)])
+        .replace("grace_period: 5s", "grace_period: 30s");
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    let mut c = RawConn::connect(listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(c.head().await.unwrap().status, 101);
+
+    v.signal(libc::SIGTERM);
+    v.wait_log(&["draining"]).await;
+    // The tunnel is in flight: it keeps working while vigil drains...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frame = client_frame("during drain");
+    c.send(&frame).await.unwrap();
+    assert_eq!(c.bytes(frame.len()).await.unwrap(), frame);
+    assert!(v.wait_exit(Duration::from_millis(100)).await.is_none());
+    // ...and once the client closes it, vigil exits long before the grace period ends.
+    drop(c);
+    let status = v
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("vigil did not exit once the tunnel closed");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    let three: String = ["/one", "/two", "/three"]
+        .iter()
+        .map(|p| format!("GET {p} HTTP/1.1\r\nHost: app\r\n\r\n"))
+        .collect();
+    c.send(three.as_bytes()).await.unwrap();
+    for p in ["/one", "/two", "/three"] {
+        let r = c.response().await.unwrap();
+        assert_eq!((r.status, r.header("x-path")), (200, Some(p)), "{r:?}");
+    }
+    // The connection still serves: nothing was left unanswered on it.
+    c.send(b"GET /four HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.response().await.unwrap().header("x-path"), Some("/four"));
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(
+        *a.stats.paths.lock().unwrap(),
+        ["/one", "/two", "/three", "/four"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_posts_with_bodies_keep_their_bodies_apart() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    let two = "POST /p1 HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nfirstPOST /p2 HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n";
+    c.send(two.as_bytes()).await.unwrap();
+    assert_eq!(c.response().await.unwrap().header("x-path"), Some("/p1"));
+    assert_eq!(c.response().await.unwrap().header("x-path"), Some("/p2"));
+    let last = a.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (last.path.as_str(), last.body.as_slice()),
+        ("/p2", &b"second"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_are_431_and_never_reach_a_backend() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+
+    // 200 KB in one header.
+    let mut c = RawConn::connect(v.listen).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200 * 1024)
+    );
+    let _ = c.send(big.as_bytes()).await;
+    let r = c.head().await.unwrap();
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+
+    // 33 KB spread over small headers: over the 32 KiB default too.
+    let mut c = RawConn::connect(v.listen).await;
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: app\r\n");
+    for i in 0..66 {
+        many += &format!("X-H{i}: {}\r\n", "v".repeat(500));
+    }
+    c.send(format!("{many}\r\n").as_bytes()).await.unwrap();
+    assert_eq!(c.head().await.unwrap().status, 431);
+
+    // 101 headers: over the count limit of 100, though small.
+    let mut c = RawConn::connect(v.listen).await;
+    let mut count = String::from("GET / HTTP/1.1\r\nHost: app\r\n");
+    for i in 0..100 {
+        count += &format!("X-C{i}: 1\r\n");
+    }
+    c.send(format!("{count}\r\n").as_bytes()).await.unwrap();
+    assert_eq!(c.head().await.unwrap().status, 431);
+
+    // 100 headers exactly (Host included) is fine.
+    let mut c = RawConn::connect(v.listen).await;
+    let mut ok = String::from("GET / HTTP/1.1\r\nHost: app\r\n");
+    for i in 0..99 {
+        ok += &format!("X-C{i}: 1\r\n");
+    }
+    c.send(format!("{ok}\r\n").as_bytes()).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status, 200);
+
+    assert_eq!(traffic(&a), 1, "a refused request reached the backend");
+    v.wait_metric(r#"vigil_requests_total{pool="-",status_class="4xx"}"#, 3.0)
+        .await;
+    assert_no_request_lines(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_by_header_timeout_with_408() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "limits:\n  header_timeout: 1s\n",
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(b"GET / HTTP/1.1\r\n").await.unwrap();
+    // One byte every 100 ms: each read is quick, the whole head never arrives.
+    for b in "X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".bytes() {
+        if c.send(&[b]).await.is_err()
+            || c.closed_within(Duration::from_millis(100)).await
+            || c.buffered() > 0
+        {
+            break;
+        }
+    }
+    let r = c.head().await.expect("an answer before the trickle ends");
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(traffic(&a), 0);
+    v.wait_metric(r#"vigil_requests_total{pool="-",status_class="4xx"}"#, 1.0)
+        .await;
+    assert_no_request_lines(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_without_host_is_400_and_smuggling_is_not_two_requests() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.response().await.unwrap().status, 400);
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: app\r\nHost: other\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.response().await.unwrap().status, 400);
+    assert_eq!(traffic(&a), 0);
+
+    // Content-Length and Transfer-Encoding together: the chunked framing wins, and the
+    // "request" hidden in the body is never a request of its own.
+    let mut c = RawConn::connect(v.listen).await;
+    let smuggle = "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
+    c.send(smuggle.as_bytes()).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert!(r.status == 200 || r.status == 400, "{r:?}");
+    let _ = c.closed_within(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paths = a.stats.paths.lock().unwrap().clone();
+    assert!(
+        !paths.iter().any(|p| p == "/smuggled"),
+        "a smuggled request reached the backend: {paths:?}"
+    );
+    v.wait_metric(r#"vigil_requests_total{pool="-",status_class="4xx"}"#, 2.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_at_once() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "limits:\n  body_bytes: 1000\n",
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // The client waits for this before it sends its body.
+    let r = c.head().await.unwrap();
+    assert_eq!(r.status, 100, "{r:?}");
+    c.send(b"hello").await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status, 200);
+    let seen = a.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.body, b"hello");
+    assert_eq!(
+        seen.header("expect"),
+        None,
+        "Expect went upstream: {seen:?}"
+    );
+
+    // Over the body limit the final status comes instead of 100, and nothing goes upstream.
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.head().await.unwrap().status, 413);
+    assert_eq!(traffic(&a), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_are_413_without_the_backend() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "limits:\n  body_bytes: 10\n",
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let r = vigil_tests::request(v.listen, "POST", "app", "/", &[], &"x".repeat(11))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(traffic(&a), 0);
+    let r = vigil_tests::request(v.listen, "POST", "app", "/", &[], &"x".repeat(10))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    // Chunked: no length up front, so the bytes are counted as they come.
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(b"POST /chunky HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.response().await.unwrap().status, 413);
+    let paths = a.stats.paths.lock().unwrap().clone();
+    assert!(
+        !paths.iter().any(|p| p == "/chunky")
+            || a.stats
+                .last_request
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .body
+                .len()
+                <= 10,
+        "an oversized chunked body was delivered: {paths:?}"
+    );
+    v.wait_metric(
+        r#"vigil_requests_total{pool="web",status_class="4xx"}"#,
+        2.0,
+    )
+    .await;
+    assert_no_request_lines(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_is_502() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "",
+        &[pool(
+            "web",
+            &[(&a, 1)],
+            &format!("    retries: 0\n{FAST_CHECKS}").replace("interval: 1s", "interval: 1h"),
+        )],
+    )
+    .await;
+    a.kill();
+    let r = get(v.listen, "app", "/").await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+fn access_log_config(format: &str, path: &std::path::Path) -> String {
+    format!(
+        "access_log:\n  format: {format}\n  path: {}\n",
+        path.display()
+    )
+}
+
+fn read_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_json_has_every_field_and_reopens_on_sigusr1() {
+    let a = FakeBackend::start("a").await;
+    let path = Vigil::temp_path("access.json.log");
+    let v = start_vigil(
+        &access_log_config("json", &path),
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let r = vigil_tests::request(
+        v.listen,
+        "POST",
+        "app",
+        "/submit?x=1",
+        &[("x-request-id", "req-42")],
+        "hello",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    wait_for("one access line", Duration::from_secs(5), || {
+        !read_lines(&path).is_empty()
+    })
+    .await;
+    let line: serde_json::Value = serde_json::from_str(&read_lines(&path)[0]).unwrap();
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["host"], "app");
+    assert_eq!(line["path"], "/submit?x=1");
+    assert_eq!(line["protocol"], "HTTP/1.1");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["upstream_status"], 200);
+    assert_eq!(line["bytes_in"], 5);
+    assert_eq!(line["bytes_out"], 1);
+    assert_eq!(line["pool"], "web");
+    assert_eq!(line["backend"], a.addr.to_string());
+    assert_eq!(line["attempts"], 1);
+    assert_eq!(line["request_id"], "req-42");
+    assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+
+    // logrotate: rename, then SIGUSR1; the next line lands in a new file at the old path.
+    let rotated = path.with_extension("1");
+    std::fs::rename(&path, &rotated).unwrap();
+    v.signal(libc::SIGUSR1);
+    let _ = get(v.listen, "app", "/after").await.unwrap();
+    wait_for(
+        "a line in the reopened file",
+        Duration::from_secs(5),
+        || read_lines(&path).iter().any(|l| l.contains("/after")),
+    )
+    .await;
+    assert_eq!(
+        read_lines(&rotated).len(),
+        1,
+        "the rotated file kept growing"
+    );
+    // Requests vigil answers itself are logged too; generated ids go upstream.
+    let _ = get(v.listen, "app", "/x").await.unwrap();
+    let sent_id = a
+        .stats
+        .last_request
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|r| r.header("x-request-id").map(str::to_string))
+        .expect("a generated x-request-id upstream");
+    wait_for(
+        "the generated id in the log",
+        Duration::from_secs(5),
+        || read_lines(&path).iter().any(|l| l.contains(&sent_id)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_text_line_and_refused_heads() {
+    let a = FakeBackend::start("a").await;
+    let path = Vigil::temp_path("access.text.log");
+    let v = start_vigil(
+        &access_log_config("text", &path),
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let _ = get(v.listen, "app", "/page").await.unwrap();
+    let mut c = RawConn::connect(v.listen).await;
+    let _ = c
+        .send(
+            format!(
+                "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(40_000)
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(c.head().await.unwrap().status, 431);
+    wait_for("two access lines", Duration::from_secs(5), || {
+        read_lines(&path).len() >= 2
+    })
+    .await;
+    let lines = read_lines(&path);
+    let page = lines.iter().find(|l| l.contains("/page")).unwrap();
+    let want = format!("\"GET /page HTTP/1.1\" 200 in=0 out=1 ");
+    assert!(page.contains(&want), "{page}");
+    for field in [
+        "host=app",
+        "pool=web",
+        &format!("backend={}", a.addr),
+        "attempts=1",
+        "upstream_status=200",
+        "id=",
+    ] {
+        assert!(page.contains(field), "{field} missing: {page}");
+    }
+    assert!(page.contains(" 127.0.0.1:"), "{page}");
+    let refused = lines
+        .iter()
+        .find(|l| l.contains(" 431 "))
+        .expect("a 431 line");
+    assert!(refused.contains("pool=-"), "{refused}");
+}
