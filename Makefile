@@ -42,6 +42,8 @@ bench: bench-deps build
 	python3 bench/harness.py checker
 	python3 bench/harness.py death
 	python3 bench/harness.py reload
+	python3 bench/harness.py edge
+	python3 bench/harness.py threads
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

@@ -6,6 +6,8 @@
     bench/harness.py death     # a backend killed under load: vigil, HAProxy, nginx
     bench/harness.py reload    # 100 reloads under load vs none
     bench/harness.py soak      # 10 min, 1,000 backends, a reload every 10 s, one flapping
+    bench/harness.py edge      # access log on vs off; the edge limits vs the build before them
+    bench/harness.py threads   # 1, 2 and 4 workers: CPU per request, p99, new backend connections
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -162,10 +164,10 @@ def fleet_stats(file):
     return {"connections": int(parts[1]), "requests": int(parts[3])}
 
 
-def vigil(config, name="vigil"):
+def vigil(config, name="vigil", binary=None):
     path = os.path.join(WORK, name + ".yaml")
     open(path, "w").write(config)
-    p = start([os.path.join(BIN, "vigil"), "run", "-c", path], name)
+    p = start([binary or os.path.join(BIN, "vigil"), "run", "-c", path], name)
     admin = re.search(r"admin:\n  address: (\S+)", config).group(1)
     wait_for("vigil live", lambda: http(f"http://{admin}/health/live")[0] == 200)
     return p, admin, path
@@ -198,15 +200,15 @@ def wrk(url, seconds, conns=32, extra=()):
 
 # ---------------------------------------------------------------- peers' configs
 
-def nginx_conf(listen, addrs, extra_upstream="", extra_location=""):
+def nginx_conf(listen, addrs, extra_upstream="", extra_location="", workers=1, access_log="off"):
     servers = "".join(f"    server {a}{extra_upstream};\n" for a in addrs)
-    return f"""worker_processes 1;
+    return f"""worker_processes {workers};
 daemon off;
 pid {WORK}/nginx.pid;
 error_log {WORK}/nginx-error.log error;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  access_log {access_log};
   upstream pool {{
 {servers}    keepalive 64;
   }}
@@ -222,10 +224,10 @@ http {{
 """
 
 
-def haproxy_conf(listen, addrs, server_opts="", backend_opts=""):
+def haproxy_conf(listen, addrs, server_opts="", backend_opts="", threads=1):
     servers = "".join(f"  server s{i} {a}{server_opts}\n" for i, a in enumerate(addrs))
     return f"""global
-  nbthread 1
+  nbthread {threads}
   maxconn 4096
   log stderr format rfc5424 local0 notice
 defaults
@@ -314,6 +316,123 @@ def bench_proxy(rounds=3, seconds=15):
     hv = med("cpu_us_per_req", "vigil") / med("cpu_us_per_req", "haproxy")
     nv = med("p99", "vigil") / med("p99", "nginx")
     print(f"\nvigil CPU/request ÷ HAProxy's: {hv:.2f}; vigil p99 ÷ nginx p99: {nv:.2f}")
+
+
+def bench_edge(rounds=3, seconds=10):
+    """The access log on (JSON, text; to a file) vs off, and the edge work (head limits,
+    pipelining, Host check) vs the vigil build before it (VIGIL_BEFORE=path/to/vigil),
+    at one and two worker threads, beside nginx (log off/on) and HAProxy (log off)."""
+    backends = [fleet(1, f"edge-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    before = os.environ.get("VIGIL_BEFORE")
+    for threads in (1, 2):
+        top = f"threads: {threads}\n"
+        def v(port, extra="", binary=None, name="vigil"):
+            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs), top + extra)
+            p = vigil(cfg, name, binary)[0]
+            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+            return p
+        log_json = f"access_log:\n  format: json\n  path: {WORK}/access-{threads}.json\n"
+        log_text = f"access_log:\n  format: text\n  path: {WORK}/access-{threads}.txt\n"
+        peers = {
+            "vigil log off": (18900, lambda: v(18900)),
+            "vigil log json": (18902, lambda: v(18902, log_json)),
+            "vigil log text": (18904, lambda: v(18904, log_text)),
+            "nginx log off": (18910, lambda: start_nginx(nginx_conf("127.0.0.1:18910", addrs, workers=threads))),
+            "nginx log on": (18911, lambda: start_nginx(nginx_conf(
+                "127.0.0.1:18911", addrs, workers=threads, access_log=f"{WORK}/nginx-access.log"), "nginx-log")),
+            "haproxy": (18920, lambda: start_haproxy(haproxy_conf("127.0.0.1:18920", addrs, threads=threads))),
+        }
+        if before:
+            peers["vigil before edge"] = (18906, lambda: v(18906, binary=before, name="vigil-before"))
+        results = {k: [] for k in peers}
+        for r in range(rounds):
+            order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
+            for name in order:
+                port, run = peers[name]
+                p = run()
+                wait_port(f"127.0.0.1:{port}")
+                wrk(f"http://127.0.0.1:{port}/", 2)
+                c0 = cpu_seconds(p.pid)
+                w = wrk(f"http://127.0.0.1:{port}/", seconds)
+                cpu = cpu_seconds(p.pid) - c0
+                w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
+                results[name].append(w)
+                log(f"threads {threads} round {r} {name}: {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
+                    f"cpu {w['cpu_us_per_req']:.1f} us/req errors {w['errors']}")
+                stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+                time.sleep(0.5)
+        med = lambda k, n: statistics.median(x[k] for x in results[n])
+        print(f"\n### Edge: access log and limits, {threads} worker thread(s) "
+              f"({rounds} rounds of {seconds} s, medians; wrk -t1 -c32 on the same 2 cores)\n")
+        print("| proxy | req/s | p99 ms | CPU µs/request | ÷ vigil log off | errors |")
+        print("|---|---|---|---|---|---|")
+        base = med("cpu_us_per_req", "vigil log off")
+        for n in peers:
+            print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
+                  f"{med('cpu_us_per_req', n) / base:.2f} | {sum(x['errors'] for x in results[n])} |")
+
+
+def bench_threads(rounds=3, seconds=10, conns=(1, 32)):
+    """vigil, HAProxy (http-reuse safe) and nginx (keepalive 64) at 1, 2 and 4 workers:
+    CPU per request, req/s, p99 and new backend connections per 1,000 requests, counted
+    at the backends (vigil's health checks use their own few connections). A vigil
+    binary from before the pool patch can run beside (VIGIL_BEFORE=path)."""
+    backends = [fleet(1, f"threads-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    before = os.environ.get("VIGIL_BEFORE")
+    def backend_totals():
+        time.sleep(1.1)  # the fleet writes its counters once a second
+        st = [fleet_stats(b[1]) for b in backends]
+        return sum(x["connections"] for x in st), sum(x["requests"] for x in st)
+    for threads in (1, 2, 4):
+        def v(port, binary=None, name="vigil"):
+            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs),
+                               f"threads: {threads}\n")
+            p = vigil(cfg, name, binary)[0]
+            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+            return p
+        peers = {
+            "vigil": (18960, lambda: v(18960)),
+            "haproxy": (18970, lambda: start_haproxy(haproxy_conf(
+                "127.0.0.1:18970", addrs, threads=threads).replace("http-reuse always", "http-reuse safe"))),
+            "nginx": (18980, lambda: start_nginx(nginx_conf("127.0.0.1:18980", addrs, workers=threads))),
+        }
+        if before:
+            peers["vigil before"] = (18962, lambda: v(18962, before, "vigil-before"))
+        for c in conns:
+            results = {k: [] for k in peers}
+            for r in range(rounds):
+                order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
+                for name in order:
+                    port, run = peers[name]
+                    p = run()
+                    wait_port(f"127.0.0.1:{port}")
+                    wrk(f"http://127.0.0.1:{port}/", 2, conns=c)
+                    k0, q0 = backend_totals()
+                    c0 = cpu_seconds(p.pid)
+                    w = wrk(f"http://127.0.0.1:{port}/", seconds, conns=c)
+                    cpu = cpu_seconds(p.pid) - c0
+                    k1, q1 = backend_totals()
+                    w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
+                    w["new_conns_per_1k"] = (k1 - k0) / max(q1 - q0, 1) * 1000
+                    results[name].append(w)
+                    log(f"threads {threads} -c{c} round {r} {name}: {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
+                        f"cpu {w['cpu_us_per_req']:.1f} us/req new conns/1k {w['new_conns_per_1k']:.2f} "
+                        f"errors {w['errors']}")
+                    stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+                    time.sleep(0.5)
+            med = lambda k, n: statistics.median(x[k] for x in results[n])
+            print(f"\n### {threads} worker thread(s), wrk -t1 -c{c} "
+                  f"({rounds} rounds of {seconds} s, medians; wrk and 3 backends on the same 2 cores)\n")
+            print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy | new backend conns / 1k req | errors |")
+            print("|---|---|---|---|---|---|---|")
+            hb = med("cpu_us_per_req", "haproxy")
+            for n in peers:
+                print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
+                      f"{med('cpu_us_per_req', n) / hb:.2f} | {med('new_conns_per_1k', n):.2f} | "
+                      f"{sum(x['errors'] for x in results[n])} |")
+            sys.stdout.flush()
 
 
 def bench_checker(seconds=60, warmup=15, count=10000):
@@ -540,7 +659,8 @@ if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
-         "reload": bench_reload, "soak": bench_soak}[what]()
+         "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
+         "threads": bench_threads}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -35,6 +35,7 @@ pub struct RawAccessLog {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawListener {
     pub address: Option<String>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,7 @@ pub struct Config {
     pub threads: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub grace_period: Duration,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     pub admin: AdminConfig,
     pub checker: CheckerConfig,
     pub metrics: MetricsConfig,
@@ -64,6 +64,18 @@ impl Default for AccessLogConfig {
             path: None,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// Client connections open at once; beyond it new ones are closed at once (and
+    /// counted) instead of taking memory and file descriptors.
+    pub max_connections: usize,
+}
+
+impl ListenerConfig {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -145,8 +145,18 @@ impl<'a> Validator<'a> {
                     match &l.address {
                         None => self.error(&path, "listener needs an `address`"),
                         Some(a) => {
-                            if let Some(addr) = self.socket(&format!("{path}.address"), a) {
-                                listeners.push(addr);
+                            let max_connections = self.int(
+                                &format!("{path}.max_connections"),
+                                l.max_connections,
+                                ListenerConfig::DEFAULT_MAX_CONNECTIONS as i64,
+                                1,
+                                10_000_000,
+                            ) as usize;
+                            if let Some(address) = self.socket(&format!("{path}.address"), a) {
+                                listeners.push(ListenerConfig {
+                                    address,
+                                    max_connections,
+                                });
                             }
                         }
                     }
@@ -159,7 +169,7 @@ impl<'a> Validator<'a> {
         let admin_address = self
             .socket("admin.address", admin_text)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
-        if listeners.contains(&admin_address) {
+        if listeners.iter().any(|l| l.address == admin_address) {
             self.error(
                 "admin.address",
                 format!("admin address {admin_address} is also a listener"),

@@ -32,7 +32,7 @@ fn assert_error(text: &str, line: usize, col: usize, needle: &str) {
 #[test]
 fn minimal_file_gets_defaults() {
     let c = from_str(MINIMAL, "f.yaml").unwrap();
-    assert_eq!(c.listeners[0].to_string(), "127.0.0.1:8080");
+    assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.pools.len(), 1);
     let p = &c.pools[0];
     assert_eq!(p.balance, Balance::RoundRobin);

@@ -3,20 +3,25 @@
 //! The request path only builds an [`Entry`] and hands it to a bounded queue with
 //! `try_send`: when the writer falls behind, entries are dropped and counted in
 //! `vigil_access_log_dropped_total`, and no request ever waits for the disk. One writer
-//! thread formats and writes; it reopens the file on SIGUSR1 (logrotate moves the old
-//! file away first) and flushes whenever the queue runs dry.
+//! thread, started when a format is first set, wakes every [`DRAIN_EVERY`] and formats
+//! and writes whatever is queued in one batch: a request never wakes it (a wake-up per
+//! line cost more than the line itself), and a line reaches the file within that time.
+//! It reopens the file on SIGUSR1 (logrotate moves the old file away first).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use vigil_conf::{AccessLogConfig, AccessLogFormat};
 
-/// Entries waiting for the writer; beyond this they are dropped (and counted).
-const QUEUE: usize = 16 * 1024;
+/// Entries waiting for the writer; beyond this they are dropped (and counted). With
+/// [`DRAIN_EVERY`] that is ~800,000 lines a second before any is dropped.
+const QUEUE: usize = 8 * 1024;
+/// How often the writer drains the queue.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// What one request leaves in the log.
 #[derive(Debug, Default)]
@@ -49,7 +54,8 @@ struct Shared {
 
 pub struct AccessLog {
     shared: Arc<Shared>,
-    queue: SyncSender<Entry>,
+    /// Set when a format is first configured; the thread and queue exist from then on.
+    queue: std::sync::OnceLock<SyncSender<Entry>>,
     dropped: prometheus::IntCounter,
 }
 
@@ -62,22 +68,15 @@ fn format_code(f: AccessLogFormat) -> u8 {
 }
 
 impl AccessLog {
-    /// Starts the writer thread; nothing is written until a format other than `off`
-    /// is set.
+    /// An access log set to `config`; nothing is written while the format is `off`.
     pub fn start(config: &AccessLogConfig, dropped: prometheus::IntCounter) -> io::Result<Self> {
-        let shared = Arc::new(Shared {
-            format: AtomicU8::new(0),
-            path: Mutex::new(None),
-            reopen: AtomicBool::new(false),
-        });
-        let (queue, rx) = sync_channel(QUEUE);
-        let writer_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("vigil-access-log".into())
-            .spawn(move || write_loop(rx, &writer_shared))?;
         let log = AccessLog {
-            shared,
-            queue,
+            shared: Arc::new(Shared {
+                format: AtomicU8::new(0),
+                path: Mutex::new(None),
+                reopen: AtomicBool::new(false),
+            }),
+            queue: std::sync::OnceLock::new(),
             dropped,
         };
         log.configure(config)?;
@@ -89,6 +88,14 @@ impl AccessLog {
     pub fn configure(&self, config: &AccessLogConfig) -> io::Result<()> {
         if let Some(p) = &config.path {
             open(p)?;
+        }
+        if config.format != AccessLogFormat::Off && self.queue.get().is_none() {
+            let (queue, rx) = sync_channel(QUEUE);
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("vigil-access-log".into())
+                .spawn(move || write_loop(rx, &shared))?;
+            let _ = self.queue.set(queue);
         }
         let mut path = self.shared.path.lock().unwrap();
         if *path != config.path {
@@ -108,7 +115,10 @@ impl AccessLog {
 
     /// Queues `entry` without waiting; drops and counts it when the queue is full.
     pub fn log(&self, entry: Entry) {
-        match self.queue.try_send(entry) {
+        let Some(queue) = self.queue.get() else {
+            return;
+        };
+        match queue.try_send(entry) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
@@ -155,31 +165,35 @@ fn write_loop(rx: Receiver<Entry>, shared: &Shared) {
     let mut sink = Sink::open(&shared.path.lock().unwrap().clone());
     let mut line = String::with_capacity(512);
     loop {
-        let mut next = match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+        std::thread::sleep(DRAIN_EVERY);
         if shared.reopen.swap(false, Ordering::SeqCst) {
             let _ = sink.writer().flush();
             sink = Sink::open(&shared.path.lock().unwrap().clone());
         }
-        // Write everything queued, then flush once: a line reaches the file within a
-        // moment of its request, and a busy proxy pays one write per batch.
-        while let Some(entry) = next.take() {
+        let format = shared.format.load(Ordering::Relaxed);
+        let mut wrote = false;
+        loop {
+            let entry = match rx.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = sink.writer().flush();
+                    return;
+                }
+            };
             line.clear();
-            match shared.format.load(Ordering::Relaxed) {
+            match format {
                 1 => text(&entry, &mut line),
                 2 => json(&entry, &mut line),
-                _ => {}
+                _ => continue,
             }
-            if !line.is_empty() {
-                line.push('\n');
-                let _ = sink.writer().write_all(line.as_bytes());
-            }
-            next = rx.try_recv().ok();
+            line.push('\n');
+            let _ = sink.writer().write_all(line.as_bytes());
+            wrote = true;
         }
-        let _ = sink.writer().flush();
+        if wrote {
+            let _ = sink.writer().flush();
+        }
     }
 }
 
@@ -216,24 +230,57 @@ fn text(e: &Entry, out: &mut String) {
 }
 
 fn json(e: &Entry, out: &mut String) {
-    let v = serde_json::json!({
-        "time": rfc3339(e.time.unwrap_or_else(SystemTime::now)),
-        "client": e.client,
-        "method": e.method,
-        "host": e.host,
-        "path": e.path,
-        "protocol": e.protocol,
-        "status": e.status,
-        "bytes_in": e.bytes_in,
-        "bytes_out": e.bytes_out,
-        "duration_ms": (e.duration.as_secs_f64() * 1e6).round() / 1e3,
-        "pool": e.pool,
-        "backend": e.backend,
-        "attempts": e.attempts,
-        "upstream_status": if e.upstream_status == 0 { None } else { Some(e.upstream_status) },
-        "request_id": e.request_id,
-    });
-    out.push_str(&v.to_string());
+    use std::fmt::Write as _;
+    out.push_str("{\"time\":\"");
+    out.push_str(&rfc3339(e.time.unwrap_or_else(SystemTime::now)));
+    for (key, value) in [
+        ("client", e.client.as_str()),
+        ("method", &e.method),
+        ("host", &e.host),
+        ("path", &e.path),
+        ("protocol", e.protocol),
+    ] {
+        let _ = write!(out, "\",\"{key}\":\"");
+        json_escape(value, out);
+    }
+    let _ = write!(
+        out,
+        "\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"pool\":\"",
+        e.status,
+        e.bytes_in,
+        e.bytes_out,
+        e.duration.as_secs_f64() * 1000.0
+    );
+    json_escape(&e.pool, out);
+    out.push_str("\",\"backend\":\"");
+    json_escape(&e.backend, out);
+    let _ = write!(out, "\",\"attempts\":{},\"upstream_status\":", e.attempts);
+    if e.upstream_status == 0 {
+        out.push_str("null");
+    } else {
+        let _ = write!(out, "{}", e.upstream_status);
+    }
+    out.push_str(",\"request_id\":\"");
+    json_escape(&e.request_id, out);
+    out.push_str("\"}");
+}
+
+/// A JSON string body: quotes, backslashes and control characters escaped.
+fn json_escape(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// `2026-11-22T03:04:05.678Z`, UTC, milliseconds.
@@ -270,6 +317,33 @@ mod tests {
         assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(at(1_795_307_045, 678)), "2026-11-22T00:24:05.678Z");
+    }
+
+    #[test]
+    fn json_line_is_valid_json_whatever_the_client_sent() {
+        let mut out = String::new();
+        let entry = Entry {
+            time: Some(SystemTime::UNIX_EPOCH),
+            method: "GET".into(),
+            path: "/a\"b\\c\u{1}\n".into(),
+            host: "h\u{e9}".into(),
+            protocol: "HTTP/1.1",
+            status: 200,
+            upstream_status: 204,
+            duration: Duration::from_micros(1500),
+            ..Entry::default()
+        };
+        json(&entry, &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c\u{1}\n");
+        assert_eq!(v["host"], "h\u{e9}");
+        assert_eq!(v["upstream_status"], 204);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        let mut none = String::new();
+        json(&Entry::default(), &mut none);
+        let v: serde_json::Value = serde_json::from_str(&none).unwrap();
+        assert!(v["upstream_status"].is_null());
     }
 
     #[test]

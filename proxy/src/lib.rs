@@ -15,6 +15,7 @@ pub mod balance;
 pub mod convert;
 pub mod demo;
 pub mod edge;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 .collect();
             println!(
                 "{}",
-                demo::banner(config.listeners[0], config.admin.address)
+                demo::banner(config.listeners[0].address, config.admin.address)
             );
             let opts = server::RunOptions {
                 config_path: None,

@@ -2,7 +2,8 @@
 //! resolved when a routing snapshot is built, so the request path only increments.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use vigil_healthcheck::Member;
 
@@ -16,6 +17,9 @@ pub mod names {
     pub const RELOADS: &str = "vigil_config_reloads_total";
     pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
     pub const ACCESS_LOG_DROPPED: &str = "vigil_access_log_dropped_total";
+    pub const UPSTREAM_CONNECTIONS: &str = "vigil_upstream_connections_opened_total";
+    pub const CLIENT_CONNECTIONS: &str = "vigil_client_connections";
+    pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
 }
 
 /// The `pool` label of requests answered before they were routed (no route, a refused
@@ -39,11 +43,14 @@ pub struct ProxyMetrics {
     upstream: IntCounterVec,
     duration: HistogramVec,
     retries: IntCounterVec,
+    connections: IntCounterVec,
     no_healthy: IntCounterVec,
     panic: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub access_log_dropped: IntCounter,
+    client_connections: IntGaugeVec,
+    client_refused: IntCounterVec,
     per_backend: bool,
 }
 
@@ -52,6 +59,7 @@ pub struct PoolHandles {
     pub requests: [IntCounter; 4],
     pub duration: Histogram,
     pub retries: IntCounter,
+    pub connections_opened: IntCounter,
     pub no_healthy: IntCounter,
     pub panic: IntCounter,
     /// Per member, in member order; empty when per-backend metrics are off.
@@ -87,6 +95,13 @@ impl ProxyMetrics {
                 Opts::new(names::RETRIES, "Requests retried on another backend"),
                 &["pool"],
             )?,
+            connections: IntCounterVec::new(
+                Opts::new(
+                    names::UPSTREAM_CONNECTIONS,
+                    "Connections opened to backends for requests (not reused from the keep-alive pool)",
+                ),
+                &["pool"],
+            )?,
             no_healthy: IntCounterVec::new(
                 Opts::new(
                     names::NO_HEALTHY,
@@ -113,14 +128,28 @@ impl ProxyMetrics {
                 names::ACCESS_LOG_DROPPED,
                 "Access log lines dropped because the writer fell behind",
             )?,
+            client_connections: IntGaugeVec::new(
+                Opts::new(names::CLIENT_CONNECTIONS, "Client connections open, by listener"),
+                &["listener"],
+            )?,
+            client_refused: IntCounterVec::new(
+                Opts::new(
+                    names::CLIENT_REFUSED,
+                    "Client connections closed at once because the listener had max_connections open",
+                ),
+                &["listener"],
+            )?,
             per_backend,
         };
+        registry.register(Box::new(m.client_connections.clone()))?;
+        registry.register(Box::new(m.client_refused.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.no_healthy.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.panic.clone()))?;
         registry.register(Box::new(m.reloads.clone()))?;
         registry.register(Box::new(m.last_reload_success.clone()))?;
@@ -128,6 +157,14 @@ impl ProxyMetrics {
             m.reloads.with_label_values(&[r]);
         }
         Ok(m)
+    }
+
+    /// A listener's open-connections gauge and refusals counter.
+    pub fn listener(&self, address: &str) -> (IntGauge, IntCounter) {
+        (
+            self.client_connections.with_label_values(&[address]),
+            self.client_refused.with_label_values(&[address]),
+        )
     }
 
     /// `vigil_requests_total{pool="-"}` by class, present from start.
@@ -140,6 +177,7 @@ impl ProxyMetrics {
             requests: CLASSES.map(|c| self.requests.with_label_values(&[pool, c])),
             duration: self.duration.with_label_values(&[pool]),
             retries: self.retries.with_label_values(&[pool]),
+            connections_opened: self.connections.with_label_values(&[pool]),
             no_healthy: self.no_healthy.with_label_values(&[pool]),
             panic: self.panic.with_label_values(&[pool]),
             upstream: if self.per_backend {
@@ -164,6 +202,7 @@ impl ProxyMetrics {
         }
         let _ = self.duration.remove_label_values(&[pool]);
         let _ = self.retries.remove_label_values(&[pool]);
+        let _ = self.connections.remove_label_values(&[pool]);
         let _ = self.no_healthy.remove_label_values(&[pool]);
         let _ = self.panic.remove_label_values(&[pool]);
     }

@@ -371,6 +371,23 @@ impl ProxyHttp for VigilProxy {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !reused {
+            if let Some(pool) = ctx.pool() {
+                pool.metrics.connections_opened.inc();
+            }
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,

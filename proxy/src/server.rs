@@ -6,9 +6,12 @@
 
 use crate::admin::AdminApp;
 use crate::app::App;
+use crate::listener::{plain_buffers, ConnectionLimit, Slot};
 use crate::proxy::VigilProxy;
 use anyhow::Context;
 use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::server::{ListenFds, ShutdownWatch};
@@ -54,10 +57,11 @@ struct PreBound<S> {
 }
 
 impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
-    /// The service listens on exactly the addresses of `fds`, under the same keys.
-    fn new(mut inner: Service<A>, fds: Vec<(String, OwnedFd)>) -> Self {
+    /// The service listens on exactly the addresses of `fds`, under the same keys, with
+    /// `buffers` for each connection.
+    fn new(mut inner: Service<A>, fds: Vec<(String, OwnedFd)>, buffers: L4BufferSettings) -> Self {
         for (addr, _) in &fds {
-            inner.add_tcp(addr);
+            inner.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
         }
         PreBound { inner, fds }
     }
@@ -103,7 +107,8 @@ pub fn run(
     opts: RunOptions,
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> anyhow::Result<()> {
-    let proxy_fds = bind(&config.listeners)?;
+    let addresses: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let proxy_fds = bind(&addresses)?;
     let admin_fds = bind(&[config.admin.address])?;
     vigil_healthcheck::raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -124,7 +129,7 @@ pub fn run(
         spawn_watcher(&control, &app);
     }
     tracing::info!(
-        listeners = ?config.listeners,
+        listeners = ?addresses,
         admin = %config.admin.address,
         pools = config.pools.len(),
         backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>(),
@@ -142,20 +147,27 @@ pub fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        VigilProxy { app: app.clone() },
-        "vigil proxy",
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, VigilProxy { app: app.clone() });
+    let mut options = HttpServerOptions::default();
+    options.head_limits = Some(app.edge.clone());
+    proxy.server_options = Some(options);
+    let slots = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let (open, refused) = app.metrics.listener(&l.address.to_string());
+            Slot::new(l.address, l.max_connections, open, refused)
+        })
+        .collect();
+    let proxy = Service::new(
+        "vigil proxy".to_string(),
+        ConnectionLimit::new(proxy, slots),
     );
-    if let Some(logic) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.head_limits = Some(app.edge.clone());
-        logic.server_options = Some(options);
-    }
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
     admin.threads = Some(1);
-    server.add_service(PreBound::new(proxy, proxy_fds));
-    server.add_service(PreBound::new(admin, admin_fds));
+    server.add_service(PreBound::new(proxy, proxy_fds, plain_buffers()));
+    server.add_service(PreBound::new(admin, admin_fds, L4BufferSettings::default()));
     // The checker runtime must outlive the server; run_forever exits the process.
     std::mem::forget(control);
     server.run_forever();

@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -170,7 +170,9 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    /// One idle pool per worker thread (vigil patch, pingora#998): a connection is kept
+    /// on the thread that released it and reused there first; see [`local_shard`].
+    connection_pools: Vec<Arc<ConnectionPool<Arc<Mutex<Stream>>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -182,6 +184,30 @@ pub struct TransportConnector {
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
+
+/// Idle pools per connector. Threads take shards in the order they first use one, so up
+/// to this many worker threads each have their own (vigil patch).
+const POOL_SHARDS: usize = 16;
+
+/// The shard of the calling thread.
+///
+/// On Pingora's no-steal runtime every worker is a thread of its own: a connection
+/// released to the releasing thread's shard, with its idle watcher spawned on that same
+/// thread, is picked up again by the same thread without any cross-thread hand-off.
+fn local_shard() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|shard| {
+        if shard.get() == usize::MAX {
+            shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % POOL_SHARDS);
+        }
+        shard.get()
+    })
+}
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -203,7 +229,9 @@ impl TransportConnector {
             .and_then(|o| o.keepalive_pool_callback.clone());
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
-            connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            connection_pools: (0..POOL_SHARDS)
+                .map(|_| Arc::new(ConnectionPool::new((pool_size / POOL_SHARDS).max(16))))
+                .collect(),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -247,59 +275,72 @@ impl TransportConnector {
         Ok(stream)
     }
 
-    /// Try to find a reusable connection to the given server [Peer]
+    /// Try to find a reusable connection to the given server [Peer]: the calling
+    /// thread's idle pool first, then the others'.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
+        let key = peer.reuse_hash();
+        let local = local_shard();
+        for i in 0..POOL_SHARDS {
+            let pool = &self.connection_pools[(local + i) % POOL_SHARDS];
+            while let Some(s) = pool.get(&key) {
                 debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
+                if let Some(stream) = self.acquire(s, peer).await {
+                    return Some(stream);
                 }
             }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
+        }
+        debug!("No reusable connection found for {peer}");
+        None
+    }
+
+    /// Takes a pooled connection from its idle watcher.
+    ///
+    /// The watcher holds the connection's lock and a reference to it; on being told
+    /// the connection is taken it releases the lock and then drops its reference. When
+    /// the watcher runs on another thread, the lock can be free an instant before that
+    /// reference is gone, so `try_unwrap` is retried a few times rather than the healthy
+    /// connection thrown away (pingora#998).
+    async fn acquire<P: Peer + Send + Sync>(
+        &self,
+        mut s: Arc<Mutex<Stream>>,
+        peer: &P,
+    ) -> Option<Stream> {
+        const ATTEMPTS: usize = 64;
+        for _ in 0..ATTEMPTS {
+            {
+                let _ = s.lock().await;
+            } // wait for the idle poll to release it
+            match Arc::try_unwrap(s) {
+                Ok(l) => {
+                    let mut stream = l.into_inner();
+                    // test_reusable_stream: we assume server would never actively send data
+                    // first on an idle stream.
+                    #[cfg(unix)]
+                    return (peer.matches_fd(stream.id())
+                        && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count))
+                    .then_some(stream);
+                    #[cfg(windows)]
+                    {
+                        use std::os::windows::io::{AsRawSocket, RawSocket};
+                        struct WrappedRawSocket(RawSocket);
+                        impl AsRawSocket for WrappedRawSocket {
+                            fn as_raw_socket(&self) -> RawSocket {
+                                self.0
+                            }
+                        }
+                        return (peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count))
+                        .then_some(stream);
+                    }
+                }
+                Err(still_shared) => {
+                    s = still_shared;
+                    tokio::task::yield_now().await;
+                }
             }
         }
+        debug!("failed to acquire reusable stream");
+        None
     }
 
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
@@ -323,11 +364,13 @@ impl TransportConnector {
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
+        let pool = self.connection_pools[local_shard()].clone();
+        let (notify_close, watch_use) = pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
+        // The watcher stays on this thread, beside the pool shard it watches.
+        let rt = tokio::runtime::Handle::try_current()
+            .unwrap_or_else(|_| pingora_runtime::current_handle());
         rt.spawn(async move {
             if pool
                 .idle_poll(

@@ -1,0 +1,115 @@
+//! Upstream keep-alive at more than one worker thread (issue #8): requests reuse pooled
+//! backend connections instead of dialling new ones, and nothing is logged per request.
+
+use vigil_tests::config::{config, pool, FAST_CHECKS};
+use vigil_tests::raw::RawConn;
+use vigil_tests::{free_ports, FakeBackend, Vigil};
+
+/// `count` keep-alive GETs one after another on one client connection.
+async fn keepalive_client(addr: std::net::SocketAddr, count: usize) {
+    let mut c = RawConn::connect(addr).await;
+    for i in 0..count {
+        c.send(format!("GET /r{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_two_threads_reuse_a_handful_of_connections() {
+    let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
+    let (listen, admin) = free_ports();
+    let cfg = config(
+        listen,
+        admin,
+        "",
+        &[pool("web", &[(&a, 1), (&b, 1)], FAST_CHECKS)],
+    )
+    .replace("threads: 1", "threads: 2");
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    let checks_before = a.stats.connections() + b.stats.connections();
+
+    let clients: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(keepalive_client(listen, 250)))
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let opened = v
+        .metric(r#"vigil_upstream_connections_opened_total{pool="web"}"#)
+        .await
+        .expect("the metric exists");
+    let at_backends = a.stats.connections() + b.stats.connections() - checks_before;
+    // Each of 2 threads needs at most one connection per client connection it serves
+    // per backend: 4 clients x 2 backends. Without reuse it would be hundreds.
+    assert!(
+        at_backends <= 8,
+        "backends saw {at_backends} new connections for 1,000 requests"
+    );
+    assert!(
+        opened <= 8.0 && opened >= 2.0,
+        "vigil_upstream_connections_opened_total is {opened}"
+    );
+    assert!(
+        opened as u64 <= at_backends,
+        "metric {opened} > connections the backends saw ({at_backends})"
+    );
+    let lines: Vec<String> = v
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["level"] != "DEBUG" && l["level"] != "TRACE")
+        .filter(|l| {
+            let m = l["fields"]["message"].as_str().unwrap_or_default();
+            m != "vigil started" && !m.starts_with("backend is ")
+        })
+        .map(|l| l.to_string())
+        .collect();
+    assert!(
+        lines.is_empty(),
+        "log lines during plain traffic: {lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_holds_at_most_max_connections_and_counts_refusals() {
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = free_ports();
+    let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).replace(
+        &format!("  - address: {listen}\n"),
+        &format!("  - address: {listen}\n    max_connections: 2\n"),
+    );
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawConn::connect(listen).await;
+        c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(c.response().await.unwrap().status, 200);
+        held.push(c);
+    }
+    let gauge = format!(r#"vigil_client_connections{{listener="{listen}"}}"#);
+    v.wait_metric(&gauge, 2.0).await;
+    // A third is closed at once, without an answer.
+    let mut third = RawConn::connect(listen).await;
+    let _ = third.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    assert!(
+        third.closed_within(std::time::Duration::from_secs(5)).await,
+        "a connection over max_connections was served"
+    );
+    let refused = format!(r#"vigil_client_connections_refused_total{{listener="{listen}"}}"#);
+    v.wait_metric(&refused, 1.0).await;
+    // One place freed: the next client is served.
+    held.pop();
+    v.wait_metric(&gauge, 1.0).await;
+    let mut next = RawConn::connect(listen).await;
+    next.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(next.response().await.unwrap().status, 200);
+}
