@@ -44,6 +44,7 @@ bench: bench-deps build
 	python3 bench/harness.py reload
 	python3 bench/harness.py edge
 	python3 bench/harness.py threads
+	python3 bench/harness.py memory
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

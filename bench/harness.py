@@ -8,6 +8,7 @@
     bench/harness.py soak      # 10 min, 1,000 backends, a reload every 10 s, one flapping
     bench/harness.py edge      # access log on vs off; the edge limits vs the build before them
     bench/harness.py threads   # 1, 2 and 4 workers: CPU per request, p99, new backend connections
+    bench/harness.py memory    # resident memory per idle keep-alive client at 10,000 connections
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -200,13 +201,15 @@ def wrk(url, seconds, conns=32, extra=()):
 
 # ---------------------------------------------------------------- peers' configs
 
-def nginx_conf(listen, addrs, extra_upstream="", extra_location="", workers=1, access_log="off"):
+def nginx_conf(listen, addrs, extra_upstream="", extra_location="", workers=1, access_log="off",
+               connections=4096):
     servers = "".join(f"    server {a}{extra_upstream};\n" for a in addrs)
     return f"""worker_processes {workers};
 daemon off;
 pid {WORK}/nginx.pid;
 error_log {WORK}/nginx-error.log error;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile {connections * 2 + 100};
+events {{ worker_connections {connections * 2}; }}
 http {{
   access_log {access_log};
   upstream pool {{
@@ -224,11 +227,11 @@ http {{
 """
 
 
-def haproxy_conf(listen, addrs, server_opts="", backend_opts="", threads=1):
+def haproxy_conf(listen, addrs, server_opts="", backend_opts="", threads=1, maxconn=4096):
     servers = "".join(f"  server s{i} {a}{server_opts}\n" for i, a in enumerate(addrs))
     return f"""global
   nbthread {threads}
-  maxconn 4096
+  maxconn {maxconn}
   log stderr format rfc5424 local0 notice
 defaults
   mode http
@@ -433,6 +436,73 @@ def bench_threads(rounds=3, seconds=10, conns=(1, 32)):
                       f"{med('cpu_us_per_req', n) / hb:.2f} | {med('new_conns_per_1k', n):.2f} | "
                       f"{sum(x['errors'] for x in results[n])} |")
             sys.stdout.flush()
+
+
+def bench_memory(count=9900):
+    """Resident memory per idle keep-alive client connection: `count` clients each send
+    one request, read the answer and stay connected; RSS after minus RSS before. 9,900:
+    the hard fd limit here is 20,000 and HAProxy reserves two fds per `maxconn`."""
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count * 4 + 1000  # HAProxy asks for two per maxconn; peers inherit this limit
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))  # root may raise it
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    backends = [fleet(1, f"memory-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    def v(threads):
+        def run():
+            cfg = vigil_config("127.0.0.1:18990", "127.0.0.1:18991", pool_yaml("web", addrs),
+                               f"threads: {threads}\n").replace(
+                "  - address: 127.0.0.1:18990\n",
+                f"  - address: 127.0.0.1:18990\n    max_connections: {count * 2}\n")
+            p = vigil(cfg, f"vigil-{threads}")[0]
+            wait_for("vigil ready", lambda: http("http://127.0.0.1:18991/health/ready")[0] == 200)
+            return p
+        return run
+    peers = {
+        "vigil threads: 1": v(1),
+        "vigil threads: 2": v(2),
+        "haproxy nbthread 1": lambda: start_haproxy(haproxy_conf("127.0.0.1:18990", addrs, maxconn=count + 50)),
+        "nginx 1 worker": lambda: start_nginx(nginx_conf("127.0.0.1:18990", addrs, connections=count)),
+    }
+    request = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n"
+    rows = []
+    for name, run in peers.items():
+        p = run()
+        wait_port("127.0.0.1:18990")
+        wrk("http://127.0.0.1:18990/", 2)  # pools and caches warm
+        time.sleep(1)
+        before = rss_mib(p.pid)
+        socks = []
+        for _ in range(count):
+            s_ = socket.create_connection(("127.0.0.1", 18990))
+            s_.sendall(request)
+            got = b""
+            while b"\r\n\r\n" not in got or not got.endswith(got.split(b"\r\n\r\n", 1)[1][-1:] or b""):
+                chunk = s_.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+                if b"\r\n\r\n" in got:
+                    break
+            socks.append(s_)
+        time.sleep(2)
+        after = rss_mib(p.pid)
+        alive = sum(1 for s_ in socks if s_.fileno() >= 0)
+        rows.append((name, before, after, (after - before) * 1024 / count, alive))
+        log(f"{name}: {before:.1f} -> {after:.1f} MiB, {(after - before) * 1024 / count:.2f} KiB per connection")
+        for s_ in socks:
+            s_.close()
+        stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+        time.sleep(1)
+    print(f"\n### Memory per idle keep-alive client ({count} connections, each after one request)\n")
+    print("| proxy | RSS before MiB | RSS with clients MiB | KiB per connection |")
+    print("|---|---|---|---|")
+    for name, before, after, per, _ in rows:
+        print(f"| {name} | {before:.1f} | {after:.1f} | {per:.2f} |")
 
 
 def bench_checker(seconds=60, warmup=15, count=10000):
@@ -660,7 +730,7 @@ if __name__ == "__main__":
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
-         "threads": bench_threads}[what]()
+         "threads": bench_threads, "memory": bench_memory}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -260,6 +260,28 @@ pub trait HttpServerApp {
     }
 }
 
+/// How long a keep-alive connection may stay idle between requests (Pingora's default,
+/// which `read_request` applied while it waited).
+const IDLE_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Waits, between two requests of a keep-alive connection, until the client sends
+/// something (vigil patch). Until then the connection holds only its stream: the
+/// request's session, its buffers and the proxy's large request future are built once
+/// there is a request to read. False when the connection should close instead (idle
+/// for too long, or the service is shutting down).
+async fn idle_until_readable(stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        ready = pingora_timeout::timeout(IDLE_KEEPALIVE, stream.wait_readable()) => {
+            !matches!(ready, Err(_) | Ok(Err(_)))
+        }
+        _ = shutdown.changed() => false,
+    }
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -347,6 +369,9 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            if !idle_until_readable(&mut stream, shutdown).await {
+                return None;
+            }
             let head_limits = self.server_options().and_then(|o| o.head_limits.clone());
             let mut session = ServerSession::new_http1(stream);
             session.set_head_limits(head_limits.clone());
@@ -363,7 +388,13 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                let pipelined = persistent_settings
+                    .as_ref()
+                    .is_some_and(|s| s.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty()));
+                if !pipelined && !idle_until_readable(&mut stream, shutdown).await {
+                    return None;
+                }
                 let mut session = ServerSession::new_http1(stream);
                 session.set_head_limits(head_limits.clone());
                 if let Some(persistent_settings) = persistent_settings {

@@ -79,6 +79,12 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Wait until a read would not block (data, end of stream or an error), without
+    /// reading. Return `false` at once if the stream cannot tell (vigil patch).
+    async fn wait_readable(&mut self) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 use std::any::Any;

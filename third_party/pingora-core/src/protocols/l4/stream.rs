@@ -750,6 +750,20 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    async fn wait_readable(&mut self) -> std::io::Result<bool> {
+        let buffered = !self.rewind_read_buf.is_empty()
+            || matches!(self.stream(), BufferedStream::BufferedRead(r) if !r.buffer().is_empty());
+        if buffered {
+            return Ok(true);
+        }
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await.map(|_| true),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await.map(|_| true),
+            RawStream::Virtual(_) => Ok(false),
+        }
+    }
 }
 
 #[async_trait]
