@@ -229,8 +229,9 @@ impl TransportConnector {
             .and_then(|o| o.keepalive_pool_callback.clone());
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
+            // Each shard may hold the whole pool: one busy thread can need all of it.
             connection_pools: (0..POOL_SHARDS)
-                .map(|_| Arc::new(ConnectionPool::new((pool_size / POOL_SHARDS).max(16))))
+                .map(|_| Arc::new(ConnectionPool::new(pool_size)))
                 .collect(),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
