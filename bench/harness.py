@@ -388,7 +388,7 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
         time.sleep(1.1)  # the fleet writes its counters once a second
         st = [fleet_stats(b[1]) for b in backends]
         return sum(x["connections"] for x in st), sum(x["requests"] for x in st)
-    for threads in (1, 2, 4):
+    for threads in [int(t) for t in os.environ.get("THREADS", "1,2,4").split(",")]:
         def v(port, binary=None, name="vigil"):
             cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs),
                                f"threads: {threads}\n")

@@ -65,6 +65,44 @@ async fn websocket_upgrade_tunnels_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_is_load_for_least_requests() {
+    let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
+    let extra = format!("    balance: least_requests\n{FAST_CHECKS}");
+    let v = start_vigil("", &[pool("web", &[(&a, 1), (&b, 1)], &extra)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    let head = c.head().await.unwrap();
+    assert_eq!(head.status, 101);
+    let (tunnel, other) = match head.header("x-backend") {
+        Some("a") => (&a, &b),
+        _ => (&b, &a),
+    };
+    let before = traffic(tunnel);
+    for _ in 0..20 {
+        let r = get(v.listen, "app", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        traffic(tunnel),
+        before,
+        "requests went to the backend holding the tunnel"
+    );
+    assert_eq!(traffic(other), 20);
+    // Closed, it is no longer load: requests reach that backend again.
+    drop(c);
+    let listen = v.listen;
+    vigil_tests::wait_for_async(
+        "traffic to the tunnel's backend again",
+        Duration::from_secs(10),
+        || async move {
+            let _ = get(listen, "app", "/").await;
+            traffic(tunnel) > before
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnel_closes_after_read_timeout_and_a_busy_one_stays() {
     let a = FakeBackend::start("a").await;
     let extra = format!("    read_timeout: 1s\n{FAST_CHECKS}");

@@ -296,52 +296,38 @@ impl TransportConnector {
 
     /// Takes a pooled connection from its idle watcher.
     ///
-    /// The watcher holds the connection's lock and a reference to it; on being told
-    /// the connection is taken it releases the lock and then drops its reference. When
-    /// the watcher runs on another thread, the lock can be free an instant before that
-    /// reference is gone, so `try_unwrap` is retried a few times rather than the healthy
-    /// connection thrown away (pingora#998).
+    /// The watcher holds the connection's lock until it has stopped watching (it is
+    /// told the connection was taken), and then drops its own reference. Pingora took
+    /// the connection with `Arc::try_unwrap` right after the lock was free, which loses
+    /// when the watcher runs on another thread and has not dropped that reference yet:
+    /// the healthy connection was thrown away (pingora#998). Here the stream is moved
+    /// out under the lock instead, leaving an inert placeholder to whichever reference
+    /// goes last.
     async fn acquire<P: Peer + Send + Sync>(
         &self,
-        mut s: Arc<Mutex<Stream>>,
+        s: Arc<Mutex<Stream>>,
         peer: &P,
     ) -> Option<Stream> {
-        const ATTEMPTS: usize = 64;
-        for _ in 0..ATTEMPTS {
-            {
-                let _ = s.lock().await;
-            } // wait for the idle poll to release it
-            match Arc::try_unwrap(s) {
-                Ok(l) => {
-                    let mut stream = l.into_inner();
-                    // test_reusable_stream: we assume server would never actively send data
-                    // first on an idle stream.
-                    #[cfg(unix)]
-                    return (peer.matches_fd(stream.id())
-                        && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count))
-                    .then_some(stream);
-                    #[cfg(windows)]
-                    {
-                        use std::os::windows::io::{AsRawSocket, RawSocket};
-                        struct WrappedRawSocket(RawSocket);
-                        impl AsRawSocket for WrappedRawSocket {
-                            fn as_raw_socket(&self) -> RawSocket {
-                                self.0
-                            }
-                        }
-                        return (peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count))
-                        .then_some(stream);
-                    }
-                }
-                Err(still_shared) => {
-                    s = still_shared;
-                    tokio::task::yield_now().await;
+        let placeholder: Stream =
+            Box::new(crate::protocols::http::subrequest::dummy::DummyIO::new(&[]));
+        let mut stream = std::mem::replace(&mut *s.lock().await, placeholder);
+        // test_reusable_stream: we assume server would never actively send data
+        // first on an idle stream.
+        #[cfg(unix)]
+        let reusable = peer.matches_fd(stream.id());
+        #[cfg(windows)]
+        let reusable = {
+            use std::os::windows::io::{AsRawSocket, RawSocket};
+            struct WrappedRawSocket(RawSocket);
+            impl AsRawSocket for WrappedRawSocket {
+                fn as_raw_socket(&self) -> RawSocket {
+                    self.0
                 }
             }
-        }
-        debug!("failed to acquire reusable stream");
-        None
+            peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+        };
+        (reusable && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count))
+            .then_some(stream)
     }
 
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
