@@ -174,6 +174,14 @@ def vigil(config, name="vigil", binary=None):
     return p, admin, path
 
 
+def vigil_ready(port, addrs, top, binary=None, name="vigil"):
+    """vigil on 127.0.0.1:port (admin on port + 1) in front of `addrs`, once ready."""
+    cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs), top)
+    p = vigil(cfg, name, binary)[0]
+    wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+    return p
+
+
 def vigil_config(listen, admin, pools, top="threads: 1\n"):
     return f"{top}grace_period: 1s\nlisteners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n{pools}"
 
@@ -331,10 +339,7 @@ def bench_edge(rounds=3, seconds=10):
     for threads in (1, 2):
         top = f"threads: {threads}\n"
         def v(port, extra="", binary=None, name="vigil"):
-            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs), top + extra)
-            p = vigil(cfg, name, binary)[0]
-            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
-            return p
+            return vigil_ready(port, addrs, top + extra, binary, name)
         log_json = f"access_log:\n  format: json\n  path: {WORK}/access-{threads}.json\n"
         log_text = f"access_log:\n  format: text\n  path: {WORK}/access-{threads}.txt\n"
         peers = {
@@ -390,11 +395,7 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
         return sum(x["connections"] for x in st), sum(x["requests"] for x in st)
     for threads in [int(t) for t in os.environ.get("THREADS", "1,2,4").split(",")]:
         def v(port, binary=None, name="vigil"):
-            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs),
-                               f"threads: {threads}\n")
-            p = vigil(cfg, name, binary)[0]
-            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
-            return p
+            return vigil_ready(port, addrs, f"threads: {threads}\n", binary, name)
         peers = {
             "vigil": (18960, lambda: v(18960)),
             "haproxy": (18970, lambda: start_haproxy(haproxy_conf(
@@ -404,7 +405,8 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
         if before:
             peers["vigil before"] = (18962, lambda: v(18962, before, "vigil-before"))
         # At 4 workers (on 2 cores) only the many-connection case is of interest.
-        for c in (conns if threads < 4 else conns[-1:]):
+        only = os.environ.get("CONNS")
+        for c in ([int(only)] if only else conns if threads < 4 else conns[-1:]):
             results = {k: [] for k in peers}
             for r in range(rounds):
                 order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))

@@ -89,7 +89,9 @@ fn parse(buf: &[u8], head_only: bool) -> std::io::Result<Response> {
     let body = if head_only {
         Vec::new()
     } else if chunked {
-        dechunk(raw).ok_or_else(|| bad("bad chunked body"))?
+        crate::backend::chunked_body(raw)
+            .map(|(body, _)| body)
+            .ok_or_else(|| bad("bad chunked body"))?
     } else if let Some(len) = headers
         .iter()
         .find(|(n, _)| n == "content-length")
@@ -107,26 +109,4 @@ fn parse(buf: &[u8], head_only: bool) -> std::io::Result<Response> {
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
-}
-
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let i = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&raw[..i])
-                .ok()?
-                .split(';')
-                .next()?
-                .trim(),
-            16,
-        )
-        .ok()?;
-        raw = &raw[i + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
 }

@@ -155,6 +155,22 @@ impl Vigil {
             .collect()
     }
 
+    /// Asserts that nothing was logged at info or above but start-up and state changes:
+    /// requests, served or refused, leave no line.
+    pub fn assert_quiet(&self) {
+        let lines: Vec<String> = self
+            .json_logs()
+            .into_iter()
+            .filter(|l| l["level"] != "DEBUG" && l["level"] != "TRACE")
+            .filter(|l| {
+                let m = l["fields"]["message"].as_str().unwrap_or_default();
+                m != "vigil started" && !m.starts_with("backend is ")
+            })
+            .map(|l| l.to_string())
+            .collect();
+        assert!(lines.is_empty(), "log lines about requests: {lines:#?}");
+    }
+
     /// State-change lines (those with `from` and `to` fields).
     pub fn transitions(&self) -> Vec<serde_json::Value> {
         self.json_logs()

@@ -18,22 +18,6 @@ fn client_frame(text: &str) -> Vec<u8> {
     f
 }
 
-/// No line at info or above but start-up and state changes: refused requests are
-/// counted, not logged.
-fn assert_no_request_lines(v: &Vigil) {
-    let noisy: Vec<String> = v
-        .json_logs()
-        .into_iter()
-        .filter(|l| l["level"] != "DEBUG" && l["level"] != "TRACE")
-        .filter(|l| {
-            let m = l["fields"]["message"].as_str().unwrap_or_default();
-            m != "vigil started" && !m.starts_with("backend is ")
-        })
-        .map(|l| l.to_string())
-        .collect();
-    assert!(noisy.is_empty(), "per-request log lines: {noisy:#?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_tunnels_both_ways() {
     let a = FakeBackend::start("a").await;
@@ -247,7 +231,7 @@ async fn oversized_heads_are_431_and_never_reach_a_backend() {
     assert_eq!(traffic(&a), 1, "a refused request reached the backend");
     v.wait_metric(r#"vigil_requests_total{pool="-",status_class="4xx"}"#, 3.0)
         .await;
-    assert_no_request_lines(&v);
+    v.assert_quiet();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +259,7 @@ async fn a_trickled_head_is_cut_by_header_timeout_with_408() {
     assert_eq!(traffic(&a), 0);
     v.wait_metric(r#"vigil_requests_total{pool="-",status_class="4xx"}"#, 1.0)
         .await;
-    assert_no_request_lines(&v);
+    v.assert_quiet();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +376,7 @@ async fn bodies_over_the_limit_are_413_without_the_backend() {
         2.0,
     )
     .await;
-    assert_no_request_lines(&v);
+    v.assert_quiet();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
