@@ -5,6 +5,8 @@
 //! values with defaults filled in). `from_str` is apart from `load` so tests parse
 //! strings. This crate knows nothing of tokio or pingora.
 
+#![forbid(unsafe_code)]
+
 mod duration;
 mod edge;
 mod error;

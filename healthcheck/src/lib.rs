@@ -11,6 +11,8 @@
 //!
 //! This crate does not know the YAML config; the proxy translates it.
 
+#![deny(unsafe_code)]
+
 pub mod checker;
 mod http;
 pub mod membership;
@@ -33,8 +35,9 @@ pub use status::BackendStatus;
 
 /// Raises the soft open-file limit to the hard one (every backend holds a check
 /// connection, and a proxy a few more of its own); returns the soft limit now in force.
+#[allow(unsafe_code)]
 pub fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a stack struct.
+    // SAFETY: plain libc calls on a stack struct. The crate's one `unsafe` block.
     unsafe {
         let mut lim = libc::rlimit {
             rlim_cur: 0,

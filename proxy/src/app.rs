@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 use vigil_conf::{Config, PoolConfig};
 use vigil_healthcheck::{Checker, CheckerOptions, Membership, Publish};
 

@@ -2,9 +2,10 @@
 //! failing and recovering on a cycle, so state changes show within seconds.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 pub const CONFIG: &str = include_str!("demo.yaml");
 /// The flapping backend is healthy for this long, then failing for as long.

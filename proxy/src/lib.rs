@@ -8,6 +8,8 @@
 //! - [`reload`]: validate-then-swap configuration reloads.
 //! - [`server`]: process wiring, signals, drain; [`demo`]: `vigil demo`.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod app;

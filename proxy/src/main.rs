@@ -1,5 +1,7 @@
 //! The `vigil` command line: `run`, `demo`, `validate`.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,7 +13,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+use tokio::time::Instant;
 use vigil_conf::HashKey;
 
 /// How long an idle upstream keep-alive connection is kept in Pingora's pool.

@@ -12,7 +12,8 @@ pub use backend::{Control, FakeBackend, Mode, Request, Stats};
 pub use client::{get, request, Response};
 pub use process::{free_port, free_ports, Vigil};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Starts `vigil` on `pools` (built with [`config::pool`]) and waits until ready.
 pub async fn start_vigil(top: &str, pools: &[String]) -> Vigil {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Ports for vigil's listeners come from 20000–31999, below the kernel's ephemeral
 /// range (32768+), so a fake backend binding `:0` can never take one between the
