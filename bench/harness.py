@@ -329,6 +329,36 @@ def bench_proxy(rounds=3, seconds=15):
     print(f"\nvigil CPU/request ÷ HAProxy's: {hv:.2f}; vigil p99 ÷ nginx p99: {nv:.2f}")
 
 
+def interleaved(peers, rounds, seconds, conns=32, label="", totals=None):
+    """Runs every peer (name -> (port, start)) `rounds` times, in alternating order:
+    started, warmed for 2 s, measured for `seconds` with `wrk -t1 -cCONNS`, stopped.
+    Adds CPU µs per request to each wrk result and, given `totals` (connections and
+    requests counted at the backends), new backend connections per 1,000 requests."""
+    results = {k: [] for k in peers}
+    for r in range(rounds):
+        order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
+        for name in order:
+            port, run = peers[name]
+            p = run()
+            wait_port(f"127.0.0.1:{port}")
+            wrk(f"http://127.0.0.1:{port}/", 2, conns=conns)
+            k0, q0 = totals() if totals else (0, 0)
+            c0 = cpu_seconds(p.pid)
+            w = wrk(f"http://127.0.0.1:{port}/", seconds, conns=conns)
+            cpu = cpu_seconds(p.pid) - c0
+            w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
+            if totals:
+                k1, q1 = totals()
+                w["new_conns_per_1k"] = (k1 - k0) / max(q1 - q0, 1) * 1000
+            results[name].append(w)
+            log(f"{label} round {r} {name}: {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
+                f"cpu {w['cpu_us_per_req']:.1f} us/req new conns/1k {w.get('new_conns_per_1k', float('nan')):.2f} "
+                f"errors {w['errors']}")
+            stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+            time.sleep(0.5)
+    return results
+
+
 def bench_edge(rounds=3, seconds=10):
     """The access log on (JSON, text; to a file) vs off, and the edge work (head limits,
     pipelining, Host check) vs the vigil build before it (VIGIL_BEFORE=path/to/vigil),
@@ -353,23 +383,7 @@ def bench_edge(rounds=3, seconds=10):
         }
         if before:
             peers["vigil before edge"] = (18906, lambda: v(18906, binary=before, name="vigil-before"))
-        results = {k: [] for k in peers}
-        for r in range(rounds):
-            order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
-            for name in order:
-                port, run = peers[name]
-                p = run()
-                wait_port(f"127.0.0.1:{port}")
-                wrk(f"http://127.0.0.1:{port}/", 2)
-                c0 = cpu_seconds(p.pid)
-                w = wrk(f"http://127.0.0.1:{port}/", seconds)
-                cpu = cpu_seconds(p.pid) - c0
-                w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
-                results[name].append(w)
-                log(f"threads {threads} round {r} {name}: {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
-                    f"cpu {w['cpu_us_per_req']:.1f} us/req errors {w['errors']}")
-                stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
-                time.sleep(0.5)
+        results = interleaved(peers, rounds, seconds, label=f"threads {threads}")
         med = lambda k, n: statistics.median(x[k] for x in results[n])
         print(f"\n### Edge: access log and limits, {threads} worker thread(s) "
               f"({rounds} rounds of {seconds} s, medians; wrk -t1 -c32 on the same 2 cores)\n")
@@ -407,27 +421,8 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
         # At 4 workers (on 2 cores) only the many-connection case is of interest.
         only = os.environ.get("CONNS")
         for c in ([int(only)] if only else conns if threads < 4 else conns[-1:]):
-            results = {k: [] for k in peers}
-            for r in range(rounds):
-                order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
-                for name in order:
-                    port, run = peers[name]
-                    p = run()
-                    wait_port(f"127.0.0.1:{port}")
-                    wrk(f"http://127.0.0.1:{port}/", 2, conns=c)
-                    k0, q0 = backend_totals()
-                    c0 = cpu_seconds(p.pid)
-                    w = wrk(f"http://127.0.0.1:{port}/", seconds, conns=c)
-                    cpu = cpu_seconds(p.pid) - c0
-                    k1, q1 = backend_totals()
-                    w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
-                    w["new_conns_per_1k"] = (k1 - k0) / max(q1 - q0, 1) * 1000
-                    results[name].append(w)
-                    log(f"threads {threads} -c{c} round {r} {name}: {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
-                        f"cpu {w['cpu_us_per_req']:.1f} us/req new conns/1k {w['new_conns_per_1k']:.2f} "
-                        f"errors {w['errors']}")
-                    stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
-                    time.sleep(0.5)
+            results = interleaved(peers, rounds, seconds, conns=c, label=f"threads {threads} -c{c}",
+                                  totals=backend_totals)
             med = lambda k, n: statistics.median(x[k] for x in results[n])
             print(f"\n### {threads} worker thread(s), wrk -t1 -c{c} "
                   f"({rounds} rounds of {seconds} s, medians; wrk and 3 backends on the same 2 cores)\n")

@@ -27,11 +27,12 @@ pub fn plain_buffers() -> L4BufferSettings {
 
 /// One listener's bound and counters.
 pub struct Slot {
-    pub address: SocketAddr,
-    pub max: usize,
+    address: SocketAddr,
+    max: usize,
+    /// Exact count for the bound; `open_gauge` mirrors it for /metrics.
     open: AtomicUsize,
-    pub open_gauge: IntGauge,
-    pub refused: IntCounter,
+    open_gauge: IntGauge,
+    refused: IntCounter,
 }
 
 impl Slot {

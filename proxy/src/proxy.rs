@@ -153,6 +153,14 @@ fn check_host(session: &Session) -> std::result::Result<(), &'static str> {
     }
 }
 
+/// The Host header, or the authority of an absolute URI (HTTP/2, proxy-form requests).
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.host())
+}
+
 fn content_length(session: &Session) -> Option<u64> {
     session
         .req_header()
@@ -184,13 +192,7 @@ fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
             .map(|a| a.to_string())
             .unwrap_or_default(),
         method: req.method.as_str().to_string(),
-        host: req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(req.uri.host())
-            .unwrap_or_default()
-            .to_string(),
+        host: request_host(req).unwrap_or_default().to_string(),
         path: req
             .uri
             .path_and_query()
@@ -285,13 +287,7 @@ impl ProxyHttp for VigilProxy {
         }
         let table = self.app.table();
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(req.uri.host())
-            .map(normalize_host)
-            .unwrap_or_default();
+        let host = request_host(req).map(normalize_host).unwrap_or_default();
         let Some(index) = table.route_index(&host, req.uri.path()) else {
             respond(session, 404, &[], "{\"error\":\"no route\"}").await?;
             return Ok(true);
@@ -334,8 +330,8 @@ impl ProxyHttp for VigilProxy {
     ) -> Result<()> {
         // Chunked bodies announce no length: count what arrived.
         if let Some(max) = self.app.edge.body_bytes() {
+            // fail_to_proxy answers 413 and closes the connection.
             if session.as_downstream().body_bytes_read() as u64 > max {
-                session.set_keepalive(None);
                 return Err(Error::explain(HTTPStatus(413), "request body too large"));
             }
         }
@@ -454,7 +450,8 @@ impl ProxyHttp for VigilProxy {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         if resp.status.is_informational() {
-            // A 101 keeps its Connection and Upgrade headers: they are the handshake.
+            // Returned before the hop-by-hop headers are stripped: a 101 keeps its
+            // Connection and Upgrade headers, which are the handshake.
             if status == 101 {
                 ctx.upstream_status = status;
             }

@@ -260,8 +260,8 @@ pub trait HttpServerApp {
     }
 }
 
-/// How long a keep-alive connection may stay idle between requests (Pingora's default,
-/// which `read_request` applied while it waited).
+/// How long a keep-alive connection may stay idle between requests: Pingora's default
+/// session keep-alive, also applied while waiting before a session exists (vigil patch).
 const IDLE_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Waits, between two requests of a keep-alive connection, until the client sends
@@ -379,8 +379,7 @@ where
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
             } else {
-                // default 60s
-                session.set_keepalive(Some(60));
+                session.set_keepalive(Some(IDLE_KEEPALIVE.as_secs()));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()

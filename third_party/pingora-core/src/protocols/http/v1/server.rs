@@ -73,7 +73,6 @@ impl ProxyTaskState {
     }
 }
 
-/// The HTTP 1.x server session
 /// Limits on a request head, enforced while it is read (vigil patch; pingora#447).
 ///
 /// Without them a head may grow to 1 MiB and 256 headers, and a client that trickles it
@@ -99,6 +98,7 @@ pub struct HeadLimitValues {
     pub timeout: Option<Duration>,
 }
 
+/// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
