@@ -346,3 +346,39 @@ fn all_errors_at_once_sorted_by_position() {
         "{printed}"
     );
 }
+
+#[test]
+fn edge_settings_default_and_are_validated_with_positions() {
+    let c = from_str(MINIMAL, "f.yaml").unwrap();
+    assert_eq!(c.limits, vigil_conf::LimitsConfig::default());
+    assert_eq!(c.limits.header_bytes, 32768);
+    assert_eq!(c.access_log.format, vigil_conf::AccessLogFormat::Off);
+    assert_eq!(c.listeners[0].max_connections, 10_000);
+    // A pool that only shortens its interval gets a timeout no longer than it.
+    let short = format!("{MINIMAL}    health_check:\n      interval: 1s\n");
+    let c = from_str(&short, "f.yaml").unwrap();
+    assert_eq!(
+        c.pools[0].health_check.timeout,
+        std::time::Duration::from_secs(1)
+    );
+
+    let bad = "\
+listeners:
+  - address: 127.0.0.1:8080
+    max_connections: 0
+limits:
+  headers: 300
+  header_timeout: 0s
+access_log:
+  format: xml
+pools:
+  - name: \"-\"
+    backends:
+      - address: 127.0.0.1:18081
+";
+    assert_error(bad, 3, 22, "max_connections must be between 1 and");
+    assert_error(bad, 5, 12, "headers must be between 1 and 256");
+    assert_error(bad, 6, 19, "header_timeout must be greater than 0");
+    assert_error(bad, 8, 11, "access_log.format must be off, text or json");
+    assert_error(bad, 10, 11, "pool name \"-\" is reserved");
+}
