@@ -6,7 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vigil_conf::Config;
-use vigil_healthcheck::{Backend, Health, Member, MemberState, Membership};
+use vigil_healthcheck::{Endpoint, Health, Member, MemberState, Membership};
 use vigil_proxy::metrics::ProxyMetrics;
 use vigil_proxy::routing::RoutingTable;
 
@@ -35,7 +35,7 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
             .backends
             .iter()
             .map(|b| Member {
-                backend: Arc::new(Backend::new(&p.name, &b.address, b.socket_addr, 5)),
+                endpoint: Arc::new(Endpoint::new(&p.name, &b.address, b.socket_addr, 5)),
                 weight: b.weight,
                 state: MemberState {
                     health: Health::Up,
@@ -45,8 +45,7 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
             .collect();
         m.pools.insert(p.name.as_str().into(), members);
     }
-    let pools: Vec<_> = c.pools.iter().cloned().map(Arc::new).collect();
-    RoutingTable::build(&pools, &m, metrics)
+    RoutingTable::build(&c.pools, &m, metrics)
 }
 
 fn pick(swap: &ArcSwap<RoutingTable>) -> usize {

@@ -2,6 +2,7 @@
 //! filled in. Nothing here can be invalid; `validate` is the only way to build it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +17,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub access_log: AccessLogConfig,
-    pub pools: Vec<PoolConfig>,
+    /// Shared with the routing snapshot built from this config: one copy per pool.
+    pub pools: Vec<Arc<PoolConfig>>,
 }
 
 /// Per-request limits, answered by vigil without calling a backend.

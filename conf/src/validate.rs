@@ -8,6 +8,7 @@ use crate::schema::*;
 use crate::types::*;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) struct Validator<'a> {
@@ -223,7 +224,7 @@ impl<'a> Validator<'a> {
             metrics,
             limits,
             access_log,
-            pools,
+            pools: pools.into_iter().map(Arc::new).collect(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The HTTP/1.1 check exchange: one request, one response read to its very end, so
 //! the connection can be reused and the body searched.
 
-use crate::probe::Outcome;
+use crate::outcome::Outcome;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

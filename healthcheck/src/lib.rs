@@ -4,56 +4,50 @@
 //! - [`state`]: the typed `unknown → up ↔ down` machine, a pure `observe`.
 //! - [`schedule`]: a pure `next_delay` (fast while changing, backoff while down, jitter).
 //! - [`passive`]: ejection arithmetic (doubling, cap, decay, share of a pool).
-//! - [`probe`] and `http`: TCP and HTTP checks over one pooled keep-alive connection.
-//! - [`checker`]: one task per backend, a global bound on checks in flight, runtime
-//!   add/remove/update; [`membership`]: what it publishes, only when it changed.
+//! - [`probe`] and `http`: TCP and HTTP checks over one pooled keep-alive connection;
+//!   [`Probes`] is the seam tests script.
+//! - `table`: the one owner of every backend's live state.
+//! - [`checker`]: one task per backend (`task`), a global bound on checks in flight,
+//!   runtime add/remove/update; [`membership`]: what it publishes.
 //! - [`metrics`]: the checker's Prometheus families.
 //!
 //! This crate does not know the YAML config; the proxy translates it.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod checker;
 mod http;
 pub mod membership;
 pub mod metrics;
+pub mod outcome;
 pub mod passive;
 pub mod probe;
 pub mod schedule;
+pub mod spec;
 pub mod state;
 mod status;
+mod table;
 mod task;
 
-pub use checker::{ApplyReport, BackendSpec, CheckPolicy, Checker, CheckerOptions};
+pub use checker::{ApplyReport, Checker, CheckerOptions};
 pub use http::HttpSpec;
-pub use membership::{Backend, Member, MemberState, Membership, Publish};
+pub use membership::{Endpoint, Member, MemberState, Membership, Publish};
+pub use outcome::Outcome;
 pub use passive::PassivePolicy;
-pub use probe::{Outcome, ProbeSpec, Prober};
+pub use probe::{BoxFuture, Probe, ProbeSpec, Prober, Probes};
 pub use schedule::Schedule;
+pub use spec::{BackendSpec, CheckPolicy};
 pub use state::{Health, Thresholds, Tracker, Transition, Verdict};
 pub use status::BackendStatus;
 
 /// Raises the soft open-file limit to the hard one (every backend holds a check
 /// connection, and a proxy a few more of its own); returns the soft limit now in force.
-#[allow(unsafe_code)]
 pub fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a stack struct. The crate's one `unsafe` block.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
         }
-        if lim.rlim_cur < lim.rlim_max {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!(soft, "cannot raise the open-file limit");
-                return soft;
-            }
-        }
-        lim.rlim_cur
     }
 }

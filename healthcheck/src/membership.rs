@@ -1,9 +1,10 @@
 //! What the checker tells the proxy: for every pool, its backends with their weight
 //! and whether they may receive traffic.
 //!
-//! A [`Backend`] handle is shared by the checker and the routing snapshot. It carries
-//! the few counters the request path updates without a lock (in-flight requests for
-//! `least_requests`, failures in a row for passive ejection).
+//! An [`Endpoint`] is a backend as the request path sees it: where to connect, and the
+//! few counters live traffic updates without a lock (in-flight requests for
+//! `least_requests`, failures in a row for passive ejection). The checker and the
+//! routing snapshot share one per backend.
 
 use crate::state::Health;
 use std::collections::BTreeMap;
@@ -12,9 +13,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// One backend of one pool, shared between the checker and the request path.
+/// One backend of one pool as the request path sees it; shared with the checker.
 #[derive(Debug)]
-pub struct Backend {
+pub struct Endpoint {
     pub pool: Arc<str>,
     /// As configured: the backend's identity in state, logs and metrics.
     pub address: Arc<str>,
@@ -27,9 +28,9 @@ pub struct Backend {
     pub(crate) wake: Notify,
 }
 
-impl Backend {
+impl Endpoint {
     pub fn new(pool: &str, address: &str, socket_addr: SocketAddr, passive_threshold: u32) -> Self {
-        Backend {
+        Endpoint {
             pool: pool.into(),
             address: address.into(),
             socket_addr,
@@ -108,14 +109,14 @@ impl MemberState {
 
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub backend: Arc<Backend>,
+    pub endpoint: Arc<Endpoint>,
     pub weight: u32,
     pub state: MemberState,
 }
 
 impl PartialEq for Member {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.backend, &other.backend)
+        Arc::ptr_eq(&self.endpoint, &other.endpoint)
             && self.weight == other.weight
             && self.state == other.state
     }
@@ -133,7 +134,8 @@ impl Membership {
     }
 }
 
-/// Receives a new membership whenever it changes. Implemented by the proxy, which
+/// Receives a new membership whenever a backend's routing state or the set of backends
+/// changed (never for checks that changed nothing). Implemented by the proxy, which
 /// turns it into its routing snapshot.
 pub trait Publish: Send + Sync + 'static {
     fn publish(&self, membership: Arc<Membership>);

@@ -1,12 +1,16 @@
-//! Probes: what one check does on the wire, and what it concluded.
+//! Probes: what one check does on the wire.
 //!
-//! A [`Prober`] belongs to one backend's task, so it can own that backend's single
-//! pooled check connection without a lock: checks of one backend never overlap.
+//! A backend's task owns its [`Probe`], so the network one ([`Prober`]) can keep that
+//! backend's single pooled check connection without a lock: checks of one backend
+//! never overlap. [`Probes`] is the seam: tests hand the checker scripted probes and
+//! run it under paused time.
 
 use crate::http::{self, HttpSpec};
+use crate::outcome::Outcome;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -17,41 +21,48 @@ pub enum ProbeSpec {
     Http(HttpSpec),
 }
 
-/// The result of one check, with the label it is counted under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The backend answered, but not as expected.
-    Failure(String),
-    /// No complete answer within the check's timeout.
-    Timeout,
-    /// The connection could not be made (refused, unreachable, reset before a reply).
-    ConnectError(String),
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend's task checks it with. The task bounds each check by the policy's
+/// timeout and drops the future when it passes: a probe must not keep a connection that
+/// was in use when that happened.
+pub trait Probe: Send + 'static {
+    /// One check (connect included), however long it takes.
+    fn check<'a>(&'a mut self, spec: &'a ProbeSpec) -> BoxFuture<'a, Outcome>;
+    /// Connections opened so far.
+    fn connections_opened(&self) -> u64;
+    /// The address or the probe settings changed: forget any pooled connection.
+    fn retarget(&mut self, addr: SocketAddr);
 }
 
-impl Outcome {
-    pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Success)
+/// Makes each backend's [`Probe`].
+pub trait Probes: Send + Sync + 'static {
+    fn probe(&self, addr: SocketAddr) -> Box<dyn Probe>;
+}
+
+/// Real checks on the network: one [`Prober`] per backend.
+pub struct NetProbes;
+
+impl Probes for NetProbes {
+    fn probe(&self, addr: SocketAddr) -> Box<dyn Probe> {
+        Box::new(Prober::new(addr))
+    }
+}
+
+impl Probe for Prober {
+    fn check<'a>(&'a mut self, spec: &'a ProbeSpec) -> BoxFuture<'a, Outcome> {
+        // The pooled connection is taken out before it is used, so a check dropped
+        // half-way leaves nothing half-read in the pool.
+        Box::pin(self.check_inner(spec))
     }
 
-    /// `result` label of `vigil_health_checks_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Failure(_) => "failure",
-            Outcome::Timeout => "timeout",
-            Outcome::ConnectError(_) => "connect_error",
-        }
+    fn connections_opened(&self) -> u64 {
+        self.opened
     }
 
-    /// For logs and `last_error`.
-    pub fn describe(&self, timeout: Duration) -> String {
-        match self {
-            Outcome::Success => "check passed".to_string(),
-            Outcome::Failure(why) => why.clone(),
-            Outcome::Timeout => format!("no answer within {timeout:?}"),
-            Outcome::ConnectError(why) => format!("connect error: {why}"),
-        }
+    fn retarget(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+        self.reset();
     }
 }
 
@@ -80,34 +91,10 @@ impl Prober {
         }
     }
 
-    /// Connections opened so far by this prober.
-    pub fn connections_opened(&self) -> u64 {
-        self.opened
-    }
-
     /// Closes the pooled connection, e.g. when the probe settings changed.
     pub fn reset(&mut self) {
         self.idle = None;
         self.request = None;
-    }
-
-    pub fn set_addr(&mut self, addr: SocketAddr) {
-        if addr != self.addr {
-            self.addr = addr;
-            self.reset();
-        }
-    }
-
-    /// One check, bounded by `timeout` from the moment it is called (connect included).
-    pub async fn check(&mut self, spec: &ProbeSpec, timeout: Duration) -> Outcome {
-        match tokio::time::timeout(timeout, self.check_inner(spec)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                // The connection may hold half a response; never reuse it.
-                self.idle = None;
-                Outcome::Timeout
-            }
-        }
     }
 
     async fn check_inner(&mut self, spec: &ProbeSpec) -> Outcome {

@@ -5,43 +5,71 @@
 //! Because the next deadline counts from the end of the previous check, one backend
 //! never has two checks in flight, however slow it is.
 
-use crate::checker::{BackendSpec, Entry, Inner};
-use crate::probe::{Outcome, Prober};
+use crate::metrics::CheckerMetrics;
+use crate::outcome::Outcome;
+use crate::probe::Probes;
 use crate::schedule::{initial_delay, next_delay};
-use crate::state::{Transition, Verdict};
+use crate::table::{BackendTable, Slot};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
-/// Decrements the live-task count however the task ends.
-struct Alive(Arc<Inner>);
+/// Checker-wide counts, for tests and the admin API.
+#[derive(Default)]
+pub(crate) struct Stats {
+    tasks_alive: AtomicUsize,
+    /// Notified when the last task ends.
+    all_ended: Notify,
+    checks_in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    checks_done: AtomicU64,
+    connections_opened: AtomicU64,
+}
 
-impl Drop for Alive {
-    fn drop(&mut self) {
-        self.0.tasks_alive.fetch_sub(1, Ordering::SeqCst);
+impl Stats {
+    pub fn tasks_alive(&self) -> usize {
+        self.tasks_alive.load(Ordering::SeqCst)
+    }
+
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn checks_done(&self) -> u64 {
+        self.checks_done.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    /// Returns once no backend task is running.
+    pub async fn all_ended(&self) {
+        loop {
+            let ended = self.all_ended.notified();
+            if self.tasks_alive() == 0 {
+                return;
+            }
+            ended.await;
+        }
     }
 }
 
-/// One check in flight: counted (and its peak kept) from creation to drop, however the
-/// check ends.
-struct InFlight<'a>(&'a Inner);
-
-impl<'a> InFlight<'a> {
-    fn new(inner: &'a Inner) -> Self {
-        let now = inner.checks_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-        inner.metrics.in_flight.inc();
-        InFlight(inner)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.checks_in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.metrics.in_flight.dec();
-    }
+/// What every backend task shares.
+pub(crate) struct Shared {
+    pub table: BackendTable,
+    pub stats: Stats,
+    pub metrics: CheckerMetrics,
+    pub probes: Arc<dyn Probes>,
+    /// The global bound on checks in flight.
+    pub permits: Arc<Semaphore>,
+    /// A task changed a backend's routing state: the publisher rebuilds the membership.
+    pub changed: Notify,
+    pub shutdown: watch::Sender<bool>,
 }
 
 /// When a new backend's first check happens.
@@ -54,58 +82,106 @@ pub(crate) enum Start {
     Now,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>, start: Start) {
-    let _alive = Alive(inner.clone());
-    let mut stop = entry.stop.subscribe();
-    let mut shutdown = inner.shutdown.subscribe();
+/// Counts the task as alive from creation to drop, however it ends.
+struct Alive(Arc<Shared>);
+
+impl Alive {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.stats.tasks_alive.fetch_add(1, Ordering::SeqCst);
+        Alive(shared)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.0.stats.tasks_alive.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.stats.all_ended.notify_waiters();
+        }
+    }
+}
+
+/// One check in flight: counted (and its peak kept) from creation to drop, however the
+/// check ends.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        let now = shared.stats.checks_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.stats.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        shared.metrics.in_flight.inc();
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.stats.checks_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// Starts the task of a backend just put in the table.
+pub(crate) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    shared: &Arc<Shared>,
+    slot: Arc<Slot>,
+    start: Start,
+) {
+    let alive = Alive::new(shared.clone());
+    runtime.spawn(run(alive, slot, start));
+}
+
+async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
+    let shared = &*alive.0;
+    let mut stop = slot.stopped();
+    let mut shutdown = shared.shutdown.subscribe();
     let mut rng = StdRng::from_entropy();
-    let mut spec = entry.spec();
-    let mut prober = Prober::new(spec.socket_addr);
+    let mut spec = slot.spec();
+    let mut probe = shared.probes.probe(spec.socket_addr);
     let mut deadline = Instant::now()
         + match start {
             Start::Spread => initial_delay(&spec.policy.schedule, &mut rng),
-            Start::Now => std::time::Duration::ZERO,
+            Start::Now => Duration::ZERO,
         };
 
     loop {
         if *stop.borrow() || *shutdown.borrow() {
             return;
         }
-        let ejected_until = {
-            let mut d = entry.detail.lock().unwrap();
-            d.next_check = Some(deadline);
-            d.ejected_until
-        };
+        let ejected_until = slot.scheduled(deadline);
         tokio::select! {
             _ = stop.changed() => return,
             _ = shutdown.changed() => return,
-            _ = entry.changed.notified() => {
-                let new = entry.spec();
+            _ = slot.changed().notified() => {
+                let new = slot.spec();
                 if new.policy.probe != spec.policy.probe || new.socket_addr != spec.socket_addr {
-                    prober.reset();
-                    prober.set_addr(new.socket_addr);
+                    probe.retarget(new.socket_addr);
                 }
                 if new.policy.schedule != spec.policy.schedule {
                     // Keep the state; only the spacing changes, from now.
-                    let d = entry.detail.lock().unwrap().tracker.clone();
-                    deadline = deadline.min(Instant::now() + next_delay(&d, &new.policy.schedule, &mut rng));
+                    let t = slot.tracker();
+                    deadline = deadline.min(Instant::now() + next_delay(&t, &new.policy.schedule, &mut rng));
                 }
                 spec = new;
                 continue;
             }
-            _ = entry.backend.wake.notified() => {
-                consider_ejection(&inner, &entry);
+            _ = slot.endpoint().wake.notified() => {
+                if shared.table.consider_ejection(&slot) {
+                    shared.changed.notify_one();
+                }
                 continue;
             }
             _ = sleep_until(ejected_until.unwrap_or(deadline)), if ejected_until.is_some() => {
-                end_ejection(&inner, &entry);
+                if slot.end_ejection(Instant::now()) {
+                    shared.changed.notify_one();
+                }
                 continue;
             }
             _ = sleep_until(deadline) => {}
         }
 
         let permit = tokio::select! {
-            p = inner.permits.clone().acquire_owned() => match p {
+            p = shared.permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return, // closed: the checker is gone
             },
@@ -113,185 +189,35 @@ pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>, start: Start) {
             _ = shutdown.changed() => return,
         };
         let started = Instant::now();
-        inner
+        shared
             .metrics
             .lag
             .observe(started.duration_since(deadline).as_secs_f64());
-        let in_flight = InFlight::new(&inner);
-        let opened_before = prober.connections_opened();
+        let in_flight = InFlight::new(shared);
+        let opened_before = probe.connections_opened();
         let outcome = tokio::select! {
-            o = prober.check(&spec.policy.probe, spec.policy.timeout) => o,
+            o = tokio::time::timeout(spec.policy.timeout, probe.check(&spec.policy.probe)) => {
+                o.unwrap_or(Outcome::Timeout)
+            }
             _ = stop.changed() => return,
+            _ = shutdown.changed() => return,
         };
         let ended = Instant::now();
         drop(in_flight);
         drop(permit);
 
-        let opened = prober.connections_opened() - opened_before;
-        if opened > 0 {
-            inner
-                .connections_opened
-                .fetch_add(opened, Ordering::Relaxed);
-            entry.pool_metrics.connections.inc_by(opened);
-        }
-        inner.checks_done.fetch_add(1, Ordering::Relaxed);
+        let opened = probe.connections_opened() - opened_before;
+        shared
+            .stats
+            .connections_opened
+            .fetch_add(opened, Ordering::Relaxed);
+        shared.stats.checks_done.fetch_add(1, Ordering::Relaxed);
         let latency = ended.duration_since(started);
-        entry.pool_metrics.duration.observe(latency.as_secs_f64());
-        if let Some(m) = &entry.metrics {
-            m.record_check(outcome.label());
+        slot.count_check(&outcome, latency, opened);
+        let (tracker, transition) = slot.record(&outcome, latency, ended);
+        if transition {
+            shared.changed.notify_one();
         }
-
-        let tracker = record(&inner, &entry, &outcome, latency, ended, &spec);
         deadline = ended + next_delay(&tracker, &spec.policy.schedule, &mut rng);
     }
-}
-
-/// Applies one outcome to the backend's state; logs and publishes a transition.
-fn record(
-    inner: &Inner,
-    entry: &Entry,
-    outcome: &Outcome,
-    latency: std::time::Duration,
-    at: Instant,
-    spec: &BackendSpec,
-) -> crate::state::Tracker {
-    let timeout = spec.policy.timeout;
-    let verdict = if outcome.is_success() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    };
-    let mut d = entry.detail.lock().unwrap();
-    d.checks += 1;
-    d.last_check = Some(at);
-    d.last_latency = Some(latency);
-    let describe = || outcome.describe(timeout);
-    let transition = d
-        .tracker
-        .observe(verdict, describe, &spec.policy.thresholds);
-    if !outcome.is_success() {
-        d.last_error = Some(describe());
-    }
-    if let Some(t) = &transition {
-        d.last_transition = at;
-        entry.refresh_state_metrics(&d);
-        if let Some(m) = &entry.metrics {
-            m.record_transition(t.to.as_str());
-        }
-        log_transition(entry, t, d.ejected_until.is_some());
-    } else {
-        tracing::debug!(pool = %entry.key.0, backend = %entry.key.1, result = outcome.label(), ?latency, "health check");
-    }
-    let tracker = d.tracker.clone();
-    drop(d);
-    if transition.is_some() {
-        inner.republish.notify_one();
-    }
-    tracker
-}
-
-fn log_transition(entry: &Entry, t: &Transition, ejected: bool) {
-    let (pool, backend, reason) = (&*entry.key.0, &*entry.key.1, t.reason.as_str());
-    let (from, to, consecutive) = (t.from.as_str(), t.to.as_str(), t.consecutive);
-    if t.to == crate::state::Health::Up {
-        tracing::info!(
-            pool,
-            backend,
-            from,
-            to,
-            reason,
-            consecutive,
-            ejected,
-            "backend is up"
-        );
-    } else {
-        tracing::warn!(
-            pool,
-            backend,
-            from,
-            to,
-            reason,
-            consecutive,
-            ejected,
-            "backend is down"
-        );
-    }
-}
-
-/// The request path reported `consecutive_failures` in a row: eject if allowed.
-fn consider_ejection(inner: &Inner, entry: &Entry) {
-    let spec = entry.spec();
-    let policy = &spec.policy.passive;
-    let failures = entry.backend.passive_failures();
-    if !policy.enabled() || failures < policy.consecutive_failures {
-        return;
-    }
-    let _one_at_a_time = inner.ejection_lock.lock().unwrap();
-    let (mut ejected, mut size) = (0usize, 0usize);
-    for e in inner.entries.iter().filter(|e| e.key.0 == entry.key.0) {
-        size += 1;
-        if e.key != entry.key && e.detail.lock().unwrap().ejected_until.is_some() {
-            ejected += 1;
-        }
-    }
-    let now = Instant::now();
-    let mut d = entry.detail.lock().unwrap();
-    entry.backend.clear_passive_failures();
-    if d.ejected_until.is_some() {
-        return;
-    }
-    if !policy.may_eject(ejected, size) {
-        tracing::debug!(pool = %entry.key.0, backend = %entry.key.1, "not ejected: max_ejected_percent reached");
-        return;
-    }
-    let clean_for = d
-        .last_ejection_end
-        .map(|t| now.duration_since(t))
-        .unwrap_or(std::time::Duration::MAX);
-    let previous = policy.decayed(d.ejections, clean_for);
-    let duration = policy.ejection_duration(previous);
-    d.ejections = previous + 1;
-    d.ejected_until = Some(now + duration);
-    d.last_error = Some(format!("{failures} failures in a row on live traffic"));
-    entry.refresh_state_metrics(&d);
-    if let Some(m) = &entry.metrics {
-        m.record_ejection();
-        m.record_transition("ejected");
-    }
-    let reason = format!("{failures} failures in a row on live traffic; ejected for {duration:?}");
-    tracing::warn!(
-        pool = &*entry.key.0,
-        backend = &*entry.key.1,
-        from = d.tracker.health.as_str(),
-        to = "ejected",
-        reason = reason.as_str(),
-        consecutive = failures,
-        "backend ejected"
-    );
-    drop(d);
-    inner.republish.notify_one();
-}
-
-fn end_ejection(inner: &Inner, entry: &Entry) {
-    let now = Instant::now();
-    let mut d = entry.detail.lock().unwrap();
-    let Some(until) = d.ejected_until else { return };
-    if now < until {
-        return;
-    }
-    d.ejected_until = None;
-    d.last_ejection_end = Some(now);
-    entry.backend.clear_passive_failures();
-    entry.refresh_state_metrics(&d);
-    tracing::info!(
-        pool = &*entry.key.0,
-        backend = &*entry.key.1,
-        from = "ejected",
-        to = d.tracker.health.as_str(),
-        reason = "ejection time ended",
-        consecutive = 0u32,
-        "backend ejection ended"
-    );
-    drop(d);
-    inner.republish.notify_one();
 }

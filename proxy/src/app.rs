@@ -1,5 +1,9 @@
-//! The running proxy's shared state: the routing snapshot (one `ArcSwap`), the
-//! checker that keeps it true, metrics, and the configuration in force.
+//! The running proxy's shared state: the one owner of what is in force (configuration
+//! and membership, and the routing snapshot built from them), the checker that keeps
+//! membership true, metrics, and the request counters drain waits on.
+//!
+//! Start and reload reach a running state the same way: [`App::apply`] (in `apply.rs`)
+//! onto an empty one.
 
 use crate::access_log::AccessLog;
 use crate::edge::EdgeLimits;
@@ -8,35 +12,54 @@ use crate::routing::RoutingTable;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::time::Instant;
-use vigil_conf::{Config, PoolConfig};
+use tokio::sync::Notify;
+use vigil_conf::{AccessLogConfig, Config, LimitsConfig};
 use vigil_healthcheck::{Checker, CheckerOptions, Membership, Publish};
 
-/// Builds the next routing snapshot whenever pools (reload) or membership (checker)
-/// change, off the request path, and stores it.
-pub struct TablePublisher {
-    pub table: Arc<ArcSwap<RoutingTable>>,
-    state: Mutex<(Vec<Arc<PoolConfig>>, Arc<Membership>)>,
+/// The configuration in force and the checker's last membership, and the routing
+/// snapshot built from both: rebuilt (off the request path) whenever either changes.
+pub struct InForce {
+    state: Mutex<(Arc<Config>, Arc<Membership>)>,
+    table: ArcSwap<RoutingTable>,
     metrics: Arc<ProxyMetrics>,
 }
 
-impl TablePublisher {
-    fn rebuild(&self, state: &(Vec<Arc<PoolConfig>>, Arc<Membership>)) {
-        let table = RoutingTable::build(&state.0, &state.1, &self.metrics);
+impl InForce {
+    fn new(config: Arc<Config>, metrics: Arc<ProxyMetrics>) -> Self {
+        let state = (config, Arc::default());
+        let table = RoutingTable::build(&state.0.pools, &state.1, &metrics);
+        InForce {
+            state: Mutex::new(state),
+            table: ArcSwap::from_pointee(table),
+            metrics,
+        }
+    }
+
+    fn rebuild(&self, state: &(Arc<Config>, Arc<Membership>)) {
+        let table = RoutingTable::build(&state.0.pools, &state.1, &self.metrics);
         self.table.store(Arc::new(table));
     }
 
-    /// New pool settings (reload): rebuild with the membership we have.
-    pub fn set_pools(&self, pools: Vec<Arc<PoolConfig>>) {
+    pub fn config(&self) -> Arc<Config> {
+        // Poisoning needs a panic while holding this lock; building a table does not panic.
+        self.state.lock().unwrap().0.clone()
+    }
+
+    /// A new configuration: routes and pool settings now, with the membership we have.
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
         let mut state = self.state.lock().unwrap();
-        state.0 = pools;
+        state.0 = config;
         self.rebuild(&state);
+    }
+
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
     }
 }
 
-impl Publish for TablePublisher {
+impl Publish for InForce {
     fn publish(&self, membership: Arc<Membership>) {
         let mut state = self.state.lock().unwrap();
         state.1 = membership;
@@ -44,26 +67,60 @@ impl Publish for TablePublisher {
     }
 }
 
+/// Requests between `request_filter` and `logging`; drain waits for zero.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    pub fn started(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn finished(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub fn get(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Returns when no request is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.get() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 pub struct App {
-    pub publisher: Arc<TablePublisher>,
-    pub checker: Checker,
-    pub metrics: Arc<ProxyMetrics>,
-    pub registry: prometheus::Registry,
-    pub config: Mutex<Arc<Config>>,
+    pub(crate) in_force: Arc<InForce>,
+    pub(crate) checker: Checker,
+    pub(crate) metrics: Arc<ProxyMetrics>,
+    pub(crate) registry: prometheus::Registry,
     /// Limits on client requests, read by Pingora per request head and by the proxy.
-    pub edge: Arc<EdgeLimits>,
-    pub access_log: Arc<AccessLog>,
+    pub(crate) edge: Arc<EdgeLimits>,
+    pub(crate) access_log: Arc<AccessLog>,
     /// The file reloads read; None for the demo's embedded config.
-    pub config_path: Option<PathBuf>,
-    pub started: Instant,
-    /// Requests between `request_filter` and `logging`; drain waits for zero.
-    pub in_flight: AtomicUsize,
-    pub draining: AtomicBool,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) in_flight: InFlight,
+    pub(crate) draining: AtomicBool,
+    /// One reload at a time (read the file, apply it), so an older file never wins.
     pub(crate) reload_lock: Mutex<()>,
+    pub(crate) apply_lock: Mutex<()>,
 }
 
 impl App {
-    /// Wires a validated config to a running checker on `runtime`.
+    /// A running state for `config`: the settings fixed at start taken from it, nothing
+    /// else in force yet, then `config` applied like any reload.
     pub fn start(
         config: Config,
         config_path: Option<PathBuf>,
@@ -71,53 +128,56 @@ impl App {
     ) -> anyhow::Result<Arc<App>> {
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(ProxyMetrics::new(&registry, config.metrics.per_backend)?);
-        let publisher = Arc::new(TablePublisher {
-            table: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
-            state: Mutex::new((Vec::new(), Arc::default())),
-            metrics: metrics.clone(),
+        let empty = Arc::new(Config {
+            pools: Vec::new(),
+            limits: LimitsConfig::default(),
+            access_log: AccessLogConfig::default(),
+            ..config.clone()
         });
+        let in_force = Arc::new(InForce::new(empty.clone(), metrics.clone()));
         let checker = Checker::new(
             runtime,
             CheckerOptions {
-                max_concurrent_checks: config.checker.max_concurrent_checks,
-                per_backend_metrics: config.metrics.per_backend,
+                max_concurrent_checks: empty.checker.max_concurrent_checks,
+                per_backend_metrics: empty.metrics.per_backend,
             },
-            publisher.clone(),
+            in_force.clone(),
             &registry,
         )?;
         let access_log = Arc::new(
-            AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())
-                .context("cannot open the access log")?,
+            AccessLog::start(&empty.access_log, metrics.access_log_dropped.clone())
+                .context("cannot start the access log")?,
         );
         let edge = Arc::new(EdgeLimits::new(
-            &config.limits,
+            &empty.limits,
             metrics.unrouted(),
             access_log.clone(),
         ));
-        publisher.set_pools(config.pools.iter().cloned().map(Arc::new).collect());
-        checker.apply(crate::convert::backend_specs(&config));
-        metrics.mark_loaded();
-        Ok(Arc::new(App {
-            publisher,
+        let app = Arc::new(App {
+            in_force,
             checker,
             metrics,
             registry,
-            config: Mutex::new(Arc::new(config)),
             edge,
             access_log,
             config_path,
-            started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            in_flight: InFlight::default(),
             draining: AtomicBool::new(false),
             reload_lock: Mutex::new(()),
-        }))
+            apply_lock: Mutex::new(()),
+        });
+        if let Err(e) = app.apply(config) {
+            anyhow::bail!("{}", e.lines().join("\n"));
+        }
+        app.metrics.mark_loaded();
+        Ok(app)
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.lock().unwrap().clone()
+        self.in_force.config()
     }
 
     pub fn table(&self) -> Arc<RoutingTable> {
-        self.publisher.table.load_full()
+        self.in_force.table()
     }
 }

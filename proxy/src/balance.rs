@@ -55,11 +55,13 @@ impl Selector {
                 // Weights are validated >= 1: ketama asserts it and divides by their sum.
                 let buckets: Vec<Bucket> = candidates
                     .iter()
-                    .map(|&i| Bucket::new(members[i].backend.socket_addr, members[i].weight.max(1)))
+                    .map(|&i| {
+                        Bucket::new(members[i].endpoint.socket_addr, members[i].weight.max(1))
+                    })
                     .collect();
                 let by_addr = candidates
                     .iter()
-                    .map(|&i| (members[i].backend.socket_addr, i))
+                    .map(|&i| (members[i].endpoint.socket_addr, i))
                     .collect();
                 Selector::ConsistentHash {
                     ring: Continuum::new(&buckets),
@@ -131,7 +133,7 @@ const FULL_SCAN_MAX: usize = 16;
 type Load = (u64, u64);
 
 fn load(m: &Member) -> Load {
-    (m.backend.in_flight(), m.weight.max(1) as u64)
+    (m.endpoint.in_flight(), m.weight.max(1) as u64)
 }
 
 /// `a` carries less load per weight than `b`; compared without division.
@@ -211,10 +213,10 @@ mod tests {
     }
 
     fn members(n: usize) -> Vec<Member> {
-        use vigil_healthcheck::{Backend, Health, MemberState};
+        use vigil_healthcheck::{Endpoint, Health, MemberState};
         (0..n)
             .map(|i| Member {
-                backend: std::sync::Arc::new(Backend::new(
+                endpoint: std::sync::Arc::new(Endpoint::new(
                     "p",
                     &format!("b{i}"),
                     ([127, 0, 0, 1], 1000 + i as u16).into(),
@@ -236,7 +238,7 @@ mod tests {
             let all: Vec<usize> = (0..n).collect();
             for m in &ms[1..] {
                 for _ in 0..5 {
-                    m.backend.request_started();
+                    m.endpoint.request_started();
                 }
             }
             let sel = Selector::build(Balance::LeastRequests, &ms, &all);

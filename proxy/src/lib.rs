@@ -5,7 +5,7 @@
 //! - [`proxy`]: the `ProxyHttp` implementation (retries, 404/503, forwarded headers).
 //! - [`edge`] and [`access_log`]: limits on client requests; one log line per request.
 //! - [`admin`]: `/metrics`, `/health/*`, `POST /admin/reload`.
-//! - [`reload`]: validate-then-swap configuration reloads.
+//! - [`apply`]: the one path from a configuration to the running state (start, reload).
 //! - [`server`]: process wiring, signals, drain; [`demo`]: `vigil demo`.
 
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod apply;
 pub mod balance;
 pub mod convert;
 pub mod demo;
@@ -21,6 +22,5 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub mod reload;
 pub mod routing;
 pub mod server;

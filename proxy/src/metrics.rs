@@ -186,7 +186,7 @@ impl ProxyMetrics {
                     .map(|m| {
                         CLASSES.map(|c| {
                             self.upstream
-                                .with_label_values(&[pool, &m.backend.address, c])
+                                .with_label_values(&[pool, &m.endpoint.address, c])
                         })
                     })
                     .collect()

@@ -11,7 +11,6 @@ use http::{Method, Version};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
@@ -93,13 +92,13 @@ impl Ctx {
             self.current.take(),
             self.table.as_ref().map(|t| &t.pools[self.pool]),
         ) {
-            p.members[i].backend.request_finished();
+            p.members[i].endpoint.request_finished();
         }
     }
 
-    fn current_backend(&self) -> Option<&vigil_healthcheck::Backend> {
+    fn current_backend(&self) -> Option<&vigil_healthcheck::Endpoint> {
         let i = self.current?;
-        self.pool().map(|p| &*p.members[i].backend)
+        self.pool().map(|p| &*p.members[i].endpoint)
     }
 }
 
@@ -212,7 +211,7 @@ fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
         pool: pool.map(|p| p.config.name.clone()).unwrap_or_default(),
         backend: pool
             .zip(ctx.tried.last())
-            .map(|(p, &i)| p.members[i].backend.address.to_string())
+            .map(|(p, &i)| p.members[i].endpoint.address.to_string())
             .unwrap_or_default(),
         attempts: ctx.tried.len(),
         upstream_status: ctx.upstream_status,
@@ -274,7 +273,7 @@ impl ProxyHttp for VigilProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.app.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.app.in_flight.started();
         ctx.counted = true;
         if self.app.access_log.enabled() {
             self.assign_request_id(session, ctx);
@@ -357,8 +356,8 @@ impl ProxyHttp for VigilProxy {
             ));
         };
         let member = &pool.members[i];
-        member.backend.request_started();
-        let mut peer = HttpPeer::new(member.backend.socket_addr, false, String::new());
+        member.endpoint.request_started();
+        let mut peer = HttpPeer::new(member.endpoint.socket_addr, false, String::new());
         peer.options.connection_timeout = Some(pool.config.connect_timeout);
         peer.options.read_timeout = Some(pool.config.read_timeout);
         // Pooled connections to a backend removed by reload must not linger forever.
@@ -463,7 +462,7 @@ impl ProxyHttp for VigilProxy {
             if let Some(counters) = pool.metrics.upstream.get(i) {
                 counters[class_index(status)].inc();
             }
-            let backend = &pool.members[i].backend;
+            let backend = &pool.members[i].endpoint;
             if status >= 500 {
                 backend.report_failure();
             } else {
@@ -633,7 +632,7 @@ impl ProxyHttp for VigilProxy {
             self.app.access_log.log(access_entry(session, ctx, status));
         }
         if std::mem::take(&mut ctx.counted) {
-            self.app.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.app.in_flight.finished();
         }
     }
 }

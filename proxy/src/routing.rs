@@ -142,7 +142,7 @@ impl RoutingTable {
                 .pool(&p.name)
                 .unwrap_or(&[])
                 .iter()
-                .map(|m| (&*m.backend.address, m))
+                .map(|m| (&*m.endpoint.address, m))
                 .collect();
             let members = p
                 .backends

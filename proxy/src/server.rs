@@ -1,5 +1,5 @@
 //! Config → running process: the checker's runtime, the Pingora server with the proxy
-//! and admin services, and the signals (SIGHUP reload, SIGTERM drain).
+//! and admin services, and the signals (SIGHUP reload, SIGUSR1 reopen, SIGTERM drain).
 //!
 //! The checker runs on its own single-threaded runtime, apart from Pingora's worker
 //! threads, so a proxy saturated with requests does not starve health checks.
@@ -14,7 +14,7 @@ use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
-use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::server::{ListenFds, RunArgs, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::listening::Service;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::net::SocketAddr;
@@ -23,7 +23,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
 use vigil_conf::Config;
 
 pub struct RunOptions {
@@ -55,6 +56,8 @@ fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<(String, OwnedFd)>> {
 struct PreBound<S> {
     inner: S,
     fds: Vec<(String, OwnedFd)>,
+    /// Stops the service instead of Pingora's own shutdown signal, when set.
+    stopped_by: Option<ShutdownWatch>,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
@@ -64,7 +67,18 @@ impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
         for (addr, _) in &fds {
             inner.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
         }
-        PreBound { inner, fds }
+        PreBound {
+            inner,
+            fds,
+            stopped_by: None,
+        }
+    }
+
+    /// The service stops accepting when `watch` turns true rather than when Pingora
+    /// shuts down: the proxy's listeners close at the start of a drain, not its end.
+    fn stopped_by(mut self, watch: ShutdownWatch) -> Self {
+        self.stopped_by = Some(watch);
+        self
     }
 }
 
@@ -84,6 +98,7 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
                 table.add(addr, fd.into_raw_fd());
             }
         }
+        let shutdown = self.stopped_by.clone().unwrap_or(shutdown);
         self.inner
             .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
             .await
@@ -102,7 +117,8 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
     }
 }
 
-/// Runs until a signal ends the process; never returns on success.
+/// Runs until a signal ends the process: SIGTERM (or SIGQUIT) drains, SIGINT stops at
+/// once. Returns after Pingora's runtimes and the checker's have stopped.
 pub fn run(
     config: Config,
     opts: RunOptions,
@@ -125,9 +141,10 @@ pub fn run(
         opts.config_path.clone(),
         control.handle().clone(),
     )?;
-    install_signal_handlers(&control, &app, config.grace_period)?;
+    let (stop_watching, watching) = watch::channel(false);
+    install_signal_handlers(&control, &app, watching.clone())?;
     if opts.watch {
-        spawn_watcher(&control, &app);
+        spawn_watcher(&control, &app, watching);
     }
     tracing::info!(
         listeners = ?addresses,
@@ -139,7 +156,9 @@ pub fn run(
 
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(config.grace_period.as_secs_f64().ceil() as u64),
+        // vigil drains before it hands shutdown to Pingora (see `Drain`): nothing is
+        // left to wait for by then but the connections' own close.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         // Pingora counts attempts; our per-pool `retries` (at most 100) is the real limit.
         max_retries: 101,
@@ -167,77 +186,125 @@ pub fn run(
     );
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
     admin.threads = Some(1);
-    server.add_service(PreBound::new(proxy, proxy_fds, plain_buffers()));
+    let (stop_accepting, accepting) = watch::channel(false);
+    server.add_service(PreBound::new(proxy, proxy_fds, plain_buffers()).stopped_by(accepting));
     server.add_service(PreBound::new(admin, admin_fds, L4BufferSettings::default()));
-    // The checker runtime must outlive the server; run_forever exits the process.
-    std::mem::forget(control);
-    server.run_forever();
+    let drain = Drain {
+        app,
+        grace: config.grace_period,
+        stop_accepting,
+        stop_watching,
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(drain),
+    });
+    // Pingora's runtimes are down; the checker's tasks already ended in the drain.
+    control.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
 fn install_signal_handlers(
     rt: &tokio::runtime::Runtime,
     app: &Arc<App>,
-    grace: Duration,
+    mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let _enter = rt.enter();
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let a = app.clone();
     rt.spawn(async move {
-        while usr1.recv().await.is_some() {
-            a.access_log.reopen();
+        loop {
+            tokio::select! {
+                Some(()) = usr1.recv() => a.access_log.reopen(),
+                Some(()) = hup.recv() => {
+                    let _ = a.reload_off_thread().await;
+                }
+                _ = stopped.changed() => return,
+                else => return,
+            }
         }
-    });
-    let a = app.clone();
-    rt.spawn(async move {
-        while hup.recv().await.is_some() {
-            let _ = a.reload_off_thread().await;
-        }
-    });
-    let a = app.clone();
-    rt.spawn(async move {
-        if term.recv().await.is_none() {
-            return;
-        }
-        drain(a, grace).await;
     });
     Ok(())
 }
 
-/// Pingora stops accepting on SIGTERM and then waits the whole grace period. We exit
-/// as soon as no request is in flight (or the grace period is over), so a deploy
-/// does not wait for nothing.
-async fn drain(app: Arc<App>, grace: Duration) {
-    app.draining.store(true, Ordering::SeqCst);
-    tracing::info!(in_flight = app.in_flight.load(Ordering::SeqCst), grace_period = ?grace, "SIGTERM: draining");
-    let deadline = Instant::now() + grace;
-    // A connection accepted just before the listeners closed may still be reading
-    // its request head: zero must hold for a little while before it counts.
-    let settle = Duration::from_millis(250);
-    let mut idle_since: Option<Instant> = None;
-    while Instant::now() < deadline {
-        if app.in_flight.load(Ordering::SeqCst) == 0 {
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= settle {
-                tracing::info!("drained: every request finished; exiting");
-                std::process::exit(0);
+/// The shutdown Pingora waits for. SIGTERM (and SIGQUIT, until upgrades land) drain:
+/// the proxy listeners close and keep-alive connections end after their request,
+/// in-flight requests and tunnels are awaited (at most `grace_period`), the checker's
+/// tasks and the file watcher end; only then does Pingora stop its runtimes. SIGINT
+/// stops at once.
+struct Drain {
+    app: Arc<App>,
+    grace: Duration,
+    stop_accepting: watch::Sender<bool>,
+    stop_watching: watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot handle SIGTERM/SIGQUIT/SIGINT; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = quit.recv() => "SIGQUIT",
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                let _ = self.stop_watching.send(true);
+                return ShutdownSignal::FastShutdown;
             }
+        };
+        let app = &self.app;
+        app.draining.store(true, Ordering::SeqCst);
+        tracing::info!(signal = name, in_flight = app.in_flight.get(), grace_period = ?self.grace, "draining");
+        let _ = self.stop_accepting.send(true);
+        let _ = self.stop_watching.send(true);
+        let deadline = Instant::now() + self.grace;
+        let drained = tokio::select! {
+            _ = settled(app) => true,
+            _ = sleep_until(deadline) => false,
+            _ = int.recv() => false,
+        };
+        if drained {
+            tracing::info!("drained: every request finished; exiting");
         } else {
-            idle_since = None;
+            tracing::warn!(
+                in_flight = app.in_flight.get(),
+                "grace period over; exiting with requests in flight"
+            );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if !app.checker.shutdown(Duration::from_secs(1)).await {
+            tracing::warn!(
+                tasks = app.checker.tasks_alive(),
+                "health check tasks did not end within 1s"
+            );
+        }
+        ShutdownSignal::GracefulTerminate
     }
-    tracing::warn!(
-        in_flight = app.in_flight.load(Ordering::SeqCst),
-        "grace period over; exiting with requests in flight"
-    );
-    std::process::exit(0);
+}
+
+/// Returns once no request has been in flight for a little while: a connection
+/// accepted just before the listeners closed may still be reading its request head.
+async fn settled(app: &App) {
+    const SETTLE: Duration = Duration::from_millis(250);
+    loop {
+        app.in_flight.idle().await;
+        tokio::time::sleep(SETTLE).await;
+        if app.in_flight.get() == 0 {
+            return;
+        }
+    }
 }
 
 /// `--watch`: reload when the file's modification time or size changes.
-fn spawn_watcher(rt: &tokio::runtime::Runtime, app: &Arc<App>) {
+fn spawn_watcher(rt: &tokio::runtime::Runtime, app: &Arc<App>, mut stopped: watch::Receiver<bool>) {
     let Some(path) = app.config_path.clone() else {
         return;
     };
@@ -250,7 +317,10 @@ fn spawn_watcher(rt: &tokio::runtime::Runtime, app: &Arc<App>) {
         };
         let mut last = stamp(&path);
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stopped.changed() => return,
+            }
             let now = stamp(&path);
             if now != last && now.is_some() {
                 last = now;

@@ -1,5 +1,8 @@
-//! Live reload: validate the whole file first, then swap; on any error the old
-//! configuration keeps serving. Kept backends keep their state and schedule.
+//! The one path from a desired configuration to the running state: [`App::apply`].
+//! Start applies the file onto an empty state; reload validates the whole file first,
+//! then applies it; later sources of backends (discovery, the fleet) apply through it
+//! too. On any error the configuration in force keeps serving. Kept backends keep
+//! their state and schedule.
 
 use crate::app::App;
 use serde_json::json;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use vigil_conf::{Config, ConfigErrors};
 
 #[derive(Debug)]
-pub enum ReloadError {
+pub enum ApplyError {
     /// The file has errors; nothing changed.
     Invalid(ConfigErrors),
     /// The file changes settings that only a restart applies; nothing changed.
@@ -19,26 +22,26 @@ pub enum ReloadError {
     NoFile,
 }
 
-impl ReloadError {
+impl ApplyError {
     /// One line per problem, `FILE:LINE:COL: message` where there is a position.
     pub fn lines(&self) -> Vec<String> {
         match self {
-            ReloadError::Invalid(errs) => errs.iter().map(|e| e.to_string()).collect(),
-            ReloadError::NeedsRestart(what) => what
+            ApplyError::Invalid(errs) => errs.iter().map(|e| e.to_string()).collect(),
+            ApplyError::NeedsRestart(what) => what
                 .iter()
                 .map(|w| format!("{w} changed: restart vigil to apply it; nothing was reloaded"))
                 .collect(),
-            ReloadError::AccessLog(e) => vec![e.clone()],
-            ReloadError::NoFile => {
+            ApplyError::AccessLog(e) => vec![e.clone()],
+            ApplyError::NoFile => {
                 vec!["no configuration file to reload (embedded demo config)".into()]
             }
         }
     }
 }
 
-/// What a successful reload changed.
+/// What a successful apply changed.
 #[derive(Debug, Default)]
-pub struct ReloadSummary {
+pub struct Changes {
     pub pools_added: Vec<String>,
     pub pools_removed: Vec<String>,
     pub pools_changed: Vec<String>,
@@ -49,7 +52,7 @@ pub struct ReloadSummary {
     pub settings_changed: Vec<String>,
 }
 
-impl ReloadSummary {
+impl Changes {
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "pools": {"added": self.pools_added, "removed": self.pools_removed, "changed": self.pools_changed},
@@ -95,13 +98,13 @@ impl App {
     /// which must not stall the event loop of SIGHUP, `--watch` or the admin listener.
     pub async fn reload_off_thread(
         self: &Arc<Self>,
-    ) -> Result<Result<ReloadSummary, ReloadError>, tokio::task::JoinError> {
+    ) -> Result<Result<Changes, ApplyError>, tokio::task::JoinError> {
         let app = self.clone();
         tokio::task::spawn_blocking(move || app.reload()).await
     }
 
     /// Reloads the config file. Counts and logs the outcome either way.
-    pub fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+    pub fn reload(&self) -> Result<Changes, ApplyError> {
         let result = self.reload_inner();
         match &result {
             Ok(summary) => {
@@ -120,18 +123,28 @@ impl App {
         result
     }
 
-    fn reload_inner(&self) -> Result<ReloadSummary, ReloadError> {
+    fn reload_inner(&self) -> Result<Changes, ApplyError> {
         // SIGHUP, --watch and POST /admin/reload may race; one reload at a time.
         let _one = self.reload_lock.lock().unwrap();
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let new = vigil_conf::load(path).map_err(ReloadError::Invalid)?;
+        let path = self.config_path.as_ref().ok_or(ApplyError::NoFile)?;
+        let new = vigil_conf::load(path).map_err(ApplyError::Invalid)?;
+        self.apply(new)
+    }
+
+    /// Makes `new` the configuration in force: settings applied in place, routes and
+    /// pool settings, then the checked backends, then metrics of what is gone. Refuses
+    /// (changing nothing) settings only a restart applies and an access log it cannot
+    /// open.
+    pub fn apply(&self, new: Config) -> Result<Changes, ApplyError> {
+        // Reload, discovery and the fleet may apply at once; one at a time.
+        let _one = self.apply_lock.lock().unwrap();
         let old = self.config();
         let restart = restart_only(&old, &new);
         if !restart.is_empty() {
-            return Err(ReloadError::NeedsRestart(restart));
+            return Err(ApplyError::NeedsRestart(restart));
         }
 
-        let mut summary = ReloadSummary::default();
+        let mut changes = Changes::default();
         if old.access_log != new.access_log {
             self.access_log.configure(&new.access_log).map_err(|e| {
                 let path = new
@@ -139,31 +152,25 @@ impl App {
                     .path
                     .as_deref()
                     .unwrap_or(std::path::Path::new("-"));
-                ReloadError::AccessLog(format!(
+                ApplyError::AccessLog(format!(
                     "access_log.path: cannot open {}: {e}",
                     path.display()
                 ))
             })?;
-            summary.settings_changed.push("access_log".into());
+            changes.settings_changed.push("access_log".into());
         }
         if old.limits != new.limits {
             self.edge.set(&new.limits);
-            summary.settings_changed.push("limits".into());
+            changes.settings_changed.push("limits".into());
         }
-        let old_pools: BTreeSet<&str> = old.pools.iter().map(|p| p.name.as_str()).collect();
-        let new_pools: BTreeSet<&str> = new.pools.iter().map(|p| p.name.as_str()).collect();
-        summary.pools_added = new_pools
-            .difference(&old_pools)
-            .map(|s| s.to_string())
-            .collect();
-        summary.pools_removed = old_pools
-            .difference(&new_pools)
-            .map(|s| s.to_string())
-            .collect();
+        let old_pools: BTreeSet<String> = old.pools.iter().map(|p| p.name.clone()).collect();
+        let new_pools: BTreeSet<String> = new.pools.iter().map(|p| p.name.clone()).collect();
+        changes.pools_added = new_pools.difference(&old_pools).cloned().collect();
+        changes.pools_removed = old_pools.difference(&new_pools).cloned().collect();
         for p in &new.pools {
             if let Some(o) = old.pools.iter().find(|o| o.name == p.name) {
                 if o != p {
-                    summary.pools_changed.push(p.name.clone());
+                    changes.pools_changed.push(p.name.clone());
                 }
             }
         }
@@ -171,35 +178,34 @@ impl App {
         // Routes and pool settings first, then membership: a request never sees a
         // pool whose settings and backends come from different files for long, and
         // every backend it can be sent to is one the checker has marked up.
-        self.publisher
-            .set_pools(new.pools.iter().cloned().map(Arc::new).collect());
+        let new = Arc::new(new);
+        self.in_force.set_config(new.clone());
         self.checker
             .set_max_concurrent_checks(new.checker.max_concurrent_checks);
         let report = self.checker.apply(crate::convert::backend_specs(&new));
-        summary.backends_added = report.added;
-        summary.backends_removed = report.removed;
-        summary.backends_updated = report.updated;
+        changes.backends_added = report.added;
+        changes.backends_removed = report.removed;
+        changes.backends_updated = report.updated;
 
-        let kept: HashSet<(String, String)> = new
+        let kept: HashSet<(&str, &str)> = new
             .pools
             .iter()
             .flat_map(|p| {
                 p.backends
                     .iter()
-                    .map(move |b| (p.name.clone(), b.address.clone()))
+                    .map(move |b| (p.name.as_str(), b.address.as_str()))
             })
             .collect();
         for p in &old.pools {
-            if !new_pools.contains(p.name.as_str()) {
+            if !new_pools.contains(&p.name) {
                 self.metrics.remove_pool(&p.name);
             }
             for b in &p.backends {
-                if !kept.contains(&(p.name.clone(), b.address.clone())) {
+                if !kept.contains(&(p.name.as_str(), b.address.as_str())) {
                     self.metrics.remove_backend(&p.name, &b.address);
                 }
             }
         }
-        *self.config.lock().unwrap() = Arc::new(new);
-        Ok(summary)
+        Ok(changes)
     }
 }

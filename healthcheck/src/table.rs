@@ -1,0 +1,454 @@
+//! The backend table: the one owner of every backend's live state (health, check
+//! history, ejection). Backend tasks record into it, the publisher and the admin
+//! status read it; all through the methods here.
+//!
+//! Keyed by (pool, address) in a `DashMap`, so `apply` can add, remove and update
+//! backends while checks run; a kept backend keeps its state whatever else changed.
+
+use crate::membership::{Endpoint, Member, MemberState, Membership};
+use crate::metrics::{BackendMetrics, CheckerMetrics, PoolMetrics, STATES};
+use crate::outcome::Outcome;
+use crate::spec::BackendSpec;
+use crate::state::{Health, Tracker, Transition, Verdict};
+use crate::status::BackendStatus;
+use dashmap::DashMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// (pool, address) as configured.
+pub(crate) type Key = (Arc<str>, Arc<str>);
+
+/// Live state of one backend.
+#[derive(Debug, Clone)]
+struct Live {
+    tracker: Tracker,
+    checks: u64,
+    last_check: Option<Instant>,
+    last_latency: Option<Duration>,
+    next_check: Option<Instant>,
+    last_error: Option<String>,
+    last_transition: Instant,
+    ejected_until: Option<Instant>,
+    /// Ejections on record, before decay.
+    ejections: u32,
+    last_ejection_end: Option<Instant>,
+}
+
+impl Live {
+    fn new(now: Instant) -> Self {
+        Live {
+            tracker: Tracker::default(),
+            checks: 0,
+            last_check: None,
+            last_latency: None,
+            next_check: None,
+            last_error: None,
+            last_transition: now,
+            ejected_until: None,
+            ejections: 0,
+            last_ejection_end: None,
+        }
+    }
+
+    fn member_state(&self) -> MemberState {
+        MemberState {
+            health: self.tracker.health,
+            ejected: self.ejected_until.is_some(),
+        }
+    }
+}
+
+/// How a spec given to [`Slot::set_spec`] differs from the one in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpecChange {
+    None,
+    /// Only its position among the pool's backends.
+    Order,
+    /// Its settings: the task must re-read them.
+    Settings,
+}
+
+/// One backend in the table.
+pub(crate) struct Slot {
+    key: Key,
+    endpoint: Arc<Endpoint>,
+    spec: Mutex<(Arc<BackendSpec>, usize)>,
+    live: Mutex<Live>,
+    stop: watch::Sender<bool>,
+    changed: Notify,
+    metrics: Option<BackendMetrics>,
+    pool_metrics: PoolMetrics,
+}
+
+impl Slot {
+    pub fn new(
+        spec: BackendSpec,
+        order: usize,
+        metrics: &CheckerMetrics,
+        pool_metrics: PoolMetrics,
+    ) -> Slot {
+        let key: Key = (spec.pool.as_str().into(), spec.address.as_str().into());
+        Slot {
+            endpoint: Arc::new(Endpoint::new(
+                &spec.pool,
+                &spec.address,
+                spec.socket_addr,
+                spec.policy.passive.consecutive_failures,
+            )),
+            metrics: metrics.backend(&key.0, &key.1),
+            pool_metrics,
+            spec: Mutex::new((Arc::new(spec), order)),
+            live: Mutex::new(Live::new(Instant::now())),
+            stop: watch::channel(false).0,
+            changed: Notify::new(),
+            key,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn spec(&self) -> Arc<BackendSpec> {
+        // Poisoning needs a panic while holding this short lock; none of its users panic.
+        self.spec.lock().unwrap().0.clone()
+    }
+
+    /// Replaces the spec; a settings change wakes the task.
+    pub fn set_spec(&self, spec: BackendSpec, order: usize) -> SpecChange {
+        let mut guard = self.spec.lock().unwrap();
+        let change = if *guard.0 != spec {
+            SpecChange::Settings
+        } else if guard.1 != order {
+            SpecChange::Order
+        } else {
+            SpecChange::None
+        };
+        if change == SpecChange::Settings {
+            self.endpoint
+                .set_passive_threshold(spec.policy.passive.consecutive_failures);
+            *guard = (Arc::new(spec), order);
+            drop(guard);
+            self.changed.notify_one();
+        } else {
+            guard.1 = order;
+        }
+        change
+    }
+
+    /// Wakes when the spec changed.
+    pub fn changed(&self) -> &Notify {
+        &self.changed
+    }
+
+    /// Ends the backend's task (removed from the config).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn tracker(&self) -> Tracker {
+        self.live.lock().unwrap().tracker.clone()
+    }
+
+    /// Notes the next check's deadline; returns when an ejection ends, if ejected.
+    pub fn scheduled(&self, deadline: Instant) -> Option<Instant> {
+        let mut live = self.live.lock().unwrap();
+        live.next_check = Some(deadline);
+        live.ejected_until
+    }
+
+    /// Counts one finished check in the metrics.
+    pub fn count_check(&self, outcome: &Outcome, latency: Duration, connections_opened: u64) {
+        if connections_opened > 0 {
+            self.pool_metrics.connections.inc_by(connections_opened);
+        }
+        self.pool_metrics.duration.observe(latency.as_secs_f64());
+        if let Some(m) = &self.metrics {
+            m.record_check(outcome.label());
+        }
+    }
+
+    /// Applies one check's outcome; logs a transition. Returns the state after it and
+    /// whether routing changed.
+    pub fn record(&self, outcome: &Outcome, latency: Duration, at: Instant) -> (Tracker, bool) {
+        let spec = self.spec();
+        let timeout = spec.policy.timeout;
+        let verdict = if outcome.is_success() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+        let mut live = self.live.lock().unwrap();
+        live.checks += 1;
+        live.last_check = Some(at);
+        live.last_latency = Some(latency);
+        let describe = || outcome.describe(timeout);
+        let transition = live
+            .tracker
+            .observe(verdict, describe, &spec.policy.thresholds);
+        if !outcome.is_success() {
+            live.last_error = Some(describe());
+        }
+        if let Some(t) = &transition {
+            live.last_transition = at;
+            self.refresh_state_metrics(&live);
+            if let Some(m) = &self.metrics {
+                m.record_transition(t.to.as_str());
+            }
+            self.log_transition(t, live.ejected_until.is_some());
+        } else {
+            tracing::debug!(pool = %self.key.0, backend = %self.key.1, result = outcome.label(), ?latency, "health check");
+        }
+        (live.tracker.clone(), transition.is_some())
+    }
+
+    fn refresh_state_metrics(&self, live: &Live) {
+        if let Some(m) = &self.metrics {
+            let s = live.member_state();
+            m.set_state(s.label(), s.routable());
+        }
+    }
+
+    fn log_transition(&self, t: &Transition, ejected: bool) {
+        let (pool, backend, reason) = (&*self.key.0, &*self.key.1, t.reason.as_str());
+        let (from, to, consecutive) = (t.from.as_str(), t.to.as_str(), t.consecutive);
+        if t.to == Health::Up {
+            tracing::info!(
+                pool,
+                backend,
+                from,
+                to,
+                reason,
+                consecutive,
+                ejected,
+                "backend is up"
+            );
+        } else {
+            tracing::warn!(
+                pool,
+                backend,
+                from,
+                to,
+                reason,
+                consecutive,
+                ejected,
+                "backend is down"
+            );
+        }
+    }
+
+    fn is_ejected(&self) -> bool {
+        self.live.lock().unwrap().ejected_until.is_some()
+    }
+
+    /// Ejects for the policy's (doubling, decaying) duration unless already ejected.
+    /// The caller holds the table's ejection lock and has checked the pool's share.
+    fn eject(&self, failures: u32, now: Instant) {
+        let spec = self.spec();
+        let policy = &spec.policy.passive;
+        let mut live = self.live.lock().unwrap();
+        if live.ejected_until.is_some() {
+            return;
+        }
+        let clean_for = live
+            .last_ejection_end
+            .map(|t| now.duration_since(t))
+            .unwrap_or(Duration::MAX);
+        let previous = policy.decayed(live.ejections, clean_for);
+        let duration = policy.ejection_duration(previous);
+        live.ejections = previous + 1;
+        live.ejected_until = Some(now + duration);
+        live.last_error = Some(format!("{failures} failures in a row on live traffic"));
+        self.refresh_state_metrics(&live);
+        if let Some(m) = &self.metrics {
+            m.record_ejection();
+            m.record_transition("ejected");
+        }
+        let reason =
+            format!("{failures} failures in a row on live traffic; ejected for {duration:?}");
+        tracing::warn!(
+            pool = &*self.key.0,
+            backend = &*self.key.1,
+            from = live.tracker.health.as_str(),
+            to = "ejected",
+            reason = reason.as_str(),
+            consecutive = failures,
+            "backend ejected"
+        );
+    }
+
+    /// Ends an ejection whose time is over; true if it did.
+    pub fn end_ejection(&self, now: Instant) -> bool {
+        let mut live = self.live.lock().unwrap();
+        let Some(until) = live.ejected_until else {
+            return false;
+        };
+        if now < until {
+            return false;
+        }
+        live.ejected_until = None;
+        live.last_ejection_end = Some(now);
+        self.endpoint.clear_passive_failures();
+        self.refresh_state_metrics(&live);
+        tracing::info!(
+            pool = &*self.key.0,
+            backend = &*self.key.1,
+            from = "ejected",
+            to = live.tracker.health.as_str(),
+            reason = "ejection time ended",
+            consecutive = 0u32,
+            "backend ejection ended"
+        );
+        true
+    }
+
+    fn member(&self) -> (usize, Member) {
+        let (spec, order) = self.spec.lock().unwrap().clone();
+        let state = self.live.lock().unwrap().member_state();
+        let member = Member {
+            endpoint: self.endpoint.clone(),
+            weight: spec.weight,
+            state,
+        };
+        (order, member)
+    }
+
+    fn status(&self, now: Instant) -> (usize, BackendStatus) {
+        let (spec, order) = self.spec.lock().unwrap().clone();
+        let live = self.live.lock().unwrap().clone();
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let status = BackendStatus {
+            pool: spec.pool.clone(),
+            address: spec.address.clone(),
+            weight: spec.weight,
+            health: live.tracker.health,
+            ejected: live.ejected_until.is_some(),
+            consecutive_successes: live.tracker.consecutive_successes,
+            consecutive_failures: live.tracker.consecutive_failures,
+            checks: live.checks,
+            last_check_ago: live.last_check.map(since),
+            last_latency: live.last_latency,
+            next_check_in: live.next_check.map(|t| t.saturating_duration_since(now)),
+            last_error: live.last_error,
+            last_transition_ago: since(live.last_transition),
+            ejected_for: live.ejected_until.map(|t| t.saturating_duration_since(now)),
+            in_flight_requests: self.endpoint.in_flight(),
+        };
+        (order, status)
+    }
+}
+
+/// Every backend being checked.
+#[derive(Default)]
+pub(crate) struct BackendTable {
+    slots: DashMap<Key, Arc<Slot>>,
+    /// Serialises ejection decisions so two backends cannot both take the last slot.
+    ejection_lock: Mutex<()>,
+}
+
+impl BackendTable {
+    pub fn get(&self, key: &Key) -> Option<Arc<Slot>> {
+        self.slots.get(key).map(|s| s.clone())
+    }
+
+    pub fn insert(&self, slot: Arc<Slot>) {
+        self.slots.insert(slot.key.clone(), slot);
+    }
+
+    /// Removes and stops every backend whose key is not in `wanted`; returns their keys.
+    pub fn retain(&self, wanted: &HashSet<Key>) -> Vec<Key> {
+        let gone: Vec<Key> = self
+            .slots
+            .iter()
+            .filter(|s| !wanted.contains(s.key()))
+            .map(|s| s.key().clone())
+            .collect();
+        for key in &gone {
+            if let Some((_, slot)) = self.slots.remove(key) {
+                // The task sees this, ends, and drops its pooled connection with it.
+                slot.stop();
+            }
+        }
+        gone
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The request path reported the policy's failures in a row: ejects `slot` unless
+    /// that would pass the pool's `max_ejected_percent`. True if it was ejected.
+    pub fn consider_ejection(&self, slot: &Slot) -> bool {
+        let spec = slot.spec();
+        let policy = &spec.policy.passive;
+        let failures = slot.endpoint.passive_failures();
+        if !policy.enabled() || failures < policy.consecutive_failures {
+            return false;
+        }
+        let _one_at_a_time = self.ejection_lock.lock().unwrap();
+        slot.endpoint.clear_passive_failures();
+        if slot.is_ejected() {
+            return false;
+        }
+        let (mut ejected, mut size) = (0usize, 0usize);
+        for s in self.slots.iter().filter(|s| s.key.0 == slot.key.0) {
+            size += 1;
+            if s.key != slot.key && s.is_ejected() {
+                ejected += 1;
+            }
+        }
+        if !policy.may_eject(ejected, size) {
+            tracing::debug!(pool = %slot.key.0, backend = %slot.key.1, "not ejected: max_ejected_percent reached");
+            return false;
+        }
+        slot.eject(failures, Instant::now());
+        true
+    }
+
+    /// Every pool's members in configuration order; sets the per-pool state counts.
+    pub fn membership(&self, metrics: &CheckerMetrics) -> Membership {
+        let mut pools: BTreeMap<Arc<str>, Vec<(usize, Member)>> = BTreeMap::new();
+        for s in self.slots.iter() {
+            pools.entry(s.key.0.clone()).or_default().push(s.member());
+        }
+        let mut membership = Membership::default();
+        for (pool, mut members) in pools {
+            members.sort_by_key(|(order, _)| *order);
+            let mut counts = [0i64; 4];
+            for (_, m) in &members {
+                let i = STATES
+                    .iter()
+                    .position(|s| *s == m.state.label())
+                    .unwrap_or(0);
+                counts[i] += 1;
+            }
+            metrics.set_pool_counts(&pool, counts);
+            membership
+                .pools
+                .insert(pool, members.into_iter().map(|(_, m)| m).collect());
+        }
+        membership
+    }
+
+    /// Every backend's live detail, by pool then configuration order.
+    pub fn status(&self) -> Vec<BackendStatus> {
+        let now = Instant::now();
+        let mut out: Vec<(Arc<str>, usize, BackendStatus)> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let (order, status) = s.status(now);
+                (s.key.0.clone(), order, status)
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out.into_iter().map(|(_, _, s)| s).collect()
+    }
+}

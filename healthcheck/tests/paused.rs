@@ -1,0 +1,401 @@
+//! The checker's timing under paused time, with scripted probes: backoff spacing,
+//! timeouts without overlapping checks, the global bound, start-up spread and passive
+//! ejection. Virtual time only moves when every task waits, so these assertions are
+//! exact and cannot flake on a busy machine. (The same checker against real sockets:
+//! `tests/tests/checker.rs`.)
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use vigil_healthcheck::*;
+
+/// How a scripted backend answers.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Pass,
+    Status(u16),
+    /// Never answers.
+    Hang,
+    /// Passes after this long.
+    Slow(Duration),
+}
+
+#[derive(Default)]
+struct Script {
+    replies: Mutex<HashMap<SocketAddr, Reply>>,
+    /// When each check of each backend started.
+    calls: Mutex<HashMap<SocketAddr, Vec<Instant>>>,
+    /// Checks running now, per backend and in all, with their peaks.
+    busy: Mutex<(HashMap<SocketAddr, usize>, usize)>,
+    peaks: Mutex<(HashMap<SocketAddr, usize>, usize)>,
+}
+
+impl Script {
+    fn set(&self, addr: SocketAddr, reply: Reply) {
+        self.replies.lock().unwrap().insert(addr, reply);
+    }
+
+    fn calls(&self, addr: SocketAddr) -> Vec<Instant> {
+        self.calls
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn total_calls(&self) -> usize {
+        self.calls.lock().unwrap().values().map(Vec::len).sum()
+    }
+
+    fn enter(&self, addr: SocketAddr) {
+        let mut busy = self.busy.lock().unwrap();
+        let mine = busy.0.entry(addr).or_default();
+        *mine += 1;
+        let mine = *mine;
+        busy.1 += 1;
+        let mut peaks = self.peaks.lock().unwrap();
+        let p = peaks.0.entry(addr).or_default();
+        *p = (*p).max(mine);
+        peaks.1 = peaks.1.max(busy.1);
+    }
+
+    fn leave(&self, addr: SocketAddr) {
+        let mut busy = self.busy.lock().unwrap();
+        *busy.0.entry(addr).or_default() -= 1;
+        busy.1 -= 1;
+    }
+}
+
+/// Leaves the script's busy count however the check ends (a timed-out one is dropped).
+struct Busy(Arc<Script>, SocketAddr);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
+}
+
+struct Scripted {
+    addr: SocketAddr,
+    script: Arc<Script>,
+}
+
+impl Probe for Scripted {
+    fn check<'a>(&'a mut self, _spec: &'a ProbeSpec) -> BoxFuture<'a, Outcome> {
+        let (addr, script) = (self.addr, self.script.clone());
+        Box::pin(async move {
+            script
+                .calls
+                .lock()
+                .unwrap()
+                .entry(addr)
+                .or_default()
+                .push(Instant::now());
+            script.enter(addr);
+            let _busy = Busy(script.clone(), addr);
+            let reply = *script
+                .replies
+                .lock()
+                .unwrap()
+                .get(&addr)
+                .unwrap_or(&Reply::Pass);
+            match reply {
+                Reply::Pass => Outcome::Success,
+                Reply::Status(s) => Outcome::Failure(format!("HTTP {s}")),
+                Reply::Hang => std::future::pending().await,
+                Reply::Slow(d) => {
+                    tokio::time::sleep(d).await;
+                    Outcome::Success
+                }
+            }
+        })
+    }
+
+    fn connections_opened(&self) -> u64 {
+        0
+    }
+
+    fn retarget(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+    }
+}
+
+struct ScriptProbes(Arc<Script>);
+
+impl Probes for ScriptProbes {
+    fn probe(&self, addr: SocketAddr) -> Box<dyn Probe> {
+        Box::new(Scripted {
+            addr,
+            script: self.0.clone(),
+        })
+    }
+}
+
+/// Keeps the last membership it is handed.
+#[derive(Default)]
+struct Last(Mutex<Option<Arc<Membership>>>);
+
+impl Publish for Last {
+    fn publish(&self, m: Arc<Membership>) {
+        *self.0.lock().unwrap() = Some(m);
+    }
+}
+
+fn policy(interval_ms: u64) -> CheckPolicy {
+    let d = Duration::from_millis(interval_ms);
+    CheckPolicy {
+        probe: ProbeSpec::Tcp,
+        thresholds: Thresholds::new(1, 1),
+        schedule: Schedule {
+            interval: d,
+            fast_interval: d,
+            down_interval: d,
+            backoff_multiplier: 1.0,
+            max_down_interval: d,
+            jitter: 0.0,
+        },
+        timeout: Duration::from_secs(2),
+        passive: PassivePolicy::default(),
+    }
+}
+
+fn addr(i: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 10_000 + i))
+}
+
+fn spec(i: u16, policy: &Arc<CheckPolicy>) -> BackendSpec {
+    BackendSpec {
+        pool: "p".into(),
+        address: addr(i).to_string(),
+        socket_addr: addr(i),
+        weight: 1,
+        policy: policy.clone(),
+    }
+}
+
+fn checker(max: usize) -> (Checker, Arc<Script>, Arc<Last>) {
+    let script = Arc::new(Script::default());
+    let last = Arc::new(Last::default());
+    let c = Checker::with_probes(
+        tokio::runtime::Handle::current(),
+        CheckerOptions {
+            max_concurrent_checks: max,
+            per_backend_metrics: true,
+        },
+        last.clone(),
+        &prometheus::Registry::new(),
+        Arc::new(ScriptProbes(script.clone())),
+    )
+    .unwrap();
+    (c, script, last)
+}
+
+/// Lets every task that is ready run, without moving virtual time.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Lets virtual time run in 1 ms steps until `cond` holds; panics after `limit`.
+async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn gaps_ms(times: &[Instant]) -> Vec<u128> {
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_backend_is_probed_with_growing_spacing_up_to_the_cap() {
+    let (c, script, _) = checker(16);
+    script.set(addr(0), Reply::Status(500));
+    let mut p = policy(10);
+    p.schedule.down_interval = Duration::from_millis(20);
+    p.schedule.backoff_multiplier = 2.0;
+    p.schedule.max_down_interval = Duration::from_millis(160);
+    c.apply(vec![spec(0, &Arc::new(p))]);
+    until("8 checks", Duration::from_secs(10), || {
+        script.calls(addr(0)).len() >= 8
+    })
+    .await;
+    // Down after the first failure (fall 1), then 20, 40, 80, 160, 160… ms exactly.
+    assert_eq!(
+        gaps_ms(&script.calls(addr(0)))[..7],
+        [20, 40, 80, 160, 160, 160, 160]
+    );
+    let st = c.status().remove(0);
+    assert_eq!(st.health, Health::Down);
+    assert_eq!(st.last_error.as_deref(), Some("HTTP 500"));
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hanging_backend_times_out_and_never_has_two_checks_in_flight() {
+    let (c, script, _) = checker(16);
+    script.set(addr(0), Reply::Hang);
+    let mut p = policy(5);
+    p.timeout = Duration::from_millis(30);
+    c.apply(vec![spec(0, &Arc::new(p))]);
+    until("10 checks", Duration::from_secs(10), || {
+        script.calls(addr(0)).len() >= 10
+    })
+    .await;
+    // Each check waits out its 30 ms, then the next one is 5 ms after its end.
+    assert!(gaps_ms(&script.calls(addr(0))).iter().all(|&g| g == 35));
+    assert_eq!(
+        script.peaks.lock().unwrap().0[&addr(0)],
+        1,
+        "two checks overlapped"
+    );
+    let st = c.status().remove(0);
+    assert_eq!(st.health, Health::Down);
+    assert_eq!(st.last_error.as_deref(), Some("no answer within 30ms"));
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+    assert_eq!(c.tasks_alive(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn global_bound_holds_and_is_reached() {
+    let (c, script, last) = checker(8);
+    let p = Arc::new(policy(50));
+    for i in 0..200 {
+        script.set(addr(i), Reply::Slow(Duration::from_millis(20)));
+    }
+    c.apply((0..200).map(|i| spec(i, &p)).collect());
+    until("2,000 checks", Duration::from_secs(60), || {
+        script.total_calls() >= 2000
+    })
+    .await;
+    // 200 backends every 50 ms with 20 ms answers need 80 at once; 8 are allowed.
+    assert_eq!(script.peaks.lock().unwrap().1, 8);
+    assert_eq!(c.peak_in_flight(), 8);
+    let m = last.0.lock().unwrap().clone().unwrap();
+    assert!(
+        m.pool("p")
+            .unwrap()
+            .iter()
+            .all(|m| m.state.health == Health::Up),
+        "a healthy backend was marked down while waiting for a permit"
+    );
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_backends_are_spread_later_ones_checked_at_once() {
+    let (c, script, _) = checker(64);
+    let mut p = policy(50);
+    p.schedule.fast_interval = Duration::from_millis(1000);
+    let p = Arc::new(p);
+    let t0 = Instant::now();
+    c.apply((0..20).map(|i| spec(i, &p)).collect());
+    until("every first check", Duration::from_secs(2), || {
+        (0..20).all(|i| !script.calls(addr(i)).is_empty())
+    })
+    .await;
+    let firsts: Vec<Duration> = (0..20).map(|i| script.calls(addr(i))[0] - t0).collect();
+    assert!(
+        firsts.iter().all(|d| *d < Duration::from_millis(1000)),
+        "{firsts:?}"
+    );
+    let at_once = firsts.iter().filter(|d| d.is_zero()).count();
+    assert!(
+        at_once <= 1,
+        "{at_once} of 20 start-up backends checked at once"
+    );
+    let spread = firsts
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*firsts.iter().min().unwrap());
+    assert!(
+        spread >= Duration::from_millis(500),
+        "first checks within {spread:?}"
+    );
+
+    let t1 = Instant::now();
+    c.apply((0..22).map(|i| spec(i, &p)).collect());
+    until("the added backends checked", Duration::from_secs(1), || {
+        !script.calls(addr(20)).is_empty() && !script.calls(addr(21)).is_empty()
+    })
+    .await;
+    assert_eq!(script.calls(addr(20))[0], t1);
+    assert_eq!(script.calls(addr(21))[0], t1);
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn passive_ejection_doubles_ends_on_time_and_respects_the_pool_share() {
+    let (c, _script, last) = checker(16);
+    let mut p = policy(5);
+    p.passive = PassivePolicy {
+        consecutive_failures: 3,
+        ejection_time: Duration::from_millis(300),
+        max_ejection_time: Duration::from_secs(2),
+        max_ejected_percent: 50.0,
+    };
+    let p = Arc::new(p);
+    c.apply(vec![spec(0, &p), spec(1, &p)]);
+    until("both up", Duration::from_secs(1), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    let endpoint = |i: usize| {
+        last.0.lock().unwrap().clone().unwrap().pool("p").unwrap()[i]
+            .endpoint
+            .clone()
+    };
+    let (a, b) = (endpoint(0), endpoint(1));
+    let fail = |e: &Endpoint| (0..3).for_each(|_| e.report_failure());
+
+    fail(&a);
+    settle().await;
+    let ejected_at = Instant::now();
+    let st = c.status();
+    assert!(st[0].ejected, "three failures in a row did not eject");
+    assert_eq!(st[0].ejected_for, Some(Duration::from_millis(300)));
+    // b may not be ejected too: that would be 100% of the pool, above 50%.
+    fail(&b);
+    settle().await;
+    assert!(
+        !c.status()[1].ejected,
+        "ejected more than max_ejected_percent of the pool"
+    );
+    let checks = c.status()[0].checks;
+    tokio::time::sleep_until(ejected_at + Duration::from_millis(299)).await;
+    settle().await;
+    let st = c.status().remove(0);
+    assert!(
+        st.checks >= checks + 5,
+        "active checks stopped while ejected"
+    );
+    assert!(
+        st.ejected && st.health == Health::Up,
+        "an active success ended the ejection early"
+    );
+    tokio::time::sleep_until(ejected_at + Duration::from_millis(300)).await;
+    settle().await;
+    assert!(!c.status()[0].ejected, "the ejection did not end on time");
+    until("a routable again", Duration::from_millis(50), || {
+        last.0.lock().unwrap().as_ref().unwrap().pool("p").unwrap()[0]
+            .state
+            .routable()
+    })
+    .await;
+
+    // Ejected again at once: the series has not decayed, so twice as long.
+    fail(&a);
+    settle().await;
+    assert_eq!(c.status()[0].ejected_for, Some(Duration::from_millis(600)));
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
