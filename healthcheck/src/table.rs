@@ -219,28 +219,25 @@ impl Slot {
     fn log_transition(&self, t: &Transition, ejected: bool) {
         let (pool, backend, reason) = (&*self.key.0, &*self.key.1, t.reason.as_str());
         let (from, to, consecutive) = (t.from.as_str(), t.to.as_str(), t.consecutive);
+        // One line per change: up is news, anything else a warning.
+        macro_rules! line {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(
+                    pool,
+                    backend,
+                    from,
+                    to,
+                    reason,
+                    consecutive,
+                    ejected,
+                    $message
+                )
+            };
+        }
         if t.to == Health::Up {
-            tracing::info!(
-                pool,
-                backend,
-                from,
-                to,
-                reason,
-                consecutive,
-                ejected,
-                "backend is up"
-            );
+            line!(info, "backend is up");
         } else {
-            tracing::warn!(
-                pool,
-                backend,
-                from,
-                to,
-                reason,
-                consecutive,
-                ejected,
-                "backend is down"
-            );
+            line!(warn, "backend is down");
         }
     }
 

@@ -7,9 +7,9 @@
 
 use crate::access_log::AccessLog;
 use crate::edge::EdgeLimits;
+use crate::error::StartError;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingTable;
-use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -125,7 +125,7 @@ impl App {
         config: Config,
         config_path: Option<PathBuf>,
         runtime: tokio::runtime::Handle,
-    ) -> anyhow::Result<Arc<App>> {
+    ) -> Result<Arc<App>, StartError> {
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(ProxyMetrics::new(&registry, config.metrics.per_backend)?);
         let empty = Arc::new(Config {
@@ -146,7 +146,7 @@ impl App {
         )?;
         let access_log = Arc::new(
             AccessLog::start(&empty.access_log, metrics.access_log_dropped.clone())
-                .context("cannot start the access log")?,
+                .map_err(StartError::AccessLog)?,
         );
         let edge = Arc::new(EdgeLimits::new(
             &empty.limits,
@@ -166,9 +166,7 @@ impl App {
             reload_lock: Mutex::new(()),
             apply_lock: Mutex::new(()),
         });
-        if let Err(e) = app.apply(config) {
-            anyhow::bail!("{}", e.lines().join("\n"));
-        }
+        app.apply(config).map_err(StartError::Config)?;
         app.metrics.mark_loaded();
         Ok(app)
     }

@@ -22,6 +22,14 @@ pub enum ApplyError {
     NoFile,
 }
 
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.lines().join("\n"))
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
 impl ApplyError {
     /// One line per problem, `FILE:LINE:COL: message` where there is a position.
     pub fn lines(&self) -> Vec<String> {

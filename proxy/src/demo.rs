@@ -1,6 +1,7 @@
 //! `vigil demo`: the embedded config plus three tiny backends on loopback, the third
 //! failing and recovering on a cycle, so state changes show within seconds.
 
+use crate::error::StartError;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,12 +13,15 @@ pub const CONFIG: &str = include_str!("demo.yaml");
 const CYCLE: Duration = Duration::from_secs(10);
 
 /// Starts the demo backends on `rt`. Fails if a demo port is taken.
-pub fn start_backends(rt: &tokio::runtime::Handle, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+pub fn start_backends(rt: &tokio::runtime::Handle, addrs: &[SocketAddr]) -> Result<(), StartError> {
     let born = Instant::now();
     for (i, addr) in addrs.iter().enumerate() {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| anyhow::anyhow!("demo backend cannot listen on {addr}: {e}"))?;
-        listener.set_nonblocking(true)?;
+        let failed = |source| StartError::DemoBackend {
+            addr: *addr,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(failed)?;
+        listener.set_nonblocking(true).map_err(failed)?;
         let flapping = i == addrs.len() - 1;
         let name = format!("demo-backend-{}", i + 1);
         rt.spawn(async move {

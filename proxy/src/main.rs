@@ -85,11 +85,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(result: anyhow::Result<()>) -> ExitCode {
+fn report(result: Result<(), server::StartError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vigil: {e:#}");
+            eprintln!("vigil: {e}");
             ExitCode::from(1)
         }
     }

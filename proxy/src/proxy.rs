@@ -1,222 +1,23 @@
 //! vigil's `ProxyHttp`: route by Host and path, pick an alive backend, retry on
 //! another one when that is safe, never on one already tried.
 
-use crate::access_log::Entry;
 use crate::app::App;
 use crate::metrics::class_index;
-use crate::routing::{normalize_host, RoutingTable};
+use crate::request::*;
+use crate::routing::normalize_host;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Method, Version};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio::time::Instant;
-use vigil_conf::HashKey;
 
 /// How long an idle upstream keep-alive connection is kept in Pingora's pool.
 const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct VigilProxy {
     pub app: Arc<App>,
-}
-
-pub struct Ctx {
-    /// The snapshot this request routes with, loaded once in `request_filter`.
-    table: Option<Arc<RoutingTable>>,
-    pool: usize,
-    /// Members already tried, in order.
-    tried: Vec<usize>,
-    /// The member the current attempt went to (its in-flight count is held).
-    current: Option<usize>,
-    retries_left: u32,
-    hash_key: Vec<u8>,
-    started: Instant,
-    no_backend: bool,
-    /// The current attempt received a response header.
-    got_header: bool,
-    /// `upstream_response_filter` asked for a retry on the response status.
-    status_retry: bool,
-    counted: bool,
-    /// Status of the last response header a backend sent; 0 when none did.
-    upstream_status: u16,
-    /// Set only while the access log is on: the client's `x-request-id` or ours.
-    request_id: String,
-    /// We made the id up, so it is added to the request sent upstream.
-    request_id_generated: bool,
-}
-
-/// Methods that may be sent twice (RFC 9110 §9.2.2).
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-/// Headers that concern one connection only (RFC 9110 §7.6.1). Transfer-Encoding is
-/// left to Pingora, which frames the body itself.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-impl Ctx {
-    fn pool(&self) -> Option<&crate::routing::PoolRoute> {
-        self.table.as_ref().map(|t| &t.pools[self.pool])
-    }
-
-    /// One more attempt is allowed and an untried candidate exists.
-    fn can_retry(&self) -> bool {
-        self.retries_left > 0
-            && self
-                .pool()
-                .is_some_and(|p| p.candidates.iter().any(|i| !self.tried.contains(i)))
-    }
-
-    fn take_retry(&mut self) {
-        self.retries_left -= 1;
-        if let Some(p) = self.pool() {
-            p.metrics.retries.inc();
-        }
-    }
-
-    fn release_current(&mut self) {
-        if let (Some(i), Some(p)) = (
-            self.current.take(),
-            self.table.as_ref().map(|t| &t.pools[self.pool]),
-        ) {
-            p.members[i].endpoint.request_finished();
-        }
-    }
-
-    fn current_backend(&self) -> Option<&vigil_healthcheck::Endpoint> {
-        let i = self.current?;
-        self.pool().map(|p| &*p.members[i].endpoint)
-    }
-}
-
-fn hash_key(key: &HashKey, session: &Session) -> Vec<u8> {
-    match key {
-        HashKey::Header(name) => session
-            .req_header()
-            .headers
-            .get(name.as_str())
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default(),
-        HashKey::Path => session.req_header().uri.path().as_bytes().to_vec(),
-        HashKey::ClientIp => session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string().into_bytes())
-            .unwrap_or_default(),
-    }
-}
-
-/// Writes a small complete response.
-pub(crate) async fn respond(
-    session: &mut Session,
-    status: u16,
-    extra: &[(&str, &str)],
-    body: &str,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    for (k, v) in extra {
-        resp.insert_header(k.to_string(), *v)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
-        .await
-}
-
-/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header (HTTP/2 carries the
-/// authority in its own field).
-fn check_host(session: &Session) -> std::result::Result<(), &'static str> {
-    let req = session.req_header();
-    if req.version != Version::HTTP_11 {
-        return Ok(());
-    }
-    match req.headers.get_all(http::header::HOST).iter().count() {
-        0 => Err("HTTP/1.1 request without Host"),
-        1 => Ok(()),
-        _ => Err("more than one Host header"),
-    }
-}
-
-/// The Host header, or the authority of an absolute URI (HTTP/2, proxy-form requests).
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(req.uri.host())
-}
-
-fn content_length(session: &Session) -> Option<u64> {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn expects_continue(session: &Session) -> bool {
-    let req = session.req_header();
-    req.version == Version::HTTP_11
-        && req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
-    let req = session.req_header();
-    let pool = ctx.pool();
-    Entry {
-        time: Some(SystemTime::now()),
-        client: session
-            .client_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        method: req.method.as_str().to_string(),
-        host: request_host(req).unwrap_or_default().to_string(),
-        path: req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string(),
-        protocol: match req.version {
-            Version::HTTP_10 => "HTTP/1.0",
-            Version::HTTP_2 => "HTTP/2.0",
-            Version::HTTP_09 => "HTTP/0.9",
-            _ => "HTTP/1.1",
-        },
-        status,
-        bytes_in: session.as_downstream().body_bytes_read(),
-        bytes_out: session.as_downstream().body_bytes_sent(),
-        duration: ctx.started.elapsed(),
-        pool: pool.map(|p| p.config.name.clone()).unwrap_or_default(),
-        backend: pool
-            .zip(ctx.tried.last())
-            .map(|(p, &i)| p.members[i].endpoint.address.to_string())
-            .unwrap_or_default(),
-        attempts: ctx.tried.len(),
-        upstream_status: ctx.upstream_status,
-        request_id: ctx.request_id.clone(),
-    }
 }
 
 impl VigilProxy {

@@ -6,9 +6,9 @@
 
 use crate::admin::AdminApp;
 use crate::app::App;
+pub use crate::error::StartError;
 use crate::listener::{plain_buffers, ConnectionLimit, Slot};
 use crate::proxy::VigilProxy;
-use anyhow::Context;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -35,16 +35,14 @@ pub struct RunOptions {
 /// Binds `addrs` before Pingora starts, so a taken port is a clear error (exit 1) at
 /// start, and every listener accepts connections (into its backlog) from this moment
 /// on: once the admin answers, the proxy port is open too.
-fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<(String, OwnedFd)>> {
+fn bind(addrs: &[SocketAddr]) -> Result<Vec<(String, OwnedFd)>, StartError> {
     addrs
         .iter()
-        .map(|addr| {
-            let listener = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen on {addr}"))?;
+        .map(|&addr| {
+            let listen = |source| StartError::Listen { addr, source };
+            let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
             // Pingora's tokio listener requires a non-blocking socket.
-            listener
-                .set_nonblocking(true)
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            listener.set_nonblocking(true).map_err(listen)?;
             Ok((addr.to_string(), OwnedFd::from(listener)))
         })
         .collect()
@@ -123,7 +121,7 @@ pub fn run(
     config: Config,
     opts: RunOptions,
     before_start: impl FnOnce(&tokio::runtime::Handle),
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let addresses: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     let proxy_fds = bind(&addresses)?;
     let admin_fds = bind(&[config.admin.address])?;
@@ -133,7 +131,7 @@ pub fn run(
         .thread_name("vigil-checker")
         .enable_all()
         .build()
-        .context("cannot start the checker runtime")?;
+        .map_err(StartError::Runtime)?;
     before_start(control.handle());
 
     let app = App::start(
@@ -207,11 +205,12 @@ fn install_signal_handlers(
     rt: &tokio::runtime::Runtime,
     app: &Arc<App>,
     mut stopped: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
     let _enter = rt.enter();
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let failed = |signal| move |source| StartError::Signal { signal, source };
+    let mut hup = signal(SignalKind::hangup()).map_err(failed("SIGHUP"))?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(failed("SIGUSR1"))?;
     let a = app.clone();
     rt.spawn(async move {
         loop {

@@ -240,6 +240,16 @@ impl Vigil {
     }
 
     /// GET on the admin listener.
+    /// `POST /admin/reload`, with a bearer token when given.
+    pub async fn post_reload(&self, token: Option<&str>) -> crate::Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        crate::client::request(self.admin, "POST", "admin", "/admin/reload", &headers, "")
+            .await
+            .unwrap()
+    }
+
     pub async fn admin_get(&self, path: &str) -> crate::Response {
         crate::get(self.admin, "admin", path)
             .await

@@ -1,0 +1,144 @@
+//! Protocol upgrades (WebSocket) through vigil with raw sockets (issue #7): both
+//! directions, tunnels as load for `least_requests`, idle tunnels closing, and tunnels
+//! drained on SIGTERM.
+
+use std::time::Duration;
+use vigil_tests::config::{config, pool, FAST_CHECKS};
+use vigil_tests::raw::RawConn;
+use vigil_tests::{free_ports, get, start_vigil, traffic, wait_for, FakeBackend, Vigil};
+
+const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// A masked WebSocket text frame from the client (RFC 6455 §5.2), as a browser sends it.
+fn client_frame(text: &str) -> Vec<u8> {
+    let key = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_tunnels_both_ways() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    let head = c.head().await.unwrap();
+    assert_eq!(head.status, 101, "{head:?}");
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert!(head
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+    let seen = a.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.header("upgrade"), Some("websocket"), "{seen:?}");
+    for text in ["hello", "and again, after the first"] {
+        let frame = client_frame(text);
+        c.send(&frame).await.unwrap();
+        assert_eq!(c.bytes(frame.len()).await.unwrap(), frame);
+    }
+    // Closing the client's side closes the backend's side of the tunnel.
+    let open = a.stats.open();
+    drop(c);
+    wait_for(
+        "the backend's tunnel end closed",
+        Duration::from_secs(5),
+        || a.stats.open() < open,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_is_load_for_least_requests() {
+    let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
+    let extra = format!("    balance: least_requests\n{FAST_CHECKS}");
+    let v = start_vigil("", &[pool("web", &[(&a, 1), (&b, 1)], &extra)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    let head = c.head().await.unwrap();
+    assert_eq!(head.status, 101);
+    let (tunnel, other) = match head.header("x-backend") {
+        Some("a") => (&a, &b),
+        _ => (&b, &a),
+    };
+    let before = traffic(tunnel);
+    for _ in 0..20 {
+        let r = get(v.listen, "app", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        traffic(tunnel),
+        before,
+        "requests went to the backend holding the tunnel"
+    );
+    assert_eq!(traffic(other), 20);
+    // Closed, it is no longer load: requests reach that backend again.
+    drop(c);
+    let listen = v.listen;
+    vigil_tests::wait_for_async(
+        "traffic to the tunnel's backend again",
+        Duration::from_secs(10),
+        || async move {
+            let _ = get(listen, "app", "/").await;
+            traffic(tunnel) > before
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnel_closes_after_read_timeout_and_a_busy_one_stays() {
+    let a = FakeBackend::start("a").await;
+    let extra = format!("    read_timeout: 1s\n{FAST_CHECKS}");
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], &extra)]).await;
+
+    let mut busy = RawConn::connect(v.listen).await;
+    busy.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(busy.head().await.unwrap().status, 101);
+    let mut idle = RawConn::connect(v.listen).await;
+    idle.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(idle.head().await.unwrap().status, 101);
+    // Traffic every 300 ms for 2 s keeps one tunnel open past its 1 s read timeout.
+    for i in 0..7 {
+        let frame = client_frame(&format!("tick {i}"));
+        busy.send(&frame).await.unwrap();
+        assert_eq!(busy.bytes(frame.len()).await.unwrap(), frame);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        idle.closed_within(Duration::from_secs(5)).await,
+        "an idle tunnel outlived read_timeout"
+    );
+    let frame = client_frame("still here");
+    busy.send(&frame).await.unwrap();
+    assert_eq!(busy.bytes(frame.len()).await.unwrap(), frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnel_drains_on_sigterm_then_vigil_exits() {
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = free_ports();
+    let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)])
+        .replace("grace_period: 5s", "grace_period: 30s");
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    let mut c = RawConn::connect(listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(c.head().await.unwrap().status, 101);
+
+    v.signal(libc::SIGTERM);
+    v.wait_log(&["draining"]).await;
+    // The tunnel is in flight: it keeps working while vigil drains...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frame = client_frame("during drain");
+    c.send(&frame).await.unwrap();
+    assert_eq!(c.bytes(frame.len()).await.unwrap(), frame);
+    assert!(v.wait_exit(Duration::from_millis(100)).await.is_none());
+    // ...and once the client closes it, vigil exits long before the grace period ends.
+    drop(c);
+    let status = v
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("vigil did not exit once the tunnel closed");
+    assert!(status.success());
+}
