@@ -5,47 +5,11 @@
 //! their state and schedule.
 
 use crate::app::App;
+pub use crate::error::ApplyError;
 use serde_json::json;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use vigil_conf::{Config, ConfigErrors};
-
-#[derive(Debug)]
-pub enum ApplyError {
-    /// The file has errors; nothing changed.
-    Invalid(ConfigErrors),
-    /// The file changes settings that only a restart applies; nothing changed.
-    NeedsRestart(Vec<String>),
-    /// The new access log file cannot be opened; nothing changed.
-    AccessLog(String),
-    /// Running from the embedded demo config: there is no file to reload.
-    NoFile,
-}
-
-impl std::fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.lines().join("\n"))
-    }
-}
-
-impl std::error::Error for ApplyError {}
-
-impl ApplyError {
-    /// One line per problem, `FILE:LINE:COL: message` where there is a position.
-    pub fn lines(&self) -> Vec<String> {
-        match self {
-            ApplyError::Invalid(errs) => errs.iter().map(|e| e.to_string()).collect(),
-            ApplyError::NeedsRestart(what) => what
-                .iter()
-                .map(|w| format!("{w} changed: restart vigil to apply it; nothing was reloaded"))
-                .collect(),
-            ApplyError::AccessLog(e) => vec![e.clone()],
-            ApplyError::NoFile => {
-                vec!["no configuration file to reload (embedded demo config)".into()]
-            }
-        }
-    }
-}
+use vigil_conf::Config;
 
 /// What a successful apply changed.
 #[derive(Debug, Default)]
