@@ -1,6 +1,8 @@
 //! Support for vigil's end-to-end tests: fake backends on loopback, the real `vigil`
 //! binary in a child process, a small HTTP client, and polling with a deadline.
 
+#![forbid(unsafe_code)]
+
 mod backend;
 mod client;
 pub mod config;

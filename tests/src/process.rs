@@ -219,10 +219,9 @@ impl Vigil {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+        let sig = nix::sys::signal::Signal::try_from(sig).expect("a known signal number");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("vigil is our child");
     }
 
     /// Polls for exit; None if still running after `limit`.

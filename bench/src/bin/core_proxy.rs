@@ -6,6 +6,8 @@
 //! (which spawns a watcher task per released connection). Not a product: no timeouts,
 //! no retries, no error responses; it only measures floors for bench/RESULTS.md.
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::connectors::http::v1::Connector;

@@ -4,6 +4,8 @@
 //! the first backend fails (503 everywhere) every other SECS seconds.
 //! Every second FILE.stats gets `connections REQUESTS requests N`.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

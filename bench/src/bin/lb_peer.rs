@@ -2,6 +2,8 @@
 //! check over the backends listed in FILEs, configured as its users would: parallel
 //! checks, a 1 s frequency, `GET /health`. The peer for the checker benchmark.
 
+#![forbid(unsafe_code)]
+
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;

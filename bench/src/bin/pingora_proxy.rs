@@ -2,6 +2,8 @@
 //! README example builds it: `LoadBalancer<RoundRobin>`, `upstream_peer` selects,
 //! one worker thread, no health check (nothing to compare on that side here).
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
