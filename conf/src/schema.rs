@@ -36,6 +36,27 @@ pub struct RawAccessLog {
 pub struct RawListener {
     pub address: Option<String>,
     pub max_connections: Option<i64>,
+    pub tls: Option<RawListenerTls>,
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawListenerTls {
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub ca: Option<String>,
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +89,8 @@ pub struct RawPool {
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
+    pub tls: Option<RawUpstreamTls>,
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +132,7 @@ pub struct RawHealthCheck {
     pub fall: Option<i64>,
     pub reuse_connections: Option<bool>,
     pub max_connection_age: Option<String>,
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -74,6 +74,70 @@ pub struct ListenerConfig {
     /// Client connections open at once; beyond it new ones are closed at once (and
     /// counted) instead of taking memory and file descriptors.
     pub max_connections: usize,
+    /// None: plain HTTP.
+    pub tls: Option<ListenerTls>,
+    /// With TLS, ALPN offers h2 and http/1.1; plain, h2c by prior knowledge.
+    pub http2: bool,
+}
+
+/// Where a value was written, for problems found after validation (a certificate file
+/// that cannot be read, say), reported as `FILE:LINE:COL: message` all the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Place {
+    pub fn error(&self, message: impl Into<String>) -> crate::ConfigError {
+        crate::ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            col: self.col,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    /// SNI picks by each certificate's names; the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+    pub min_version: TlsVersion,
+}
+
+/// A certificate chain and its key, PEM files read at start and on every reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub cert_at: Place,
+    pub key_at: Place,
+}
+
+/// HTTPS to a pool's backends (and its health checks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// None: the backend's host as written in its address.
+    pub sni: Option<String>,
+    /// A PEM file of CA certificates; None: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    pub ca_at: Option<Place>,
+    /// false only when written: backends' certificates are not checked at all.
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
 }
 
 impl ListenerConfig {
@@ -114,6 +178,9 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
     pub health_check: HealthCheckConfig,
     pub passive: PassiveConfig,
+    /// None: plain HTTP to the backends.
+    pub tls: Option<UpstreamTls>,
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -174,6 +241,8 @@ pub struct BackendConfig {
 pub enum CheckKind {
     Http,
     Tcp,
+    /// `grpc.health.v1.Health/Check`; needs `protocol: h2`.
+    Grpc,
 }
 
 impl CheckKind {
@@ -182,6 +251,7 @@ impl CheckKind {
         match self {
             CheckKind::Http => "http",
             CheckKind::Tcp => "tcp",
+            CheckKind::Grpc => "grpc",
         }
     }
 }
@@ -205,6 +275,8 @@ pub struct HealthCheckConfig {
     pub fall: u32,
     pub reuse_connections: bool,
     pub max_connection_age: Duration,
+    /// The service a gRPC check asks about; "" = the server as a whole.
+    pub grpc_service: String,
 }
 
 impl Default for HealthCheckConfig {
@@ -226,6 +298,7 @@ impl Default for HealthCheckConfig {
             fall: 3,
             reuse_connections: true,
             max_connection_age: Duration::from_secs(60),
+            grpc_service: String::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod pool;
+mod tls;
 
 pub(crate) struct Validator<'a> {
     file: &'a str,
@@ -143,7 +144,7 @@ impl<'a> Validator<'a> {
                 self.error("listeners", "`listeners` needs at least one address")
             }
             Some(list) => {
-                for (i, l) in list.iter().enumerate() {
+                for (i, mut l) in list.into_iter().enumerate() {
                     let path = format!("listeners.{i}");
                     match &l.address {
                         None => self.error(&path, "listener needs an `address`"),
@@ -155,10 +156,17 @@ impl<'a> Validator<'a> {
                                 1,
                                 10_000_000,
                             ) as usize;
+                            let tls = l
+                                .tls
+                                .take()
+                                .map(|t| self.listener_tls(&format!("{path}.tls"), t));
+                            let http2 = l.http2.unwrap_or(tls.is_some());
                             if let Some(address) = self.socket(&format!("{path}.address"), a) {
                                 listeners.push(ListenerConfig {
                                     address,
                                     max_connections,
+                                    tls: tls.flatten(),
+                                    http2,
                                 });
                             }
                         }

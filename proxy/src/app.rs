@@ -10,6 +10,7 @@ use crate::edge::EdgeLimits;
 use crate::error::StartError;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingTable;
+use crate::tls::ListenerTlsState;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -109,6 +110,8 @@ pub struct App {
     /// Limits on client requests, read by Pingora per request head and by the proxy.
     pub(crate) edge: Arc<EdgeLimits>,
     pub(crate) access_log: Arc<AccessLog>,
+    /// TLS listeners, by address: certificates are re-read on every apply.
+    pub(crate) tls: Vec<(std::net::SocketAddr, Arc<ListenerTlsState>)>,
     /// The file reloads read; None for the demo's embedded config.
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) in_flight: InFlight,
@@ -153,8 +156,21 @@ impl App {
             metrics.unrouted(),
             access_log.clone(),
         ));
+        let tls = config
+            .listeners
+            .iter()
+            .filter(|l| l.tls.is_some())
+            .map(|l| {
+                let name = l.address.to_string();
+                let handshakes = metrics.handshakes(&name);
+                let state =
+                    ListenerTlsState::new(name, l.http2, handshakes, metrics.tls_expiry.clone());
+                (l.address, Arc::new(state))
+            })
+            .collect();
         let app = Arc::new(App {
             in_force,
+            tls,
             checker,
             metrics,
             registry,

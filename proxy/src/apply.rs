@@ -6,10 +6,11 @@
 
 use crate::app::App;
 pub use crate::error::ApplyError;
+use crate::tls::ListenerTlsState;
 use serde_json::json;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use vigil_conf::Config;
+use vigil_conf::{Config, ConfigErrors};
 
 /// What a successful apply changed.
 #[derive(Debug, Default)]
@@ -47,7 +48,14 @@ impl Changes {
 /// Settings Pingora or the metrics registry fixed at start-up.
 fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if old.listeners != new.listeners {
+    // Certificates and min_version reload; what is bound, and how, does not.
+    let bound = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.address, l.max_connections, l.http2, l.tls.is_some()))
+            .collect::<Vec<_>>()
+    };
+    if bound(old) != bound(new) {
         out.push("listeners".to_string());
     }
     if old.admin.address != new.admin.address {
@@ -116,6 +124,25 @@ impl App {
             return Err(ApplyError::NeedsRestart(restart));
         }
 
+        // Every certificate is read again (its file may have changed, not the config);
+        // all of them must load before anything changes.
+        let mut certificates = Vec::new();
+        let mut errors = Vec::new();
+        for l in &new.listeners {
+            let (Some(tls), Some((_, state))) =
+                (&l.tls, self.tls.iter().find(|(a, _)| *a == l.address))
+            else {
+                continue;
+            };
+            match ListenerTlsState::prepare(tls) {
+                Ok(loaded) => certificates.push((state, tls, loaded)),
+                Err(e) => errors.extend(e.0),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApplyError::Invalid(ConfigErrors(errors)));
+        }
+
         let mut changes = Changes::default();
         if old.access_log != new.access_log {
             self.access_log.configure(&new.access_log).map_err(|e| {
@@ -134,6 +161,13 @@ impl App {
         if old.limits != new.limits {
             self.edge.set(&new.limits);
             changes.settings_changed.push("limits".into());
+        }
+        let mut renewed = false;
+        for (state, tls, loaded) in certificates {
+            renewed |= state.install(tls, loaded);
+        }
+        if renewed {
+            changes.settings_changed.push("certificates".into());
         }
         let old_pools: BTreeSet<String> = old.pools.iter().map(|p| p.name.clone()).collect();
         let new_pools: BTreeSet<String> = new.pools.iter().map(|p| p.name.clone()).collect();

@@ -10,7 +10,8 @@ pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
     let h = &pool.health_check;
     CheckPolicy {
         probe: match h.kind {
-            CheckKind::Tcp => ProbeSpec::Tcp,
+            // Refused by validation until gRPC checks land (`grpc_unsupported`).
+            CheckKind::Tcp | CheckKind::Grpc => ProbeSpec::Tcp,
             CheckKind::Http => ProbeSpec::Http(HttpSpec {
                 path: h.path.clone(),
                 host: h.host.clone(),

@@ -51,6 +51,11 @@ impl EdgeLimits {
         self.current.store(Arc::new(limits.clone()));
     }
 
+    /// A TLS handshake must end within this, as a request head must.
+    pub fn header_timeout(&self) -> std::time::Duration {
+        self.current.load().header_timeout
+    }
+
     /// Request bodies above this many bytes are refused with 413; None = no limit.
     pub fn body_bytes(&self) -> Option<u64> {
         Some(self.current.load().body_bytes).filter(|&b| b > 0)

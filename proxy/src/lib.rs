@@ -26,3 +26,4 @@ pub mod proxy;
 pub mod request;
 pub mod routing;
 pub mod server;
+pub mod tls;

@@ -7,15 +7,18 @@
 //! plain listeners: the HTTP/1 parser reads into its own 4 KiB buffer anyway, so it
 //! only copied bytes twice and held 64 KiB for every idle keep-alive client.
 
+use crate::edge::EdgeLimits;
+use crate::tls::ListenerTlsState;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::protocols::l4::stream::{L4BufferSettings, Stream as L4Stream};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 
 /// Plain HTTP listeners: no L4 read buffer, Pingora's MSS-sized write buffer.
 pub fn plain_buffers() -> L4BufferSettings {
@@ -29,6 +32,10 @@ pub fn plain_buffers() -> L4BufferSettings {
 pub struct Slot {
     address: SocketAddr,
     max: usize,
+    /// TLS listeners: the acceptor in force and the handshake counters.
+    tls: Option<Arc<ListenerTlsState>>,
+    /// Plain listeners with `http2: true`: HTTP/2 by prior knowledge (h2c) as well.
+    h2c: bool,
     /// Exact count for the bound; `open_gauge` mirrors it for /metrics.
     open: AtomicUsize,
     open_gauge: IntGauge,
@@ -36,10 +43,19 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(address: SocketAddr, max: usize, open_gauge: IntGauge, refused: IntCounter) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        max: usize,
+        tls: Option<Arc<ListenerTlsState>>,
+        h2c: bool,
+        open_gauge: IntGauge,
+        refused: IntCounter,
+    ) -> Self {
         Slot {
             address,
             max,
+            h2c: h2c && tls.is_none(),
+            tls,
             open: AtomicUsize::new(0),
             open_gauge,
             refused,
@@ -47,18 +63,25 @@ impl Slot {
     }
 }
 
-/// Wraps a Pingora app (the HTTP proxy) with a bound on open connections per listener.
+/// Wraps a Pingora app (the HTTP proxy) with a bound on open connections per listener,
+/// and the TLS handshake of TLS listeners.
 pub struct ConnectionLimit<A> {
     inner: Arc<A>,
+    /// The same app set to speak HTTP/2 to clients that open with its preface.
+    h2c: Option<Arc<A>>,
     slots: Vec<Slot>,
+    /// Handshakes end within the limits' `header_timeout`.
+    edge: Arc<EdgeLimits>,
 }
 
 impl<A> ConnectionLimit<A> {
-    pub fn new(inner: A, slots: Vec<Slot>) -> Self {
+    pub fn new(inner: A, h2c: Option<A>, slots: Vec<Slot>, edge: Arc<EdgeLimits>) -> Self {
         assert!(!slots.is_empty(), "a service listens somewhere");
         ConnectionLimit {
             inner: Arc::new(inner),
+            h2c: h2c.map(Arc::new),
             slots,
+            edge,
         }
     }
 
@@ -80,6 +103,68 @@ impl<A> ConnectionLimit<A> {
                 })
             })
             .unwrap_or(&self.slots[0])
+    }
+}
+
+/// How long a new connection may stay silent: the keep-alive idle time of our pingora-core
+/// patch 3.
+const IDLE_BEFORE_REQUEST: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl<A> ConnectionLimit<A> {
+    /// Whether the client opens with HTTP/2's preface. Reads only until the bytes
+    /// differ from it (an HTTP/1 request does at its first or second byte), the first
+    /// within the keep-alive idle time and the rest within `header_timeout`, then puts
+    /// them back. Pingora's own h2c check waits for 24 bytes without a deadline.
+    async fn sniff_h2c(&self, stream: Stream) -> Option<(bool, Stream)> {
+        let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+        let mut got = Vec::with_capacity(H2_PREFACE.len());
+        let mut buf = [0u8; 24];
+        while got.len() < H2_PREFACE.len() {
+            let limit = if got.is_empty() {
+                IDLE_BEFORE_REQUEST
+            } else {
+                self.edge.header_timeout()
+            };
+            let want = H2_PREFACE.len() - got.len();
+            match tokio::time::timeout(limit, l4.read(&mut buf[..want])).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+            if !H2_PREFACE.starts_with(&got) {
+                break;
+            }
+        }
+        let h2 = got == H2_PREFACE;
+        l4.rewind(&got);
+        Some((h2, l4))
+    }
+
+    /// The TLS handshake, with the acceptor in force now, counted; None if it failed.
+    async fn handshake(&self, tls: &ListenerTlsState, stream: Stream) -> Option<Stream> {
+        let [ok, failed, timed_out] = &tls.handshakes;
+        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+            failed.inc();
+            return None;
+        };
+        let acceptor = tls.acceptor();
+        match tokio::time::timeout(self.edge.header_timeout(), acceptor.tls_handshake(*l4)).await {
+            Ok(Ok(s)) => {
+                ok.inc();
+                Some(Box::new(s))
+            }
+            Ok(Err(e)) => {
+                failed.inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                timed_out.inc();
+                None
+            }
+        }
     }
 }
 
@@ -109,7 +194,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         }
         slot.open_gauge.inc();
         let _held = Held(slot);
-        self.inner.process_new(stream, shutdown).await
+        let mut app = &self.inner;
+        let mut stream = match (&slot.tls, &self.h2c) {
+            (Some(tls), _) => self.handshake(tls, stream).await?,
+            (None, Some(h2c)) if slot.h2c => {
+                let (h2, stream) = self.sniff_h2c(stream).await?;
+                if h2 {
+                    app = h2c;
+                }
+                stream
+            }
+            _ => stream,
+        };
+        // Keep-alive: the connection stays here, so it is counted, handshaken and
+        // sniffed once, not once per request.
+        loop {
+            stream = app.process_new(stream, shutdown).await?;
+        }
     }
 
     async fn cleanup(&self) {

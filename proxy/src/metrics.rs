@@ -20,6 +20,8 @@ pub mod names {
     pub const UPSTREAM_CONNECTIONS: &str = "vigil_upstream_connections_opened_total";
     pub const CLIENT_CONNECTIONS: &str = "vigil_client_connections";
     pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
+    pub const TLS_HANDSHAKES: &str = "vigil_tls_handshakes_total";
+    pub const TLS_EXPIRY: &str = "vigil_tls_certificate_expiry_timestamp_seconds";
 }
 
 /// The `pool` label of requests answered before they were routed (no route, a refused
@@ -51,6 +53,8 @@ pub struct ProxyMetrics {
     pub access_log_dropped: IntCounter,
     client_connections: IntGaugeVec,
     client_refused: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    pub tls_expiry: IntGaugeVec,
     per_backend: bool,
 }
 
@@ -139,8 +143,24 @@ impl ProxyMetrics {
                 ),
                 &["listener"],
             )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    names::TLS_HANDSHAKES,
+                    "TLS handshakes with clients, by listener and result (success, failure, timeout)",
+                ),
+                &["listener", "result"],
+            )?,
+            tls_expiry: IntGaugeVec::new(
+                Opts::new(
+                    names::TLS_EXPIRY,
+                    "Unix time at which each served certificate expires",
+                ),
+                &["listener", "name"],
+            )?,
             per_backend,
         };
+        registry.register(Box::new(m.tls_handshakes.clone()))?;
+        registry.register(Box::new(m.tls_expiry.clone()))?;
         registry.register(Box::new(m.client_connections.clone()))?;
         registry.register(Box::new(m.client_refused.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
@@ -165,6 +185,12 @@ impl ProxyMetrics {
             self.client_connections.with_label_values(&[address]),
             self.client_refused.with_label_values(&[address]),
         )
+    }
+
+    /// A TLS listener's handshake counters: success, failure, timeout.
+    pub fn handshakes(&self, address: &str) -> [IntCounter; 3] {
+        ["success", "failure", "timeout"]
+            .map(|r| self.tls_handshakes.with_label_values(&[address, r]))
     }
 
     /// `vigil_requests_total{pool="-"}` by class, present from start.

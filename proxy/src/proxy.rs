@@ -343,7 +343,12 @@ impl ProxyHttp for VigilProxy {
             };
             req.insert_header("x-forwarded-for", xff)?;
         }
-        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
+        let scheme = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
+        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(scheme))?;
         let host = session
             .req_header()
             .headers

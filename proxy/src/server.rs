@@ -60,10 +60,14 @@ struct PreBound<S> {
 
 impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
     /// The service listens on exactly the addresses of `fds`, under the same keys, with
-    /// `buffers` for each connection.
-    fn new(mut inner: Service<A>, fds: Vec<(String, OwnedFd)>, buffers: L4BufferSettings) -> Self {
-        for (addr, _) in &fds {
-            inner.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
+    /// `buffers(i)` for the connections of the i-th.
+    fn new(
+        mut inner: Service<A>,
+        fds: Vec<(String, OwnedFd)>,
+        buffers: impl Fn(usize) -> L4BufferSettings,
+    ) -> Self {
+        for (i, (addr, _)) in fds.iter().enumerate() {
+            inner.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers(i)));
         }
         PreBound {
             inner,
@@ -165,28 +169,52 @@ pub fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy =
-        pingora::proxy::http_proxy(&server.configuration, VigilProxy { app: app.clone() });
-    let mut options = HttpServerOptions::default();
-    options.head_limits = Some(app.edge.clone());
-    proxy.server_options = Some(options);
+    let proxy_app = |h2c: bool| {
+        let mut proxy =
+            pingora::proxy::http_proxy(&server.configuration, VigilProxy { app: app.clone() });
+        let mut options = HttpServerOptions::default();
+        options.head_limits = Some(app.edge.clone());
+        options.h2c = h2c;
+        proxy.server_options = Some(options);
+        proxy
+    };
+    let proxy = proxy_app(false);
+    // Plain listeners with `http2: true` hand connections that open with HTTP/2's
+    // preface to a second instance set for h2c (see `ConnectionLimit::sniff_h2c`).
+    let h2c = config
+        .listeners
+        .iter()
+        .any(|l| l.http2 && l.tls.is_none())
+        .then(|| proxy_app(true));
     let slots = config
         .listeners
         .iter()
         .map(|l| {
             let (open, refused) = app.metrics.listener(&l.address.to_string());
-            Slot::new(l.address, l.max_connections, open, refused)
+            let tls = app
+                .tls
+                .iter()
+                .find(|(a, _)| *a == l.address)
+                .map(|(_, t)| t.clone());
+            Slot::new(l.address, l.max_connections, tls, l.http2, open, refused)
         })
         .collect();
     let proxy = Service::new(
         "vigil proxy".to_string(),
-        ConnectionLimit::new(proxy, slots),
+        ConnectionLimit::new(proxy, h2c, slots, app.edge.clone()),
     );
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
     admin.threads = Some(1);
     let (stop_accepting, accepting) = watch::channel(false);
-    server.add_service(PreBound::new(proxy, proxy_fds, plain_buffers()).stopped_by(accepting));
-    server.add_service(PreBound::new(admin, admin_fds, L4BufferSettings::default()));
+    // TLS reads records through Pingora's L4 buffer; plain HTTP does better without one.
+    let buffers = |i: usize| match config.listeners[i].tls {
+        Some(_) => L4BufferSettings::default(),
+        None => plain_buffers(),
+    };
+    server.add_service(PreBound::new(proxy, proxy_fds, buffers).stopped_by(accepting));
+    server.add_service(PreBound::new(admin, admin_fds, |_| {
+        L4BufferSettings::default()
+    }));
     let drain = Drain {
         app,
         grace: config.grace_period,

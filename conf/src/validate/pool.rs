@@ -140,6 +140,15 @@ impl Validator<'_> {
             raw.health_check.unwrap_or_default(),
         );
         let passive = self.passive(&format!("{path}.passive"), raw.passive.unwrap_or_default());
+        let tls = raw
+            .tls
+            .map(|t| self.upstream_tls(&format!("{path}.tls"), t));
+        let protocol = self.protocol(
+            path,
+            raw.protocol.as_deref(),
+            tls.is_some(),
+            health_check.kind,
+        );
         PoolConfig {
             name,
             routes,
@@ -153,6 +162,8 @@ impl Validator<'_> {
             backends,
             health_check,
             passive,
+            tls,
+            protocol,
         }
     }
 
@@ -226,10 +237,11 @@ impl Validator<'_> {
         let kind = match raw.kind.as_deref() {
             None | Some("http") => CheckKind::Http,
             Some("tcp") => CheckKind::Tcp,
+            Some("grpc") => CheckKind::Grpc,
             Some(other) => {
                 self.error(
                     &p("type"),
-                    format!("unknown health check type {other:?}: use http or tcp"),
+                    format!("unknown health check type {other:?}: use http, tcp or grpc"),
                 );
                 CheckKind::Http
             }
@@ -333,6 +345,7 @@ impl Validator<'_> {
             fall,
             reuse_connections: raw.reuse_connections.unwrap_or(true),
             max_connection_age,
+            grpc_service: raw.grpc_service.unwrap_or_default(),
         }
     }
 
