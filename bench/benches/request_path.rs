@@ -45,7 +45,7 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
             .collect();
         m.pools.insert(p.name.as_str().into(), members);
     }
-    RoutingTable::build(&c.pools, &m, metrics)
+    RoutingTable::build(&c.pools, &m, &Default::default(), metrics)
 }
 
 fn pick(swap: &ArcSwap<RoutingTable>) -> usize {

@@ -1,11 +1,11 @@
 //! The HTTP/1.1 check exchange: one request, one response read to its very end, so
 //! the connection can be reused and the body searched.
 
+use crate::conn::{Conn, TlsClient};
 use crate::outcome::Outcome;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Response headers larger than this fail the check.
 const MAX_HEAD: usize = 16 * 1024;
@@ -23,6 +23,8 @@ pub struct HttpSpec {
     pub expected_body: Option<String>,
     pub reuse_connections: bool,
     pub max_connection_age: Duration,
+    /// HTTPS: the connection is TLS, one handshake per `max_connection_age`.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for HttpSpec {
@@ -34,6 +36,7 @@ impl Default for HttpSpec {
             expected_body: None,
             reuse_connections: true,
             max_connection_age: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -41,7 +44,7 @@ impl Default for HttpSpec {
 pub(crate) struct Exchange {
     pub outcome: Outcome,
     /// The stream, when the response left it clean for another request.
-    pub reusable: Option<TcpStream>,
+    pub reusable: Option<Conn>,
 }
 
 #[derive(Debug)]
@@ -80,7 +83,7 @@ pub(crate) fn request(spec: &HttpSpec, addr: SocketAddr) -> Vec<u8> {
 }
 
 pub(crate) async fn exchange(
-    mut stream: TcpStream,
+    mut stream: Conn,
     spec: &HttpSpec,
     request: &[u8],
 ) -> Result<Exchange, ExchangeError> {
@@ -202,7 +205,7 @@ fn framing(resp: &httparse::Response, status: u16) -> (Framing, bool) {
 
 /// Reads into `buf`'s spare capacity. No stack buffer: it would live inside every
 /// idle backend task's future (8 KiB × 10,000 backends).
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_more(stream: &mut Conn, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     buf.reserve(4096);
     stream.read_buf(buf).await
 }
@@ -224,7 +227,7 @@ impl Body {
     /// Consumes `n` body bytes from `buf` and then the stream.
     async fn read_exact_len(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Conn,
         buf: &mut Vec<u8>,
         mut n: u64,
     ) -> Result<(), ExchangeError> {
@@ -242,7 +245,7 @@ impl Body {
         }
     }
 
-    async fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
+    async fn read_line(s: &mut Conn, buf: &mut Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
         loop {
             if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
                 let line = buf[..i].to_vec();
@@ -258,11 +261,7 @@ impl Body {
         }
     }
 
-    async fn read_chunked(
-        &mut self,
-        s: &mut TcpStream,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), ExchangeError> {
+    async fn read_chunked(&mut self, s: &mut Conn, buf: &mut Vec<u8>) -> Result<(), ExchangeError> {
         loop {
             let line = Self::read_line(s, buf).await?;
             let text = String::from_utf8_lossy(&line);
@@ -283,7 +282,7 @@ impl Body {
 
     async fn read_to_close(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Conn,
         buf: &mut Vec<u8>,
     ) -> Result<(), ExchangeError> {
         loop {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checker;
+mod conn;
 mod http;
 pub mod membership;
 pub mod metrics;
@@ -30,6 +31,7 @@ mod table;
 mod task;
 
 pub use checker::{ApplyReport, Checker, CheckerOptions};
+pub use conn::TlsClient;
 pub use http::HttpSpec;
 pub use membership::{Endpoint, Member, MemberState, Membership, Publish};
 pub use outcome::Outcome;

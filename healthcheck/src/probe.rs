@@ -5,6 +5,7 @@
 //! never overlap. [`Probes`] is the seam: tests hand the checker scripted probes and
 //! run it under paused time.
 
+use crate::conn::Conn;
 use crate::http::{self, HttpSpec};
 use crate::outcome::Outcome;
 use std::future::Future;
@@ -68,7 +69,7 @@ impl Probe for Prober {
 
 /// A kept-alive check connection and when it was opened.
 pub(crate) struct Pooled {
-    pub stream: TcpStream,
+    pub stream: Conn,
     pub opened: Instant,
 }
 
@@ -134,6 +135,10 @@ impl Prober {
             }
         }
         let stream = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => return Outcome::ConnectError(e.to_string()),
+        };
+        let stream = match Conn::open(stream, spec.tls.as_ref()).await {
             Ok(s) => s,
             Err(e) => return Outcome::ConnectError(e.to_string()),
         };

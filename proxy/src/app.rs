@@ -11,7 +11,9 @@ use crate::error::StartError;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RoutingTable;
 use crate::tls::ListenerTlsState;
+use crate::upstream_tls::PoolTls;
 use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,36 +24,50 @@ use vigil_healthcheck::{Checker, CheckerOptions, Membership, Publish};
 /// The configuration in force and the checker's last membership, and the routing
 /// snapshot built from both: rebuilt (off the request path) whenever either changes.
 pub struct InForce {
-    state: Mutex<(Arc<Config>, Arc<Membership>)>,
+    state: Mutex<State>,
     table: ArcSwap<RoutingTable>,
     metrics: Arc<ProxyMetrics>,
 }
 
+/// What the routing snapshot is built from.
+struct State {
+    config: Arc<Config>,
+    /// Each pool's HTTPS settings, read from the files `config` names.
+    tls: Arc<HashMap<String, Arc<PoolTls>>>,
+    membership: Arc<Membership>,
+}
+
 impl InForce {
     fn new(config: Arc<Config>, metrics: Arc<ProxyMetrics>) -> Self {
-        let state = (config, Arc::default());
-        let table = RoutingTable::build(&state.0.pools, &state.1, &metrics);
-        InForce {
+        let state = State {
+            config,
+            tls: Arc::default(),
+            membership: Arc::default(),
+        };
+        let in_force = InForce {
+            table: ArcSwap::from_pointee(RoutingTable::empty()),
             state: Mutex::new(state),
-            table: ArcSwap::from_pointee(table),
             metrics,
-        }
+        };
+        in_force.rebuild(&in_force.state.lock().unwrap());
+        in_force
     }
 
-    fn rebuild(&self, state: &(Arc<Config>, Arc<Membership>)) {
-        let table = RoutingTable::build(&state.0.pools, &state.1, &self.metrics);
+    fn rebuild(&self, s: &State) {
+        let table = RoutingTable::build(&s.config.pools, &s.membership, &s.tls, &self.metrics);
         self.table.store(Arc::new(table));
     }
 
     pub fn config(&self) -> Arc<Config> {
         // Poisoning needs a panic while holding this lock; building a table does not panic.
-        self.state.lock().unwrap().0.clone()
+        self.state.lock().unwrap().config.clone()
     }
 
     /// A new configuration: routes and pool settings now, with the membership we have.
-    pub(crate) fn set_config(&self, config: Arc<Config>) {
+    pub(crate) fn set_config(&self, config: Arc<Config>, tls: Arc<HashMap<String, Arc<PoolTls>>>) {
         let mut state = self.state.lock().unwrap();
-        state.0 = config;
+        state.config = config;
+        state.tls = tls;
         self.rebuild(&state);
     }
 
@@ -63,7 +79,7 @@ impl InForce {
 impl Publish for InForce {
     fn publish(&self, membership: Arc<Membership>) {
         let mut state = self.state.lock().unwrap();
-        state.1 = membership;
+        state.membership = membership;
         self.rebuild(&state);
     }
 }

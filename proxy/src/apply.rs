@@ -139,6 +139,13 @@ impl App {
                 Err(e) => errors.extend(e.0),
             }
         }
+        let pool_tls = match crate::upstream_tls::prepare(&new) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                errors.extend(e.0);
+                Arc::default()
+            }
+        };
         if !errors.is_empty() {
             return Err(ApplyError::Invalid(ConfigErrors(errors)));
         }
@@ -185,10 +192,12 @@ impl App {
         // pool whose settings and backends come from different files for long, and
         // every backend it can be sent to is one the checker has marked up.
         let new = Arc::new(new);
-        self.in_force.set_config(new.clone());
+        self.in_force.set_config(new.clone(), pool_tls.clone());
         self.checker
             .set_max_concurrent_checks(new.checker.max_concurrent_checks);
-        let report = self.checker.apply(crate::convert::backend_specs(&new));
+        let report = self
+            .checker
+            .apply(crate::convert::backend_specs(&new, &pool_tls));
         changes.backends_added = report.added;
         changes.backends_removed = report.removed;
         changes.backends_updated = report.updated;

@@ -1,5 +1,7 @@
 //! The one place where configuration becomes the checker's specs.
 
+use crate::upstream_tls::PoolTls;
+use std::collections::HashMap;
 use std::sync::Arc;
 use vigil_conf::{CheckKind, Config, PoolConfig};
 use vigil_healthcheck::{
@@ -19,6 +21,7 @@ pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
                 expected_body: h.expected_body.clone(),
                 reuse_connections: h.reuse_connections,
                 max_connection_age: h.max_connection_age,
+                tls: None,
             }),
         },
         thresholds: Thresholds::new(h.rise, h.fall),
@@ -40,18 +43,31 @@ pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
     }
 }
 
-/// Every backend of every pool, in configuration order.
-pub fn backend_specs(config: &Config) -> Vec<BackendSpec> {
+/// Every backend of every pool, in configuration order. Backends of an HTTPS pool are
+/// checked over TLS, each verified under its own name unless the pool sets `sni`.
+pub fn backend_specs(config: &Config, tls: &HashMap<String, Arc<PoolTls>>) -> Vec<BackendSpec> {
     let mut out = Vec::new();
     for pool in &config.pools {
         let policy = Arc::new(check_policy(pool));
+        let pool_tls = tls.get(&pool.name);
         for b in &pool.backends {
+            let policy = match (pool_tls, &policy.probe) {
+                (Some(t), ProbeSpec::Http(h)) => {
+                    let mut p = (*policy).clone();
+                    p.probe = ProbeSpec::Http(HttpSpec {
+                        tls: t.check_client(&b.address),
+                        ..h.clone()
+                    });
+                    Arc::new(p)
+                }
+                _ => policy.clone(),
+            };
             out.push(BackendSpec {
                 pool: pool.name.clone(),
                 address: b.address.clone(),
                 socket_addr: b.socket_addr,
                 weight: b.weight,
-                policy: policy.clone(),
+                policy,
             });
         }
     }

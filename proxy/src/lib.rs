@@ -27,3 +27,4 @@ pub mod request;
 pub mod routing;
 pub mod server;
 pub mod tls;
+pub mod upstream_tls;

@@ -158,7 +158,20 @@ impl ProxyHttp for VigilProxy {
         };
         let member = &pool.members[i];
         member.endpoint.request_started();
-        let mut peer = HttpPeer::new(member.endpoint.socket_addr, false, String::new());
+        let mut peer = match &pool.tls {
+            Some(tls) => {
+                let sni = tls.server_name(&member.endpoint.address);
+                let mut peer = HttpPeer::new(member.endpoint.socket_addr, true, sni);
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer.options.ca = tls.ca.clone();
+                if pool.config.protocol == vigil_conf::Protocol::H2 {
+                    peer.options.set_http_version(2, 2);
+                }
+                peer
+            }
+            None => HttpPeer::new(member.endpoint.socket_addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(pool.config.connect_timeout);
         peer.options.read_timeout = Some(pool.config.read_timeout);
         // Pooled connections to a backend removed by reload must not linger forever.

@@ -4,6 +4,7 @@
 
 use crate::balance::Selector;
 use crate::metrics::{PoolHandles, ProxyMetrics};
+use crate::upstream_tls::PoolTls;
 use std::collections::HashMap;
 use std::sync::Arc;
 use vigil_conf::{HostPattern, PoolConfig};
@@ -12,6 +13,8 @@ use vigil_healthcheck::{Member, Membership};
 pub struct PoolRoute {
     pub name: Arc<str>,
     pub config: Arc<PoolConfig>,
+    /// HTTPS to the backends, when the pool has `tls`.
+    pub tls: Option<Arc<PoolTls>>,
     /// Every configured backend the checker knows, in configuration order.
     pub members: Vec<Member>,
     /// Indexes of the members requests may go to: the routable ones, or all of them
@@ -24,7 +27,12 @@ pub struct PoolRoute {
 }
 
 impl PoolRoute {
-    fn build(config: Arc<PoolConfig>, members: Vec<Member>, metrics: &ProxyMetrics) -> PoolRoute {
+    fn build(
+        config: Arc<PoolConfig>,
+        tls: Option<Arc<PoolTls>>,
+        members: Vec<Member>,
+        metrics: &ProxyMetrics,
+    ) -> PoolRoute {
         let routable: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].state.routable())
             .collect();
@@ -41,6 +49,7 @@ impl PoolRoute {
         PoolRoute {
             name: config.name.as_str().into(),
             config,
+            tls,
             members,
             candidates,
             panic,
@@ -128,6 +137,7 @@ impl RoutingTable {
     pub fn build(
         pools: &[Arc<PoolConfig>],
         membership: &Membership,
+        tls: &HashMap<String, Arc<PoolTls>>,
         metrics: &ProxyMetrics,
     ) -> RoutingTable {
         let mut router = Router::default();
@@ -149,7 +159,12 @@ impl RoutingTable {
                 .iter()
                 .filter_map(|b| known.get(b.address.as_str()).map(|m| (*m).clone()))
                 .collect();
-            routes.push(PoolRoute::build(p.clone(), members, metrics));
+            routes.push(PoolRoute::build(
+                p.clone(),
+                tls.get(&p.name).cloned(),
+                members,
+                metrics,
+            ));
         }
         router.finish();
         RoutingTable {

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -28,6 +28,10 @@ pub enum Mode {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: AtomicU64,
+    /// HTTPS backends: handshakes completed, of them resumed, and failed.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub tls_failures: AtomicU64,
     pub open_connections: AtomicI64,
     /// Open connections that carried a health check.
     pub open_check_connections: AtomicI64,
@@ -168,11 +172,38 @@ impl FakeBackend {
         Self::serve(name, listener, stats, ctl)
     }
 
+    /// Starts an HTTPS backend on `127.0.0.1:0` serving `leaf`.
+    pub async fn start_tls(name: &str, leaf: &crate::certs::Leaf) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let config = crate::tls::server_config(leaf);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let stats = Arc::new(Stats::default());
+        Self::serve_with(
+            name,
+            listener,
+            stats,
+            Arc::new(Control::default()),
+            Some(acceptor),
+        )
+    }
+
     fn serve(
         name: &str,
         listener: TcpListener,
         stats: Arc<Stats>,
         ctl: Arc<Control>,
+    ) -> FakeBackend {
+        Self::serve_with(name, listener, stats, ctl, None)
+    }
+
+    fn serve_with(
+        name: &str,
+        listener: TcpListener,
+        stats: Arc<Stats>,
+        ctl: Arc<Control>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> FakeBackend {
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = watch::channel(false);
@@ -184,8 +215,24 @@ impl FakeBackend {
                     _ = rx.changed() => return,
                     accepted = listener.accept() => {
                         let Ok((sock, _)) = accepted else { continue };
+                        let _ = sock.set_nodelay(true);
                         let (n, s, c, rx) = (n.clone(), s.clone(), c.clone(), stop_rx.clone());
-                        tokio::spawn(connection(sock, n, s, c, rx));
+                        match tls.clone() {
+                            None => { tokio::spawn(connection(sock, n, s, c, rx)); }
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    let Ok(tls) = acceptor.accept(sock).await else {
+                                        s.tls_failures.fetch_add(1, Ordering::SeqCst);
+                                        return;
+                                    };
+                                    s.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+                                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                                        s.tls_resumed.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    connection(tls, n, s, c, rx).await
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -221,8 +268,8 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn connection(
-    mut sock: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sock: S,
     name: String,
     stats: Arc<Stats>,
     ctl: Arc<Control>,
@@ -231,7 +278,6 @@ async fn connection(
     stats.connections.fetch_add(1, Ordering::SeqCst);
     stats.open_connections.fetch_add(1, Ordering::SeqCst);
     let mut guard = OpenGuard(stats.clone(), false);
-    let _ = sock.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read one request head (and its Content-Length body).

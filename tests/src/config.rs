@@ -32,3 +32,27 @@ pub fn config(listen: SocketAddr, admin: SocketAddr, top: &str, pools: &[String]
         pools.concat()
     )
 }
+
+/// `config` with TLS on its listener: `certs` in order (the first is the default);
+/// `listener_extra` is more listener-level YAML (4 spaces), e.g. `    http2: false\n`.
+pub fn tls_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    certs: &[&crate::certs::Leaf],
+    listener_extra: &str,
+    pools: &[String],
+) -> String {
+    let mut tls = String::from("    tls:\n      certificates:\n");
+    for c in certs {
+        tls += &format!(
+            "        - cert: {}\n          key: {}\n",
+            c.cert.display(),
+            c.key.display()
+        );
+    }
+    config(listen, admin, "", pools).replacen(
+        &format!("  - address: {listen}\n"),
+        &format!("  - address: {listen}\n{tls}{listener_extra}"),
+        1,
+    )
+}

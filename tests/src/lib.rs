@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+pub mod certs;
 mod client;
 pub mod config;
 mod process;
 pub mod raw;
 pub mod stream;
+pub mod tls;
 
 pub use backend::{Control, FakeBackend, Mode, Request, Stats};
 pub use client::{get, request, Response};

@@ -156,8 +156,8 @@ impl Vigil {
             .collect()
     }
 
-    /// Asserts that nothing was logged at info or above but start-up and state changes:
-    /// requests, served or refused, leave no line.
+    /// Asserts that nothing was logged at info or above but start-up, state changes and
+    /// reloads: requests and handshakes, served or refused, leave no line.
     pub fn assert_quiet(&self) {
         let lines: Vec<String> = self
             .json_logs()
@@ -165,7 +165,9 @@ impl Vigil {
             .filter(|l| l["level"] != "DEBUG" && l["level"] != "TRACE")
             .filter(|l| {
                 let m = l["fields"]["message"].as_str().unwrap_or_default();
-                m != "vigil started" && !m.starts_with("backend is ")
+                m != "vigil started"
+                    && m != "configuration reloaded"
+                    && !m.starts_with("backend is ")
             })
             .map(|l| l.to_string())
             .collect();

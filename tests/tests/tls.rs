@@ -1,0 +1,314 @@
+//! TLS at the edge and to backends (issue #10), with certificates made by `openssl`:
+//! SNI, ALPN h2, h2c, certificate reload under an open connection, broken keys refused
+//! where the config names them, HTTPS backends verified against a CA, pooled HTTPS checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+use vigil_tests::certs::TestCa;
+use vigil_tests::config::{config, pool, tls_config, FAST_CHECKS};
+use vigil_tests::tls::{certs, client_config, connect, get1, get2, negotiated};
+use vigil_tests::{free_ports, wait_for, FakeBackend, Vigil};
+
+fn leaf_der(path: &std::path::Path) -> Vec<u8> {
+    certs(path)[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
+    let ca = TestCa::new("sni");
+    let a = ca.leaf("a", &["a.test", "127.0.0.1"]);
+    let b = ca.leaf("b", &["*.b.test", "b.test"]);
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = tls_config(
+        listen,
+        admin,
+        &[&a, &b],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let both = client_config(&ca.cert, &["h2", "http/1.1"]);
+
+    // An IP address sends no SNI: the first certificate, the default, answers.
+    for (sni, want) in [
+        ("a.test", &a),
+        ("x.b.test", &b),
+        ("b.test", &b),
+        ("127.0.0.1", &a),
+    ] {
+        let s = connect(listen, sni, both.clone()).await.unwrap();
+        let (leaf, alpn) = negotiated(&s);
+        assert_eq!(
+            leaf,
+            leaf_der(&want.cert),
+            "SNI {sni} got the wrong certificate"
+        );
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        let (status, body) = get2(s, sni, "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "web"));
+    }
+    let h1 = client_config(&ca.cert, &["http/1.1"]);
+    let mut s = connect(listen, "a.test", h1).await.unwrap();
+    assert_eq!(negotiated(&s).1.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(
+        get1(&mut s, "a.test", "/").await.unwrap(),
+        (200, "web".into())
+    );
+    let req = backend.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(req.header("x-forwarded-proto"), Some("https"));
+
+    // A client that does not speak TLS is a failed handshake, counted, not logged.
+    let mut plain = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let _ = get1(&mut plain, "a.test", "/").await;
+    v.wait_metric(
+        &format!("vigil_tls_handshakes_total{{listener=\"{listen}\",result=\"failure\"}}"),
+        1.0,
+    )
+    .await;
+    let ok = v
+        .metric(&format!(
+            "vigil_tls_handshakes_total{{listener=\"{listen}\",result=\"success\"}}"
+        ))
+        .await
+        .unwrap();
+    assert!(ok >= 5.0, "{ok} handshakes counted");
+    let expiry = v
+        .metric(&format!(
+            "vigil_tls_certificate_expiry_timestamp_seconds{{listener=\"{listen}\",name=\"a.test\"}}"
+        ))
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now + 29.0 * 86400.0 && expiry < now + 31.0 * 86400.0,
+        "{expiry}"
+    );
+    v.assert_quiet();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_stay() {
+    let ca = TestCa::new("reload");
+    let first = ca.leaf("first", &["site.test"]);
+    let second = ca.leaf("second", &["site.test"]);
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    // The config names files we overwrite: the reload re-reads them.
+    let serving = vigil_tests::certs::Leaf {
+        cert: Vigil::temp_path("serving.pem"),
+        key: Vigil::temp_path("serving.key"),
+    };
+    std::fs::copy(&first.cert, &serving.cert).unwrap();
+    std::fs::copy(&first.key, &serving.key).unwrap();
+    let yaml = tls_config(
+        listen,
+        admin,
+        &[&serving],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let h1 = client_config(&ca.cert, &["http/1.1"]);
+    let mut open = connect(listen, "site.test", h1.clone()).await.unwrap();
+    assert_eq!(negotiated(&open).0, leaf_der(&first.cert));
+    assert_eq!(get1(&mut open, "site.test", "/").await.unwrap().0, 200);
+
+    std::fs::copy(&second.cert, &serving.cert).unwrap();
+    std::fs::copy(&second.key, &serving.key).unwrap();
+    let r = v.post_reload(None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("certificates"), "{}", r.body);
+
+    let fresh = connect(listen, "site.test", h1).await.unwrap();
+    assert_eq!(
+        negotiated(&fresh).0,
+        leaf_der(&second.cert),
+        "new handshakes use the new certificate"
+    );
+    assert_eq!(
+        get1(&mut open, "site.test", "/").await.unwrap().0,
+        200,
+        "the connection open across the reload was cut"
+    );
+    v.assert_quiet();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_key_is_refused_where_the_config_names_it_and_the_old_certificate_serves() {
+    let ca = TestCa::new("broken");
+    let good = ca.leaf("good", &["site.test"]);
+    let other = ca.leaf("other", &["site.test"]);
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let serving = vigil_tests::certs::Leaf {
+        cert: good.cert.clone(),
+        key: Vigil::temp_path("serving.key"),
+    };
+    std::fs::copy(&good.key, &serving.key).unwrap();
+    let yaml = tls_config(
+        listen,
+        admin,
+        &[&serving],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+
+    // The key of another certificate: refused at the `key:` line of listeners.0.
+    std::fs::copy(&other.key, &serving.key).unwrap();
+    let r = v.post_reload(None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let key_line = yaml.lines().position(|l| l.contains("key: ")).unwrap() + 1;
+    let col = yaml
+        .lines()
+        .nth(key_line - 1)
+        .unwrap()
+        .find("key: ")
+        .unwrap()
+        + 6;
+    assert!(
+        r.body.contains(&format!("vigil.yaml:{key_line}:{col}: "))
+            && r.body.contains("is not the key of certificate"),
+        "{}",
+        r.body
+    );
+    let s = connect(listen, "site.test", client_config(&ca.cert, &["http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        negotiated(&s).0,
+        leaf_der(&good.cert),
+        "the old certificate stopped serving"
+    );
+
+    // The same file at start: exit 1 with the same position.
+    let (listen2, admin2) = free_ports();
+    let yaml2 = tls_config(
+        listen2,
+        admin2,
+        &[&serving],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    );
+    let mut bad = Vigil::start(&yaml2, listen2, admin2);
+    let status = bad
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("vigil started with a broken key");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        bad.logs()
+            .iter()
+            .any(|l| l.contains(&format!(":{key_line}:{col}: ")) && l.contains("is not the key")),
+        "{:?}",
+        bad.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_backends_are_verified_against_the_ca_and_checks_reuse_one_handshake() {
+    let ca = TestCa::new("upstream");
+    let wrong = TestCa::new("wrong");
+    let leaf = ca.leaf("backend", &["127.0.0.1", "backend.test"]);
+    let good = FakeBackend::start_tls("secure", &leaf).await;
+    let bad = FakeBackend::start_tls("mistrusted", &leaf).await;
+    let (listen, admin) = free_ports();
+    let checks = "    health_check:\n      interval: 50ms\n      fast_interval: 50ms\n      down_interval: 50ms\n      max_down_interval: 100ms\n      timeout: 50ms\n      jitter: 0\n      rise: 1\n      fall: 1\n";
+    let routes = |host: &str| format!("    routes:\n      - host: {host}\n");
+    let good_pool = pool(
+        "secure",
+        &[(&good, 1)],
+        &format!(
+            "{}    tls: {{ca: {}}}\n{checks}",
+            routes("secure"),
+            ca.cert.display()
+        ),
+    );
+    let bad_pool = pool(
+        "mistrusted",
+        &[(&bad, 1)],
+        &format!(
+            "{}    tls: {{ca: {}}}\n{checks}",
+            routes("mistrusted"),
+            wrong.cert.display()
+        ),
+    );
+    let yaml = config(listen, admin, "", &[good_pool, bad_pool]);
+    let v = Vigil::start(&yaml, listen, admin);
+    v.wait_log(&["backend is up", "secure"]).await;
+    v.wait_log(&["backend is down", "mistrusted"]).await;
+    let down = v
+        .transitions()
+        .into_iter()
+        .find(|t| t["fields"]["pool"] == "mistrusted")
+        .unwrap();
+    let reason = down["fields"]["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("TLS") && reason.to_lowercase().contains("certificate"),
+        "{reason}"
+    );
+
+    let r = vigil_tests::get(listen, "secure", "/").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "secure"));
+    assert_eq!(
+        bad.stats.requests(),
+        0,
+        "a request went to a backend whose certificate failed"
+    );
+
+    // Checks every 50 ms over one pooled TLS connection: many checks, one handshake each
+    // for the check connection and the request's.
+    let before = good.stats.health_requests();
+    wait_for("20 more checks", Duration::from_secs(10), || {
+        good.stats.health_requests() >= before + 20
+    })
+    .await;
+    let handshakes = good
+        .stats
+        .tls_handshakes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        handshakes <= 2,
+        "{handshakes} handshakes for {} checks and 1 request",
+        good.stats.health_requests()
+    );
+    let _ = Arc::clone(&good.stats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_by_prior_knowledge_and_http1_share_a_plain_listener() {
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = config(
+        listen,
+        admin,
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    )
+    .replacen(
+        &format!("  - address: {listen}\n"),
+        &format!("  - address: {listen}\n    http2: true\n"),
+        1,
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (status, body) = get2(tcp, "app", "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "web"));
+    // A request shorter than HTTP/2's 24-byte preface is answered, not held.
+    let mut c = vigil_tests::raw::RawConn::connect(listen).await;
+    c.send(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(2), c.head())
+        .await
+        .expect("held")
+        .unwrap();
+    assert_eq!(head.status, 200);
+    v.assert_quiet();
+}
