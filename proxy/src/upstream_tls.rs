@@ -97,7 +97,7 @@ fn prepare_pool(pool: &PoolConfig) -> Result<Option<PoolTls>, ConfigError> {
                 roots
                     .add(der.clone())
                     .map_err(|e| at.error(format!("{shown}: unusable CA certificate: {e}")))?;
-                wrapped.push(WrappedX509::new(der.to_vec(), |c| parse_x509(c)));
+                wrapped.push(WrappedX509::new(der.to_vec(), parse_x509));
             }
             Some(Arc::<CaType>::from(wrapped))
         }
