@@ -312,3 +312,40 @@ async fn h2c_by_prior_knowledge_and_http1_share_a_plain_listener() {
     assert_eq!(head.status, 200);
     v.assert_quiet();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_to_an_https_backend_resume_the_tls_session() {
+    let ca = TestCa::new("resume");
+    let leaf = ca.leaf("backend", &["127.0.0.1"]);
+    let b = FakeBackend::start_tls("secure", &leaf).await;
+    // Every answer closes its connection: each request needs a new one.
+    b.ctl.set_mode(vigil_tests::Mode::CloseAfterResponse);
+    let (listen, admin) = free_ports();
+    let checks = FAST_CHECKS.replace("      jitter: 0\n", "      jitter: 0\n      type: tcp\n");
+    let p = pool(
+        "secure",
+        &[(&b, 1)],
+        &format!("    tls: {{ca: {}}}\n{checks}", ca.cert.display()),
+    );
+    let mut v = Vigil::start(&config(listen, admin, "", &[p]), listen, admin);
+    v.wait_ready().await;
+    for _ in 0..6 {
+        let r = vigil_tests::get(listen, "app", "/").await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "secure"));
+    }
+    let full = b
+        .stats
+        .tls_handshakes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let resumed = b
+        .stats
+        .tls_resumed
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        full >= 6,
+        "{full} handshakes for 6 requests on closing connections"
+    );
+    // The first connection's handshake is full; the session it leaves lets the rest
+    // resume (pingora-core patch 4: without it a pool with its own CA never resumes).
+    assert!(resumed >= 4, "{resumed} of {full} handshakes resumed");
+}

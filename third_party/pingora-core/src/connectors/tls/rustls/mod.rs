@@ -54,7 +54,25 @@ impl Connector {
 pub struct TlsConnector {
     config: Arc<RusTlsClientConfig>,
     ca_certs: Arc<RootCertStore>,
+    /// vigil patch 4: client configs built for peers with their own CA or ALPN, kept so
+    /// that their session caches (TLS resumption) live beyond one connection.
+    derived: std::sync::Mutex<std::collections::HashMap<DerivedKey, Arc<RusTlsClientConfig>>>,
 }
+
+/// What a derived config depends on, besides the connector's own settings: the peer's CA
+/// certificates (their DER bytes), verification, whether SNI is sent, and ALPN.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DerivedKey {
+    ca: Vec<Vec<u8>>,
+    verify_cert: bool,
+    verify_hostname: bool,
+    sni: bool,
+    alpn: Vec<Vec<u8>>,
+}
+
+/// More distinct derived configs than this and the cache starts over (reloads that
+/// replace CA lists leave old entries behind).
+const MAX_DERIVED: usize = 1024;
 
 impl TlsConnector {
     pub(crate) fn build_connector(options: Option<ConnectorOptions>) -> Result<Connector>
@@ -121,6 +139,7 @@ impl TlsConnector {
             ctx: Arc::new(TlsConnector {
                 config: Arc::new(config),
                 ca_certs: Arc::new(ca_certs),
+                derived: Default::default(),
             }),
         })
     }
@@ -137,6 +156,37 @@ where
     P: Peer + Send + Sync,
 {
     let config = &tls_ctx.config;
+
+    // vigil patch 4: reuse the config (and so the session cache) built for peers like this
+    // one. Client certificates are left out: their configs are built every time, as before.
+    let derived_key = match peer.get_client_cert_key() {
+        Some(_) => None,
+        None => Some(DerivedKey {
+            ca: peer.get_ca().map_or_else(Vec::new, |ca| {
+                ca.iter().map(|c| c.borrow_raw_cert().clone()).collect()
+            }),
+            verify_cert: peer.verify_cert(),
+            verify_hostname: peer.verify_hostname(),
+            sni: !peer.sni().is_empty(),
+            alpn: alpn_override
+                .as_ref()
+                .or(peer.get_alpn())
+                .map(|a| a.to_wire_protocols())
+                .unwrap_or_default(),
+        }),
+    };
+    let cached = derived_key
+        .as_ref()
+        .and_then(|k| tls_ctx.derived.lock().unwrap().get(k).cloned());
+    if let Some(cfg) = cached {
+        let mut domain = peer.sni().to_string();
+        if peer.verify_cert() && peer.verify_hostname() {
+            if let Some(sni_s) = replace_leftmost_underscore(peer.sni()) {
+                domain = sni_s;
+            }
+        }
+        return finish_connect(RusTlsConnector::from(cfg), &domain, stream, peer).await;
+    }
 
     // Build per-peer CA store if provided
     let peer_ca_store: Option<Arc<RootCertStore>> = if let Some(ca_list) = peer.get_ca() {
@@ -274,12 +324,33 @@ where
     }
 
     let tls_conn = if let Some(cfg) = updated_config_opt {
-        RusTlsConnector::from(Arc::new(cfg))
+        let cfg = Arc::new(cfg);
+        if let Some(key) = derived_key {
+            let mut derived = tls_ctx.derived.lock().unwrap();
+            if derived.len() >= MAX_DERIVED {
+                derived.clear();
+            }
+            derived.insert(key, cfg.clone());
+        }
+        RusTlsConnector::from(cfg)
     } else {
         RusTlsConnector::from(Arc::clone(config))
     };
 
-    let connect_future = handshake(&tls_conn, &domain, stream);
+    finish_connect(tls_conn, &domain, stream, peer).await
+}
+
+async fn finish_connect<T, P>(
+    tls_conn: RusTlsConnector,
+    domain: &str,
+    stream: T,
+    peer: &P,
+) -> Result<TlsStream<T>>
+where
+    T: IO,
+    P: Peer + Send + Sync,
+{
+    let connect_future = handshake(&tls_conn, domain, stream);
 
     match peer.connection_timeout() {
         Some(t) => match pingora_timeout::timeout(t, connect_future).await {
