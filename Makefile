@@ -14,9 +14,12 @@ all: build
 deps:
 	@command -v cmake >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq cmake; }
 
-# Tools the tests use as peers or checkers: promtool (package prometheus).
+# Tools the tests use as peers or checkers: promtool (package prometheus), openssl
+# (test certificates).
 test-deps: deps
-	@command -v promtool >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends prometheus; }
+	@missing=""; command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client.
 bench-deps: deps

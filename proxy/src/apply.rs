@@ -150,6 +150,11 @@ impl App {
             return Err(ApplyError::Invalid(ConfigErrors(errors)));
         }
 
+        for w in crate::tls::warnings(&new) {
+            if !crate::tls::warnings(&old).contains(&w) {
+                tracing::warn!("{w}");
+            }
+        }
         let mut changes = Changes::default();
         if old.access_log != new.access_log {
             self.access_log.configure(&new.access_log).map_err(|e| {

@@ -107,16 +107,30 @@ fn load(file: &std::path::Path) -> Result<vigil_conf::Config, ExitCode> {
 fn validate(file: &std::path::Path) -> ExitCode {
     match load(file) {
         Ok(config) => {
+            // The files the config names are part of it: certificates, keys, CA files.
+            if let Err(errors) = vigil_proxy::tls::check_files(&config) {
+                eprintln!("{errors}");
+                return ExitCode::from(1);
+            }
+            for warning in vigil_proxy::tls::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             for p in &config.pools {
                 let routes: Vec<String> = p
                     .routes
                     .iter()
                     .map(|r| format!("{}{}", host(&r.host), r.path_prefix))
                     .collect();
+                let scheme = match (&p.tls, p.protocol) {
+                    (None, _) => "http",
+                    (Some(_), vigil_conf::Protocol::Http1) => "https",
+                    (Some(_), vigil_conf::Protocol::H2) => "https (h2)",
+                };
                 println!(
-                    "pool {}: {} backends, {}, routes {}, {} check every {:?}",
+                    "pool {}: {} {} backends, {}, routes {}, {} check every {:?}",
                     p.name,
                     p.backends.len(),
+                    scheme,
                     p.balance.as_str(),
                     routes.join(" "),
                     p.health_check.kind.as_str(),

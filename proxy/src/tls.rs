@@ -126,6 +126,43 @@ fn describe(der: &[u8]) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
+/// Reads every file `config` names for TLS (listener certificates and keys, pools' CA
+/// files), as start would: `vigil validate` reports what start would refuse.
+pub fn check_files(config: &vigil_conf::Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            if let Err(e) = ListenerTlsState::prepare(tls) {
+                errors.extend(e.0);
+            }
+        }
+    }
+    if let Err(e) = crate::upstream_tls::prepare(config) {
+        errors.extend(e.0);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        errors.sort_by_key(|e| (e.line, e.col));
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Settings that are allowed but deserve a second look.
+pub fn warnings(config: &vigil_conf::Config) -> Vec<String> {
+    config
+        .pools
+        .iter()
+        .filter(|p| p.tls.as_ref().is_some_and(|t| !t.verify))
+        .map(|p| {
+            format!(
+                "pool {}: tls.verify is false: its backends' certificates are not checked",
+                p.name
+            )
+        })
+        .collect()
+}
+
 /// Certificates (or anything) by name, for SNI.
 #[derive(Debug)]
 struct Table<T> {

@@ -201,7 +201,8 @@ fn validate_reports_every_error_with_position() {
     let summary = String::from_utf8_lossy(&out.stdout);
     // Config spellings, not Rust names.
     assert!(
-        summary.starts_with("pool web: 1 backends, round_robin, routes */, http check every 1s"),
+        summary
+            .starts_with("pool web: 1 http backends, round_robin, routes */, http check every 1s"),
         "{summary}"
     );
 
@@ -211,6 +212,42 @@ fn validate_reports_every_error_with_position() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr)
         .contains("/nonexistent/vigil.yaml:1:1: cannot read file"));
+}
+
+#[test]
+fn validate_reads_the_tls_files_and_warns_when_backends_are_not_verified() {
+    let ca = vigil_tests::certs::TestCa::new("validate");
+    let leaf = ca.leaf("site", &["site.test"]);
+    let path = Vigil::temp_path("tls.yaml");
+    let yaml = format!(
+        "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - cert: {}\n          key: /nonexistent/site.key\npools:\n  - name: web\n    tls: {{verify: false}}\n    backends:\n      - address: 127.0.0.1:1\n",
+        leaf.cert.display()
+    );
+    std::fs::write(&path, &yaml).unwrap();
+    let out = vigil_cmd(&["validate", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:6:16: cannot read key /nonexistent/site.key",
+            path.display()
+        )),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        yaml.replace("/nonexistent/site.key", leaf.key.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = vigil_cmd(&["validate", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: pool web: tls.verify is false"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pool web: 1 https backends"));
 }
 
 #[test]
