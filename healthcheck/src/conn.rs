@@ -19,6 +19,17 @@ pub struct TlsClient {
     pub id: String,
 }
 
+impl TlsClient {
+    /// The verified name, as text (for the `:authority` of gRPC checks).
+    pub fn host(&self) -> String {
+        match &self.server_name {
+            ServerName::DnsName(d) => d.as_ref().to_string(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
 impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsClient").field("id", &self.id).finish()

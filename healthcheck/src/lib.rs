@@ -4,7 +4,8 @@
 //! - [`state`]: the typed `unknown → up ↔ down` machine, a pure `observe`.
 //! - [`schedule`]: a pure `next_delay` (fast while changing, backoff while down, jitter).
 //! - [`passive`]: ejection arithmetic (doubling, cap, decay, share of a pool).
-//! - [`probe`] and `http`: TCP and HTTP checks over one pooled keep-alive connection;
+//! - [`probe`], `http` and `grpc`: TCP, HTTP(S) and gRPC checks over one pooled
+//!   keep-alive connection (`conn`: plain or TLS);
 //!   [`Probes`] is the seam tests script.
 //! - `table`: the one owner of every backend's live state.
 //! - [`checker`]: one task per backend (`task`), a global bound on checks in flight,
@@ -17,6 +18,7 @@
 
 pub mod checker;
 mod conn;
+mod grpc;
 mod http;
 pub mod membership;
 pub mod metrics;
@@ -32,6 +34,7 @@ mod task;
 
 pub use checker::{ApplyReport, Checker, CheckerOptions};
 pub use conn::TlsClient;
+pub use grpc::GrpcSpec;
 pub use http::HttpSpec;
 pub use membership::{Endpoint, Member, MemberState, Membership, Publish};
 pub use outcome::Outcome;

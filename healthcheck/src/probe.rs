@@ -6,6 +6,7 @@
 //! run it under paused time.
 
 use crate::conn::Conn;
+use crate::grpc::{GrpcSpec, H2};
 use crate::http::{self, HttpSpec};
 use crate::outcome::Outcome;
 use std::future::Future;
@@ -20,6 +21,8 @@ pub enum ProbeSpec {
     /// Success when a TCP connection is accepted.
     Tcp,
     Http(HttpSpec),
+    /// `grpc.health.v1.Health/Check`, SERVING = success.
+    Grpc(GrpcSpec),
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -79,6 +82,8 @@ pub struct Prober {
     idle: Option<Pooled>,
     /// The HTTP request, built once; cleared with the settings it was built from.
     request: Option<Arc<[u8]>>,
+    /// gRPC checks: the HTTP/2 connection every check opens a stream on.
+    h2: Option<H2>,
     opened: u64,
 }
 
@@ -88,6 +93,7 @@ impl Prober {
             addr,
             idle: None,
             request: None,
+            h2: None,
             opened: 0,
         }
     }
@@ -96,6 +102,7 @@ impl Prober {
     pub fn reset(&mut self) {
         self.idle = None;
         self.request = None;
+        self.h2 = None;
     }
 
     async fn check_inner(&mut self, spec: &ProbeSpec) -> Outcome {
@@ -105,6 +112,40 @@ impl Prober {
                 Err(e) => Outcome::ConnectError(e.to_string()),
             },
             ProbeSpec::Http(h) => self.http(h).await,
+            ProbeSpec::Grpc(g) => self.grpc(g).await,
+        }
+    }
+
+    async fn grpc(&mut self, spec: &GrpcSpec) -> Outcome {
+        let authority = match &spec.tls {
+            Some(t) => format!("{}:{}", t.host(), self.addr.port()),
+            None => self.addr.to_string(),
+        };
+        if let Some(h2) = self.h2.as_mut() {
+            match h2.check(spec, &authority).await {
+                Ok(o) => return o,
+                // The kept connection broke: once more on a new one.
+                Err(_) => self.h2 = None,
+            }
+        }
+        let tcp = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => return Outcome::ConnectError(e.to_string()),
+        };
+        let conn = match Conn::open(tcp, spec.tls.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::ConnectError(e.to_string()),
+        };
+        let mut h2 = match H2::open(conn).await {
+            Ok(h) => h,
+            Err(e) => return Outcome::ConnectError(e),
+        };
+        match h2.check(spec, &authority).await {
+            Ok(o) => {
+                self.h2 = Some(h2);
+                o
+            }
+            Err(o) => o,
         }
     }
 

@@ -5,15 +5,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use vigil_conf::{CheckKind, Config, PoolConfig};
 use vigil_healthcheck::{
-    BackendSpec, CheckPolicy, HttpSpec, PassivePolicy, ProbeSpec, Schedule, Thresholds,
+    BackendSpec, CheckPolicy, GrpcSpec, HttpSpec, PassivePolicy, ProbeSpec, Schedule, Thresholds,
 };
 
 pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
     let h = &pool.health_check;
     CheckPolicy {
         probe: match h.kind {
-            // Refused by validation until gRPC checks land (`grpc_unsupported`).
-            CheckKind::Tcp | CheckKind::Grpc => ProbeSpec::Tcp,
+            CheckKind::Tcp => ProbeSpec::Tcp,
+            CheckKind::Grpc => ProbeSpec::Grpc(GrpcSpec {
+                service: h.grpc_service.clone(),
+                tls: None,
+            }),
             CheckKind::Http => ProbeSpec::Http(HttpSpec {
                 path: h.path.clone(),
                 host: h.host.clone(),
@@ -51,16 +54,23 @@ pub fn backend_specs(config: &Config, tls: &HashMap<String, Arc<PoolTls>>) -> Ve
         let policy = Arc::new(check_policy(pool));
         let pool_tls = tls.get(&pool.name);
         for b in &pool.backends {
-            let policy = match (pool_tls, &policy.probe) {
-                (Some(t), ProbeSpec::Http(h)) => {
-                    let mut p = (*policy).clone();
-                    p.probe = ProbeSpec::Http(HttpSpec {
-                        tls: t.check_client(&b.address),
-                        ..h.clone()
-                    });
-                    Arc::new(p)
-                }
-                _ => policy.clone(),
+            let probe = match (pool_tls, &policy.probe) {
+                (Some(t), ProbeSpec::Http(h)) => Some(ProbeSpec::Http(HttpSpec {
+                    tls: t.check_client(&b.address),
+                    ..h.clone()
+                })),
+                (Some(t), ProbeSpec::Grpc(g)) => Some(ProbeSpec::Grpc(GrpcSpec {
+                    tls: t.check_client(&b.address),
+                    ..g.clone()
+                })),
+                _ => None,
+            };
+            let policy = match probe {
+                Some(probe) => Arc::new(CheckPolicy {
+                    probe,
+                    ..(*policy).clone()
+                }),
+                None => policy.clone(),
             };
             out.push(BackendSpec {
                 pool: pool.name.clone(),

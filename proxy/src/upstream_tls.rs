@@ -120,6 +120,12 @@ fn prepare_pool(pool: &PoolConfig) -> Result<Option<PoolTls>, ConfigError> {
             .with_custom_certificate_verifier(Arc::new(NoVerify))
             .with_no_client_auth()
     };
+    let mut checks = checks;
+    // gRPC checks speak HTTP/2, HTTP checks HTTP/1.1: ALPN says which.
+    checks.alpn_protocols = match pool.health_check.kind {
+        vigil_conf::CheckKind::Grpc => vec![b"h2".to_vec()],
+        _ => vec![b"http/1.1".to_vec()],
+    };
     Ok(Some(PoolTls {
         sni: tls.sni.clone(),
         verify: tls.verify,

@@ -7,6 +7,7 @@ mod backend;
 pub mod certs;
 mod client;
 pub mod config;
+pub mod grpc;
 mod process;
 pub mod raw;
 pub mod stream;

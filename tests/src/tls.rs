@@ -23,6 +23,11 @@ pub fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
 
 /// An HTTPS backend's config: `leaf`, HTTP/1.1 only, session tickets on.
 pub fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+    server_config_alpn(leaf, &["http/1.1"])
+}
+
+/// [`server_config`] offering `alpn`.
+pub fn server_config_alpn(leaf: &Leaf, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
     let pem = std::fs::read(&leaf.key).unwrap();
     let key = rustls_pemfile::private_key(&mut pem.as_slice())
         .unwrap()
@@ -33,7 +38,7 @@ pub fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(certs(&leaf.cert), key)
         .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
     Arc::new(config)
 }

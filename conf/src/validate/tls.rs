@@ -124,13 +124,7 @@ impl Validator<'_> {
                 "protocol h2 needs `tls` on the pool (h2 is negotiated with ALPN)",
             );
         }
-        if check == CheckKind::Grpc {
-            // grpc_unsupported: the checker cannot speak gRPC yet.
-            self.error(
-                &format!("{path}.health_check.type"),
-                "grpc health checks are not available in this version: use http or tcp",
-            );
-        } else if check == CheckKind::Grpc && protocol != Protocol::H2 {
+        if check == CheckKind::Grpc && protocol != Protocol::H2 {
             self.error(
                 &format!("{path}.health_check.type"),
                 "a grpc health check needs `protocol: h2` on the pool",
