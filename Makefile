@@ -48,6 +48,7 @@ bench: bench-deps build
 	python3 bench/harness.py edge
 	python3 bench/harness.py threads
 	python3 bench/harness.py memory
+	python3 bench/harness.py tls
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

@@ -9,6 +9,7 @@
     bench/harness.py edge      # access log on vs off; the edge limits vs the build before them
     bench/harness.py threads   # 1, 2 and 4 workers: CPU per request, p99, new backend connections
     bench/harness.py memory    # resident memory per idle keep-alive client at 10,000 connections
+    bench/harness.py tls       # HTTPS keep-alive and a handshake per request: vigil, HAProxy, nginx
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -329,7 +330,7 @@ def bench_proxy(rounds=3, seconds=15):
     print(f"\nvigil CPU/request ÷ HAProxy's: {hv:.2f}; vigil p99 ÷ nginx p99: {nv:.2f}")
 
 
-def interleaved(peers, rounds, seconds, conns=32, label="", totals=None):
+def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme="http", extra=()):
     """Runs every peer (name -> (port, start)) `rounds` times, in alternating order:
     started, warmed for 2 s, measured for `seconds` with `wrk -t1 -cCONNS`, stopped.
     Adds CPU µs per request to each wrk result and, given `totals` (connections and
@@ -341,10 +342,11 @@ def interleaved(peers, rounds, seconds, conns=32, label="", totals=None):
             port, run = peers[name]
             p = run()
             wait_port(f"127.0.0.1:{port}")
-            wrk(f"http://127.0.0.1:{port}/", 2, conns=conns)
+            url = f"{scheme}://127.0.0.1:{port}/"
+            wrk(url, 2, conns=conns, extra=extra)
             k0, q0 = totals() if totals else (0, 0)
             c0 = cpu_seconds(p.pid)
-            w = wrk(f"http://127.0.0.1:{port}/", seconds, conns=conns)
+            w = wrk(url, seconds, conns=conns, extra=extra)
             cpu = cpu_seconds(p.pid) - c0
             w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
             if totals:
@@ -390,6 +392,50 @@ def bench_edge(rounds=3, seconds=10):
         print("| proxy | req/s | p99 ms | CPU µs/request | ÷ vigil log off | errors |")
         print("|---|---|---|---|---|---|")
         base = med("cpu_us_per_req", "vigil log off")
+        for n in peers:
+            print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
+                  f"{med('cpu_us_per_req', n) / base:.2f} | {sum(x['errors'] for x in results[n])} |")
+
+
+def bench_tls(rounds=3, seconds=8):
+    """TLS at the edge, one worker each, the same ECDSA P-256 certificate: keep-alive
+    HTTPS requests (CPU per request, p99), then a new TLS connection per request
+    (`Connection: close`: CPU per handshake, handshakes per second). vigil (rustls),
+    HAProxy and nginx (OpenSSL)."""
+    backends = [fleet(1, f"tls-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    cert, key, both = (os.path.join(WORK, f) for f in ("tls.pem", "tls.key", "tls-both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
+    open(both, "w").write(open(cert).read() + open(key).read())
+    tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
+
+    def v(port):
+        cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs))
+        cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
+        p = vigil(cfg)[0]
+        wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+        return p
+
+    nginx = nginx_conf("127.0.0.1:19010", addrs).replace(
+        "listen 127.0.0.1:19010;",
+        f"listen 127.0.0.1:19010 ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};")
+    haproxy = haproxy_conf("127.0.0.1:19020 ssl crt " + both, addrs)
+    peers = {
+        "vigil (rustls)": (19000, lambda: v(19000)),
+        "nginx (OpenSSL)": (19010, lambda: start_nginx(nginx)),
+        "haproxy (OpenSSL)": (19020, lambda: start_haproxy(haproxy)),
+    }
+    for title, extra in (("keep-alive HTTPS requests", ()),
+                         ("a new TLS connection per request", ("-H", "Connection: close"))):
+        results = interleaved(peers, rounds, seconds, label=title, scheme="https", extra=extra)
+        med = lambda k, n: statistics.median(x[k] for x in results[n])
+        print(f"\n### TLS: {title}, one worker each ({rounds} rounds of {seconds} s, medians; "
+              f"wrk -t1 -c32 on the same 2 cores)\n")
+        print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy | errors |")
+        print("|---|---|---|---|---|---|")
+        base = med("cpu_us_per_req", "haproxy (OpenSSL)")
         for n in peers:
             print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
                   f"{med('cpu_us_per_req', n) / base:.2f} | {sum(x['errors'] for x in results[n])} |")
@@ -728,7 +774,7 @@ if __name__ == "__main__":
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
-         "threads": bench_threads, "memory": bench_memory}[what]()
+         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -330,28 +330,37 @@ async fn settled(app: &App) {
     }
 }
 
-/// `--watch`: reload when the file's modification time or size changes.
+/// `--watch`: reload when the config file, or a certificate, key or CA file it names,
+/// changes (modification time or size).
 fn spawn_watcher(rt: &tokio::runtime::Runtime, app: &Arc<App>, mut stopped: watch::Receiver<bool>) {
     let Some(path) = app.config_path.clone() else {
         return;
     };
     let app = app.clone();
     rt.spawn(async move {
-        let stamp = |p: &PathBuf| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
+        let stamp = |app: &App| {
+            let mut files = vec![path.clone()];
+            files.extend(crate::tls::files(&app.config()));
+            files
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .map(|m| (m.modified().ok(), m.len()))
+                })
+                .collect::<Vec<_>>()
         };
-        let mut last = stamp(&path);
+        let mut last = stamp(&app);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stopped.changed() => return,
             }
-            let now = stamp(&path);
-            if now != last && now.is_some() {
-                last = now;
+            let now = stamp(&app);
+            // A file caught half-written (or gone) waits for the next look.
+            if now != last && now[0].is_some() {
                 let _ = app.reload_off_thread().await;
+                last = stamp(&app);
             }
         }
     });

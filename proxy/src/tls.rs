@@ -148,6 +148,21 @@ pub fn check_files(config: &vigil_conf::Config) -> Result<(), ConfigErrors> {
     }
 }
 
+/// Every file TLS reads: listener certificates and keys, pools' CA files.
+pub fn files(config: &vigil_conf::Config) -> Vec<std::path::PathBuf> {
+    let listeners = config.listeners.iter().filter_map(|l| l.tls.as_ref());
+    let certs = listeners.flat_map(|t| {
+        t.certificates
+            .iter()
+            .flat_map(|c| [c.cert.clone(), c.key.clone()])
+    });
+    let cas = config
+        .pools
+        .iter()
+        .filter_map(|p| p.tls.as_ref()?.ca.clone());
+    certs.chain(cas).collect()
+}
+
 /// Settings that are allowed but deserve a second look.
 pub fn warnings(config: &vigil_conf::Config) -> Vec<String> {
     config

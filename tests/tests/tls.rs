@@ -136,6 +136,29 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_open_connections_stay(
         200,
         "the connection open across the reload was cut"
     );
+
+    // SIGHUP re-reads them too.
+    let third = ca.leaf("third", &["site.test"]);
+    std::fs::copy(&third.cert, &serving.cert).unwrap();
+    std::fs::copy(&third.key, &serving.key).unwrap();
+    v.signal(libc::SIGHUP);
+    let want = leaf_der(&third.cert);
+    let h1 = client_config(&ca.cert, &["http/1.1"]);
+    vigil_tests::wait_for_async(
+        "SIGHUP installs the third certificate",
+        Duration::from_secs(10),
+        || {
+            let h1 = h1.clone();
+            let want = want.clone();
+            async move {
+                match connect(listen, "site.test", h1).await {
+                    Ok(s) => negotiated(&s).0 == want,
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
     v.assert_quiet();
 }
 
