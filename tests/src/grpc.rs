@@ -141,12 +141,7 @@ pub async fn call<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
     let resp = resp.await?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
+    let out = crate::tls::read_body(&mut body).await?;
     let trailers = body.trailers().await?.unwrap_or_default();
     Ok((status, out, trailers))
 }

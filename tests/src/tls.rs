@@ -125,12 +125,17 @@ pub async fn get2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (resp, _) = client.send_request(req, true)?;
     let resp = resp.await?;
     let status = resp.status().as_u16();
-    let mut body = resp.into_body();
+    let out = read_body(&mut resp.into_body()).await?;
+    Ok((status, String::from_utf8_lossy(&out).to_string()))
+}
+
+/// Reads an HTTP/2 body to its end, giving the window back as it goes.
+pub async fn read_body(body: &mut h2::RecvStream) -> Result<Vec<u8>, h2::Error> {
     let mut out = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
         out.extend_from_slice(&chunk);
     }
-    Ok((status, String::from_utf8_lossy(&out).to_string()))
+    Ok(out)
 }

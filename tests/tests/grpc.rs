@@ -18,7 +18,7 @@ async fn grpc_is_proxied_with_trailers_and_health_checked_over_one_connection() 
     let b = GrpcBackend::start(&backend_leaf).await;
     let (listen, admin) = free_ports();
     let pool = format!(
-        "  - name: grpc\n    protocol: h2\n    tls: {{ca: {}}}\n    backends:\n      - address: {}\n    health_check:\n      type: grpc\n      interval: 50ms\n      fast_interval: 50ms\n      down_interval: 50ms\n      max_down_interval: 100ms\n      timeout: 50ms\n      jitter: 0\n      rise: 1\n      fall: 1\n",
+        "  - name: grpc\n    protocol: h2\n    tls: {{ca: {}}}\n    backends:\n      - address: {}\n    health_check:\n      type: grpc\n      interval: 200ms\n      fast_interval: 50ms\n      down_interval: 50ms\n      max_down_interval: 100ms\n      timeout: 200ms\n      jitter: 0\n      rise: 1\n      fall: 1\n",
         ca.cert.display(),
         b.addr
     );
@@ -51,10 +51,10 @@ async fn grpc_is_proxied_with_trailers_and_health_checked_over_one_connection() 
     );
     assert_eq!(b.stats.calls.load(Ordering::SeqCst), 1);
 
-    // Checks every 50 ms are streams on one HTTP/2 connection (the call has its own).
+    // Checks every 200 ms are streams on one HTTP/2 connection (the call has its own).
     let before = b.stats.health_checks.load(Ordering::SeqCst);
-    wait_for("20 more checks", Duration::from_secs(10), || {
-        b.stats.health_checks.load(Ordering::SeqCst) >= before + 20
+    wait_for("10 more checks", Duration::from_secs(10), || {
+        b.stats.health_checks.load(Ordering::SeqCst) >= before + 10
     })
     .await;
     let connections = b.stats.connections.load(Ordering::SeqCst);
