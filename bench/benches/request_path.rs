@@ -40,6 +40,7 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
                 state: MemberState {
                     health: Health::Up,
                     ejected: false,
+                    suspect: false,
                 },
             })
             .collect();

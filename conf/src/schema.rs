@@ -141,4 +141,7 @@ pub struct RawPassive {
     pub ejection_time: Option<String>,
     pub max_ejection_time: Option<String>,
     pub max_ejected_percent: Option<f64>,
+    pub stall_detection: Option<bool>,
+    pub stall_factor: Option<f64>,
+    pub stall_min: Option<String>,
 }

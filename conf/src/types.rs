@@ -310,6 +310,13 @@ pub struct PassiveConfig {
     pub ejection_time: Duration,
     pub max_ejection_time: Duration,
     pub max_ejected_percent: f64,
+    /// Stuck requests make a backend suspect (no new requests, a check at once).
+    pub stall_detection: bool,
+    /// Suspect when its oldest request has waited this many times what the pool
+    /// normally takes to answer...
+    pub stall_factor: f64,
+    /// ...and at least this long.
+    pub stall_min: Duration,
 }
 
 impl Default for PassiveConfig {
@@ -319,6 +326,9 @@ impl Default for PassiveConfig {
             ejection_time: Duration::from_secs(10),
             max_ejection_time: Duration::from_secs(300),
             max_ejected_percent: 50.0,
+            stall_detection: true,
+            stall_factor: 10.0,
+            stall_min: Duration::from_millis(250),
         }
     }
 }

@@ -110,6 +110,7 @@ impl Checker {
             runtime: runtime.clone(),
         });
         runtime.spawn(republish(Arc::downgrade(&inner), inner.shared.clone()));
+        runtime.spawn(watch_stalls(inner.shared.clone()));
         Ok(Checker { inner })
     }
 
@@ -250,6 +251,29 @@ impl Checker {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// How often stuck requests are looked for.
+const STALL_WATCH: Duration = Duration::from_millis(50);
+
+/// Looks for backends with stuck requests (see `table/stall.rs`).
+async fn watch_stalls(shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(STALL_WATCH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (changed, suspects) = shared.table.watch_stalls();
+        for s in suspects {
+            s.check_now().notify_one();
+        }
+        if changed {
+            shared.changed.notify_one();
+        }
     }
 }
 

@@ -24,6 +24,14 @@ pub struct Endpoint {
     passive_failures: AtomicU32,
     /// Failures in a row that eject; 0 = passive ejection off. Updated on reload.
     passive_threshold: AtomicU32,
+    /// The last sign of life, in [`clock_ms`]: an answer, or a first request after a
+    /// time with none in flight. With requests in flight, now minus this is a lower bound
+    /// of how long the oldest has waited.
+    progress_ms: AtomicU64,
+    /// When it last answered, in [`clock_ms`].
+    answered_ms: AtomicU64,
+    /// A decaying average of the time to an answer (response header), µs; 0 = none yet.
+    latency_us: AtomicU64,
     /// Wakes the backend's task to consider an ejection.
     pub(crate) wake: Notify,
 }
@@ -37,6 +45,9 @@ impl Endpoint {
             in_flight: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             passive_threshold: AtomicU32::new(passive_threshold),
+            progress_ms: AtomicU64::new(clock_ms()),
+            answered_ms: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -47,7 +58,45 @@ impl Endpoint {
     }
 
     pub fn request_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.progress_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The backend answered (a response header) `latency` after it was asked.
+    pub fn answered(&self, latency: std::time::Duration) {
+        let now = clock_ms();
+        self.progress_ms.store(now, Ordering::Relaxed);
+        self.answered_ms.store(now, Ordering::Relaxed);
+        let x = latency.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        // Weight 1/8: a few answers move it, one outlier does not.
+        let new = if old == 0 {
+            x.max(1)
+        } else {
+            (old * 7 + x) / 8
+        };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// How long requests to it have waited without any answer, if any are in flight.
+    pub fn stalled_for(&self, now_ms: u64) -> Option<std::time::Duration> {
+        (self.in_flight() > 0).then(|| {
+            let since = self.progress_ms.load(Ordering::Relaxed);
+            std::time::Duration::from_millis(now_ms.saturating_sub(since))
+        })
+    }
+
+    pub(crate) fn answered_ms(&self) -> u64 {
+        self.answered_ms.load(Ordering::Relaxed)
+    }
+
+    /// Its usual time to answer, once it has answered.
+    pub fn latency(&self) -> Option<std::time::Duration> {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     pub fn request_finished(&self) {
@@ -84,23 +133,37 @@ impl Endpoint {
     }
 }
 
+/// Milliseconds on the process's monotonic (tokio) clock, for atomics.
+pub fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(tokio::time::Instant::now);
+    tokio::time::Instant::now()
+        .saturating_duration_since(base)
+        .as_millis() as u64
+        + 1
+}
+
 /// A backend's state as routing sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberState {
     pub health: Health,
     pub ejected: bool,
+    /// Requests to it are stuck: no new ones until it answers again.
+    pub suspect: bool,
 }
 
 impl MemberState {
-    /// Only `up` and not ejected backends receive traffic.
+    /// Only `up` backends, neither ejected nor suspect, receive traffic.
     pub fn routable(&self) -> bool {
-        self.health == Health::Up && !self.ejected
+        self.health == Health::Up && !self.ejected && !self.suspect
     }
 
-    /// The `state` label: ejection wins over health.
+    /// The `state` label: ejection wins, then suspicion, then health.
     pub fn label(&self) -> &'static str {
         if self.ejected {
             "ejected"
+        } else if self.suspect {
+            "suspect"
         } else {
             self.health.as_str()
         }

@@ -18,11 +18,12 @@ pub mod names {
     pub const TRANSITIONS: &str = "vigil_backend_transitions_total";
     pub const POOL_BACKENDS: &str = "vigil_pool_backends";
     pub const EJECTIONS: &str = "vigil_passive_ejections_total";
+    pub const SUSPECT: &str = "vigil_backend_suspect_total";
 }
 
-pub const STATES: [&str; 4] = ["unknown", "up", "down", "ejected"];
+pub const STATES: [&str; 5] = ["unknown", "up", "down", "ejected", "suspect"];
 pub const RESULTS: [&str; 4] = ["success", "failure", "timeout", "connect_error"];
-const TRANSITION_TARGETS: [&str; 3] = ["up", "down", "ejected"];
+const TRANSITION_TARGETS: [&str; 4] = ["up", "down", "ejected", "suspect"];
 
 #[derive(Clone)]
 pub struct CheckerMetrics {
@@ -36,16 +37,18 @@ pub struct CheckerMetrics {
     transitions: IntCounterVec,
     pool_backends: IntGaugeVec,
     ejections: IntCounterVec,
+    suspect: IntCounterVec,
     per_backend: bool,
 }
 
 /// Series of one backend (absent when per-backend metrics are off).
 pub(crate) struct BackendMetrics {
     up: IntGauge,
-    state: [IntGauge; 4],
+    state: [IntGauge; STATES.len()],
     checks: [IntCounter; 4],
-    transitions: [IntCounter; 3],
+    transitions: [IntCounter; TRANSITION_TARGETS.len()],
     ejections: IntCounter,
+    suspect: IntCounter,
 }
 
 /// Series of one pool.
@@ -106,6 +109,13 @@ impl CheckerMetrics {
                 &["pool", "state"],
             )?,
             ejections: IntCounterVec::new(Opts::new(names::EJECTIONS, "Passive ejections"), pb)?,
+            suspect: IntCounterVec::new(
+                Opts::new(
+                    names::SUSPECT,
+                    "Times the backend became suspect: requests stuck far beyond the pool's usual answer time",
+                ),
+                pb,
+            )?,
             per_backend,
         };
         registry.register(Box::new(m.backend_up.clone()))?;
@@ -118,6 +128,7 @@ impl CheckerMetrics {
         registry.register(Box::new(m.transitions.clone()))?;
         registry.register(Box::new(m.pool_backends.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
+        registry.register(Box::new(m.suspect.clone()))?;
         Ok(m)
     }
 
@@ -134,6 +145,7 @@ impl CheckerMetrics {
             transitions: TRANSITION_TARGETS
                 .map(|t| self.transitions.with_label_values(&[pool, backend, t])),
             ejections: self.ejections.with_label_values(&[pool, backend]),
+            suspect: self.suspect.with_label_values(&[pool, backend]),
         })
     }
 
@@ -143,6 +155,7 @@ impl CheckerMetrics {
         }
         let _ = self.backend_up.remove_label_values(&[pool, backend]);
         let _ = self.ejections.remove_label_values(&[pool, backend]);
+        let _ = self.suspect.remove_label_values(&[pool, backend]);
         for s in STATES {
             let _ = self.backend_state.remove_label_values(&[pool, backend, s]);
         }
@@ -172,7 +185,7 @@ impl CheckerMetrics {
         }
     }
 
-    pub(crate) fn set_pool_counts(&self, pool: &str, counts: [i64; 4]) {
+    pub(crate) fn set_pool_counts(&self, pool: &str, counts: [i64; STATES.len()]) {
         for (s, n) in STATES.iter().zip(counts) {
             self.pool_backends.with_label_values(&[pool, s]).set(n);
         }
@@ -202,5 +215,9 @@ impl BackendMetrics {
 
     pub(crate) fn record_ejection(&self) {
         self.ejections.inc();
+    }
+
+    pub(crate) fn record_suspect(&self) {
+        self.suspect.inc();
     }
 }

@@ -14,6 +14,13 @@ pub struct PassivePolicy {
     pub max_ejection_time: Duration,
     /// Never eject more than this share of a pool, in percent.
     pub max_ejected_percent: f64,
+    /// Stuck requests make a backend suspect: off for pools whose requests may wait
+    /// on purpose (long polls).
+    pub stall_detection: bool,
+    /// A request waiting `stall_factor` times the pool's usual answer time, and at
+    /// least `stall_min`, is stuck.
+    pub stall_factor: f64,
+    pub stall_min: Duration,
 }
 
 impl Default for PassivePolicy {
@@ -23,6 +30,9 @@ impl Default for PassivePolicy {
             ejection_time: Duration::from_secs(10),
             max_ejection_time: Duration::from_secs(300),
             max_ejected_percent: 50.0,
+            stall_detection: true,
+            stall_factor: 10.0,
+            stall_min: Duration::from_millis(250),
         }
     }
 }
@@ -52,6 +62,13 @@ impl PassivePolicy {
         count.saturating_sub(steps.min(u32::MAX as u64) as u32)
     }
 
+    /// How long a backend's oldest request may wait before it is stuck, given how long
+    /// the pool usually takes to answer (None: no estimate yet).
+    pub fn stall_threshold(&self, usual: Option<Duration>) -> Duration {
+        let scaled = usual.map_or(Duration::ZERO, |u| u.mul_f64(self.stall_factor));
+        scaled.max(self.stall_min)
+    }
+
     /// Whether one more ejection keeps the pool within `max_ejected_percent`.
     pub fn may_eject(&self, already_ejected: usize, pool_size: usize) -> bool {
         if pool_size == 0 {
@@ -71,7 +88,26 @@ mod tests {
             ejection_time: Duration::from_secs(10),
             max_ejection_time: Duration::from_secs(60),
             max_ejected_percent: 50.0,
+            ..PassivePolicy::default()
         }
+    }
+
+    #[test]
+    fn stall_threshold_scales_the_usual_answer_time_with_a_floor() {
+        let p = p();
+        assert_eq!(
+            p.stall_threshold(None),
+            Duration::from_millis(250),
+            "no estimate: the floor"
+        );
+        assert_eq!(
+            p.stall_threshold(Some(Duration::from_millis(2))),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            p.stall_threshold(Some(Duration::from_millis(100))),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

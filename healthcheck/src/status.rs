@@ -10,6 +10,8 @@ pub struct BackendStatus {
     pub weight: u32,
     pub health: Health,
     pub ejected: bool,
+    /// Requests to it are stuck: no new ones until it answers.
+    pub suspect: bool,
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
     pub checks: u64,
@@ -23,10 +25,12 @@ pub struct BackendStatus {
 }
 
 impl BackendStatus {
-    /// `unknown|up|down|ejected`, ejection first.
+    /// `unknown|up|down|ejected|suspect`: ejection first, then suspicion.
     pub fn state_label(&self) -> &'static str {
         if self.ejected {
             "ejected"
+        } else if self.suspect {
+            "suspect"
         } else {
             self.health.as_str()
         }

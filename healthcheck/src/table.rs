@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+mod stall;
+
 /// (pool, address) as configured.
 pub(crate) type Key = (Arc<str>, Arc<str>);
 
@@ -35,6 +37,8 @@ struct Live {
     /// Ejections on record, before decay.
     ejections: u32,
     last_ejection_end: Option<Instant>,
+    /// Suspect (stuck requests): since when, and the endpoint's progress mark then.
+    suspect: Option<(Instant, u64)>,
 }
 
 impl Live {
@@ -50,6 +54,7 @@ impl Live {
             ejected_until: None,
             ejections: 0,
             last_ejection_end: None,
+            suspect: None,
         }
     }
 
@@ -57,6 +62,7 @@ impl Live {
         MemberState {
             health: self.tracker.health,
             ejected: self.ejected_until.is_some(),
+            suspect: self.suspect.is_some(),
         }
     }
 }
@@ -79,6 +85,8 @@ pub(crate) struct Slot {
     live: Mutex<Live>,
     stop: watch::Sender<bool>,
     changed: Notify,
+    /// Check at once (the backend became suspect).
+    check_now: Notify,
     metrics: Option<BackendMetrics>,
     pool_metrics: PoolMetrics,
 }
@@ -104,6 +112,7 @@ impl Slot {
             live: Mutex::new(Live::new(Instant::now())),
             stop: watch::channel(false).0,
             changed: Notify::new(),
+            check_now: Notify::new(),
             key,
         }
     }
@@ -142,6 +151,11 @@ impl Slot {
     /// Wakes when the spec changed.
     pub fn changed(&self) -> &Notify {
         &self.changed
+    }
+
+    /// Wakes when the backend should be checked at once.
+    pub fn check_now(&self) -> &Notify {
+        &self.check_now
     }
 
     /// Ends the backend's task (removed from the config).
@@ -206,7 +220,9 @@ impl Slot {
         } else {
             tracing::debug!(pool = %self.key.0, backend = %self.key.1, result = outcome.label(), ?latency, "health check");
         }
-        (live.tracker.clone(), transition.is_some())
+        let tracker = live.tracker.clone();
+        let unsuspected = outcome.is_success() && self.clear_suspect_on_check(live);
+        (tracker, transition.is_some() || unsuspected)
     }
 
     fn refresh_state_metrics(&self, live: &Live) {
@@ -327,6 +343,7 @@ impl Slot {
             weight: spec.weight,
             health: live.tracker.health,
             ejected: live.ejected_until.is_some(),
+            suspect: live.suspect.is_some(),
             consecutive_successes: live.tracker.consecutive_successes,
             consecutive_failures: live.tracker.consecutive_failures,
             checks: live.checks,
@@ -418,7 +435,7 @@ impl BackendTable {
         let mut membership = Membership::default();
         for (pool, mut members) in pools {
             members.sort_by_key(|(order, _)| *order);
-            let mut counts = [0i64; 4];
+            let mut counts = [0i64; STATES.len()];
             for (_, m) in &members {
                 let i = STATES
                     .iter()

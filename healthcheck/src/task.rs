@@ -165,6 +165,10 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 spec = new;
                 continue;
             }
+            _ = slot.check_now().notified() => {
+                deadline = Instant::now();
+                continue;
+            }
             _ = slot.endpoint().wake.notified() => {
                 if shared.table.consider_ejection(&slot) {
                     shared.changed.notify_one();

@@ -343,6 +343,7 @@ async fn passive_ejection_doubles_ends_on_time_and_respects_the_pool_share() {
         ejection_time: Duration::from_millis(300),
         max_ejection_time: Duration::from_secs(2),
         max_ejected_percent: 50.0,
+        ..PassivePolicy::default()
     };
     let p = Arc::new(p);
     c.apply(vec![spec(0, &p), spec(1, &p)]);

@@ -48,6 +48,8 @@ struct Counts {
     up: usize,
     down: usize,
     unknown: usize,
+    /// Ejected or suspect: taken out by what live traffic showed (the summary's shape
+    /// is fixed by the contract; `/health/detailed` tells the two apart).
     ejected: usize,
     total: usize,
     routable: usize,
@@ -68,7 +70,7 @@ fn counts_by_pool(table: &RoutingTable) -> BTreeMap<String, Counts> {
             match m.state.label() {
                 "up" => c.up += 1,
                 "down" => c.down += 1,
-                "ejected" => c.ejected += 1,
+                "ejected" | "suspect" => c.ejected += 1,
                 _ => c.unknown += 1,
             }
         }
@@ -165,6 +167,7 @@ impl AdminApp {
                     "state": s.state_label(),
                     "health": s.health.as_str(),
                     "ejected": s.ejected,
+                    "suspect": s.suspect,
                     "weight": s.weight,
                     "consecutive_successes": s.consecutive_successes,
                     "consecutive_failures": s.consecutive_failures,

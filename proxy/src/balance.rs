@@ -226,6 +226,7 @@ mod tests {
                 state: MemberState {
                     health: Health::Up,
                     ejected: false,
+                    suspect: false,
                 },
             })
             .collect()

@@ -42,6 +42,9 @@ pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
             ejection_time: pool.passive.ejection_time,
             max_ejection_time: pool.passive.max_ejection_time,
             max_ejected_percent: pool.passive.max_ejected_percent,
+            stall_detection: pool.passive.stall_detection,
+            stall_factor: pool.passive.stall_factor,
+            stall_min: pool.passive.stall_min,
         },
     }
 }

@@ -56,6 +56,7 @@ impl ProxyHttp for VigilProxy {
             retries_left: 0,
             hash_key: Vec::new(),
             started: Instant::now(),
+            attempt_started: Instant::now(),
             no_backend: false,
             got_header: false,
             status_retry: false,
@@ -178,6 +179,7 @@ impl ProxyHttp for VigilProxy {
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
         ctx.tried.push(i);
         ctx.current = Some(i);
+        ctx.attempt_started = Instant::now();
         Ok(Box::new(peer))
     }
 
@@ -232,7 +234,10 @@ impl ProxyHttp for VigilProxy {
             return e;
         }
         let from_upstream = matches!(e.esource(), ErrorSource::Upstream);
-        if from_upstream && !ctx.got_header {
+        // A timeout is the backend's failure whenever it comes, before the answer or
+        // during its body.
+        let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout | ConnectTimedout);
+        if (from_upstream && !ctx.got_header) || timed_out {
             if let Some(b) = ctx.current_backend() {
                 b.report_failure();
             }
@@ -277,6 +282,7 @@ impl ProxyHttp for VigilProxy {
                 counters[class_index(status)].inc();
             }
             let backend = &pool.members[i].endpoint;
+            backend.answered(ctx.attempt_started.elapsed());
             if status >= 500 {
                 backend.report_failure();
             } else {

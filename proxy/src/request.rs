@@ -24,6 +24,8 @@ pub struct Ctx {
     pub(crate) retries_left: u32,
     pub(crate) hash_key: Vec<u8>,
     pub(crate) started: Instant,
+    /// When the current attempt was sent to its backend.
+    pub(crate) attempt_started: Instant,
     pub(crate) no_backend: bool,
     /// The current attempt received a response header.
     pub(crate) got_header: bool,

@@ -397,11 +397,25 @@ impl Validator<'_> {
             raw.max_ejected_percent,
             d.max_ejected_percent,
         );
+        let stall_factor = raw.stall_factor.unwrap_or(d.stall_factor);
+        if !(2.0..=1000.0).contains(&stall_factor) {
+            self.error(
+                &p("stall_factor"),
+                format!("stall_factor must be between 2 and 1000, got {stall_factor}"),
+            );
+        }
+        let stall_min = self.duration(&p("stall_min"), &raw.stall_min, d.stall_min);
+        if stall_min < Duration::from_millis(50) {
+            self.error(&p("stall_min"), "stall_min must be at least 50ms");
+        }
         PassiveConfig {
             consecutive_failures,
             ejection_time,
             max_ejection_time: max_ejection_time.max(ejection_time),
             max_ejected_percent,
+            stall_detection: raw.stall_detection.unwrap_or(d.stall_detection),
+            stall_factor,
+            stall_min,
         }
     }
 }

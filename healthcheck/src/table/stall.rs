@@ -1,0 +1,176 @@
+//! Stuck requests (issue #11): a backend whose requests have waited far longer than its
+//! pool usually takes to answer, while the pool's other backends answer, becomes
+//! *suspect*: it gets no new requests and is checked at once. Suspicion ends when it
+//! answers again; if its requests time out instead, passive ejection takes over.
+//!
+//! The age of a backend's oldest request is bounded below, without a lock on the request
+//! path, by the time since its last sign of life while requests are in flight
+//! ([`Endpoint::stalled_for`](crate::Endpoint::stalled_for)). The pool's usual answer
+//! time is the median of its backends' decaying averages.
+
+use super::{BackendTable, Slot};
+use crate::membership::clock_ms;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+impl Slot {
+    fn is_suspect(&self) -> bool {
+        self.live.lock().unwrap().suspect.is_some()
+    }
+
+    /// Suspect from now; logged and counted once.
+    fn make_suspect(&self, waited: Duration, usual: Option<Duration>) {
+        let mut live = self.live.lock().unwrap();
+        if live.suspect.is_some() {
+            return;
+        }
+        live.suspect = Some((Instant::now(), self.endpoint.answered_ms()));
+        self.refresh_state_metrics(&live);
+        if let Some(m) = &self.metrics {
+            m.record_suspect();
+            m.record_transition("suspect");
+        }
+        let usual = usual.map_or("no answer yet".to_string(), |u| format!("{u:?}"));
+        let reason = format!(
+            "requests waiting {waited:?} without an answer (the pool usually answers in {usual})"
+        );
+        live.last_error = Some(reason.clone());
+        tracing::warn!(
+            pool = &*self.key.0,
+            backend = &*self.key.1,
+            from = live.tracker.health.as_str(),
+            to = "suspect",
+            reason = reason.as_str(),
+            "backend is suspect"
+        );
+    }
+
+    /// Ends suspicion once the backend has answered live traffic since it began; true
+    /// if it did.
+    fn clear_suspect_if_answered(&self, enabled: bool) -> bool {
+        let live = self.live.lock().unwrap();
+        let Some((since, mark)) = live.suspect else {
+            return false;
+        };
+        if enabled && self.endpoint.answered_ms() <= mark {
+            return false;
+        }
+        let reason = if enabled {
+            format!("answered again after {:?}", since.elapsed())
+        } else {
+            "stall_detection turned off".to_string()
+        };
+        self.end_suspicion(live, &reason);
+        true
+    }
+
+    /// Ends suspicion because an active check passed; true if it was suspect.
+    pub(super) fn clear_suspect_on_check(
+        &self,
+        live: std::sync::MutexGuard<'_, super::Live>,
+    ) -> bool {
+        let Some((since, _)) = live.suspect else {
+            return false;
+        };
+        self.end_suspicion(live, &format!("a check passed after {:?}", since.elapsed()));
+        true
+    }
+
+    fn end_suspicion(&self, mut live: std::sync::MutexGuard<'_, super::Live>, reason: &str) {
+        live.suspect = None;
+        self.refresh_state_metrics(&live);
+        tracing::info!(
+            pool = &*self.key.0,
+            backend = &*self.key.1,
+            from = "suspect",
+            to = live.tracker.health.as_str(),
+            reason,
+            "backend is no longer suspect"
+        );
+    }
+
+    fn routable_now(&self) -> bool {
+        let live = self.live.lock().unwrap();
+        live.member_state().routable()
+    }
+}
+
+/// No threshold is below this (`passive.stall_min` is validated against it).
+pub const MIN_STALL: Duration = Duration::from_millis(50);
+
+/// The median of the backends' usual answer times.
+fn usual(slots: &[Arc<Slot>]) -> Option<Duration> {
+    let mut l: Vec<Duration> = slots.iter().filter_map(|s| s.endpoint.latency()).collect();
+    l.sort();
+    l.get(l.len() / 2).copied()
+}
+
+impl BackendTable {
+    /// One look at every pool. Returns whether routing changed, and the backends that
+    /// became suspect (to be checked at once).
+    pub fn watch_stalls(&self) -> (bool, Vec<Arc<Slot>>) {
+        let now = clock_ms();
+        // Most looks find nothing: only pools with a backend waiting longer than any
+        // threshold can be (stall_min is at least MIN_STALL), or with a suspect, are
+        // looked at closely.
+        let waiting = |s: &Slot| s.endpoint.stalled_for(now).is_some_and(|w| w >= MIN_STALL);
+        let mut busy: Vec<Arc<str>> = Vec::new();
+        for s in self.slots.iter() {
+            if (waiting(&s) || s.is_suspect()) && !busy.contains(&s.key.0) {
+                busy.push(s.key.0.clone());
+            }
+        }
+        if busy.is_empty() {
+            return (false, Vec::new());
+        }
+        let mut pools: BTreeMap<Arc<str>, Vec<Arc<Slot>>> = BTreeMap::new();
+        for s in self.slots.iter().filter(|s| busy.contains(&s.key.0)) {
+            pools
+                .entry(s.key.0.clone())
+                .or_default()
+                .push(s.value().clone());
+        }
+        let mut changed = false;
+        let mut suspects = Vec::new();
+        for slots in pools.values() {
+            let spec = slots[0].spec();
+            let policy = &spec.policy.passive;
+            for s in slots {
+                changed |= s.clear_suspect_if_answered(policy.stall_detection);
+            }
+            if !policy.stall_detection {
+                continue;
+            }
+            let usual = usual(slots);
+            let threshold = policy.stall_threshold(usual);
+            let stuck = |s: &Slot| s.endpoint.stalled_for(now).is_some_and(|w| w > threshold);
+            // Someone else answers: a pool that is slow everywhere is not one stuck backend.
+            let answering = slots
+                .iter()
+                .filter(|s| s.routable_now() && !stuck(s))
+                .count();
+            for s in slots {
+                let Some(waited) = s.endpoint.stalled_for(now).filter(|w| *w > threshold) else {
+                    continue;
+                };
+                if !s.routable_now() || answering == 0 {
+                    continue;
+                }
+                let _one_at_a_time = self.ejection_lock.lock().unwrap();
+                let out = slots
+                    .iter()
+                    .filter(|o| o.key != s.key && (o.is_ejected() || o.is_suspect()))
+                    .count();
+                if !policy.may_eject(out, slots.len()) {
+                    continue;
+                }
+                s.make_suspect(waited, usual);
+                changed = true;
+                suspects.push(s.clone());
+            }
+        }
+        (changed, suspects)
+    }
+}
