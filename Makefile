@@ -49,6 +49,7 @@ bench: bench-deps build
 	python3 bench/harness.py threads
 	python3 bench/harness.py memory
 	python3 bench/harness.py tls
+	python3 bench/harness.py frozen
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

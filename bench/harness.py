@@ -10,6 +10,7 @@
     bench/harness.py threads   # 1, 2 and 4 workers: CPU per request, p99, new backend connections
     bench/harness.py memory    # resident memory per idle keep-alive client at 10,000 connections
     bench/harness.py tls       # HTTPS keep-alive and a handshake per request: vigil, HAProxy, nginx
+    bench/harness.py frozen    # a backend frozen (SIGSTOP) under an open-loop stream: vigil, HAProxy, nginx
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -696,6 +697,96 @@ def bench_death(seconds=12, kill_at=3):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
 
 
+def open_loop(addr, rate, seconds, timeout=12.0):
+    """An open-loop client: `rate` GETs a second for `seconds`, each on its own
+    connection, whatever the answers take. Returns (latency s or None if failed)."""
+    import asyncio
+    host, port = addr.rsplit(":", 1)
+
+    async def one():
+        t = time.monotonic()
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+            w.write(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(r.read(), timeout)
+            w.close()
+            ok = data.startswith(b"HTTP/1.1 200") or data.startswith(b"HTTP/1.0 200")
+            return time.monotonic() - t if ok else None
+        except Exception:
+            return None
+
+    async def run():
+        tasks = []
+        start = time.monotonic()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one()))
+        return await asyncio.gather(*tasks)
+
+    return asyncio.run(run())
+
+
+def bench_frozen(seconds=14, freeze_at=3, frozen_for=8, rate=500):
+    """One of three backends frozen (SIGSTOP) for 8 s under an open-loop 500 req/s
+    client; read timeout 5 s everywhere, checks every 1 s with fall 3 (issue #11)."""
+    rows = []
+    checks = "    read_timeout: 5s\n    health_check:\n      interval: 1s\n      fast_interval: 250ms\n      timeout: 1s\n      rise: 2\n      fall: 3\n"
+    setups = [
+        ("vigil (stall detection, default)", "vigil", ""),
+        ("vigil, stall_detection: false", "vigil", "    passive:\n      stall_detection: false\n"),
+        ("haproxy defaults", "haproxy", ""),
+        ("haproxy + redispatch, retry-on", "haproxy", "redispatch"),
+        ("nginx max_fails=1, proxy_next_upstream timeout", "nginx", ""),
+    ]
+    for n, (label, kind, extra) in enumerate(setups):
+        backends = [fleet(1, f"frozen{n}-{kind}-{i}") for i in range(3)]
+        addrs = [b[2][0] for b in backends]
+        if kind == "vigil":
+            p, admin, _ = vigil(vigil_config("127.0.0.1:18750", "127.0.0.1:18751", pool_yaml("web", addrs, checks + extra)))
+            wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
+            port = "127.0.0.1:18750"
+        elif kind == "haproxy":
+            bo = "  option httpchk GET /health\n  timeout server 5s\n"
+            if extra == "redispatch":
+                bo += "  option redispatch 1\n  retries 3\n  retry-on all-retryable-errors\n"
+            p = start_haproxy(haproxy_conf("127.0.0.1:18760", addrs, " check inter 1s fall 3 rise 2", bo), "haproxy-frozen")
+            port = "127.0.0.1:18760"
+        else:
+            p = start_nginx(nginx_conf("127.0.0.1:18770", addrs, " max_fails=1 fail_timeout=10s",
+                                       "      proxy_read_timeout 5s;\n      proxy_next_upstream error timeout;\n"), "nginx-frozen")
+            port = "127.0.0.1:18770"
+        wait_port(port)
+        time.sleep(1.5)
+        frozen = backends[1][0]
+        def freezer():
+            time.sleep(freeze_at)
+            frozen.send_signal(signal.SIGSTOP)
+            time.sleep(frozen_for)
+            frozen.send_signal(signal.SIGCONT)
+        import threading
+        t = threading.Thread(target=freezer)
+        t.start()
+        lat = open_loop(port, rate, seconds)
+        t.join()
+        failed = sum(1 for x in lat if x is None)
+        delayed = sum(1 for x in lat if x is not None and x > 1.0)
+        p99 = sorted(x for x in lat if x is not None)[int(0.99 * max(1, len(lat) - failed)) - 1]
+        rows.append((label, len(lat), failed, delayed, p99))
+        log(label, len(lat), failed, delayed, f"{p99 * 1000:.1f} ms")
+        stop(p, signal.SIGINT if kind == "vigil" else signal.SIGTERM)
+        for b in backends:
+            stop(b[0])
+        time.sleep(0.5)
+    print(f"\n### A frozen backend (SIGSTOP for {frozen_for} s at {freeze_at} s; open loop {rate} req/s for {seconds} s; "
+          f"read timeout 5 s, checks 1 s, fall 3; same 2 cores)\n")
+    print("| proxy | requests | failed | answered after > 1 s | p99 ms |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4] * 1000:.1f} |")
+
+
 def bench_reload(reloads=100, seconds=20):
     backends = [fleet(1, f"reload-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
@@ -774,7 +865,7 @@ if __name__ == "__main__":
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
-         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls}[what]()
+         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

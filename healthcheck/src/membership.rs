@@ -32,6 +32,9 @@ pub struct Endpoint {
     answered_ms: AtomicU64,
     /// A decaying average of the time to an answer (response header), µs; 0 = none yet.
     latency_us: AtomicU64,
+    /// Attempts waiting for an answer whose requests may be sent elsewhere (idempotent,
+    /// on a connection of their own): (attempt id, the connection's socket).
+    waiting: std::sync::Mutex<Vec<(u64, std::os::fd::RawFd, SocketAddr)>>,
     /// Wakes the backend's task to consider an ejection.
     pub(crate) wake: Notify,
 }
@@ -48,6 +51,7 @@ impl Endpoint {
             progress_ms: AtomicU64::new(clock_ms()),
             answered_ms: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
+            waiting: std::sync::Mutex::new(Vec::new()),
             wake: Notify::new(),
         }
     }
@@ -89,6 +93,40 @@ impl Endpoint {
 
     pub(crate) fn answered_ms(&self) -> u64 {
         self.answered_ms.load(Ordering::Relaxed)
+    }
+
+    /// Attempt `id` waits for an answer on socket `fd` (whose local address is
+    /// `local`), and could be repeated elsewhere.
+    pub fn waiting_on(&self, id: u64, fd: std::os::fd::RawFd, local: SocketAddr) {
+        self.waiting.lock().unwrap().push((id, fd, local));
+    }
+
+    /// Attempt `id` got its answer or ended; its socket is no longer ours to cut.
+    pub fn done_waiting(&self, id: u64) {
+        self.waiting.lock().unwrap().retain(|(a, _, _)| *a != id);
+    }
+
+    /// Shuts the sockets of the attempts still waiting: their reads fail at once, and
+    /// the proxy retries the requests on other backends. Returns how many.
+    pub(crate) fn cut_waiting(&self) -> usize {
+        use nix::sys::socket::{getpeername, getsockname, shutdown, Shutdown, SockaddrStorage};
+        let inet = |a: SockaddrStorage| -> Option<SocketAddr> {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::V4((*v4).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+        };
+        let mut waiting = self.waiting.lock().unwrap();
+        let mut cut = 0;
+        for (_, fd, local) in waiting.drain(..) {
+            // An attempt that failed may have closed its socket before it deregistered,
+            // and the number been reused: cut only the very connection registered.
+            let same = getsockname::<SockaddrStorage>(fd).ok().and_then(inet) == Some(local)
+                && getpeername::<SockaddrStorage>(fd).ok().and_then(inet) == Some(self.socket_addr);
+            if same && shutdown(fd, Shutdown::Both).is_ok() {
+                cut += 1;
+            }
+        }
+        cut
     }
 
     /// Its usual time to answer, once it has answered.

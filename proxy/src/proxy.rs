@@ -57,6 +57,7 @@ impl ProxyHttp for VigilProxy {
             hash_key: Vec::new(),
             started: Instant::now(),
             attempt_started: Instant::now(),
+            waiting: None,
             no_backend: false,
             got_header: false,
             status_retry: false,
@@ -185,16 +186,34 @@ impl ProxyHttp for VigilProxy {
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if !reused {
             if let Some(pool) = ctx.pool() {
                 pool.metrics.connections_opened.inc();
+            }
+        }
+        // An idempotent request on an HTTP/1 connection of its own can be repeated: if
+        // the backend turns out to be stuck, its socket is cut and the request retried.
+        let h1 = ctx
+            .pool()
+            .is_some_and(|p| p.config.protocol == vigil_conf::Protocol::Http1);
+        let local = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        if let Some(local) = local.filter(|_| h1 && idempotent(&session.req_header().method)) {
+            static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let id = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(b) = ctx.current_backend() {
+                b.waiting_on(id, fd, local);
+                ctx.waiting = Some(id);
             }
         }
         Ok(())
@@ -207,6 +226,7 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.done_waiting();
         if let Some(b) = ctx.current_backend() {
             b.report_failure();
         }
@@ -228,6 +248,7 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        ctx.done_waiting();
         let mut e = e.more_context(format!("Peer: {peer}"));
         if std::mem::take(&mut ctx.status_retry) {
             e.set_retry(true);
@@ -277,6 +298,7 @@ impl ProxyHttp for VigilProxy {
         }
         ctx.got_header = true;
         ctx.upstream_status = status;
+        ctx.done_waiting();
         if let (Some(i), Some(pool)) = (ctx.current, ctx.pool()) {
             if let Some(counters) = pool.metrics.upstream.get(i) {
                 counters[class_index(status)].inc();

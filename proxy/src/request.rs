@@ -26,6 +26,9 @@ pub struct Ctx {
     pub(crate) started: Instant,
     /// When the current attempt was sent to its backend.
     pub(crate) attempt_started: Instant,
+    /// The current attempt's id while it is registered as waiting (see
+    /// `Endpoint::waiting_on`).
+    pub(crate) waiting: Option<u64>,
     pub(crate) no_backend: bool,
     /// The current attempt received a response header.
     pub(crate) got_header: bool,
@@ -80,11 +83,19 @@ impl Ctx {
     }
 
     pub(crate) fn release_current(&mut self) {
+        self.done_waiting();
         if let (Some(i), Some(p)) = (
             self.current.take(),
             self.table.as_ref().map(|t| &t.pools[self.pool]),
         ) {
             p.members[i].endpoint.request_finished();
+        }
+    }
+
+    /// The current attempt is no longer waiting for its answer.
+    pub(crate) fn done_waiting(&mut self) {
+        if let (Some(id), Some(b)) = (self.waiting.take(), self.current_backend()) {
+            b.done_waiting(id);
         }
     }
 

@@ -37,12 +37,14 @@ impl Slot {
             "requests waiting {waited:?} without an answer (the pool usually answers in {usual})"
         );
         live.last_error = Some(reason.clone());
+        let resent = self.endpoint.cut_waiting();
         tracing::warn!(
             pool = &*self.key.0,
             backend = &*self.key.1,
             from = live.tracker.health.as_str(),
             to = "suspect",
             reason = reason.as_str(),
+            resent,
             "backend is suspect"
         );
     }
