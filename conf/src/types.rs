@@ -206,6 +206,8 @@ pub enum Balance {
     WeightedRoundRobin,
     LeastRequests,
     ConsistentHash,
+    /// The lowest usual answer time × (requests in flight + 1), failures penalised.
+    PeakEwma,
 }
 
 impl Balance {
@@ -216,6 +218,7 @@ impl Balance {
             Balance::WeightedRoundRobin => "weighted_round_robin",
             Balance::LeastRequests => "least_requests",
             Balance::ConsistentHash => "consistent_hash",
+            Balance::PeakEwma => "peak_ewma",
         }
     }
 }

@@ -67,11 +67,27 @@ impl Endpoint {
         }
     }
 
-    /// The backend answered (a response header) `latency` after it was asked.
-    pub fn answered(&self, latency: std::time::Duration) {
+    /// The backend answered (a response header) `latency` after it was asked; `ok`
+    /// false for a 5xx, which counts at least `FAILURE_PENALTY` in its usual time.
+    pub fn answered(&self, latency: std::time::Duration, ok: bool) {
         let now = clock_ms();
         self.progress_ms.store(now, Ordering::Relaxed);
         self.answered_ms.store(now, Ordering::Relaxed);
+        if ok {
+            self.update_latency(latency);
+        } else {
+            self.failed(latency);
+        }
+    }
+
+    /// The backend failed a request without answering (a refused connection, a
+    /// timeout) `latency` after it was asked: its usual time is pushed up as if it had
+    /// taken at least `FAILURE_PENALTY`, so a backend that fails fast does not look fast.
+    pub fn failed(&self, latency: std::time::Duration) {
+        self.update_latency(latency.max(FAILURE_PENALTY));
+    }
+
+    fn update_latency(&self, latency: std::time::Duration) {
         let x = latency.as_micros().min(u64::MAX as u128) as u64;
         let old = self.latency_us.load(Ordering::Relaxed);
         // Weight 1/8: a few answers move it, one outlier does not.
@@ -170,6 +186,9 @@ impl Endpoint {
         self.passive_threshold.store(n, Ordering::Relaxed);
     }
 }
+
+/// What a failed request counts as in a backend's usual answer time (`peak_ewma`).
+pub const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Milliseconds on the process's monotonic (tokio) clock, for atomics.
 pub fn clock_ms() -> u64 {

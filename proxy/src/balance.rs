@@ -29,6 +29,12 @@ pub enum Selector {
         ring: Continuum,
         by_addr: HashMap<SocketAddr, usize>,
     },
+    /// Lowest usual answer time × (in flight + 1) ÷ weight; members with no answer yet
+    /// count at the pool's median.
+    PeakEwma {
+        next: AtomicUsize,
+        default_us: u64,
+    },
 }
 
 impl Selector {
@@ -41,6 +47,18 @@ impl Selector {
             Balance::LeastRequests => Selector::LeastRequests {
                 next: AtomicUsize::new(0),
             },
+            Balance::PeakEwma => {
+                let mut known: Vec<u64> = candidates
+                    .iter()
+                    .filter_map(|&i| members[i].endpoint.latency())
+                    .map(|d| d.as_micros() as u64)
+                    .collect();
+                known.sort_unstable();
+                Selector::PeakEwma {
+                    next: AtomicUsize::new(0),
+                    default_us: known.get(known.len() / 2).copied().unwrap_or(1_000).max(1),
+                }
+            }
             Balance::WeightedRoundRobin => {
                 let weights: Vec<u64> = candidates
                     .iter()
@@ -115,6 +133,25 @@ impl Selector {
                     }
                 }
                 best.map(|(i, _)| i)
+            }
+            Selector::PeakEwma { next, default_us } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let cost = |i: usize| {
+                    let m = &members[i];
+                    let us = m
+                        .endpoint
+                        .latency()
+                        .map_or(*default_us, |d| d.as_micros() as u64);
+                    us.max(1) as f64 * (m.endpoint.in_flight() + 1) as f64 / m.weight.max(1) as f64
+                };
+                // Every member for small pools, two choices for large ones.
+                let look = if n > FULL_SCAN_MAX { 2 } else { n };
+                let stride = if n > FULL_SCAN_MAX { n / 2 + 1 } else { 1 };
+                let best = (0..look)
+                    .map(|k| candidates[(start + k * stride) % n])
+                    .filter(|i| untried(i))
+                    .min_by(|a, b| cost(*a).total_cmp(&cost(*b)));
+                best.or_else(|| candidates.iter().copied().find(untried))
             }
             Selector::ConsistentHash { ring, by_addr } => ring
                 .node_iter(key)

@@ -229,6 +229,7 @@ impl ProxyHttp for VigilProxy {
         ctx.done_waiting();
         if let Some(b) = ctx.current_backend() {
             b.report_failure();
+            b.failed(ctx.attempt_started.elapsed());
         }
         // Nothing reached the backend: any method may go to another one.
         if ctx.can_retry() {
@@ -261,6 +262,7 @@ impl ProxyHttp for VigilProxy {
         if (from_upstream && !ctx.got_header) || timed_out {
             if let Some(b) = ctx.current_backend() {
                 b.report_failure();
+                b.failed(ctx.attempt_started.elapsed());
             }
         }
         // A stale pooled connection never carried the request: safe for any method.
@@ -304,7 +306,7 @@ impl ProxyHttp for VigilProxy {
                 counters[class_index(status)].inc();
             }
             let backend = &pool.members[i].endpoint;
-            backend.answered(ctx.attempt_started.elapsed());
+            backend.answered(ctx.attempt_started.elapsed(), status < 500);
             if status >= 500 {
                 backend.report_failure();
             } else {

@@ -151,3 +151,51 @@ async fn a_uniformly_slow_pool_raises_no_suspicion() {
         v.transitions()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_little_to_a_slow_or_a_fast_failing_backend() {
+    let fast = FakeBackend::start("fast").await;
+    let slow = FakeBackend::start("slow").await;
+    let failing = FakeBackend::start("failing").await;
+    slow.ctl.set_delay(Duration::from_millis(30));
+    // Fails at once (and is never ejected here): must not look fast.
+    failing.ctl.set_status(500);
+    let extra = format!(
+        "    balance: peak_ewma\n{}",
+        SLOW_CHECKS.replace(
+            "    passive:\n",
+            "    passive:\n      consecutive_failures: 0\n"
+        )
+    );
+    let v = start_vigil(
+        "",
+        &[pool(
+            "web",
+            &[(&fast, 1), (&slow, 1), (&failing, 1)],
+            &extra,
+        )],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let listen = v.listen;
+        clients.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                get(listen, "app", "/").await.unwrap();
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (f, s, x) = (traffic(&fast), traffic(&slow), traffic(&failing));
+    assert_eq!(f + s + x, 400);
+    assert!(
+        s <= 40,
+        "the 30 ms backend got {s} of 400 (fast {f}, failing {x})"
+    );
+    assert!(
+        x <= 40,
+        "the failing backend got {x} of 400 (fast {f}, slow {s})"
+    );
+}

@@ -39,9 +39,10 @@ impl Validator<'_> {
             None | Some("round_robin") => Balance::RoundRobin,
             Some("weighted_round_robin") => Balance::WeightedRoundRobin,
             Some("least_requests") => Balance::LeastRequests,
+            Some("peak_ewma") => Balance::PeakEwma,
             Some("consistent_hash") => Balance::ConsistentHash,
             Some(other) => {
-                self.error(&format!("{path}.balance"), format!("unknown balance {other:?}: use round_robin, weighted_round_robin, least_requests or consistent_hash"));
+                self.error(&format!("{path}.balance"), format!("unknown balance {other:?}: use round_robin, weighted_round_robin, least_requests, peak_ewma or consistent_hash"));
                 Balance::RoundRobin
             }
         };
