@@ -89,6 +89,7 @@ impl AdminApp {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
+        self.app.metrics.set_pool_latency(&self.app.table());
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.app.registry.gather(), &mut buf) {

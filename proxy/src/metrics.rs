@@ -22,6 +22,7 @@ pub mod names {
     pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
     pub const TLS_HANDSHAKES: &str = "vigil_tls_handshakes_total";
     pub const TLS_EXPIRY: &str = "vigil_tls_certificate_expiry_timestamp_seconds";
+    pub const POOL_LATENCY: &str = "vigil_pool_latency_estimate_seconds";
 }
 
 /// The `pool` label of requests answered before they were routed (no route, a refused
@@ -55,6 +56,7 @@ pub struct ProxyMetrics {
     client_refused: IntCounterVec,
     tls_handshakes: IntCounterVec,
     pub tls_expiry: IntGaugeVec,
+    pool_latency: prometheus::GaugeVec,
     per_backend: bool,
 }
 
@@ -157,8 +159,16 @@ impl ProxyMetrics {
                 ),
                 &["listener", "name"],
             )?,
+            pool_latency: prometheus::GaugeVec::new(
+                Opts::new(
+                    names::POOL_LATENCY,
+                    "What the pool usually takes to answer (median of its backends' decaying averages); stuck requests are judged against it",
+                ),
+                &["pool"],
+            )?,
             per_backend,
         };
+        registry.register(Box::new(m.pool_latency.clone()))?;
         registry.register(Box::new(m.tls_handshakes.clone()))?;
         registry.register(Box::new(m.tls_expiry.clone()))?;
         registry.register(Box::new(m.client_connections.clone()))?;
@@ -185,6 +195,26 @@ impl ProxyMetrics {
             self.client_connections.with_label_values(&[address]),
             self.client_refused.with_label_values(&[address]),
         )
+    }
+
+    /// Sets each pool's usual answer time from its members (at scrape time); pools with
+    /// no answer yet have no series.
+    pub fn set_pool_latency(&self, table: &crate::routing::RoutingTable) {
+        self.pool_latency.reset();
+        for pool in &table.pools {
+            let mut l: Vec<f64> = pool
+                .members
+                .iter()
+                .filter_map(|m| m.endpoint.latency())
+                .map(|d| d.as_secs_f64())
+                .collect();
+            l.sort_by(f64::total_cmp);
+            if let Some(median) = l.get(l.len() / 2) {
+                self.pool_latency
+                    .with_label_values(&[&pool.name])
+                    .set(*median);
+            }
+        }
     }
 
     /// A TLS listener's handshake counters: success, failure, timeout.

@@ -199,3 +199,42 @@ async fn peak_ewma_sends_little_to_a_slow_or_a_fast_failing_backend() {
         "the failing backend got {x} of 400 (fast {f}, slow {s})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_pool_that_says_so_raises_no_suspicion() {
+    let a = FakeBackend::start("a").await;
+    let poll = FakeBackend::start("poll").await;
+    let extra = |detect: bool| {
+        format!(
+            "    balance: weighted_round_robin\n{}",
+            SLOW_CHECKS.replace(
+                "    passive:\n",
+                &format!("    passive:\n      stall_detection: {detect}\n")
+            )
+        )
+    };
+    for detect in [false, true] {
+        let v = start_vigil("", &[pool("web", &[(&a, 1), (&poll, 1)], &extra(detect))]).await;
+        // Answers come fast, then one backend holds requests for 1.5 s (a long poll).
+        for _ in 0..20 {
+            get(v.listen, "app", "/").await.unwrap();
+        }
+        poll.ctl.set_delay(Duration::from_millis(1500));
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let listen = v.listen;
+            clients.push(tokio::spawn(async move {
+                get(listen, "app", "/").await.unwrap().status
+            }));
+        }
+        for c in clients {
+            assert_eq!(c.await.unwrap(), 200);
+        }
+        let suspected = v
+            .transitions()
+            .iter()
+            .any(|t| t["fields"]["to"] == "suspect");
+        assert_eq!(suspected, detect, "stall_detection: {detect}");
+        poll.ctl.set_delay(Duration::ZERO);
+    }
+}
