@@ -50,6 +50,7 @@ bench: bench-deps build
 	python3 bench/harness.py memory
 	python3 bench/harness.py tls
 	python3 bench/harness.py frozen
+	python3 bench/harness.py slow
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

@@ -11,6 +11,7 @@
     bench/harness.py memory    # resident memory per idle keep-alive client at 10,000 connections
     bench/harness.py tls       # HTTPS keep-alive and a handshake per request: vigil, HAProxy, nginx
     bench/harness.py frozen    # a backend frozen (SIGSTOP) under an open-loop stream: vigil, HAProxy, nginx
+    bench/harness.py slow      # one backend 10x slower: vigil's balancers vs nginx/HAProxy least-conn
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -150,13 +151,15 @@ def hist_quantile(before, after, family, q, labels=""):
     return float("nan")
 
 
-def fleet(count, name, flap=None):
+def fleet(count, name, flap=None, delay_ms=None):
     out = os.path.join(WORK, name + ".txt")
     if os.path.exists(out):
         os.remove(out)
     cmd = [os.path.join(BIN, "fleet"), "--count", str(count), "--out", out]
     if flap:
         cmd += ["--flap", str(flap)]
+    if delay_ms:
+        cmd += ["--delay-ms", str(delay_ms)]
     p = start(cmd, name)
     wait_for(f"{name} up", lambda: os.path.exists(out) and len(open(out).read().split()) == count)
     return p, out, open(out).read().split()
@@ -787,6 +790,38 @@ def bench_frozen(seconds=14, freeze_at=3, frozen_for=8, rate=500):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4] * 1000:.1f} |")
 
 
+def bench_slow(rounds=2, seconds=6):
+    """Three backends, one ten times slower (50 ms vs 5 ms): latency of the pool under
+    vigil's balancers beside nginx least_conn and HAProxy leastconn (issue #11)."""
+    backends = [fleet(1, "slow-fast0", delay_ms=5), fleet(1, "slow-fast1", delay_ms=5),
+                fleet(1, "slow-slow", delay_ms=50)]
+    addrs = [b[2][0] for b in backends]
+    def v(port, balance):
+        cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}",
+                           pool_yaml("web", addrs, f"    balance: {balance}\n"))
+        p = vigil(cfg)[0]
+        wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+        return p
+    peers = {
+        "vigil round_robin": (18950, lambda: v(18950, "round_robin")),
+        "vigil least_requests": (18952, lambda: v(18952, "least_requests")),
+        "vigil peak_ewma": (18954, lambda: v(18954, "peak_ewma")),
+        "nginx least_conn": (18960, lambda: start_nginx(nginx_conf("127.0.0.1:18960", addrs).replace(
+            "    keepalive 64;", "    least_conn;\n    keepalive 64;"))),
+        "haproxy leastconn": (18970, lambda: start_haproxy(haproxy_conf("127.0.0.1:18970", addrs).replace(
+            "  balance roundrobin", "  balance leastconn"))),
+    }
+    results = interleaved(peers, rounds, seconds, conns=16, label="slow backend")
+    med = lambda k, n: statistics.median(x[k] for x in results[n])
+    print(f"\n### One backend ten times slower (50 ms vs 5 ms; {rounds} rounds of {seconds} s, medians; "
+          f"wrk -t1 -c16 on the same 2 cores)\n")
+    print("| balancer | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    for n in peers:
+        print(f"| {n} | {med('rps', n):.0f} | {med('p50', n):.2f} | {med('p99', n):.2f} | "
+              f"{sum(x['errors'] for x in results[n])} |")
+
+
 def bench_reload(reloads=100, seconds=20):
     backends = [fleet(1, f"reload-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
@@ -865,7 +900,7 @@ if __name__ == "__main__":
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
-         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen}[what]()
+         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

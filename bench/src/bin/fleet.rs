@@ -1,4 +1,4 @@
-//! `fleet --count N --out FILE [--flap SECS]`: N HTTP/1.1 backends on loopback
+//! `fleet --count N --out FILE [--flap SECS] [--delay-ms MS]`: N HTTP/1.1 backends on loopback
 //! (ports from 127.0.0.1:0), their addresses written to FILE one per line. Health
 //! paths answer `200 ok`; anything else answers the backend's name. With `--flap`,
 //! the first backend fails (503 everywhere) every other SECS seconds.
@@ -32,6 +32,10 @@ fn main() {
         .unwrap_or(3);
     let out = arg(&args, "--out").unwrap_or_else(|| "fleet.txt".into());
     let flap: Option<u64> = arg(&args, "--flap").and_then(|v| v.parse().ok());
+    // Every answer but health checks waits this long (a slow backend).
+    let delay_ms: u64 = arg(&args, "--delay-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let threads: usize = arg(&args, "--threads")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
@@ -73,6 +77,10 @@ fn main() {
                                 let failing = flapping
                                     .is_some_and(|s| (born.elapsed().as_secs() / s) % 2 == 1);
                                 let health = buf.starts_with(b"GET /health");
+                                if delay_ms > 0 && !health {
+                                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms))
+                                        .await;
+                                }
                                 let body: &[u8] = if failing {
                                     b"failing"
                                 } else if health {
