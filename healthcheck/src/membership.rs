@@ -21,6 +21,8 @@ pub struct Endpoint {
     pub address: Arc<str>,
     pub socket_addr: SocketAddr,
     in_flight: AtomicU64,
+    /// Requests ever sent to it (the retry budget grows with them).
+    started: AtomicU64,
     passive_failures: AtomicU32,
     /// Failures in a row that eject; 0 = passive ejection off. Updated on reload.
     passive_threshold: AtomicU32,
@@ -46,6 +48,7 @@ impl Endpoint {
             address: address.into(),
             socket_addr,
             in_flight: AtomicU64::new(0),
+            started: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             passive_threshold: AtomicU32::new(passive_threshold),
             progress_ms: AtomicU64::new(clock_ms()),
@@ -62,6 +65,7 @@ impl Endpoint {
     }
 
     pub fn request_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             self.progress_ms.store(clock_ms(), Ordering::Relaxed);
         }
@@ -122,9 +126,13 @@ impl Endpoint {
         self.waiting.lock().unwrap().retain(|(a, _, _)| *a != id);
     }
 
-    /// Shuts the sockets of the attempts still waiting: their reads fail at once, and
-    /// the proxy retries the requests on other backends. Returns how many.
-    pub(crate) fn cut_waiting(&self) -> usize {
+    pub(crate) fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Shuts the sockets of at most `max` attempts still waiting: their reads fail at
+    /// once, and the proxy retries the requests on other backends. Returns how many.
+    pub(crate) fn cut_waiting(&self, max: usize) -> usize {
         use nix::sys::socket::{getpeername, getsockname, shutdown, Shutdown, SockaddrStorage};
         let inet = |a: SockaddrStorage| -> Option<SocketAddr> {
             a.as_sockaddr_in()
@@ -134,6 +142,9 @@ impl Endpoint {
         let mut waiting = self.waiting.lock().unwrap();
         let mut cut = 0;
         for (_, fd, local) in waiting.drain(..) {
+            if cut == max {
+                break;
+            }
             // An attempt that failed may have closed its socket before it deregistered,
             // and the number been reused: cut only the very connection registered.
             let same = getsockname::<SockaddrStorage>(fd).ok().and_then(inet) == Some(local)

@@ -37,6 +37,13 @@ impl Default for PassivePolicy {
     }
 }
 
+/// Extra upstream load that resending stuck requests may add: a tenth of the requests.
+pub const RESEND_SHARE: f64 = 0.1;
+/// Resends a pool starts with.
+pub const RESEND_START: f64 = 20.0;
+/// Resends a pool may save up.
+pub const RESEND_CAP: f64 = 1000.0;
+
 impl PassivePolicy {
     pub fn enabled(&self) -> bool {
         self.consecutive_failures > 0
@@ -67,6 +74,13 @@ impl PassivePolicy {
     pub fn stall_threshold(&self, usual: Option<Duration>) -> Duration {
         let scaled = usual.map_or(Duration::ZERO, |u| u.mul_f64(self.stall_factor));
         scaled.max(self.stall_min)
+    }
+
+    /// The stall-resend budget after `requests` more requests: a tenth of them, saved
+    /// up to `RESEND_CAP`. Over time, resending stuck requests adds at most a tenth to
+    /// the pool's load; a pool starts with `RESEND_START` so a quiet one can resend a few.
+    pub fn refill_resends(tokens: f64, requests: u64) -> f64 {
+        (tokens + requests as f64 * RESEND_SHARE).min(RESEND_CAP)
     }
 
     /// Whether one more ejection keeps the pool within `max_ejected_percent`.
@@ -108,6 +122,13 @@ mod tests {
             p.stall_threshold(Some(Duration::from_millis(100))),
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn resend_budget_is_a_tenth_of_requests_within_a_reserve() {
+        assert_eq!(PassivePolicy::refill_resends(0.0, 50), 5.0);
+        assert_eq!(PassivePolicy::refill_resends(5.0, 1_000_000), RESEND_CAP);
+        assert_eq!(PassivePolicy::refill_resends(2.0, 0), 2.0);
     }
 
     #[test]

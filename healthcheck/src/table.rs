@@ -365,6 +365,9 @@ pub(crate) struct BackendTable {
     slots: DashMap<Key, Arc<Slot>>,
     /// Serialises ejection decisions so two backends cannot both take the last slot.
     ejection_lock: Mutex<()>,
+    /// Per pool: resends of stuck requests still allowed, and its requests counted so
+    /// far (see `stall.rs`).
+    resends: Mutex<std::collections::HashMap<Arc<str>, (f64, u64)>>,
 }
 
 impl BackendTable {

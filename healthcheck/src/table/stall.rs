@@ -20,11 +20,12 @@ impl Slot {
         self.live.lock().unwrap().suspect.is_some()
     }
 
-    /// Suspect from now; logged and counted once.
-    fn make_suspect(&self, waited: Duration, usual: Option<Duration>) {
+    /// Suspect from now, resending at most `resends` of its waiting requests; logged and
+    /// counted once. Returns how many were resent.
+    fn make_suspect(&self, waited: Duration, usual: Option<Duration>, resends: usize) -> usize {
         let mut live = self.live.lock().unwrap();
         if live.suspect.is_some() {
-            return;
+            return 0;
         }
         live.suspect = Some((Instant::now(), self.endpoint.answered_ms()));
         self.refresh_state_metrics(&live);
@@ -37,7 +38,7 @@ impl Slot {
             "requests waiting {waited:?} without an answer (the pool usually answers in {usual})"
         );
         live.last_error = Some(reason.clone());
-        let resent = self.endpoint.cut_waiting();
+        let resent = self.endpoint.cut_waiting(resends);
         tracing::warn!(
             pool = &*self.key.0,
             backend = &*self.key.1,
@@ -47,6 +48,7 @@ impl Slot {
             resent,
             "backend is suspect"
         );
+        resent
     }
 
     /// Ends suspicion once the backend has answered live traffic since it began; true
@@ -136,7 +138,18 @@ impl BackendTable {
         }
         let mut changed = false;
         let mut suspects = Vec::new();
-        for slots in pools.values() {
+        let mut budgets = self.resends.lock().unwrap();
+        for (name, slots) in &pools {
+            let started: u64 = slots.iter().map(|s| s.endpoint.started()).sum();
+            // A pool first looked at now is credited with the requests it had so far.
+            let budget = budgets
+                .entry(name.clone())
+                .or_insert((crate::passive::RESEND_START, 0));
+            budget.0 = crate::passive::PassivePolicy::refill_resends(
+                budget.0,
+                started.saturating_sub(budget.1),
+            );
+            budget.1 = started;
             let spec = slots[0].spec();
             let policy = &spec.policy.passive;
             for s in slots {
@@ -168,7 +181,8 @@ impl BackendTable {
                 if !policy.may_eject(out, slots.len()) {
                     continue;
                 }
-                s.make_suspect(waited, usual);
+                let resent = s.make_suspect(waited, usual, budget.0 as usize);
+                budget.0 -= resent as f64;
                 changed = true;
                 suspects.push(s.clone());
             }
