@@ -150,8 +150,9 @@ impl App {
             return Err(ApplyError::Invalid(ConfigErrors(errors)));
         }
 
+        let known = crate::tls::warnings(&old);
         for w in crate::tls::warnings(&new) {
-            if !crate::tls::warnings(&old).contains(&w) {
+            if !known.contains(&w) {
                 tracing::warn!("{w}");
             }
         }

@@ -200,15 +200,17 @@ impl ProxyHttp for VigilProxy {
         }
         // An idempotent request on an HTTP/1 connection of its own can be repeated: if
         // the backend turns out to be stuck, its socket is cut and the request retried.
-        let h1 = ctx
-            .pool()
-            .is_some_and(|p| p.config.protocol == vigil_conf::Protocol::Http1);
+        // Pools without stall detection never cut, so they register nothing.
+        let cuttable = ctx.pool().is_some_and(|p| {
+            p.config.protocol == vigil_conf::Protocol::Http1 && p.config.passive.stall_detection
+        });
         let local = digest
             .and_then(|d| d.socket_digest.as_ref())
             .and_then(|s| s.local_addr())
             .and_then(|a| a.as_inet())
             .copied();
-        if let Some(local) = local.filter(|_| h1 && idempotent(&session.req_header().method)) {
+        if let Some(local) = local.filter(|_| cuttable && idempotent(&session.req_header().method))
+        {
             static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let id = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(b) = ctx.current_backend() {

@@ -311,8 +311,12 @@ impl ListenerTlsState {
                     .collect()
             })
             .collect();
-        let changed = *self.chains.lock().unwrap() != chains;
-        *self.chains.lock().unwrap() = chains;
+        let changed = {
+            let mut held = self.chains.lock().unwrap();
+            let changed = *held != chains;
+            *held = chains;
+            changed
+        };
         let mut names = self.expiry_names.lock().unwrap();
         for n in names.drain(..) {
             let _ = self.expiry.remove_label_values(&[&self.listener, &n]);

@@ -56,8 +56,10 @@ pub fn host_of(address: &str) -> &str {
 pub fn prepare(config: &Config) -> Result<HashMap<String, Arc<PoolTls>>, ConfigErrors> {
     let mut out = HashMap::new();
     let mut errors = Vec::new();
+    // The system's roots, read once for every pool that uses them.
+    let mut native = None;
     for pool in &config.pools {
-        match prepare_pool(pool) {
+        match prepare_pool(pool, &mut native) {
             Ok(Some(t)) => {
                 out.insert(pool.name.clone(), Arc::new(t));
             }
@@ -72,7 +74,10 @@ pub fn prepare(config: &Config) -> Result<HashMap<String, Arc<PoolTls>>, ConfigE
     }
 }
 
-fn prepare_pool(pool: &PoolConfig) -> Result<Option<PoolTls>, ConfigError> {
+fn prepare_pool(
+    pool: &PoolConfig,
+    native: &mut Option<Vec<CertificateDer<'static>>>,
+) -> Result<Option<PoolTls>, ConfigError> {
     let Some(tls) = &pool.tls else {
         return Ok(None);
     };
@@ -103,8 +108,11 @@ fn prepare_pool(pool: &PoolConfig) -> Result<Option<PoolTls>, ConfigError> {
         }
         _ => {
             // The system's roots, as Pingora's connector uses when no CA is given.
-            for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
-                let _ = roots.add(cert);
+            let certs = native.get_or_insert_with(|| {
+                rustls_native_certs::load_native_certs().unwrap_or_default()
+            });
+            for cert in certs.iter() {
+                let _ = roots.add(cert.clone());
             }
             None
         }

@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod certs;
+pub mod checking;
 mod client;
 pub mod config;
 pub mod grpc;

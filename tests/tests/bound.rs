@@ -3,63 +3,11 @@
 //! from other tests' checkers (ports freed by one test are reused by another).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use vigil_healthcheck::*;
+use vigil_tests::checking::{checker, policy, spec};
 use vigil_tests::{wait_for, Control, FakeBackend, Stats};
-
-/// Records every membership it is handed.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Arc<Membership>>>);
-
-impl Publish for Recorder {
-    fn publish(&self, m: Arc<Membership>) {
-        self.0.lock().unwrap().push(m);
-    }
-}
-
-fn policy(interval_ms: u64) -> CheckPolicy {
-    let d = Duration::from_millis(interval_ms);
-    CheckPolicy {
-        probe: ProbeSpec::Http(HttpSpec::default()),
-        thresholds: Thresholds::new(1, 1),
-        schedule: Schedule {
-            interval: d,
-            fast_interval: d,
-            down_interval: d,
-            backoff_multiplier: 1.0,
-            max_down_interval: d,
-            jitter: 0.0,
-        },
-        timeout: Duration::from_secs(2),
-        passive: PassivePolicy::default(),
-    }
-}
-
-fn spec(pool: &str, b: &FakeBackend, weight: u32, policy: &Arc<CheckPolicy>) -> BackendSpec {
-    BackendSpec {
-        pool: pool.into(),
-        address: b.addr.to_string(),
-        socket_addr: b.addr,
-        weight,
-        policy: policy.clone(),
-    }
-}
-
-fn checker(max: usize) -> (Checker, Arc<Recorder>) {
-    let rec = Arc::new(Recorder::default());
-    let c = Checker::new(
-        tokio::runtime::Handle::current(),
-        CheckerOptions {
-            max_concurrent_checks: max,
-            per_backend_metrics: true,
-        },
-        rec.clone(),
-        &prometheus::Registry::new(),
-    )
-    .unwrap();
-    (c, rec)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_bound_holds_with_two_thousand_backends() {
