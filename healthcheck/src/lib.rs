@@ -36,7 +36,7 @@ pub use checker::{ApplyReport, Checker, CheckerOptions};
 pub use conn::TlsClient;
 pub use grpc::GrpcSpec;
 pub use http::HttpSpec;
-pub use membership::{Endpoint, Member, MemberState, Membership, Publish};
+pub use membership::{Cut, Endpoint, Member, MemberState, Membership, Publish, Repeat};
 pub use outcome::Outcome;
 pub use passive::PassivePolicy;
 pub use probe::{BoxFuture, Probe, ProbeSpec, Prober, Probes};

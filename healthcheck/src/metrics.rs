@@ -19,6 +19,7 @@ pub mod names {
     pub const POOL_BACKENDS: &str = "vigil_pool_backends";
     pub const EJECTIONS: &str = "vigil_passive_ejections_total";
     pub const SUSPECT: &str = "vigil_backend_suspect_total";
+    pub const STALL_RETRIES: &str = "vigil_upstream_stall_retries_total";
 }
 
 pub const STATES: [&str; 5] = ["unknown", "up", "down", "ejected", "suspect"];
@@ -38,6 +39,7 @@ pub struct CheckerMetrics {
     pool_backends: IntGaugeVec,
     ejections: IntCounterVec,
     suspect: IntCounterVec,
+    stall_retries: IntCounterVec,
     per_backend: bool,
 }
 
@@ -56,7 +58,13 @@ pub(crate) struct BackendMetrics {
 pub(crate) struct PoolMetrics {
     pub duration: Histogram,
     pub connections: IntCounter,
+    /// Requests cut from a stuck backend and retried elsewhere, by [`STALL_REASONS`].
+    pub stall_retries: [IntCounter; 2],
 }
+
+/// Why a waiting request was sent to another backend: its backend became suspect, or it
+/// alone waited too long.
+pub const STALL_REASONS: [&str; 2] = ["suspect", "slow"];
 
 impl CheckerMetrics {
     pub fn new(registry: &Registry, per_backend: bool) -> prometheus::Result<Self> {
@@ -116,6 +124,13 @@ impl CheckerMetrics {
                 ),
                 pb,
             )?,
+            stall_retries: IntCounterVec::new(
+                Opts::new(
+                    names::STALL_RETRIES,
+                    "Requests cut while waiting on a stuck backend and retried on another, by reason",
+                ),
+                &["pool", "reason"],
+            )?,
             per_backend,
         };
         registry.register(Box::new(m.backend_up.clone()))?;
@@ -129,6 +144,7 @@ impl CheckerMetrics {
         registry.register(Box::new(m.pool_backends.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.suspect.clone()))?;
+        registry.register(Box::new(m.stall_retries.clone()))?;
         Ok(m)
     }
 
@@ -174,12 +190,16 @@ impl CheckerMetrics {
         PoolMetrics {
             duration: self.duration.with_label_values(&[pool]),
             connections: self.connections.with_label_values(&[pool]),
+            stall_retries: STALL_REASONS.map(|r| self.stall_retries.with_label_values(&[pool, r])),
         }
     }
 
     pub(crate) fn remove_pool(&self, pool: &str) {
         let _ = self.duration.remove_label_values(&[pool]);
         let _ = self.connections.remove_label_values(&[pool]);
+        for r in STALL_REASONS {
+            let _ = self.stall_retries.remove_label_values(&[pool, r]);
+        }
         for s in STATES {
             let _ = self.pool_backends.remove_label_values(&[pool, s]);
         }

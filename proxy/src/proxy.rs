@@ -12,6 +12,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use std::sync::Arc;
 use tokio::time::Instant;
+use vigil_healthcheck::{Cut, Repeat};
 
 /// How long an idle upstream keep-alive connection is kept in Pingora's pool.
 const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -198,23 +199,36 @@ impl ProxyHttp for VigilProxy {
                 pool.metrics.connections_opened.inc();
             }
         }
-        // An idempotent request on an HTTP/1 connection of its own can be repeated: if
-        // the backend turns out to be stuck, its socket is cut and the request retried.
-        // Pools without stall detection never cut, so they register nothing.
-        let cuttable = ctx.pool().is_some_and(|p| {
-            p.config.protocol == vigil_conf::Protocol::Http1 && p.config.passive.stall_detection
-        });
+        // Pools with stall detection register their waiting attempts: if the backend
+        // turns out stuck, or one request waits far too long, an attempt that may be
+        // repeated (idempotent, no body, a retry left) has its connection cut and is
+        // retried elsewhere. On HTTP/2 every stream is registered, so that a connection
+        // carrying one that may not be repeated is never cut.
+        let Some(pool) = ctx.pool().filter(|p| p.config.passive.stall_detection) else {
+            return Ok(());
+        };
+        let h2 = pool.config.protocol == vigil_conf::Protocol::H2;
         let local = digest
             .and_then(|d| d.socket_digest.as_ref())
             .and_then(|s| s.local_addr())
             .and_then(|a| a.as_inet())
             .copied();
-        if let Some(local) = local.filter(|_| cuttable && idempotent(&session.req_header().method))
+        let repeat = if !idempotent(&session.req_header().method)
+            || !session.downstream_session.is_body_empty()
+            || session.as_ref().retry_buffer_truncated()
+            || !ctx.can_retry()
         {
+            Repeat::Never
+        } else if ctx.tried.len() == 1 {
+            Repeat::First
+        } else {
+            Repeat::IfStuck
+        };
+        if let Some(local) = local.filter(|_| h2 || repeat != Repeat::Never) {
             static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let id = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(b) = ctx.current_backend() {
-                b.waiting_on(id, fd, local);
+                b.waiting_on(id, fd, local, repeat);
                 ctx.waiting = Some(id);
             }
         }
@@ -251,7 +265,7 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        ctx.done_waiting();
+        let cut = ctx.done_waiting();
         let mut e = e.more_context(format!("Peer: {peer}"));
         if std::mem::take(&mut ctx.status_retry) {
             e.set_retry(true);
@@ -263,7 +277,11 @@ impl ProxyHttp for VigilProxy {
         let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout | ConnectTimedout);
         if (from_upstream && !ctx.got_header) || timed_out {
             if let Some(b) = ctx.current_backend() {
-                b.report_failure();
+                // One slow request is no sign of a broken backend; it only counts in
+                // its usual time.
+                if cut != Some(Cut::Slow) {
+                    b.report_failure();
+                }
                 b.failed(ctx.attempt_started.elapsed());
             }
         }

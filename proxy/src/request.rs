@@ -92,10 +92,12 @@ impl Ctx {
         }
     }
 
-    /// The current attempt is no longer waiting for its answer.
-    pub(crate) fn done_waiting(&mut self) {
-        if let (Some(id), Some(b)) = (self.waiting.take(), self.current_backend()) {
-            b.done_waiting(id);
+    /// The current attempt is no longer waiting for its answer; returns why its
+    /// connection was cut, if it was.
+    pub(crate) fn done_waiting(&mut self) -> Option<vigil_healthcheck::Cut> {
+        match (self.waiting.take(), self.current_backend()) {
+            (Some(id), Some(b)) => b.done_waiting(id),
+            _ => None,
         }
     }
 

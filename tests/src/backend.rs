@@ -97,6 +97,9 @@ pub struct Control {
     pub chunked: AtomicBool,
     /// Also delay health checks (otherwise only traffic is delayed).
     pub delay_health: AtomicBool,
+    /// Requests whose path starts with this hang (as in [`Mode::Hang`]); others are
+    /// answered.
+    hang_path: Mutex<Option<String>>,
 }
 
 impl Default for Control {
@@ -108,6 +111,7 @@ impl Default for Control {
             delay_ms: AtomicU64::new(0),
             chunked: AtomicBool::new(false),
             delay_health: AtomicBool::new(false),
+            hang_path: Mutex::new(None),
         }
     }
 }
@@ -129,6 +133,19 @@ impl Control {
     }
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+    /// Requests for paths starting with `prefix` hang from now; `None` ends it.
+    pub fn set_hang_path(&self, prefix: Option<&str>) {
+        *self.hang_path.lock().unwrap() = prefix.map(str::to_string);
+    }
+    fn hangs(&self, path: &str) -> bool {
+        self.mode() == Mode::Hang
+            || self
+                .hang_path
+                .lock()
+                .unwrap()
+                .as_deref()
+                .is_some_and(|p| path.starts_with(p))
     }
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
@@ -314,7 +331,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         let _in_flight = InFlight(stats.clone());
         match ctl.mode() {
             Mode::Reset => return,
-            Mode::Hang => {
+            _ if ctl.hangs(&req.path) => {
                 // Hold the connection until the client gives up or the backend is killed.
                 let mut chunk = [0u8; 1024];
                 loop {

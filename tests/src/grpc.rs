@@ -5,7 +5,7 @@
 use crate::certs::Leaf;
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,6 +25,9 @@ pub struct GrpcBackend {
     /// HealthCheckResponse.status it answers.
     pub status: Arc<AtomicU64>,
     pub stats: Arc<GrpcStats>,
+    /// While true, every stream (health checks too) is accepted and never answered:
+    /// a frozen backend whose HTTP/2 connection still stands.
+    pub hang: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
 }
 
@@ -50,15 +53,17 @@ impl GrpcBackend {
             tokio_rustls::TlsAcceptor::from(crate::tls::server_config_alpn(leaf, &["h2"]));
         let status = Arc::new(AtomicU64::new(SERVING));
         let stats = Arc::new(GrpcStats::default());
+        let hang = Arc::new(AtomicBool::new(false));
         let (stop, mut stopped) = watch::channel(false);
-        let (st, sx) = (status.clone(), stats.clone());
+        let (st, sx, hg) = (status.clone(), stats.clone(), hang.clone());
         tokio::spawn(async move {
             loop {
                 let sock = tokio::select! {
                     a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
                     _ = stopped.changed() => return,
                 };
-                let (acceptor, st, sx) = (acceptor.clone(), st.clone(), sx.clone());
+                let (acceptor, st, sx, hg) = (acceptor.clone(), st.clone(), sx.clone(), hg.clone());
+                let stopped = stopped.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(sock).await else {
                         return;
@@ -68,6 +73,15 @@ impl GrpcBackend {
                     };
                     sx.connections.fetch_add(1, Ordering::SeqCst);
                     while let Some(Ok((req, respond))) = conn.accept().await {
+                        if hg.load(Ordering::SeqCst) {
+                            // Hold the stream until the test ends.
+                            let mut stopped = stopped.clone();
+                            tokio::spawn(async move {
+                                let _held = (req, respond);
+                                let _ = stopped.changed().await;
+                            });
+                            continue;
+                        }
                         tokio::spawn(answer(req, respond, st.clone(), sx.clone()));
                     }
                 });
@@ -77,6 +91,7 @@ impl GrpcBackend {
             addr,
             status,
             stats,
+            hang,
             stop,
         }
     }
@@ -110,7 +125,8 @@ async fn answer(
     let Ok(mut send) = respond.send_response(resp, false) else {
         return;
     };
-    if send.send_data(reply, false).is_err() {
+    // No empty DATA frames: the h2 crate counts them as abuse and drops the connection.
+    if !reply.is_empty() && send.send_data(reply, false).is_err() {
         return;
     }
     let mut trailers = http::HeaderMap::new();

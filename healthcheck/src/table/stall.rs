@@ -119,7 +119,12 @@ impl BackendTable {
         // Most looks find nothing: only pools with a backend waiting longer than any
         // threshold can be (stall_min is at least MIN_STALL), or with a suspect, are
         // looked at closely.
-        let waiting = |s: &Slot| s.endpoint.stalled_for(now).is_some_and(|w| w >= MIN_STALL);
+        let waiting = |s: &Slot| {
+            s.endpoint.stalled_for(now).is_some_and(|w| w >= MIN_STALL)
+                || s.endpoint
+                    .oldest_resendable(now)
+                    .is_some_and(|w| w >= MIN_STALL)
+        };
         let mut busy: Vec<Arc<str>> = Vec::new();
         for s in self.slots.iter() {
             if (waiting(&s) || s.is_suspect()) && !busy.contains(&s.key.0) {
@@ -182,9 +187,39 @@ impl BackendTable {
                     continue;
                 }
                 let resent = s.make_suspect(waited, usual, budget.0 as usize);
+                s.pool_metrics.stall_retries[0].inc_by(resent as u64);
                 budget.0 -= resent as f64;
                 changed = true;
                 suspects.push(s.clone());
+            }
+            // One request waiting too long on a backend that answers others (a lost
+            // request, a wedged worker): sent once to another backend. Only where the
+            // pool's usual time is known, and only first attempts: a request slow
+            // everywhere is tried twice at most, and then waits.
+            if usual.is_none() {
+                continue;
+            }
+            for s in slots {
+                if budget.0 < 1.0 {
+                    break;
+                }
+                let elsewhere = slots
+                    .iter()
+                    .any(|o| o.key != s.key && o.routable_now() && !stuck(o));
+                if !elsewhere {
+                    continue;
+                }
+                let resent = s.endpoint.cut_slow(now, threshold, budget.0 as usize);
+                if resent > 0 {
+                    s.pool_metrics.stall_retries[1].inc_by(resent as u64);
+                    budget.0 -= resent as f64;
+                    tracing::debug!(
+                        pool = &**name,
+                        backend = &*s.key.1,
+                        resent,
+                        "slow requests sent to another backend"
+                    );
+                }
             }
         }
         (changed, suspects)
