@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub limits: Option<RawLimits>,
     pub access_log: Option<RawAccessLog>,
+    pub upgrade_socket: Option<String>,
     pub pools: Option<Vec<RawPool>>,
 }
 
@@ -91,6 +92,7 @@ pub struct RawPool {
     pub passive: Option<RawPassive>,
     pub tls: Option<RawUpstreamTls>,
     pub protocol: Option<String>,
+    pub slow_start: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +135,7 @@ pub struct RawHealthCheck {
     pub reuse_connections: Option<bool>,
     pub max_connection_age: Option<String>,
     pub grpc_service: Option<String>,
+    pub skip_while_serving: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,6 +17,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub access_log: AccessLogConfig,
+    /// Where a running vigil hands its listening sockets to `vigil run --upgrade`.
+    pub upgrade_socket: std::path::PathBuf,
     /// Shared with the routing snapshot built from this config: one copy per pool.
     pub pools: Vec<Arc<PoolConfig>>,
 }
@@ -181,6 +183,8 @@ pub struct PoolConfig {
     /// None: plain HTTP to the backends.
     pub tls: Option<UpstreamTls>,
     pub protocol: Protocol,
+    /// After a backend becomes routable again its weight ramps up over this; 0 = off.
+    pub slow_start: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -280,6 +284,8 @@ pub struct HealthCheckConfig {
     pub max_connection_age: Duration,
     /// The service a gRPC check asks about; "" = the server as a whole.
     pub grpc_service: String,
+    /// Skip a check when live requests to the backend succeeded since the last one.
+    pub skip_while_serving: bool,
 }
 
 impl Default for HealthCheckConfig {
@@ -302,6 +308,7 @@ impl Default for HealthCheckConfig {
             reuse_connections: true,
             max_connection_age: Duration::from_secs(60),
             grpc_service: String::new(),
+            skip_while_serving: false,
         }
     }
 }

@@ -223,7 +223,24 @@ impl<'a> Validator<'a> {
         let limits = self.limits(raw.limits.unwrap_or_default());
         let access_log = self.access_log(raw.access_log.unwrap_or_default());
 
+        let upgrade_socket = match raw.upgrade_socket {
+            Some(p) if p.is_empty() => {
+                self.error(
+                    "upgrade_socket",
+                    "upgrade_socket is empty; remove the key for the default",
+                );
+                std::path::PathBuf::new()
+            }
+            Some(p) => std::path::PathBuf::from(p),
+            // Unique per host: no two processes hold the same admin address.
+            None => std::env::temp_dir().join(format!(
+                "vigil-{}-{}.upgrade.sock",
+                admin.address.ip(),
+                admin.address.port()
+            )),
+        };
         Config {
+            upgrade_socket,
             threads,
             grace_period,
             listeners,

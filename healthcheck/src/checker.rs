@@ -6,10 +6,11 @@
 //! updates backends while checks run, and a kept backend keeps its state and schedule
 //! whatever else changed.
 
-use crate::membership::Publish;
+use crate::membership::{AdminState, Publish};
 use crate::metrics::{CheckerMetrics, PoolMetrics};
 use crate::probe::{NetProbes, Probes};
 use crate::spec::BackendSpec;
+use crate::state::Health;
 use crate::status::BackendStatus;
 use crate::table::{BackendTable, Key, Slot, SpecChange};
 use crate::task::{Shared, Start, Stats};
@@ -67,6 +68,9 @@ struct Inner {
     /// Set by the first `apply`: backends it brings are spread over `fast_interval`
     /// (a thousand backends must not fire at once); later ones are checked at once.
     applied: AtomicBool,
+    /// Health found by the process this one took over from, by (pool, address), used
+    /// once when such a backend is added.
+    seed: Mutex<HashMap<(String, String), (Health, AdminState)>>,
     runtime: Handle,
 }
 
@@ -107,6 +111,7 @@ impl Checker {
             permit_total: Mutex::new(permits),
             pools: Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
+            seed: Mutex::new(HashMap::new()),
             runtime: runtime.clone(),
         });
         runtime.spawn(republish(Arc::downgrade(&inner), inner.shared.clone()));
@@ -148,6 +153,14 @@ impl Checker {
                 self.pool_metrics(&key.0),
             ));
             report.added.push(name);
+            let seeded = inner
+                .seed
+                .lock()
+                .unwrap()
+                .remove(&(key.0.to_string(), key.1.to_string()));
+            if let Some((health, admin)) = seeded {
+                slot.seed(health, admin);
+            }
             shared.table.insert(slot.clone());
             crate::task::spawn(&inner.runtime, shared, slot, start);
         }
@@ -205,6 +218,29 @@ impl Checker {
         }
         let membership = inner.shared.table.membership(&inner.shared.metrics);
         inner.publisher.publish(Arc::new(membership));
+    }
+
+    /// Before the first `apply`: the health and admin state another vigil found for
+    /// backends, by (pool, address). Backends the first `apply` brings that are named
+    /// here start from that state instead of unknown.
+    pub fn seed(&self, states: HashMap<(String, String), (Health, AdminState)>) {
+        *self.inner.seed.lock().unwrap() = states;
+    }
+
+    /// Sets a backend's admin state; `None` if no such backend. Returns the state
+    /// before.
+    pub fn set_admin(&self, pool: &str, address: &str, admin: AdminState) -> Option<AdminState> {
+        let slot = self
+            .inner
+            .shared
+            .table
+            .get(&(pool.into(), address.into()))?;
+        let before = slot.set_admin(admin);
+        if before != admin {
+            self.inner.dirty.store(true, Ordering::SeqCst);
+            self.publish_now();
+        }
+        Some(before)
     }
 
     /// Every backend's live detail, by pool then configuration order.

@@ -36,7 +36,10 @@ pub use checker::{ApplyReport, Checker, CheckerOptions};
 pub use conn::TlsClient;
 pub use grpc::GrpcSpec;
 pub use http::HttpSpec;
-pub use membership::{Cut, Endpoint, Member, MemberState, Membership, Publish, Repeat};
+pub use membership::{
+    ramp_share, AdminState, Cut, Endpoint, Member, MemberState, Membership, Publish, Repeat,
+    RAMP_FLOOR,
+};
 pub use outcome::Outcome;
 pub use passive::PassivePolicy;
 pub use probe::{BoxFuture, Probe, ProbeSpec, Prober, Probes};

@@ -37,6 +37,13 @@ pub struct Endpoint {
     latency_us: AtomicU64,
     /// Attempts waiting for their answer on pools with stall detection.
     waiting: std::sync::Mutex<Vec<Waiting>>,
+    /// Live answers that were good, and live failures, ever (`skip_while_serving`).
+    served_ok: AtomicU64,
+    served_failed: AtomicU64,
+    /// Slow start: when the backend last became routable again, in [`clock_ms`]
+    /// (0 = not ramping), and the pool's `slow_start` in ms (0 = off).
+    ramp_start_ms: AtomicU64,
+    slow_start_ms: AtomicU64,
     /// Wakes the backend's task to consider an ejection.
     pub(crate) wake: Notify,
 }
@@ -85,6 +92,10 @@ impl Endpoint {
             answered_ms: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             waiting: std::sync::Mutex::new(Vec::new()),
+            served_ok: AtomicU64::new(0),
+            served_failed: AtomicU64::new(0),
+            ramp_start_ms: AtomicU64::new(0),
+            slow_start_ms: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -264,6 +275,7 @@ impl Endpoint {
 
     /// A live request got a good answer.
     pub fn report_success(&self) {
+        self.served_ok.fetch_add(1, Ordering::Relaxed);
         // Read first: in the common case nothing is written and the line stays shared.
         if self.passive_failures.load(Ordering::Relaxed) != 0 {
             self.passive_failures.store(0, Ordering::Relaxed);
@@ -272,6 +284,7 @@ impl Endpoint {
 
     /// A live request failed to connect or got a 5xx.
     pub fn report_failure(&self) {
+        self.served_failed.fetch_add(1, Ordering::Relaxed);
         let threshold = self.passive_threshold.load(Ordering::Relaxed);
         let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if threshold > 0 && n == threshold {
@@ -289,6 +302,83 @@ impl Endpoint {
 
     pub(crate) fn set_passive_threshold(&self, n: u32) {
         self.passive_threshold.store(n, Ordering::Relaxed);
+    }
+
+    /// (good answers, failures) of live traffic so far.
+    pub(crate) fn served(&self) -> (u64, u64) {
+        (
+            self.served_ok.load(Ordering::Relaxed),
+            self.served_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn set_slow_start(&self, d: std::time::Duration) {
+        self.slow_start_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The backend became routable again: its weight ramps up from now.
+    pub(crate) fn start_ramp(&self) {
+        if self.slow_start_ms.load(Ordering::Relaxed) > 0 {
+            self.ramp_start_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The share of its weight the backend gets now: from `RAMP_FLOOR` right after it
+    /// became routable again to 1 at the end of `slow_start`, linearly.
+    pub fn ramp(&self) -> f64 {
+        let start = self.ramp_start_ms.load(Ordering::Relaxed);
+        if start == 0 {
+            return 1.0;
+        }
+        let window = self.slow_start_ms.load(Ordering::Relaxed);
+        let elapsed = clock_ms().saturating_sub(start);
+        if window == 0 || elapsed >= window {
+            self.ramp_start_ms.store(0, Ordering::Relaxed);
+            return 1.0;
+        }
+        ramp_share(elapsed, window)
+    }
+}
+
+/// Where slow start begins: a twentieth of the backend's weight.
+pub const RAMP_FLOOR: f64 = 0.05;
+
+/// The weight share `elapsed` ms into a slow start of `window` ms.
+pub fn ramp_share(elapsed: u64, window: u64) -> f64 {
+    let t = (elapsed as f64 / window.max(1) as f64).min(1.0);
+    RAMP_FLOOR + (1.0 - RAMP_FLOOR) * t
+}
+
+/// What the operator said about a backend (`POST /admin/backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AdminState {
+    /// Normal: routed when healthy.
+    #[default]
+    Ready,
+    /// No new requests; those in flight (and tunnels) finish; still checked.
+    Drain,
+    /// No requests and no checks; its check connection is closed.
+    Maintenance,
+}
+
+impl AdminState {
+    pub const ALL: [AdminState; 3] = [
+        AdminState::Ready,
+        AdminState::Drain,
+        AdminState::Maintenance,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminState> {
+        AdminState::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 
@@ -312,12 +402,16 @@ pub struct MemberState {
     pub ejected: bool,
     /// Requests to it are stuck: no new ones until it answers again.
     pub suspect: bool,
+    pub admin: AdminState,
 }
 
 impl MemberState {
-    /// Only `up` backends, neither ejected nor suspect, receive traffic.
+    /// Only `up` backends, neither ejected nor suspect, and ready, receive traffic.
     pub fn routable(&self) -> bool {
-        self.health == Health::Up && !self.ejected && !self.suspect
+        self.health == Health::Up
+            && !self.ejected
+            && !self.suspect
+            && self.admin == AdminState::Ready
     }
 
     /// The `state` label: ejection wins, then suspicion, then health.

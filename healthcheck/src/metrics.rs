@@ -20,6 +20,8 @@ pub mod names {
     pub const EJECTIONS: &str = "vigil_passive_ejections_total";
     pub const SUSPECT: &str = "vigil_backend_suspect_total";
     pub const STALL_RETRIES: &str = "vigil_upstream_stall_retries_total";
+    pub const ADMIN_STATE: &str = "vigil_backend_admin_state";
+    pub const SKIPPED: &str = "vigil_health_checks_skipped_total";
 }
 
 pub const STATES: [&str; 5] = ["unknown", "up", "down", "ejected", "suspect"];
@@ -40,6 +42,8 @@ pub struct CheckerMetrics {
     ejections: IntCounterVec,
     suspect: IntCounterVec,
     stall_retries: IntCounterVec,
+    admin_state: IntGaugeVec,
+    skipped: IntCounterVec,
     per_backend: bool,
 }
 
@@ -51,7 +55,11 @@ pub(crate) struct BackendMetrics {
     transitions: [IntCounter; TRANSITION_TARGETS.len()],
     ejections: IntCounter,
     suspect: IntCounter,
+    admin: [IntGauge; 3],
+    skipped: IntCounter,
 }
+
+const ADMIN_STATES: [&str; 3] = ["ready", "drain", "maintenance"];
 
 /// Series of one pool.
 #[derive(Clone)]
@@ -131,6 +139,20 @@ impl CheckerMetrics {
                 ),
                 &["pool", "reason"],
             )?,
+            admin_state: IntGaugeVec::new(
+                Opts::new(
+                    names::ADMIN_STATE,
+                    "1 for the backend's admin state (POST /admin/backend)",
+                ),
+                &["pool", "backend", "state"],
+            )?,
+            skipped: IntCounterVec::new(
+                Opts::new(
+                    names::SKIPPED,
+                    "Active checks skipped because live requests succeeded (skip_while_serving)",
+                ),
+                pb,
+            )?,
             per_backend,
         };
         registry.register(Box::new(m.backend_up.clone()))?;
@@ -145,6 +167,8 @@ impl CheckerMetrics {
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.suspect.clone()))?;
         registry.register(Box::new(m.stall_retries.clone()))?;
+        registry.register(Box::new(m.admin_state.clone()))?;
+        registry.register(Box::new(m.skipped.clone()))?;
         Ok(m)
     }
 
@@ -162,6 +186,13 @@ impl CheckerMetrics {
                 .map(|t| self.transitions.with_label_values(&[pool, backend, t])),
             ejections: self.ejections.with_label_values(&[pool, backend]),
             suspect: self.suspect.with_label_values(&[pool, backend]),
+            admin: {
+                let a =
+                    ADMIN_STATES.map(|s| self.admin_state.with_label_values(&[pool, backend, s]));
+                a[0].set(1);
+                a
+            },
+            skipped: self.skipped.with_label_values(&[pool, backend]),
         })
     }
 
@@ -172,6 +203,10 @@ impl CheckerMetrics {
         let _ = self.backend_up.remove_label_values(&[pool, backend]);
         let _ = self.ejections.remove_label_values(&[pool, backend]);
         let _ = self.suspect.remove_label_values(&[pool, backend]);
+        let _ = self.skipped.remove_label_values(&[pool, backend]);
+        for s in ADMIN_STATES {
+            let _ = self.admin_state.remove_label_values(&[pool, backend, s]);
+        }
         for s in STATES {
             let _ = self.backend_state.remove_label_values(&[pool, backend, s]);
         }
@@ -239,5 +274,15 @@ impl BackendMetrics {
 
     pub(crate) fn record_suspect(&self) {
         self.suspect.inc();
+    }
+
+    pub(crate) fn set_admin(&self, state: &str) {
+        for (g, s) in self.admin.iter().zip(ADMIN_STATES) {
+            g.set((s == state) as i64);
+        }
+    }
+
+    pub(crate) fn record_skip(&self) {
+        self.skipped.inc();
     }
 }

@@ -17,6 +17,8 @@ pub struct CheckPolicy {
     /// The whole check, connect included, counted from when it really starts.
     pub timeout: Duration,
     pub passive: PassivePolicy,
+    /// Skip a check when live requests succeeded since the last one.
+    pub skip_while_serving: bool,
 }
 
 impl Default for CheckPolicy {
@@ -27,6 +29,7 @@ impl Default for CheckPolicy {
             schedule: Schedule::default(),
             timeout: Duration::from_secs(2),
             passive: PassivePolicy::default(),
+            skip_while_serving: false,
         }
     }
 }
@@ -38,5 +41,8 @@ pub struct BackendSpec {
     pub address: String,
     pub socket_addr: SocketAddr,
     pub weight: u32,
+    /// The pool's `slow_start`: how long its weight ramps up after it becomes routable
+    /// again. Zero: off.
+    pub slow_start: Duration,
     pub policy: Arc<CheckPolicy>,
 }

@@ -12,6 +12,9 @@ pub struct BackendStatus {
     pub ejected: bool,
     /// Requests to it are stuck: no new ones until it answers.
     pub suspect: bool,
+    pub admin: crate::AdminState,
+    /// Checks skipped because live traffic succeeded (`skip_while_serving`).
+    pub checks_skipped: u64,
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
     pub checks: u64,

@@ -5,7 +5,7 @@
 //! Keyed by (pool, address) in a `DashMap`, so `apply` can add, remove and update
 //! backends while checks run; a kept backend keeps its state whatever else changed.
 
-use crate::membership::{Endpoint, Member, MemberState, Membership};
+use crate::membership::{AdminState, Endpoint, Member, MemberState, Membership};
 use crate::metrics::{BackendMetrics, CheckerMetrics, PoolMetrics, STATES};
 use crate::outcome::Outcome;
 use crate::spec::BackendSpec;
@@ -39,6 +39,13 @@ struct Live {
     last_ejection_end: Option<Instant>,
     /// Suspect (stuck requests): since when, and the endpoint's progress mark then.
     suspect: Option<(Instant, u64)>,
+    admin: AdminState,
+    /// Routable at the last state change, and ever (slow start is for a return).
+    routable: bool,
+    been_routable: bool,
+    checks_skipped: u64,
+    /// The endpoint's (good answers, failures) at the last check or skip.
+    served_mark: (u64, u64),
 }
 
 impl Live {
@@ -55,6 +62,11 @@ impl Live {
             ejections: 0,
             last_ejection_end: None,
             suspect: None,
+            admin: AdminState::Ready,
+            routable: false,
+            been_routable: false,
+            checks_skipped: 0,
+            served_mark: (0, 0),
         }
     }
 
@@ -63,6 +75,7 @@ impl Live {
             health: self.tracker.health,
             ejected: self.ejected_until.is_some(),
             suspect: self.suspect.is_some(),
+            admin: self.admin,
         }
     }
 }
@@ -99,13 +112,15 @@ impl Slot {
         pool_metrics: PoolMetrics,
     ) -> Slot {
         let key: Key = (spec.pool.as_str().into(), spec.address.as_str().into());
+        let endpoint = Endpoint::new(
+            &spec.pool,
+            &spec.address,
+            spec.socket_addr,
+            spec.policy.passive.consecutive_failures,
+        );
+        endpoint.set_slow_start(spec.slow_start);
         Slot {
-            endpoint: Arc::new(Endpoint::new(
-                &spec.pool,
-                &spec.address,
-                spec.socket_addr,
-                spec.policy.passive.consecutive_failures,
-            )),
+            endpoint: Arc::new(endpoint),
             metrics: metrics.backend(&key.0, &key.1),
             pool_metrics,
             spec: Mutex::new((Arc::new(spec), order)),
@@ -139,6 +154,7 @@ impl Slot {
         if change == SpecChange::Settings {
             self.endpoint
                 .set_passive_threshold(spec.policy.passive.consecutive_failures);
+            self.endpoint.set_slow_start(spec.slow_start);
             *guard = (Arc::new(spec), order);
             drop(guard);
             self.changed.notify_one();
@@ -178,6 +194,11 @@ impl Slot {
         live.ejected_until
     }
 
+    /// No check is scheduled (maintenance).
+    pub fn scheduled_none(&self) {
+        self.live.lock().unwrap().next_check = None;
+    }
+
     /// Counts one finished check in the metrics.
     pub fn count_check(&self, outcome: &Outcome, latency: Duration, connections_opened: u64) {
         if connections_opened > 0 {
@@ -199,7 +220,9 @@ impl Slot {
         } else {
             Verdict::Fail
         };
+        let served = self.endpoint.served();
         let mut live = self.live.lock().unwrap();
+        live.served_mark = served;
         live.checks += 1;
         live.last_check = Some(at);
         live.last_latency = Some(latency);
@@ -212,7 +235,7 @@ impl Slot {
         }
         if let Some(t) = &transition {
             live.last_transition = at;
-            self.refresh_state_metrics(&live);
+            self.refresh_state_metrics(&mut live);
             if let Some(m) = &self.metrics {
                 m.record_transition(t.to.as_str());
             }
@@ -225,11 +248,88 @@ impl Slot {
         (tracker, transition.is_some() || unsuspected)
     }
 
-    fn refresh_state_metrics(&self, live: &Live) {
-        if let Some(m) = &self.metrics {
-            let s = live.member_state();
-            m.set_state(s.label(), s.routable());
+    /// After any change of state: metrics, and slow start when the backend becomes
+    /// routable again (not the first time: a backend at start gets its full weight).
+    fn refresh_state_metrics(&self, live: &mut Live) {
+        let s = live.member_state();
+        let routable = s.routable();
+        if routable && !live.routable && live.been_routable {
+            self.endpoint.start_ramp();
         }
+        live.routable = routable;
+        live.been_routable |= routable;
+        if let Some(m) = &self.metrics {
+            m.set_state(s.label(), routable);
+            m.set_admin(live.admin.as_str());
+        }
+    }
+
+    pub fn admin(&self) -> AdminState {
+        self.live.lock().unwrap().admin
+    }
+
+    /// Sets the operator's state; logs a change. Returns the state before. Leaving
+    /// maintenance forgets the health it had (it was not checked meanwhile): the backend
+    /// is checked at once and routed after that check passes.
+    pub fn set_admin(&self, admin: AdminState) -> AdminState {
+        let mut live = self.live.lock().unwrap();
+        let before = live.admin;
+        if before == admin {
+            return before;
+        }
+        live.admin = admin;
+        if before == AdminState::Maintenance {
+            live.tracker = Tracker::default();
+            live.last_transition = Instant::now();
+        }
+        self.refresh_state_metrics(&mut live);
+        tracing::info!(
+            pool = &*self.key.0,
+            backend = &*self.key.1,
+            from = before.as_str(),
+            to = admin.as_str(),
+            "backend admin state changed"
+        );
+        drop(live);
+        // The task stops or resumes checking.
+        self.changed.notify_one();
+        if before == AdminState::Maintenance {
+            self.check_now.notify_one();
+        }
+        before
+    }
+
+    /// Starts with the health another process had found (a binary upgrade), so the
+    /// backend is routed from the first moment without a flap to unknown.
+    pub fn seed(&self, health: Health, admin: AdminState) {
+        let mut live = self.live.lock().unwrap();
+        live.tracker.health = health;
+        live.admin = admin;
+        self.refresh_state_metrics(&mut live);
+    }
+
+    /// `skip_while_serving`: true if the check due now may be skipped because live
+    /// requests to the backend succeeded since the last check (and none failed), and it
+    /// is up and trusted. Counts the skip.
+    pub fn skip_check(&self) -> bool {
+        let served = self.endpoint.served();
+        let mut live = self.live.lock().unwrap();
+        let (ok, failed) = live.served_mark;
+        live.served_mark = served;
+        let quiet_success = served.0 > ok && served.1 == failed;
+        let trusted = live.tracker.health == Health::Up
+            && live.suspect.is_none()
+            && live.ejected_until.is_none();
+        if !(quiet_success && trusted) {
+            return false;
+        }
+        live.checks_skipped += 1;
+        live.next_check = None;
+        if let Some(m) = &self.metrics {
+            m.record_skip();
+        }
+        tracing::debug!(pool = %self.key.0, backend = %self.key.1, "health check skipped: live requests succeeded");
+        true
     }
 
     fn log_transition(&self, t: &Transition, ejected: bool) {
@@ -279,7 +379,7 @@ impl Slot {
         live.ejections = previous + 1;
         live.ejected_until = Some(now + duration);
         live.last_error = Some(format!("{failures} failures in a row on live traffic"));
-        self.refresh_state_metrics(&live);
+        self.refresh_state_metrics(&mut live);
         if let Some(m) = &self.metrics {
             m.record_ejection();
             m.record_transition("ejected");
@@ -309,7 +409,7 @@ impl Slot {
         live.ejected_until = None;
         live.last_ejection_end = Some(now);
         self.endpoint.clear_passive_failures();
-        self.refresh_state_metrics(&live);
+        self.refresh_state_metrics(&mut live);
         tracing::info!(
             pool = &*self.key.0,
             backend = &*self.key.1,
@@ -344,6 +444,8 @@ impl Slot {
             health: live.tracker.health,
             ejected: live.ejected_until.is_some(),
             suspect: live.suspect.is_some(),
+            admin: live.admin,
+            checks_skipped: live.checks_skipped,
             consecutive_successes: live.tracker.consecutive_successes,
             consecutive_failures: live.tracker.consecutive_failures,
             checks: live.checks,

@@ -5,6 +5,7 @@
 //! Because the next deadline counts from the end of the previous check, one backend
 //! never has two checks in flight, however slow it is.
 
+use crate::membership::AdminState;
 use crate::metrics::CheckerMetrics;
 use crate::outcome::Outcome;
 use crate::probe::Probes;
@@ -148,11 +149,28 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
         if *stop.borrow() || *shutdown.borrow() {
             return;
         }
+        if slot.admin() == AdminState::Maintenance {
+            // No checks, and no check connection held open.
+            probe.retarget(spec.socket_addr);
+            slot.scheduled_none();
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = shutdown.changed() => return,
+                _ = slot.changed().notified() => {}
+            }
+            spec = slot.spec();
+            probe.retarget(spec.socket_addr);
+            deadline = Instant::now();
+            continue;
+        }
         let ejected_until = slot.scheduled(deadline);
         tokio::select! {
             _ = stop.changed() => return,
             _ = shutdown.changed() => return,
             _ = slot.changed().notified() => {
+                if slot.admin() == AdminState::Maintenance {
+                    continue;
+                }
                 let new = slot.spec();
                 if new.policy.probe != spec.policy.probe || new.socket_addr != spec.socket_addr {
                     probe.retarget(new.socket_addr);
@@ -182,6 +200,11 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 continue;
             }
             _ = sleep_until(deadline) => {}
+        }
+        if spec.policy.skip_while_serving && slot.skip_check() {
+            deadline =
+                Instant::now() + next_delay(&slot.tracker(), &spec.policy.schedule, &mut rng);
+            continue;
         }
 
         let permit = tokio::select! {

@@ -159,6 +159,7 @@ fn policy(interval_ms: u64) -> CheckPolicy {
         },
         timeout: Duration::from_secs(2),
         passive: PassivePolicy::default(),
+        skip_while_serving: false,
     }
 }
 
@@ -172,6 +173,7 @@ fn spec(i: u16, policy: &Arc<CheckPolicy>) -> BackendSpec {
         address: addr(i).to_string(),
         socket_addr: addr(i),
         weight: 1,
+        slow_start: Duration::ZERO,
         policy: policy.clone(),
     }
 }

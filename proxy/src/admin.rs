@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use vigil_healthcheck::Health;
+use vigil_healthcheck::{AdminState, Health};
 
 pub struct AdminApp {
     pub app: Arc<App>,
@@ -169,6 +169,8 @@ impl AdminApp {
                     "health": s.health.as_str(),
                     "ejected": s.ejected,
                     "suspect": s.suspect,
+                    "admin_state": s.admin.as_str(),
+                    "checks_skipped": s.checks_skipped,
                     "weight": s.weight,
                     "consecutive_successes": s.consecutive_successes,
                     "consecutive_failures": s.consecutive_failures,
@@ -239,6 +241,128 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /admin/backend?pool=P&address=A&state=ready|drain|maintenance`.
+    async fn backend(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        while let Ok(Some(_)) = session.read_request_body().await {}
+        if !self.authorized(session) {
+            return json_reply(
+                401,
+                json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
+            );
+        }
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
+        let param = |name: &str| {
+            query.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v))?
+            })
+        };
+        let (Some(pool), Some(address), Some(state)) =
+            (param("pool"), param("address"), param("state"))
+        else {
+            return json_reply(
+                400,
+                json!({"status": "error", "errors": ["give pool, address and state (ready, drain or maintenance)"]}),
+            );
+        };
+        let Some(admin) = AdminState::parse(&state) else {
+            return json_reply(
+                400,
+                json!({"status": "error", "errors": [format!("unknown state {state:?}: use ready, drain or maintenance")]}),
+            );
+        };
+        match self.app.checker.set_admin(&pool, &address, admin) {
+            Some(before) => json_reply(
+                200,
+                json!({"pool": pool, "address": address, "admin_state": admin.as_str(), "previous": before.as_str()}),
+            ),
+            None => json_reply(
+                404,
+                json!({"status": "error", "errors": [format!("no backend {address} in pool {pool:?}")]}),
+            ),
+        }
+    }
+}
+
+/// The client side of `POST /admin/backend`, for `vigil backend STATE POOL ADDRESS`:
+/// calls the admin API of the vigil running on `config`. Returns the status and body.
+pub fn set_backend_state(
+    config: &vigil_conf::Config,
+    pool: &str,
+    address: &str,
+    state: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut addr = config.admin.address;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let encode = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let auth = config
+        .admin
+        .token
+        .as_ref()
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST /admin/backend?pool={}&address={}&state={} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n",
+        encode(pool),
+        encode(address),
+        encode(state)
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// `%XX` and `+` in a query component; None if it is not valid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -253,8 +377,11 @@ impl ServeHttp for AdminApp {
             "/health" if get => self.summary(started),
             "/health/detailed" if get => self.detailed(started),
             "/admin/reload" if method == Method::POST => self.reload(session).await,
+            "/admin/backend" if method == Method::POST => self.backend(session).await,
             "/metrics" | "/health/live" | "/health/ready" | "/health" | "/health/detailed"
-            | "/admin/reload" => json_reply(405, json!({"error": "method not allowed"})),
+            | "/admin/reload" | "/admin/backend" => {
+                json_reply(405, json!({"error": "method not allowed"}))
+            }
             _ => json_reply(404, json!({"error": "not found"})),
         }
     }

@@ -144,6 +144,10 @@ impl App {
         config: Config,
         config_path: Option<PathBuf>,
         runtime: tokio::runtime::Handle,
+        seed: std::collections::HashMap<
+            (String, String),
+            (vigil_healthcheck::Health, vigil_healthcheck::AdminState),
+        >,
     ) -> Result<Arc<App>, StartError> {
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(ProxyMetrics::new(&registry, config.metrics.per_backend)?);
@@ -163,6 +167,7 @@ impl App {
             in_force.clone(),
             &registry,
         )?;
+        checker.seed(seed);
         let access_log = Arc::new(
             AccessLog::start(&empty.access_log, metrics.access_log_dropped.clone())
                 .map_err(StartError::AccessLog)?,

@@ -70,6 +70,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     if old.metrics != new.metrics {
         out.push("metrics.per_backend".to_string());
     }
+    if old.upgrade_socket != new.upgrade_socket {
+        out.push("upgrade_socket".to_string());
+    }
     out
 }
 

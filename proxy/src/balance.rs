@@ -105,14 +105,19 @@ impl Selector {
         match self {
             Selector::RoundRobin { next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| candidates[(start + k) % n]).find(untried)
+                (0..n)
+                    .map(|k| (candidates[(start + k) % n], start + k))
+                    .find(|(i, draw)| untried(i) && admitted(&members[*i], *draw))
+                    .map(|(i, _)| i)
+                    .or_else(|| candidates.iter().copied().find(untried))
             }
             Selector::Weighted { sequence, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 let len = sequence.len();
                 (0..len)
-                    .map(|k| candidates[sequence[(start + k) % len] as usize])
-                    .find(untried)
+                    .map(|k| (candidates[sequence[(start + k) % len] as usize], start + k))
+                    .find(|(i, draw)| untried(i) && admitted(&members[*i], *draw))
+                    .map(|(i, _)| i)
                     .or_else(|| candidates.iter().copied().find(untried))
             }
             Selector::LeastRequests { next } => {
@@ -142,7 +147,8 @@ impl Selector {
                         .endpoint
                         .latency()
                         .map_or(*default_us, |d| d.as_micros() as u64);
-                    us.max(1) as f64 * (m.endpoint.in_flight() + 1) as f64 / m.weight.max(1) as f64
+                    us.max(1) as f64 * (m.endpoint.in_flight() + 1) as f64
+                        / (m.weight.max(1) as f64 * m.endpoint.ramp())
                 };
                 // Every member for small pools, two choices for large ones.
                 let look = if n > FULL_SCAN_MAX { 2 } else { n };
@@ -166,11 +172,28 @@ impl Selector {
 /// Pools larger than this use two random choices instead of scanning every member.
 const FULL_SCAN_MAX: usize = 16;
 
-/// A member's requests in flight and its weight.
+/// A member's requests in flight (counting the one being placed) and its weight in
+/// thousandths, scaled down while it ramps up (slow start).
 type Load = (u64, u64);
 
 fn load(m: &Member) -> Load {
-    (m.endpoint.in_flight(), m.weight.max(1) as u64)
+    let weight = (m.weight.max(1) as f64 * 1000.0 * m.endpoint.ramp()) as u64;
+    (m.endpoint.in_flight() + 1, weight.max(1))
+}
+
+/// Slow start for the round robins: a member still ramping up is passed over unless
+/// `draw` (mixed into a uniform number) falls within its share of its weight.
+fn admitted(m: &Member, draw: usize) -> bool {
+    let share = m.endpoint.ramp();
+    share >= 1.0 || ((mix(draw as u64) >> 11) as f64 / (1u64 << 53) as f64) < share
+}
+
+/// splitmix64's finaliser: a well-spread number from a counter value.
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// `a` carries less load per weight than `b`; compared without division.
@@ -187,11 +210,8 @@ fn power_of_two_choices(
     seed: usize,
 ) -> Option<usize> {
     let n = candidates.len();
-    // splitmix64: two well-spread indexes from one counter value.
-    let mut z = (seed as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    // Two well-spread indexes from one counter value.
+    let z = mix(seed as u64);
     let untried_from = |start: usize| {
         (0..n)
             .map(|k| candidates[(start + k) % n])

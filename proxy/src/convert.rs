@@ -46,6 +46,7 @@ pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
             stall_factor: pool.passive.stall_factor,
             stall_min: pool.passive.stall_min,
         },
+        skip_while_serving: h.skip_while_serving,
     }
 }
 
@@ -80,6 +81,7 @@ pub fn backend_specs(config: &Config, tls: &HashMap<String, Arc<PoolTls>>) -> Ve
                 address: b.address.clone(),
                 socket_addr: b.socket_addr,
                 weight: b.weight,
+                slow_start: pool.slow_start,
                 policy,
             });
         }

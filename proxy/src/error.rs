@@ -24,6 +24,8 @@ pub enum StartError {
     AccessLog(io::Error),
     #[error("{0}")]
     Config(ApplyError),
+    #[error("{0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
 }
 
 #[derive(Debug)]

@@ -6,7 +6,8 @@
 //! - [`edge`] and [`access_log`]: limits on client requests; one log line per request.
 //! - [`admin`]: `/metrics`, `/health/*`, `POST /admin/reload`.
 //! - [`apply`]: the one path from a configuration to the running state (start, reload).
-//! - [`server`]: process wiring, signals, drain; [`demo`]: `vigil demo`.
+//! - [`server`]: process wiring, signals, drain; [`upgrade`]: `vigil run --upgrade`;
+//!   [`demo`]: `vigil demo`.
 
 #![forbid(unsafe_code)]
 
@@ -27,4 +28,5 @@ pub mod request;
 pub mod routing;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream_tls;

@@ -1,4 +1,4 @@
-//! The `vigil` command line: `run`, `demo`, `validate`.
+//! The `vigil` command line: `run`, `demo`, `validate`, `backend`.
 
 #![forbid(unsafe_code)]
 
@@ -35,18 +35,64 @@ enum Command {
         /// Reload when the file changes (as well as on SIGHUP and POST /admin/reload).
         #[arg(long)]
         watch: bool,
+        /// Take over from the vigil running on this config (its `upgrade_socket`): its
+        /// listening sockets and backend health; it then drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Start on the embedded example config plus three demo backends on loopback.
     Demo,
     /// Parse and validate a config file; print a summary per pool or every error.
     Validate { file: PathBuf },
+    /// Set a backend's admin state on the running vigil, through its admin API (address
+    /// and token read from the config file).
+    Backend {
+        #[arg(value_parser = ["drain", "maintenance", "ready"])]
+        state: String,
+        pool: String,
+        address: String,
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Run { config, watch } => {
+        Command::Backend {
+            state,
+            pool,
+            address,
+            config,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match vigil_proxy::admin::set_backend_state(&config, &pool, &address, &state) {
+                Ok((200, body)) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok((status, body)) => {
+                    eprintln!("vigil: the admin API answered {status}: {body}");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "vigil: cannot reach the admin API at {}: {e}",
+                        config.admin.address
+                    );
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run {
+            config,
+            watch,
+            upgrade,
+        } => {
             let parsed = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -55,6 +101,7 @@ fn main() -> ExitCode {
             let opts = server::RunOptions {
                 config_path: Some(config),
                 watch,
+                upgrade,
             };
             report(server::run(parsed, opts, |_| {}))
         }
@@ -75,6 +122,7 @@ fn main() -> ExitCode {
             let opts = server::RunOptions {
                 config_path: None,
                 watch: false,
+                upgrade: false,
             };
             let mut started = Ok(());
             let result = server::run(config, opts, |rt| {

@@ -9,6 +9,7 @@ use crate::app::App;
 pub use crate::error::StartError;
 use crate::listener::{plain_buffers, ConnectionLimit, Slot};
 use crate::proxy::VigilProxy;
+use crate::upgrade::Handoff;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -30,15 +31,24 @@ use vigil_conf::Config;
 pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     pub watch: bool,
+    /// Take over the listening sockets (and backend health) of the vigil running on
+    /// this config's `upgrade_socket`.
+    pub upgrade: bool,
 }
 
 /// Binds `addrs` before Pingora starts, so a taken port is a clear error (exit 1) at
 /// start, and every listener accepts connections (into its backlog) from this moment
 /// on: once the admin answers, the proxy port is open too.
-fn bind(addrs: &[SocketAddr]) -> Result<Vec<(String, OwnedFd)>, StartError> {
+fn bind(
+    addrs: &[SocketAddr],
+    mut inherited: Option<&mut Handoff>,
+) -> Result<Vec<(String, OwnedFd)>, StartError> {
     addrs
         .iter()
         .map(|&addr| {
+            if let Some(fd) = inherited.as_mut().and_then(|h| h.take(&addr)) {
+                return Ok((addr.to_string(), fd));
+            }
             let listen = |source| StartError::Listen { addr, source };
             let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
             // Pingora's tokio listener requires a non-blocking socket.
@@ -127,8 +137,22 @@ pub fn run(
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> Result<(), StartError> {
     let addresses: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
-    let proxy_fds = bind(&addresses)?;
-    let admin_fds = bind(&[config.admin.address])?;
+    let mut handoff = match opts.upgrade {
+        true => Some(crate::upgrade::take_over(&config.upgrade_socket)?),
+        false => None,
+    };
+    let proxy_fds = bind(&addresses, handoff.as_mut())?;
+    let admin_fds = bind(&[config.admin.address], handoff.as_mut())?;
+    // Copies for the next upgrade: the sockets Pingora will own are handed on from here.
+    let copies = proxy_fds
+        .iter()
+        .chain(&admin_fds)
+        .map(|(a, fd)| Ok((a.clone(), fd.try_clone()?)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|source| StartError::Listen {
+            addr: config.admin.address,
+            source,
+        })?;
     vigil_healthcheck::raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -142,11 +166,36 @@ pub fn run(
         config.clone(),
         opts.config_path.clone(),
         control.handle().clone(),
+        handoff
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.backends))
+            .unwrap_or_default(),
     )?;
+    let (handed_over, upgraded) = watch::channel(false);
+    crate::upgrade::serve(
+        &control,
+        &config.upgrade_socket,
+        app.clone(),
+        copies,
+        handed_over,
+    );
     let (stop_watching, watching) = watch::channel(false);
     install_signal_handlers(&control, &app, watching.clone())?;
     if opts.watch {
         spawn_watcher(&control, &app, watching);
+    }
+    if let Some(h) = handoff {
+        let from = h.from_pid;
+        // The sockets are ours as well now: connections wait in their backlog until
+        // Pingora accepts them, however the old process's last accepts and ours interleave.
+        if let Err(e) = h.ready() {
+            tracing::warn!(error = %e, "could not tell the old process we are ready; it keeps serving too");
+        } else {
+            tracing::info!(
+                from_pid = from,
+                "took over the listening sockets and backend health"
+            );
+        }
     }
     tracing::info!(
         listeners = ?addresses,
@@ -212,11 +261,15 @@ pub fn run(
         None => plain_buffers(),
     };
     server.add_service(PreBound::new(proxy, proxy_fds, buffers).stopped_by(accepting));
-    server.add_service(PreBound::new(admin, admin_fds, |_| {
-        L4BufferSettings::default()
-    }));
+    let (stop_admin, admin_accepting) = watch::channel(false);
+    server.add_service(
+        PreBound::new(admin, admin_fds, |_| L4BufferSettings::default())
+            .stopped_by(admin_accepting),
+    );
     let drain = Drain {
         app,
+        upgraded,
+        stop_admin,
         grace: config.grace_period,
         stop_accepting,
         stop_watching,
@@ -262,6 +315,10 @@ fn install_signal_handlers(
 /// stops at once.
 struct Drain {
     app: Arc<App>,
+    /// Turns true when a new process took over the sockets (`vigil run --upgrade`).
+    upgraded: watch::Receiver<bool>,
+    /// Stops the admin listener: only after an upgrade, whose new process answers now.
+    stop_admin: watch::Sender<bool>,
     grace: Duration,
     stop_accepting: watch::Sender<bool>,
     stop_watching: watch::Sender<bool>,
@@ -279,9 +336,14 @@ impl ShutdownSignalWatch for Drain {
             tracing::error!("cannot handle SIGTERM/SIGQUIT/SIGINT; stopping");
             return ShutdownSignal::FastShutdown;
         };
+        let mut upgraded = self.upgraded.clone();
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = quit.recv() => "SIGQUIT",
+            _ = handed_over(&mut upgraded) => {
+                let _ = self.stop_admin.send(true);
+                "upgrade"
+            }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
                 let _ = self.stop_watching.send(true);
@@ -314,6 +376,13 @@ impl ShutdownSignalWatch for Drain {
             );
         }
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Returns when a new process has taken over the sockets; never if none does.
+async fn handed_over(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|u| *u).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

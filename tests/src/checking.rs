@@ -41,6 +41,7 @@ pub fn policy(interval_ms: u64) -> CheckPolicy {
         },
         timeout: Duration::from_secs(2),
         passive: PassivePolicy::default(),
+        skip_while_serving: false,
     }
 }
 
@@ -50,6 +51,7 @@ pub fn spec(pool: &str, b: &FakeBackend, weight: u32, policy: &Arc<CheckPolicy>)
         address: b.addr.to_string(),
         socket_addr: b.addr,
         weight,
+        slow_start: Duration::ZERO,
         policy: policy.clone(),
     }
 }

@@ -150,7 +150,19 @@ impl Validator<'_> {
             tls.is_some(),
             health_check.kind,
         );
+        let slow_start = self.duration(
+            &format!("{path}.slow_start"),
+            &raw.slow_start,
+            Duration::ZERO,
+        );
+        if slow_start > Duration::from_secs(3600) {
+            self.error(
+                &format!("{path}.slow_start"),
+                format!("slow_start must be at most 1h, got {slow_start:?}"),
+            );
+        }
         PoolConfig {
+            slow_start,
             name,
             routes,
             balance,
@@ -347,6 +359,7 @@ impl Validator<'_> {
             reuse_connections: raw.reuse_connections.unwrap_or(true),
             max_connection_age,
             grpc_service: raw.grpc_service.unwrap_or_default(),
+            skip_while_serving: raw.skip_while_serving.unwrap_or(false),
         }
     }
 

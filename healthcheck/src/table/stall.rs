@@ -28,7 +28,7 @@ impl Slot {
             return 0;
         }
         live.suspect = Some((Instant::now(), self.endpoint.answered_ms()));
-        self.refresh_state_metrics(&live);
+        self.refresh_state_metrics(&mut live);
         if let Some(m) = &self.metrics {
             m.record_suspect();
             m.record_transition("suspect");
@@ -84,7 +84,7 @@ impl Slot {
 
     fn end_suspicion(&self, mut live: std::sync::MutexGuard<'_, super::Live>, reason: &str) {
         live.suspect = None;
-        self.refresh_state_metrics(&live);
+        self.refresh_state_metrics(&mut live);
         tracing::info!(
             pool = &*self.key.0,
             backend = &*self.key.1,
