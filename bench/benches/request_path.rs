@@ -41,6 +41,7 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
                     health: Health::Up,
                     ejected: false,
                     suspect: false,
+                    admin: Default::default(),
                 },
             })
             .collect();

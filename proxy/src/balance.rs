@@ -284,6 +284,7 @@ mod tests {
                     health: Health::Up,
                     ejected: false,
                     suspect: false,
+                    admin: Default::default(),
                 },
             })
             .collect()

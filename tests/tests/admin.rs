@@ -5,7 +5,7 @@ use std::time::Duration;
 use vigil_tests::config::{pool, FAST_CHECKS};
 use vigil_tests::{get, request, start_vigil, wait_for_async, FakeBackend, Vigil};
 
-const FAMILIES: [&str; 17] = [
+const FAMILIES: [&str; 22] = [
     "vigil_backend_up",
     "vigil_backend_state",
     "vigil_health_checks_total",
@@ -23,6 +23,11 @@ const FAMILIES: [&str; 17] = [
     "vigil_no_healthy_backend_total",
     "vigil_config_reloads_total",
     "vigil_config_last_reload_success_timestamp_seconds",
+    "vigil_backend_suspect_total",
+    "vigil_upstream_stall_retries_total",
+    "vigil_backend_admin_state",
+    "vigil_health_checks_skipped_total",
+    "vigil_pool_latency_estimate_seconds",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,6 +322,9 @@ async fn per_backend_metrics_can_be_turned_off() {
         "vigil_backend_transitions_total",
         "vigil_upstream_requests_total",
         "vigil_passive_ejections_total",
+        "vigil_backend_suspect_total",
+        "vigil_backend_admin_state",
+        "vigil_health_checks_skipped_total",
     ];
     for f in FAMILIES {
         let present = m.contains(&format!("# TYPE {f} "));
@@ -360,4 +368,66 @@ async fn the_proxy_port_is_open_once_the_admin_is_live() {
             r.err()
         );
     }
+}
+
+/// `docs/grafana/vigil.json` loads: it is a dashboard, every query is valid PromQL
+/// (promtool checks them as recording rules), and every metric it names is one vigil
+/// exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_metrics_vigil_exports() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/vigil.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(dash["title"], "vigil");
+    let mut exprs: Vec<String> = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "{} queries", exprs.len());
+
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    get(v.listen, "app", "/").await.unwrap();
+    v.post_reload(None).await;
+    let body = v.admin_get("/metrics").await.body;
+    let exported = |name: &str| body.contains(&format!("# TYPE {name} "));
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("vigil_"))
+        {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| exported(b))
+                .unwrap_or(name);
+            assert!(
+                exported(base),
+                "the dashboard queries {name}, which vigil does not export"
+            );
+        }
+    }
+
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules += &format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        );
+    }
+    let path = Vigil::temp_path("dashboard-rules.yaml");
+    std::fs::write(&path, rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool (make test installs it)");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
