@@ -282,6 +282,15 @@ async fn idle_until_readable(stream: &mut Stream, shutdown: &ShutdownWatch) -> b
     }
 }
 
+/// [`idle_until_readable`] for a new connection's first request: a shutdown does not
+/// end the wait (vigil patch 3). Closing it unread would reset a client that was
+/// accepted and is sending its request, e.g. the last ones accepted before a drain or an
+/// upgrade handed the listening socket to another process.
+async fn first_request_readable(stream: &mut Stream) -> bool {
+    let ready = pingora_timeout::timeout(IDLE_KEEPALIVE, stream.wait_readable()).await;
+    !matches!(ready, Err(_) | Ok(Err(_)))
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -369,7 +378,9 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            if !idle_until_readable(&mut stream, shutdown).await {
+            // A new connection's first request is awaited even when the service is
+            // shutting down: the client was accepted and is sending it (vigil patch 3).
+            if !first_request_readable(&mut stream).await {
                 return None;
             }
             let head_limits = self.server_options().and_then(|o| o.head_limits.clone());
