@@ -306,8 +306,10 @@ async fn first_backends_are_spread_later_ones_checked_at_once() {
     })
     .await;
     let firsts: Vec<Duration> = (0..20).map(|i| script.calls(addr(i))[0] - t0).collect();
+    // Drawn within [0, fast_interval); tokio's timer fires on whole milliseconds, so a
+    // draw of 999.6 ms fires at 1 s.
     assert!(
-        firsts.iter().all(|d| *d < Duration::from_millis(1000)),
+        firsts.iter().all(|d| *d <= Duration::from_millis(1000)),
         "{firsts:?}"
     );
     let at_once = firsts.iter().filter(|d| d.is_zero()).count();
