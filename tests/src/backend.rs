@@ -100,6 +100,8 @@ pub struct Control {
     /// Requests whose path starts with this hang (as in [`Mode::Hang`]); others are
     /// answered.
     hang_path: Mutex<Option<String>>,
+    /// `hang_path` is set: most backends never take its lock.
+    hang_path_set: AtomicBool,
 }
 
 impl Default for Control {
@@ -112,6 +114,7 @@ impl Default for Control {
             chunked: AtomicBool::new(false),
             delay_health: AtomicBool::new(false),
             hang_path: Mutex::new(None),
+            hang_path_set: AtomicBool::new(false),
         }
     }
 }
@@ -137,15 +140,17 @@ impl Control {
     /// Requests for paths starting with `prefix` hang from now; `None` ends it.
     pub fn set_hang_path(&self, prefix: Option<&str>) {
         *self.hang_path.lock().unwrap() = prefix.map(str::to_string);
+        self.hang_path_set.store(prefix.is_some(), Ordering::SeqCst);
     }
     fn hangs(&self, path: &str) -> bool {
         self.mode() == Mode::Hang
-            || self
-                .hang_path
-                .lock()
-                .unwrap()
-                .as_deref()
-                .is_some_and(|p| path.starts_with(p))
+            || self.hang_path_set.load(Ordering::SeqCst)
+                && self
+                    .hang_path
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|p| path.starts_with(p))
     }
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
