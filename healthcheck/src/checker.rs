@@ -136,13 +136,16 @@ impl Checker {
         }
 
         let mut pools_seen = HashSet::new();
+        let mut reordered = false;
         for (order, spec) in specs.into_iter().enumerate() {
             let key: Key = (spec.pool.as_str().into(), spec.address.as_str().into());
             let name = format!("{}/{}", key.0, key.1);
             pools_seen.insert(key.0.clone());
             if let Some(slot) = shared.table.get(&key) {
-                if slot.set_spec(spec, order) == SpecChange::Settings {
-                    report.updated.push(name);
+                match slot.set_spec(spec, order) {
+                    SpecChange::Settings => report.updated.push(name),
+                    SpecChange::Order => reordered = true,
+                    SpecChange::None => {}
                 }
                 continue;
             }
@@ -172,8 +175,11 @@ impl Checker {
             }
             keep
         });
-        inner.dirty.store(true, Ordering::SeqCst);
-        self.publish_now();
+        // Only a membership that changed is published (the `Publish` promise).
+        if reordered || !report.is_empty() {
+            inner.dirty.store(true, Ordering::SeqCst);
+            self.publish_now();
+        }
         report
     }
 

@@ -37,8 +37,7 @@ pub use conn::TlsClient;
 pub use grpc::GrpcSpec;
 pub use http::HttpSpec;
 pub use membership::{
-    ramp_share, AdminState, Cut, Endpoint, Member, MemberState, Membership, Publish, Repeat,
-    RAMP_FLOOR,
+    median_latency, AdminState, Cut, Endpoint, Member, MemberState, Membership, Publish, Repeat,
 };
 pub use outcome::Outcome;
 pub use passive::PassivePolicy;

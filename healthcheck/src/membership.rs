@@ -37,9 +37,8 @@ pub struct Endpoint {
     latency_us: AtomicU64,
     /// Attempts waiting for their answer on pools with stall detection.
     waiting: std::sync::Mutex<Vec<Waiting>>,
-    /// Live answers that were good, and live failures, ever (`skip_while_serving`).
-    served_ok: AtomicU64,
-    served_failed: AtomicU64,
+    /// When a live request last failed, in [`clock_ms`] (`skip_while_serving`).
+    failed_ms: AtomicU64,
     /// Slow start: when the backend last became routable again, in [`clock_ms`]
     /// (0 = not ramping), and the pool's `slow_start` in ms (0 = off).
     ramp_start_ms: AtomicU64,
@@ -92,8 +91,7 @@ impl Endpoint {
             answered_ms: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             waiting: std::sync::Mutex::new(Vec::new()),
-            served_ok: AtomicU64::new(0),
-            served_failed: AtomicU64::new(0),
+            failed_ms: AtomicU64::new(0),
             ramp_start_ms: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(0),
             wake: Notify::new(),
@@ -183,6 +181,10 @@ impl Endpoint {
 
     /// How long the oldest attempt that could be resent on its own has waited.
     pub(crate) fn oldest_resendable(&self, now_ms: u64) -> Option<std::time::Duration> {
+        // Nothing waits without a request in flight: no lock for idle backends.
+        if self.in_flight() == 0 {
+            return None;
+        }
         let waiting = self.waiting.lock().unwrap();
         waiting
             .iter()
@@ -275,7 +277,6 @@ impl Endpoint {
 
     /// A live request got a good answer.
     pub fn report_success(&self) {
-        self.served_ok.fetch_add(1, Ordering::Relaxed);
         // Read first: in the common case nothing is written and the line stays shared.
         if self.passive_failures.load(Ordering::Relaxed) != 0 {
             self.passive_failures.store(0, Ordering::Relaxed);
@@ -284,7 +285,7 @@ impl Endpoint {
 
     /// A live request failed to connect or got a 5xx.
     pub fn report_failure(&self) {
-        self.served_failed.fetch_add(1, Ordering::Relaxed);
+        self.failed_ms.store(clock_ms(), Ordering::Relaxed);
         let threshold = self.passive_threshold.load(Ordering::Relaxed);
         let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if threshold > 0 && n == threshold {
@@ -304,12 +305,11 @@ impl Endpoint {
         self.passive_threshold.store(n, Ordering::Relaxed);
     }
 
-    /// (good answers, failures) of live traffic so far.
-    pub(crate) fn served(&self) -> (u64, u64) {
-        (
-            self.served_ok.load(Ordering::Relaxed),
-            self.served_failed.load(Ordering::Relaxed),
-        )
+    /// Live requests got answers after `mark_ms` (in [`clock_ms`]) and none failed
+    /// from then on.
+    pub(crate) fn served_well_since(&self, mark_ms: u64) -> bool {
+        self.answered_ms.load(Ordering::Relaxed) > mark_ms
+            && self.failed_ms.load(Ordering::Relaxed) < mark_ms
     }
 
     pub(crate) fn set_slow_start(&self, d: std::time::Duration) {
@@ -342,11 +342,11 @@ impl Endpoint {
 }
 
 /// Where slow start begins: a twentieth of the backend's weight.
-pub const RAMP_FLOOR: f64 = 0.05;
+const RAMP_FLOOR: f64 = 0.05;
 
-/// The weight share `elapsed` ms into a slow start of `window` ms.
-pub fn ramp_share(elapsed: u64, window: u64) -> f64 {
-    let t = (elapsed as f64 / window.max(1) as f64).min(1.0);
+/// The weight share `elapsed` ms into a slow start of `window` ms (`window` > 0).
+fn ramp_share(elapsed: u64, window: u64) -> f64 {
+    let t = (elapsed as f64 / window as f64).min(1.0);
     RAMP_FLOOR + (1.0 - RAMP_FLOOR) * t
 }
 
@@ -380,6 +380,16 @@ impl AdminState {
     pub fn parse(s: &str) -> Option<AdminState> {
         AdminState::ALL.into_iter().find(|a| a.as_str() == s)
     }
+}
+
+/// A pool's usual answer time: the median of its backends' decaying averages, among
+/// those that have answered.
+pub fn median_latency<'a>(
+    endpoints: impl Iterator<Item = &'a Endpoint>,
+) -> Option<std::time::Duration> {
+    let mut l: Vec<std::time::Duration> = endpoints.filter_map(Endpoint::latency).collect();
+    l.sort_unstable();
+    l.get(l.len() / 2).copied()
 }
 
 /// What a failed request counts as in a backend's usual answer time (`peak_ewma`).
@@ -433,16 +443,8 @@ pub struct Member {
     pub state: MemberState,
 }
 
-impl PartialEq for Member {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.endpoint, &other.endpoint)
-            && self.weight == other.weight
-            && self.state == other.state
-    }
-}
-
 /// Every pool's backends, in configuration order.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Membership {
     pub pools: BTreeMap<Arc<str>, Vec<Member>>,
 }

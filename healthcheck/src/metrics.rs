@@ -1,6 +1,7 @@
 //! The checker's Prometheus families (CONTRACT §7), registered once; per-backend
 //! handles are created when a backend is added and their series removed with it.
 
+use crate::membership::AdminState;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -59,15 +60,23 @@ pub(crate) struct BackendMetrics {
     skipped: IntCounter,
 }
 
-const ADMIN_STATES: [&str; 3] = ["ready", "drain", "maintenance"];
-
 /// Series of one pool.
 #[derive(Clone)]
 pub(crate) struct PoolMetrics {
     pub duration: Histogram,
     pub connections: IntCounter,
     /// Requests cut from a stuck backend and retried elsewhere, by [`STALL_REASONS`].
-    pub stall_retries: [IntCounter; 2],
+    stall_retries: [IntCounter; 2],
+}
+
+impl PoolMetrics {
+    /// Requests cut (for `why`) and retried elsewhere.
+    pub fn stall_retries(&self, why: crate::Cut) -> &IntCounter {
+        match why {
+            crate::Cut::Stuck => &self.stall_retries[0],
+            crate::Cut::Slow => &self.stall_retries[1],
+        }
+    }
 }
 
 /// Why a waiting request was sent to another backend: its backend became suspect, or it
@@ -187,8 +196,10 @@ impl CheckerMetrics {
             ejections: self.ejections.with_label_values(&[pool, backend]),
             suspect: self.suspect.with_label_values(&[pool, backend]),
             admin: {
-                let a =
-                    ADMIN_STATES.map(|s| self.admin_state.with_label_values(&[pool, backend, s]));
+                let a = AdminState::ALL.map(|s| {
+                    self.admin_state
+                        .with_label_values(&[pool, backend, s.as_str()])
+                });
                 a[0].set(1);
                 a
             },
@@ -204,8 +215,10 @@ impl CheckerMetrics {
         let _ = self.ejections.remove_label_values(&[pool, backend]);
         let _ = self.suspect.remove_label_values(&[pool, backend]);
         let _ = self.skipped.remove_label_values(&[pool, backend]);
-        for s in ADMIN_STATES {
-            let _ = self.admin_state.remove_label_values(&[pool, backend, s]);
+        for s in AdminState::ALL {
+            let _ = self
+                .admin_state
+                .remove_label_values(&[pool, backend, s.as_str()]);
         }
         for s in STATES {
             let _ = self.backend_state.remove_label_values(&[pool, backend, s]);
@@ -276,8 +289,8 @@ impl BackendMetrics {
         self.suspect.inc();
     }
 
-    pub(crate) fn set_admin(&self, state: &str) {
-        for (g, s) in self.admin.iter().zip(ADMIN_STATES) {
+    pub(crate) fn set_admin(&self, state: AdminState) {
+        for (g, s) in self.admin.iter().zip(AdminState::ALL) {
             g.set((s == state) as i64);
         }
     }

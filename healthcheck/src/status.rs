@@ -28,14 +28,14 @@ pub struct BackendStatus {
 }
 
 impl BackendStatus {
-    /// `unknown|up|down|ejected|suspect`: ejection first, then suspicion.
+    /// `unknown|up|down|ejected|suspect`, as [`MemberState::label`](crate::MemberState::label).
     pub fn state_label(&self) -> &'static str {
-        if self.ejected {
-            "ejected"
-        } else if self.suspect {
-            "suspect"
-        } else {
-            self.health.as_str()
+        crate::MemberState {
+            health: self.health,
+            ejected: self.ejected,
+            suspect: self.suspect,
+            admin: self.admin,
         }
+        .label()
     }
 }

@@ -5,7 +5,7 @@
 //! Keyed by (pool, address) in a `DashMap`, so `apply` can add, remove and update
 //! backends while checks run; a kept backend keeps its state whatever else changed.
 
-use crate::membership::{AdminState, Endpoint, Member, MemberState, Membership};
+use crate::membership::{clock_ms, AdminState, Endpoint, Member, MemberState, Membership};
 use crate::metrics::{BackendMetrics, CheckerMetrics, PoolMetrics, STATES};
 use crate::outcome::Outcome;
 use crate::spec::BackendSpec;
@@ -44,8 +44,8 @@ struct Live {
     routable: bool,
     been_routable: bool,
     checks_skipped: u64,
-    /// The endpoint's (good answers, failures) at the last check or skip.
-    served_mark: (u64, u64),
+    /// When the last check ran or was skipped, in `clock_ms`.
+    served_mark: u64,
 }
 
 impl Live {
@@ -66,7 +66,7 @@ impl Live {
             routable: false,
             been_routable: false,
             checks_skipped: 0,
-            served_mark: (0, 0),
+            served_mark: 0,
         }
     }
 
@@ -220,9 +220,8 @@ impl Slot {
         } else {
             Verdict::Fail
         };
-        let served = self.endpoint.served();
         let mut live = self.live.lock().unwrap();
-        live.served_mark = served;
+        live.served_mark = clock_ms();
         live.checks += 1;
         live.last_check = Some(at);
         live.last_latency = Some(latency);
@@ -260,7 +259,7 @@ impl Slot {
         live.been_routable |= routable;
         if let Some(m) = &self.metrics {
             m.set_state(s.label(), routable);
-            m.set_admin(live.admin.as_str());
+            m.set_admin(live.admin);
         }
     }
 
@@ -312,11 +311,9 @@ impl Slot {
     /// requests to the backend succeeded since the last check (and none failed), and it
     /// is up and trusted. Counts the skip.
     pub fn skip_check(&self) -> bool {
-        let served = self.endpoint.served();
         let mut live = self.live.lock().unwrap();
-        let (ok, failed) = live.served_mark;
-        live.served_mark = served;
-        let quiet_success = served.0 > ok && served.1 == failed;
+        let quiet_success = self.endpoint.served_well_since(live.served_mark);
+        live.served_mark = clock_ms();
         let trusted = live.tracker.health == Health::Up
             && live.suspect.is_none()
             && live.ejected_until.is_none();
@@ -324,7 +321,6 @@ impl Slot {
             return false;
         }
         live.checks_skipped += 1;
-        live.next_check = None;
         if let Some(m) = &self.metrics {
             m.record_skip();
         }

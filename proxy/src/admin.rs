@@ -197,6 +197,20 @@ impl AdminApp {
         )
     }
 
+    /// Every `POST /admin/*`: reads the body (ignored, so the connection stays usable)
+    /// and checks the token; the `401` answer if it is missing or wrong.
+    async fn admin_post(&self, session: &mut ServerSession) -> Result<(), Response<Vec<u8>>> {
+        while let Ok(Some(_)) = session.read_request_body().await {}
+        if self.authorized(session) {
+            Ok(())
+        } else {
+            Err(json_reply(
+                401,
+                json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
+            ))
+        }
+    }
+
     fn authorized(&self, session: &ServerSession) -> bool {
         let Some(token) = self.app.config().admin.token.clone() else {
             return true;
@@ -219,13 +233,8 @@ impl AdminApp {
     }
 
     async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        // The body is ignored but read, so the connection stays usable.
-        while let Ok(Some(_)) = session.read_request_body().await {}
-        if !self.authorized(session) {
-            return json_reply(
-                401,
-                json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
-            );
+        if let Err(denied) = self.admin_post(session).await {
+            return denied;
         }
         match self.app.reload_off_thread().await {
             Ok(Ok(summary)) => json_reply(
@@ -244,18 +253,14 @@ impl AdminApp {
 impl AdminApp {
     /// `POST /admin/backend?pool=P&address=A&state=ready|drain|maintenance`.
     async fn backend(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        while let Ok(Some(_)) = session.read_request_body().await {}
-        if !self.authorized(session) {
-            return json_reply(
-                401,
-                json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
-            );
+        if let Err(denied) = self.admin_post(session).await {
+            return denied;
         }
         let query = session.req_header().uri.query().unwrap_or("").to_string();
         let param = |name: &str| {
             query.split('&').find_map(|kv| {
                 let (k, v) = kv.split_once('=')?;
-                (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v))?
+                (decode(k).as_deref() == Some(name)).then(|| decode(v))?
             })
         };
         let (Some(pool), Some(address), Some(state)) =
@@ -300,15 +305,8 @@ pub fn set_backend_state(
     }
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let encode = |v: &str| -> String {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
+    let encode = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
     let auth = config
         .admin
@@ -339,28 +337,12 @@ pub fn set_backend_state(
 }
 
 /// `%XX` and `+` in a query component; None if it is not valid UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+fn decode(s: &str) -> Option<String> {
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 #[async_trait]

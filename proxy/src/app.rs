@@ -44,13 +44,12 @@ impl InForce {
             tls: Arc::default(),
             membership: Arc::default(),
         };
-        let in_force = InForce {
+        // No pools yet: the first apply builds the first real table.
+        InForce {
             table: ArcSwap::from_pointee(RoutingTable::empty()),
             state: Mutex::new(state),
             metrics,
-        };
-        in_force.rebuild(&in_force.state.lock().unwrap());
-        in_force
+        }
     }
 
     fn rebuild(&self, s: &State) {

@@ -6,11 +6,10 @@
 
 use crate::app::App;
 pub use crate::error::ApplyError;
-use crate::tls::ListenerTlsState;
 use serde_json::json;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use vigil_conf::{Config, ConfigErrors};
+use vigil_conf::Config;
 
 /// What a successful apply changed.
 #[derive(Debug, Default)]
@@ -127,31 +126,10 @@ impl App {
             return Err(ApplyError::NeedsRestart(restart));
         }
 
-        // Every certificate is read again (its file may have changed, not the config);
-        // all of them must load before anything changes.
-        let mut certificates = Vec::new();
-        let mut errors = Vec::new();
-        for l in &new.listeners {
-            let (Some(tls), Some((_, state))) =
-                (&l.tls, self.tls.iter().find(|(a, _)| *a == l.address))
-            else {
-                continue;
-            };
-            match ListenerTlsState::prepare(tls) {
-                Ok(loaded) => certificates.push((state, tls, loaded)),
-                Err(e) => errors.extend(e.0),
-            }
-        }
-        let pool_tls = match crate::upstream_tls::prepare(&new) {
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                errors.extend(e.0);
-                Arc::default()
-            }
-        };
-        if !errors.is_empty() {
-            return Err(ApplyError::Invalid(ConfigErrors(errors)));
-        }
+        // Every certificate and CA file is read again (a file may have changed, not
+        // the config); all of them must load before anything changes.
+        let prepared = crate::tls::prepare(&new).map_err(ApplyError::Invalid)?;
+        let pool_tls = Arc::new(prepared.pools);
 
         let known = crate::tls::warnings(&old);
         for w in crate::tls::warnings(&new) {
@@ -179,8 +157,13 @@ impl App {
             changes.settings_changed.push("limits".into());
         }
         let mut renewed = false;
-        for (state, tls, loaded) in certificates {
-            renewed |= state.install(tls, loaded);
+        for (address, loaded) in prepared.listeners {
+            // Which listeners have TLS is fixed at start (`restart_only`).
+            let tls = new.listeners.iter().find(|l| l.address == address);
+            let state = self.tls.iter().find(|(a, _)| *a == address);
+            if let (Some(tls), Some((_, state))) = (tls.and_then(|l| l.tls.as_ref()), state) {
+                renewed |= state.install(tls, loaded);
+            }
         }
         if renewed {
             changes.settings_changed.push("certificates".into());

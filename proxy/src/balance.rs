@@ -48,15 +48,12 @@ impl Selector {
                 next: AtomicUsize::new(0),
             },
             Balance::PeakEwma => {
-                let mut known: Vec<u64> = candidates
-                    .iter()
-                    .filter_map(|&i| members[i].endpoint.latency())
-                    .map(|d| d.as_micros() as u64)
-                    .collect();
-                known.sort_unstable();
+                let usual = vigil_healthcheck::median_latency(
+                    candidates.iter().map(|&i| &*members[i].endpoint),
+                );
                 Selector::PeakEwma {
                     next: AtomicUsize::new(0),
-                    default_us: known.get(known.len() / 2).copied().unwrap_or(1_000).max(1),
+                    default_us: usual.map_or(1_000, |d| d.as_micros() as u64).max(1),
                 }
             }
             Balance::WeightedRoundRobin => {
@@ -153,11 +150,14 @@ impl Selector {
                 // Every member for small pools, two choices for large ones.
                 let look = if n > FULL_SCAN_MAX { 2 } else { n };
                 let stride = if n > FULL_SCAN_MAX { n / 2 + 1 } else { 1 };
+                // Each member's cost is read once: it changes under our feet.
                 let best = (0..look)
                     .map(|k| candidates[(start + k * stride) % n])
                     .filter(|i| untried(i))
-                    .min_by(|a, b| cost(*a).total_cmp(&cost(*b)));
-                best.or_else(|| candidates.iter().copied().find(untried))
+                    .map(|i| (i, cost(i)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                best.map(|(i, _)| i)
+                    .or_else(|| candidates.iter().copied().find(untried))
             }
             Selector::ConsistentHash { ring, by_addr } => ring
                 .node_iter(key)

@@ -108,7 +108,7 @@ impl<A> ConnectionLimit<A> {
 
 /// How long a new connection may stay silent: the keep-alive idle time of our pingora-core
 /// patch 3.
-const IDLE_BEFORE_REQUEST: std::time::Duration = std::time::Duration::from_secs(60);
+const IDLE_BEFORE_REQUEST: std::time::Duration = pingora::apps::IDLE_KEEPALIVE;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -202,17 +202,11 @@ impl ProxyMetrics {
     pub fn set_pool_latency(&self, table: &crate::routing::RoutingTable) {
         self.pool_latency.reset();
         for pool in &table.pools {
-            let mut l: Vec<f64> = pool
-                .members
-                .iter()
-                .filter_map(|m| m.endpoint.latency())
-                .map(|d| d.as_secs_f64())
-                .collect();
-            l.sort_by(f64::total_cmp);
-            if let Some(median) = l.get(l.len() / 2) {
+            let members = pool.members.iter().map(|m| &*m.endpoint);
+            if let Some(median) = vigil_healthcheck::median_latency(members) {
                 self.pool_latency
                     .with_label_values(&[&pool.name])
-                    .set(*median);
+                    .set(median.as_secs_f64());
             }
         }
     }

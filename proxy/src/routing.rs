@@ -184,18 +184,23 @@ impl RoutingTable {
     }
 }
 
+/// `host` of `host:port`, `[v6]:port` or a bare host (a colon not followed by a port
+/// only is part of the host).
+pub fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    address
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(address, |(h, _)| h)
+}
+
 /// `Host` header value → lower-case host without port.
 pub fn normalize_host(raw: &str) -> String {
-    let raw = raw.trim();
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        // [v6]:port
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        raw.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(raw, |(h, _)| h)
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    host_of(raw.trim())
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

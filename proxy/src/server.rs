@@ -147,12 +147,14 @@ pub fn run(
     let copies = proxy_fds
         .iter()
         .chain(&admin_fds)
-        .map(|(a, fd)| Ok((a.clone(), fd.try_clone()?)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|source| StartError::Listen {
-            addr: config.admin.address,
-            source,
-        })?;
+        .map(|(a, fd)| {
+            let copy = fd.try_clone().map_err(|source| StartError::Listen {
+                addr: a.parse().unwrap_or(config.admin.address),
+                source,
+            })?;
+            Ok((a.clone(), copy))
+        })
+        .collect::<Result<Vec<_>, StartError>>()?;
     vigil_healthcheck::raise_fd_limit();
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

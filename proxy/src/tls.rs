@@ -17,9 +17,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use vigil_conf::{CertificateFiles, ConfigError, ConfigErrors, ListenerTls, TlsVersion};
 
-/// The crypto every TLS config of vigil's uses: rustls with ring.
+/// The crypto every TLS config of vigil's uses: rustls with ring, built once.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::LazyLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    PROVIDER.clone()
 }
 
 /// One certificate, loaded and checked.
@@ -126,26 +128,43 @@ fn describe(der: &[u8]) -> Result<(Vec<String>, i64), String> {
     Ok((names, cert.validity().not_after.timestamp()))
 }
 
+/// What TLS needs from the files a config names, all read and checked.
+pub struct Prepared {
+    /// Each TLS listener's certificates, by address.
+    pub listeners: Vec<(std::net::SocketAddr, Vec<Loaded>)>,
+    /// Each HTTPS pool's settings, by pool name.
+    pub pools: HashMap<String, Arc<crate::upstream_tls::PoolTls>>,
+}
+
 /// Reads every file `config` names for TLS (listener certificates and keys, pools' CA
-/// files), as start would: `vigil validate` reports what start would refuse.
-pub fn check_files(config: &vigil_conf::Config) -> Result<(), ConfigErrors> {
+/// files); every error at once, in file order. Start and reload use what it read;
+/// `vigil validate` reports what they would refuse.
+pub fn prepare(config: &vigil_conf::Config) -> Result<Prepared, ConfigErrors> {
     let mut errors = Vec::new();
+    let mut listeners = Vec::new();
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
-            if let Err(e) = ListenerTlsState::prepare(tls) {
-                errors.extend(e.0);
+            match ListenerTlsState::prepare(tls) {
+                Ok(loaded) => listeners.push((l.address, loaded)),
+                Err(e) => errors.extend(e.0),
             }
         }
     }
-    if let Err(e) = crate::upstream_tls::prepare(config) {
+    let pools = crate::upstream_tls::prepare(config).unwrap_or_else(|e| {
         errors.extend(e.0);
-    }
+        HashMap::new()
+    });
     if errors.is_empty() {
-        Ok(())
+        Ok(Prepared { listeners, pools })
     } else {
         errors.sort_by_key(|e| (e.line, e.col));
         Err(ConfigErrors(errors))
     }
+}
+
+/// [`prepare`] for `vigil validate`: only whether the files are good.
+pub fn check_files(config: &vigil_conf::Config) -> Result<(), ConfigErrors> {
+    prepare(config).map(|_| ())
 }
 
 /// Every file TLS reads: listener certificates and keys, pools' CA files.

@@ -29,7 +29,7 @@ impl PoolTls {
     pub fn server_name(&self, address: &str) -> String {
         self.sni
             .clone()
-            .unwrap_or_else(|| host_of(address).to_string())
+            .unwrap_or_else(|| crate::routing::host_of(address).to_string())
     }
 
     /// The checker's TLS settings for one backend.
@@ -42,14 +42,6 @@ impl PoolTls {
             id: format!("{}|{name}", self.id),
         })
     }
-}
-
-/// `host` of `host:port`, `[v6]:port` or a bare host.
-pub fn host_of(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    address.rsplit_once(':').map_or(address, |(h, _)| h)
 }
 
 /// Every pool's HTTPS settings, by pool name; all CA files must load.
@@ -76,7 +68,7 @@ pub fn prepare(config: &Config) -> Result<HashMap<String, Arc<PoolTls>>, ConfigE
 
 fn prepare_pool(
     pool: &PoolConfig,
-    native: &mut Option<Vec<CertificateDer<'static>>>,
+    native: &mut Option<RootCertStore>,
 ) -> Result<Option<PoolTls>, ConfigError> {
     let Some(tls) = &pool.tls else {
         return Ok(None);
@@ -107,13 +99,17 @@ fn prepare_pool(
             Some(Arc::<CaType>::from(wrapped))
         }
         _ => {
-            // The system's roots, as Pingora's connector uses when no CA is given.
-            let certs = native.get_or_insert_with(|| {
-                rustls_native_certs::load_native_certs().unwrap_or_default()
-            });
-            for cert in certs.iter() {
-                let _ = roots.add(cert.clone());
-            }
+            // The system's roots, as Pingora's connector uses when no CA is given:
+            // read and parsed once for every pool that uses them.
+            roots = native
+                .get_or_insert_with(|| {
+                    let mut system = RootCertStore::empty();
+                    for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
+                        let _ = system.add(cert);
+                    }
+                    system
+                })
+                .clone();
             None
         }
     };
@@ -203,7 +199,7 @@ impl ServerCertVerifier for NoVerify {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use crate::routing::host_of;
 
     #[test]
     fn hosts() {

@@ -22,6 +22,14 @@ const SLOW_CHECKS: &str = "    read_timeout: 3s
       fall: 3
 ";
 
+fn assert_never_suspect(v: &vigil_tests::Vigil) {
+    let transitions = v.transitions();
+    assert!(
+        transitions.iter().all(|t| t["fields"]["to"] != "suspect"),
+        "{transitions:?}"
+    );
+}
+
 /// A steady stream of GETs: `clients` loops, each sending one request after another.
 struct Steady {
     stop: Arc<AtomicBool>,
@@ -168,13 +176,7 @@ async fn a_uniformly_slow_pool_raises_no_suspicion() {
     for c in clients {
         c.await.unwrap();
     }
-    assert!(
-        v.transitions()
-            .iter()
-            .all(|t| t["fields"]["to"] != "suspect"),
-        "{:?}",
-        v.transitions()
-    );
+    assert_never_suspect(&v);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,13 +340,7 @@ async fn one_stuck_request_is_sent_once_to_another_backend() {
         }
         let (failed, _) = steady.stop().await;
         assert_eq!(failed, 0);
-        assert!(
-            v.transitions()
-                .iter()
-                .all(|t| t["fields"]["to"] != "suspect"),
-            "{:?}",
-            v.transitions()
-        );
+        assert_never_suspect(&v);
         f.ctl.set_hang_path(None);
     }
 }

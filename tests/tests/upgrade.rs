@@ -8,6 +8,24 @@ use std::time::Duration;
 use vigil_tests::config::pool;
 use vigil_tests::{get, start_vigil, wait_for, FakeBackend, Vigil};
 
+/// `vigil run --upgrade` on the config `running` was started with.
+fn upgrade(running: &Vigil) -> Vigil {
+    let path = running.config_path.clone();
+    Vigil::spawn(
+        &[
+            "run",
+            "--upgrade",
+            "-c",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        running.listen,
+        running.admin,
+        path.clone(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_traffic_loses_no_request() {
     let a = FakeBackend::start("a").await;
@@ -42,20 +60,7 @@ async fn an_upgrade_under_traffic_loses_no_request() {
     })
     .await;
 
-    let path = old.config_path.clone();
-    let mut new = Vigil::spawn(
-        &[
-            "run",
-            "--upgrade",
-            "-c",
-            path.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        old.listen,
-        old.admin,
-        path.clone(),
-    );
+    let mut new = upgrade(&old);
     new.wait_log(&["took over the listening sockets"]).await;
     let status = old
         .wait_exit(Duration::from_secs(15))
@@ -98,19 +103,7 @@ async fn an_upgrade_under_traffic_loses_no_request() {
     );
 
     // And the new one can be upgraded in turn.
-    let third = Vigil::spawn(
-        &[
-            "run",
-            "--upgrade",
-            "-c",
-            path.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        new.listen,
-        new.admin,
-        path.clone(),
-    );
+    let third = upgrade(&new);
     third.wait_log(&["took over the listening sockets"]).await;
     assert!(
         new.wait_exit(Duration::from_secs(15)).await.is_some(),

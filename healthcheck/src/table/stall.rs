@@ -9,7 +9,7 @@
 //! time is the median of its backends' decaying averages.
 
 use super::{BackendTable, Slot};
-use crate::membership::clock_ms;
+use crate::membership::{clock_ms, Cut};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,13 +104,6 @@ impl Slot {
 /// No threshold is below this (`passive.stall_min` is validated against it).
 pub const MIN_STALL: Duration = Duration::from_millis(50);
 
-/// The median of the backends' usual answer times.
-fn usual(slots: &[Arc<Slot>]) -> Option<Duration> {
-    let mut l: Vec<Duration> = slots.iter().filter_map(|s| s.endpoint.latency()).collect();
-    l.sort();
-    l.get(l.len() / 2).copied()
-}
-
 impl BackendTable {
     /// One look at every pool. Returns whether routing changed, and the backends that
     /// became suspect (to be checked at once).
@@ -163,14 +156,15 @@ impl BackendTable {
             if !policy.stall_detection {
                 continue;
             }
-            let usual = usual(slots);
+            let usual = crate::median_latency(slots.iter().map(|s| &*s.endpoint));
             let threshold = policy.stall_threshold(usual);
             let stuck = |s: &Slot| s.endpoint.stalled_for(now).is_some_and(|w| w > threshold);
             // Someone else answers: a pool that is slow everywhere is not one stuck backend.
-            let answering = slots
+            let answers: Vec<bool> = slots
                 .iter()
-                .filter(|s| s.routable_now() && !stuck(s))
-                .count();
+                .map(|s| s.routable_now() && !stuck(s))
+                .collect();
+            let answering = answers.iter().filter(|a| **a).count();
             for s in slots {
                 let Some(waited) = s.endpoint.stalled_for(now).filter(|w| *w > threshold) else {
                     continue;
@@ -187,7 +181,9 @@ impl BackendTable {
                     continue;
                 }
                 let resent = s.make_suspect(waited, usual, budget.0 as usize);
-                s.pool_metrics.stall_retries[0].inc_by(resent as u64);
+                s.pool_metrics
+                    .stall_retries(Cut::Stuck)
+                    .inc_by(resent as u64);
                 budget.0 -= resent as f64;
                 changed = true;
                 suspects.push(s.clone());
@@ -199,19 +195,19 @@ impl BackendTable {
             if usual.is_none() {
                 continue;
             }
-            for s in slots {
+            for (s, answers) in slots.iter().zip(answers) {
                 if budget.0 < 1.0 {
                     break;
                 }
-                let elsewhere = slots
-                    .iter()
-                    .any(|o| o.key != s.key && o.routable_now() && !stuck(o));
-                if !elsewhere {
+                // Another backend answers (the suspects just made were stuck: not counted).
+                if answering - answers as usize == 0 {
                     continue;
                 }
                 let resent = s.endpoint.cut_slow(now, threshold, budget.0 as usize);
                 if resent > 0 {
-                    s.pool_metrics.stall_retries[1].inc_by(resent as u64);
+                    s.pool_metrics
+                        .stall_retries(Cut::Slow)
+                        .inc_by(resent as u64);
                     budget.0 -= resent as f64;
                     tracing::debug!(
                         pool = &**name,

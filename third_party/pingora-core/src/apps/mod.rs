@@ -262,7 +262,7 @@ pub trait HttpServerApp {
 
 /// How long a keep-alive connection may stay idle between requests: Pingora's default
 /// session keep-alive, also applied while waiting before a session exists (vigil patch).
-const IDLE_KEEPALIVE: Duration = Duration::from_secs(60);
+pub const IDLE_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Waits, between two requests of a keep-alive connection, until the client sends
 /// something (vigil patch). Until then the connection holds only its stream: the
@@ -275,9 +275,7 @@ async fn idle_until_readable(stream: &mut Stream, shutdown: &ShutdownWatch) -> b
     }
     let mut shutdown = shutdown.clone();
     tokio::select! {
-        ready = pingora_timeout::timeout(IDLE_KEEPALIVE, stream.wait_readable()) => {
-            !matches!(ready, Err(_) | Ok(Err(_)))
-        }
+        ready = first_request_readable(stream) => ready,
         _ = shutdown.changed() => false,
     }
 }
