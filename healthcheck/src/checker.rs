@@ -99,6 +99,7 @@ impl Checker {
             stats: Stats::default(),
             metrics: CheckerMetrics::new(registry, options.per_backend_metrics)?,
             probes,
+            probes_shared: Default::default(),
             permits: Arc::new(Semaphore::new(permits)),
             changed: Notify::new(),
             shutdown: watch::channel(false).0,
@@ -277,6 +278,11 @@ impl Checker {
     /// Most checks ever in flight at once.
     pub fn peak_in_flight(&self) -> usize {
         self.inner.shared.stats.peak_in_flight()
+    }
+
+    /// Probes alive: one per distinct (address, check settings) not in maintenance.
+    pub fn probes(&self) -> usize {
+        self.inner.shared.probes_shared.len()
     }
 
     pub fn checks_done(&self) -> u64 {

@@ -26,6 +26,7 @@ pub mod outcome;
 pub mod passive;
 pub mod probe;
 pub mod schedule;
+mod shared;
 pub mod spec;
 pub mod state;
 mod status;

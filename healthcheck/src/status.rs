@@ -25,6 +25,11 @@ pub struct BackendStatus {
     pub last_transition_ago: Duration,
     pub ejected_for: Option<Duration>,
     pub in_flight_requests: u64,
+    /// Other pools whose backend at this address is checked by the same probe (same
+    /// address and check settings): one check serves them all.
+    pub shared_with: Vec<String>,
+    /// The shared probe's id (0 in maintenance).
+    pub probe_id: u64,
 }
 
 impl BackendStatus {

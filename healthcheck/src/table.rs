@@ -13,6 +13,7 @@ use crate::state::{Health, Tracker, Transition, Verdict};
 use crate::status::BackendStatus;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -102,6 +103,8 @@ pub(crate) struct Slot {
     check_now: Notify,
     metrics: Option<BackendMetrics>,
     pool_metrics: PoolMetrics,
+    /// The shared probe this backend's checks go through (0: none, in maintenance).
+    probe_id: AtomicU64,
 }
 
 impl Slot {
@@ -128,6 +131,7 @@ impl Slot {
             stop: watch::channel(false).0,
             changed: Notify::new(),
             check_now: Notify::new(),
+            probe_id: AtomicU64::new(0),
             key,
         }
     }
@@ -162,6 +166,10 @@ impl Slot {
             guard.1 = order;
         }
         change
+    }
+
+    pub fn set_probe_id(&self, id: u64) {
+        self.probe_id.store(id, Ordering::Relaxed);
     }
 
     /// Wakes when the spec changed.
@@ -452,6 +460,8 @@ impl Slot {
             last_transition_ago: since(live.last_transition),
             ejected_for: live.ejected_until.map(|t| t.saturating_duration_since(now)),
             in_flight_requests: self.endpoint.in_flight(),
+            shared_with: Vec::new(),
+            probe_id: 0,
         };
         (order, status)
     }
@@ -559,11 +569,28 @@ impl BackendTable {
             .slots
             .iter()
             .map(|s| {
-                let (order, status) = s.status(now);
+                let (order, mut status) = s.status(now);
+                status.probe_id = s.probe_id.load(Ordering::Relaxed);
                 (s.key.0.clone(), order, status)
             })
             .collect();
         out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        out.into_iter().map(|(_, _, s)| s).collect()
+        // Which other pools share each backend's probe.
+        let mut by_probe: std::collections::HashMap<u64, Vec<String>> = Default::default();
+        for s in self.slots.iter() {
+            let id = s.probe_id.load(Ordering::Relaxed);
+            if id != 0 {
+                by_probe.entry(id).or_default().push(s.key.0.to_string());
+            }
+        }
+        out.into_iter()
+            .map(|(_, _, mut s)| {
+                if let Some(pools) = by_probe.get(&s.probe_id) {
+                    s.shared_with = pools.iter().filter(|p| **p != s.pool).cloned().collect();
+                    s.shared_with.sort();
+                }
+                s
+            })
+            .collect()
     }
 }

@@ -9,7 +9,9 @@ use crate::membership::AdminState;
 use crate::metrics::CheckerMetrics;
 use crate::outcome::Outcome;
 use crate::probe::Probes;
-use crate::schedule::{initial_delay, next_delay};
+use crate::schedule::{base_delay, initial_delay, next_delay};
+use crate::shared::{ProbeRegistry, SharedProbe};
+use crate::spec::BackendSpec;
 use crate::table::{BackendTable, Slot};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -66,6 +68,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     pub metrics: CheckerMetrics,
     pub probes: Arc<dyn Probes>,
+    /// One probe per (address, check settings), shared by the pools naming it.
+    pub probes_shared: ProbeRegistry,
     /// The global bound on checks in flight.
     pub permits: Arc<Semaphore>,
     /// A task changed a backend's routing state: the publisher rebuilds the membership.
@@ -138,7 +142,11 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut rng = StdRng::from_entropy();
     let mut spec = slot.spec();
-    let mut probe = shared.probes.probe(spec.socket_addr);
+    let mut held = Some(probe_for(shared, &slot, &spec));
+    // The shared probe's result this backend took last (never take one twice).
+    let mut seen = 0u64;
+    // Checks asked for at once take no result that started before they were asked.
+    let mut forced = false;
     let mut deadline = Instant::now()
         + match start {
             Start::Spread => initial_delay(&spec.policy.schedule, &mut rng),
@@ -150,8 +158,9 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
             return;
         }
         if slot.admin() == AdminState::Maintenance {
-            // No checks, and no check connection held open.
-            probe.retarget(spec.socket_addr);
+            // No checks, and no hold on the check connection.
+            held = None;
+            slot.set_probe_id(0);
             slot.scheduled_none();
             tokio::select! {
                 _ = stop.changed() => return,
@@ -159,10 +168,13 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 _ = slot.changed().notified() => {}
             }
             spec = slot.spec();
-            probe.retarget(spec.socket_addr);
             deadline = Instant::now();
+            forced = true;
             continue;
         }
+        let probe = held
+            .get_or_insert_with(|| probe_for(shared, &slot, &spec))
+            .clone();
         let ejected_until = slot.scheduled(deadline);
         tokio::select! {
             _ = stop.changed() => return,
@@ -172,8 +184,12 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                     continue;
                 }
                 let new = slot.spec();
-                if new.policy.probe != spec.policy.probe || new.socket_addr != spec.socket_addr {
-                    probe.retarget(new.socket_addr);
+                if new.policy.probe != spec.policy.probe
+                    || new.socket_addr != spec.socket_addr
+                    || new.policy.timeout != spec.policy.timeout
+                {
+                    held = Some(probe_for(shared, &slot, &new));
+                    seen = 0;
                 }
                 if new.policy.schedule != spec.policy.schedule {
                     // Keep the state; only the spacing changes, from now.
@@ -185,6 +201,7 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
             }
             _ = slot.check_now().notified() => {
                 deadline = Instant::now();
+                forced = true;
                 continue;
             }
             _ = slot.endpoint().wake.notified() => {
@@ -207,44 +224,81 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
             continue;
         }
 
-        let permit = tokio::select! {
-            p = shared.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return, // closed: the checker is gone
-            },
+        // A result another pool's check of the same backend took recently enough
+        // (less than half this backend's interval before it fell due) is taken as is.
+        let not_before = if std::mem::take(&mut forced) {
+            deadline
+        } else {
+            let fresh = base_delay(&slot.tracker(), &spec.policy.schedule) / 2;
+            deadline.checked_sub(fresh).unwrap_or(deadline)
+        };
+        let mut state = tokio::select! {
+            s = probe.state.lock() => s,
             _ = stop.changed() => return,
             _ = shutdown.changed() => return,
         };
-        let started = Instant::now();
-        shared
-            .metrics
-            .lag
-            .observe(started.duration_since(deadline).as_secs_f64());
-        let in_flight = InFlight::new(shared);
-        let opened_before = probe.connections_opened();
-        let outcome = tokio::select! {
-            o = tokio::time::timeout(spec.policy.timeout, probe.check(&spec.policy.probe)) => {
-                o.unwrap_or(Outcome::Timeout)
+        let (outcome, latency, ended) = match state.reusable(not_before, seen) {
+            Some(shot) => {
+                drop(state);
+                seen = shot.seq;
+                slot.count_check(&shot.outcome, shot.ended - shot.started, 0);
+                (shot.outcome, shot.ended - shot.started, shot.ended)
             }
-            _ = stop.changed() => return,
-            _ = shutdown.changed() => return,
+            None => {
+                let permit = tokio::select! {
+                    p = shared.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return, // closed: the checker is gone
+                    },
+                    _ = stop.changed() => return,
+                    _ = shutdown.changed() => return,
+                };
+                let started = Instant::now();
+                shared
+                    .metrics
+                    .lag
+                    .observe(started.duration_since(deadline).as_secs_f64());
+                let in_flight = InFlight::new(shared);
+                let opened_before = state.probe.connections_opened();
+                let outcome = tokio::select! {
+                    o = tokio::time::timeout(spec.policy.timeout, state.probe.check(&spec.policy.probe)) => {
+                        o.unwrap_or(Outcome::Timeout)
+                    }
+                    _ = stop.changed() => return,
+                    _ = shutdown.changed() => return,
+                };
+                let ended = Instant::now();
+                drop(in_flight);
+                drop(permit);
+                let opened = state.probe.connections_opened() - opened_before;
+                seen = state.keep(started, ended, outcome.clone());
+                drop(state);
+                shared
+                    .stats
+                    .connections_opened
+                    .fetch_add(opened, Ordering::Relaxed);
+                shared.stats.checks_done.fetch_add(1, Ordering::Relaxed);
+                let latency = ended.duration_since(started);
+                slot.count_check(&outcome, latency, opened);
+                (outcome, latency, ended)
+            }
         };
-        let ended = Instant::now();
-        drop(in_flight);
-        drop(permit);
-
-        let opened = probe.connections_opened() - opened_before;
-        shared
-            .stats
-            .connections_opened
-            .fetch_add(opened, Ordering::Relaxed);
-        shared.stats.checks_done.fetch_add(1, Ordering::Relaxed);
-        let latency = ended.duration_since(started);
-        slot.count_check(&outcome, latency, opened);
         let (tracker, transition) = slot.record(&outcome, latency, ended);
         if transition {
             shared.changed.notify_one();
         }
         deadline = ended + next_delay(&tracker, &spec.policy.schedule, &mut rng);
     }
+}
+
+/// The shared probe for this backend's address and check settings.
+fn probe_for(shared: &Shared, slot: &Slot, spec: &BackendSpec) -> Arc<SharedProbe> {
+    let p = shared.probes_shared.get(
+        &*shared.probes,
+        spec.socket_addr,
+        &spec.policy.probe,
+        spec.policy.timeout,
+    );
+    slot.set_probe_id(p.id);
+    p
 }

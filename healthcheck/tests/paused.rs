@@ -404,3 +404,97 @@ async fn passive_ejection_doubles_ends_on_time_and_respects_the_pool_share() {
     assert_eq!(c.status()[0].ejected_for, Some(Duration::from_millis(600)));
     assert!(c.shutdown(Duration::from_secs(1)).await);
 }
+
+fn in_pool(pool: &str, i: u16, policy: &Arc<CheckPolicy>) -> BackendSpec {
+    BackendSpec {
+        pool: pool.into(),
+        ..spec(i, policy)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pools_naming_the_same_backend_and_check_share_one_probe() {
+    let (c, script, _) = checker(16);
+    // Same address, same check, different rise/fall and jitter: one probe.
+    let mut a = policy(100);
+    a.schedule.jitter = 0.1;
+    let mut b = a.clone();
+    b.thresholds = Thresholds::new(3, 2);
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    c.apply(vec![in_pool("a", 0, &a), in_pool("b", 0, &b)]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // One pool alone: ~100 checks in 10 s (jitter ±10%). Two unshared: ~200.
+    let n = script.calls(addr(0)).len();
+    assert!(
+        (90..=115).contains(&n),
+        "{n} probes in 10 s for two pools at 100 ms"
+    );
+    assert_eq!(c.probes(), 1);
+    let st = c.status();
+    assert_eq!(st.len(), 2);
+    for s in &st {
+        assert_eq!(s.health, Health::Up, "{}", s.pool);
+        // Each pool took (nearly) every result: its own rise/fall saw them all.
+        assert!(
+            s.checks as usize >= n - 5,
+            "{} took {} of {n}",
+            s.pool,
+            s.checks
+        );
+    }
+    assert_eq!(st[0].shared_with, vec!["b".to_string()]);
+    assert_eq!(st[1].shared_with, vec!["a".to_string()]);
+
+    // A failure reaches both pools through one probe; each applies its own fall.
+    script.set(addr(0), Reply::Status(500));
+    until("a down", Duration::from_secs(2), || {
+        c.status()[0].health == Health::Down
+    })
+    .await;
+    let st = c.status();
+    assert!(st[0].consecutive_failures >= 1);
+    // b needs 2 in a row; it is down by its own second failure, not a's first.
+    until("b down", Duration::from_secs(2), || {
+        c.status()[1].health == Health::Down
+    })
+    .await;
+    assert!(c.status()[1].consecutive_failures >= 2);
+
+    // A different check (timeout) is a different probe.
+    let mut other = (*a).clone();
+    other.timeout = Duration::from_secs(1);
+    c.apply(vec![
+        in_pool("a", 0, &a),
+        in_pool("b", 0, &b),
+        in_pool("c", 0, &Arc::new(other)),
+    ]);
+    settle().await;
+    assert_eq!(c.probes(), 2);
+    assert!(c
+        .status()
+        .iter()
+        .find(|s| s.pool == "c")
+        .unwrap()
+        .shared_with
+        .is_empty());
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_in_maintenance_lets_go_of_a_shared_probe_only_when_alone() {
+    let (c, script, _) = checker(16);
+    let p = Arc::new(policy(100));
+    c.apply(vec![in_pool("a", 0, &p), in_pool("b", 0, &p)]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.set_admin("a", &addr(0).to_string(), AdminState::Maintenance);
+    settle().await;
+    assert_eq!(c.probes(), 1, "b still checks through it");
+    let before = script.calls(addr(0)).len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = script.calls(addr(0)).len() - before;
+    assert!((9..=11).contains(&n), "{n} probes in 1 s at 100 ms");
+    c.set_admin("b", &addr(0).to_string(), AdminState::Maintenance);
+    settle().await;
+    assert_eq!(c.probes(), 0);
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}

@@ -182,11 +182,13 @@ impl AdminApp {
                     "last_transition_ms_ago": ms(s.last_transition_ago),
                     "ejected_for_ms": s.ejected_for.map(ms),
                     "in_flight_requests": s.in_flight_requests,
+                    "shared_with": s.shared_with,
                 }));
             }
         }
         let checker = json!({
             "backend_tasks": self.app.checker.tasks_alive(),
+            "probes": self.app.checker.probes(),
             "runtime_tasks": self.app.checker.runtime_tasks(),
             "checks_in_flight_peak": self.app.checker.peak_in_flight(),
             "connections_opened": self.app.checker.connections_opened(),
