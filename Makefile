@@ -15,10 +15,11 @@ deps:
 	@command -v cmake >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq cmake; }
 
 # Tools the tests use as peers or checkers: promtool (package prometheus), openssl
-# (test certificates).
+# (test certificates), dnsmasq (DNS discovery), etcd (the fleet).
 test-deps: deps
 	@missing=""; command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client.

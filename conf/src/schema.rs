@@ -16,7 +16,20 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub access_log: Option<RawAccessLog>,
     pub upgrade_socket: Option<String>,
+    pub dns: Option<RawDns>,
     pub pools: Option<Vec<RawPool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDns {
+    pub nameservers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDiscovery {
+    pub srv: Option<String>,
+    pub a: Option<String>,
+    pub refresh: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +106,7 @@ pub struct RawPool {
     pub tls: Option<RawUpstreamTls>,
     pub protocol: Option<String>,
     pub slow_start: Option<String>,
+    pub discovery: Option<RawDiscovery>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,8 +19,44 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Where a running vigil hands its listening sockets to `vigil run --upgrade`.
     pub upgrade_socket: std::path::PathBuf,
+    /// Where discovery sends its DNS queries.
+    pub dns: DnsConfig,
     /// Shared with the routing snapshot built from this config: one copy per pool.
     pub pools: Vec<Arc<PoolConfig>>,
+}
+
+/// DNS for pools' `discovery`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DnsConfig {
+    /// Empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// A pool's backends from DNS, merged with its `backends`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    pub name: DiscoveryName,
+    /// At most this long between lookups; a shorter TTL wins (down to a floor).
+    pub refresh: Duration,
+    /// Where `srv` / `a` is written, for what is reported about it later.
+    pub at: Place,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoveryName {
+    /// An SRV name: targets, ports and weights from its records.
+    Srv(String),
+    /// An A/AAAA name and the port its backends listen on.
+    A { host: String, port: u16 },
+}
+
+impl std::fmt::Display for DiscoveryName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoveryName::Srv(name) => write!(f, "SRV {name}"),
+            DiscoveryName::A { host, port } => write!(f, "A/AAAA {host} (port {port})"),
+        }
+    }
 }
 
 /// Per-request limits, answered by vigil without calling a backend.
@@ -185,6 +221,8 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     /// After a backend becomes routable again its weight ramps up over this; 0 = off.
     pub slow_start: Duration,
+    /// Backends from DNS as well as (or instead of) `backends`.
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -242,6 +280,23 @@ pub struct BackendConfig {
     /// What `address` resolved to at load time.
     pub socket_addr: SocketAddr,
     pub weight: u32,
+    /// Where it came from: the file, or a pool's DNS discovery.
+    pub source: BackendSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendSource {
+    File,
+    Dns,
+}
+
+impl BackendSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendSource::File => "file",
+            BackendSource::Dns => "dns",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -239,7 +239,9 @@ impl<'a> Validator<'a> {
                 admin.address.port()
             )),
         };
+        let dns = self.dns(raw.dns.unwrap_or_default());
         Config {
+            dns,
             upgrade_socket,
             threads,
             grace_period,
@@ -253,6 +255,25 @@ impl<'a> Validator<'a> {
             access_log,
             pools: pools.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    fn dns(&mut self, raw: RawDns) -> DnsConfig {
+        let mut nameservers = Vec::new();
+        for (i, text) in raw.nameservers.unwrap_or_default().into_iter().enumerate() {
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => nameservers.push(a),
+                None => self.error(
+                    &format!("dns.nameservers.{i}"),
+                    format!("nameserver {text:?} must be an IP address, with a port if not 53"),
+                ),
+            }
+        }
+        DnsConfig { nameservers }
     }
 
     fn cross_pool(&mut self, pools: &[PoolConfig]) {

@@ -382,3 +382,87 @@ pools:
     assert_error(bad, 8, 11, "access_log.format must be off, text or json");
     assert_error(bad, 10, 11, "pool name \"-\" is reserved");
 }
+
+#[test]
+fn discovery_and_dns_are_read_and_validated_with_positions() {
+    use vigil_conf::DiscoveryName;
+    let text = "\
+listeners:
+  - address: 127.0.0.1:8080
+dns:
+  nameservers: [\"127.0.0.1:5353\", \"::1\"]
+pools:
+  - name: srv
+    routes: [{host: a.test}]
+    discovery:
+      srv: _http._tcp.api.internal.
+      refresh: 2s
+  - name: a
+    routes: [{host: b.test}]
+    discovery: {a: \"api.internal:8080\"}
+    backends:
+      - address: 127.0.0.1:18081
+";
+    let c = from_str(text, "f.yaml").unwrap();
+    assert_eq!(
+        c.dns.nameservers,
+        vec![
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+    let d = c.pools[0].discovery.as_ref().unwrap();
+    assert_eq!(d.name, DiscoveryName::Srv("_http._tcp.api.internal".into()));
+    assert_eq!(d.refresh, std::time::Duration::from_secs(2));
+    assert_eq!((d.at.line, d.at.col), (9, 12));
+    assert!(c.pools[0].backends.is_empty());
+    let d = c.pools[1].discovery.as_ref().unwrap();
+    assert_eq!(
+        d.name,
+        DiscoveryName::A {
+            host: "api.internal".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(d.refresh, std::time::Duration::from_secs(5));
+    assert_eq!(c.pools[1].backends.len(), 1);
+    assert!(from_str(MINIMAL, "f.yaml")
+        .unwrap()
+        .dns
+        .nameservers
+        .is_empty());
+
+    let pool = |body: &str| {
+        format!(
+            "listeners:\n  - address: 127.0.0.1:8080\npools:\n  - name: p\n    discovery:\n{body}"
+        )
+    };
+    assert_error(&pool("      a: api.internal\n"), 6, 10, "host:port");
+    assert_error(&pool("      a: \"api..internal:80\"\n"), 6, 10, "host:port");
+    assert_error(&pool("      srv: \"bad name\"\n"), 6, 12, "SRV name");
+    assert_error(&pool("      refresh: 1s\n"), 6, 7, "needs `srv`");
+    assert_error(
+        &pool("      srv: _x._tcp.y\n      a: y:1\n"),
+        6,
+        7,
+        "not both",
+    );
+    assert_error(
+        &pool("      srv: _x._tcp.y\n      refresh: 10ms\n"),
+        7,
+        16,
+        "between 100ms and 1h",
+    );
+    assert_error(
+        "listeners:\n  - address: 127.0.0.1:8080\npools:\n  - name: p\n",
+        4,
+        5,
+        "or `discovery`",
+    );
+    assert_error(
+        &format!("{MINIMAL}dns:\n  nameservers: [\"resolver.local\"]\n"),
+        12,
+        17,
+        "must be an IP address",
+    );
+}

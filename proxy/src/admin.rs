@@ -35,6 +35,12 @@ fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
     reply(status, "application/json", v.to_string().into_bytes())
 }
 
+/// Seconds since the epoch, with milliseconds.
+fn unix(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -158,13 +164,42 @@ impl AdminApp {
                 (p, json!({"panic": panic, "backends": []}))
             })
             .collect();
+        // Where each backend came from, and each discovered pool's last lookup.
+        let config = self.app.config();
+        let sources: std::collections::HashMap<(&str, &str), &str> = config
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(|b| ((p.name.as_str(), b.address.as_str()), b.source.as_str()))
+            })
+            .collect();
+        for (pool, (d, st)) in self.app.discovery.status() {
+            if let Some(entry) = pools.get_mut(&pool) {
+                entry["discovery"] = json!({
+                    "name": d.name.to_string(),
+                    "refresh_ms": ms(d.refresh),
+                    "last_lookup_unix": st.last_lookup.map(unix),
+                    "last_success_unix": st.last_success.map(unix),
+                    "last_error": st.last_error,
+                    "backends_found": st.found,
+                    "empty_answers_in_a_row": st.empty_answers,
+                });
+            }
+        }
         for s in self.app.checker.status() {
             let entry = pools
                 .entry(s.pool.clone())
                 .or_insert_with(|| json!({"panic": false, "backends": []}));
             if let Some(list) = entry["backends"].as_array_mut() {
+                let source = sources
+                    .get(&(s.pool.as_str(), s.address.as_str()))
+                    .copied()
+                    .unwrap_or("file");
                 list.push(json!({
                     "address": s.address,
+                    "source": source,
                     "state": s.state_label(),
                     "health": s.health.as_str(),
                     "ejected": s.ejected,

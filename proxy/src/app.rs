@@ -134,6 +134,11 @@ pub struct App {
     /// One reload at a time (read the file, apply it), so an older file never wins.
     pub(crate) reload_lock: Mutex<()>,
     pub(crate) apply_lock: Mutex<()>,
+    /// The configuration as the file has it (without discovered backends).
+    pub(crate) file_config: Mutex<Arc<Config>>,
+    pub(crate) discovery: crate::discovery::Discovery,
+    /// This App, for the tasks it starts (discovery) to apply through.
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<App>>,
 }
 
 impl App {
@@ -158,7 +163,7 @@ impl App {
         });
         let in_force = Arc::new(InForce::new(empty.clone(), metrics.clone()));
         let checker = Checker::new(
-            runtime,
+            runtime.clone(),
             CheckerOptions {
                 max_concurrent_checks: empty.checker.max_concurrent_checks,
                 per_backend_metrics: empty.metrics.per_backend,
@@ -167,6 +172,7 @@ impl App {
             &registry,
         )?;
         checker.seed(seed);
+        let discovery = crate::discovery::Discovery::new(&registry, runtime.clone())?;
         let access_log = Arc::new(
             AccessLog::start(&empty.access_log, metrics.access_log_dropped.clone())
                 .map_err(StartError::AccessLog)?,
@@ -201,7 +207,11 @@ impl App {
             draining: AtomicBool::new(false),
             reload_lock: Mutex::new(()),
             apply_lock: Mutex::new(()),
+            file_config: Mutex::new(empty),
+            discovery,
+            me: std::sync::OnceLock::new(),
         });
+        let _ = app.me.set(Arc::downgrade(&app));
         app.apply(config).map_err(StartError::Config)?;
         app.metrics.mark_loaded();
         Ok(app)

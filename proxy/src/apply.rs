@@ -120,6 +120,37 @@ impl App {
     pub fn apply(&self, new: Config) -> Result<Changes, ApplyError> {
         // Reload, discovery and the fleet may apply at once; one at a time.
         let _one = self.apply_lock.lock().unwrap();
+        let found = self.discovery.found_for(&new);
+        let changes = self.apply_locked(crate::discovery::merge(&new, &found))?;
+        let me = self.me.get().cloned().unwrap_or_default();
+        self.discovery.sync(&me, &new.dns, &new.pools);
+        *self.file_config.lock().unwrap() = Arc::new(new);
+        Ok(changes)
+    }
+
+    /// A pool's discovery found `backends` (all of them): the file's configuration in
+    /// force with them merged in is applied. On an error nothing changes.
+    pub fn apply_discovered(
+        &self,
+        pool: &str,
+        backends: Vec<vigil_conf::BackendConfig>,
+    ) -> Result<(), ApplyError> {
+        let _one = self.apply_lock.lock().unwrap();
+        let before = self.discovery.set_found(pool, backends);
+        let file = self.file_config.lock().unwrap().clone();
+        let found = self.discovery.found_for(&file);
+        match self.apply_locked(crate::discovery::merge(&file, &found)) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.discovery.restore_found(pool, before);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`App::apply`] of a configuration with discovered backends merged in, under the
+    /// apply lock.
+    fn apply_locked(&self, new: Config) -> Result<Changes, ApplyError> {
         let old = self.config();
         let restart = restart_only(&old, &new);
         if !restart.is_empty() {

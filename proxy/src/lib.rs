@@ -5,7 +5,8 @@
 //! - [`proxy`]: the `ProxyHttp` implementation (retries, 404/503, forwarded headers).
 //! - [`edge`] and [`access_log`]: limits on client requests; one log line per request.
 //! - [`admin`]: `/metrics`, `/health/*`, `POST /admin/reload`.
-//! - [`apply`]: the one path from a configuration to the running state (start, reload).
+//! - [`apply`]: the one path from a configuration to the running state (start, reload,
+//!   discovery); [`discovery`]: pools' backends from DNS.
 //! - [`server`]: process wiring, signals, drain; [`upgrade`]: `vigil run --upgrade`;
 //!   [`demo`]: `vigil demo`.
 
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod balance;
 pub mod convert;
 pub mod demo;
+pub mod discovery;
 pub mod edge;
 pub mod error;
 pub mod listener;

@@ -184,6 +184,12 @@ fn validate(file: &std::path::Path) -> ExitCode {
                     p.health_check.kind.as_str(),
                     p.health_check.interval
                 );
+                if let Some(d) = &p.discovery {
+                    println!(
+                        "pool {}: backends from DNS: {} every {:?}",
+                        p.name, d.name, d.refresh
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

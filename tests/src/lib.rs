@@ -8,6 +8,7 @@ pub mod certs;
 pub mod checking;
 mod client;
 pub mod config;
+pub mod dns;
 pub mod grpc;
 mod process;
 pub mod raw;

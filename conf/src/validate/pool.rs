@@ -103,8 +103,16 @@ impl Validator<'_> {
 
         let mut backends = Vec::new();
         let mut seen = HashSet::new();
+        let discovery = raw
+            .discovery
+            .and_then(|d| self.discovery(&format!("{path}.discovery"), d));
         match raw.backends {
-            None => self.error(path, format!("pool {name:?} needs `backends`")),
+            None if discovery.is_some() => {}
+            Some(list) if list.is_empty() && discovery.is_some() => {}
+            None => self.error(
+                path,
+                format!("pool {name:?} needs `backends` (or `discovery`)"),
+            ),
             Some(list) if list.is_empty() => self.error(
                 &format!("{path}.backends"),
                 format!("pool {name:?} has no backends"),
@@ -130,6 +138,7 @@ impl Validator<'_> {
                             address,
                             socket_addr,
                             weight,
+                            source: BackendSource::File,
                         });
                     }
                 }
@@ -162,6 +171,7 @@ impl Validator<'_> {
             );
         }
         PoolConfig {
+            discovery,
             slow_start,
             name,
             routes,
@@ -177,6 +187,62 @@ impl Validator<'_> {
             passive,
             tls,
             protocol,
+        }
+    }
+
+    /// `discovery`: exactly one of `srv` and `a` (`host:port`), and `refresh`.
+    fn discovery(&mut self, path: &str, raw: RawDiscovery) -> Option<DiscoveryConfig> {
+        let refresh = self.duration(
+            &format!("{path}.refresh"),
+            &raw.refresh,
+            Duration::from_secs(5),
+        );
+        if refresh < Duration::from_millis(100) || refresh > Duration::from_secs(3600) {
+            self.error(
+                &format!("{path}.refresh"),
+                format!("refresh must be between 100ms and 1h, got {refresh:?}"),
+            );
+        }
+        let (key, name) = match (raw.srv, raw.a) {
+            (Some(_), Some(_)) => {
+                self.error(path, "discovery takes one of `srv` and `a`, not both");
+                return None;
+            }
+            (None, None) => {
+                self.error(
+                    path,
+                    "discovery needs `srv` (an SRV name) or `a` (host:port)",
+                );
+                return None;
+            }
+            (Some(srv), None) => (
+                "srv",
+                dns_name(&srv).map(|n| DiscoveryName::Srv(n.to_string())),
+            ),
+            (None, Some(a)) => (
+                "a",
+                a.rsplit_once(':').and_then(|(host, port)| {
+                    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+                    let host = dns_name(host)?;
+                    Some(DiscoveryName::A {
+                        host: host.to_string(),
+                        port,
+                    })
+                }),
+            ),
+        };
+        let at = self.place(&format!("{path}.{key}"));
+        match name {
+            Some(name) => Some(DiscoveryConfig { name, refresh, at }),
+            None => {
+                let want = if key == "srv" {
+                    "an SRV name such as _http._tcp.api.internal"
+                } else {
+                    "host:port, such as api.internal:8080"
+                };
+                self.error(&format!("{path}.{key}"), format!("`{key}` needs {want}"));
+                None
+            }
         }
     }
 
@@ -437,4 +503,19 @@ impl Validator<'_> {
 fn http_token(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A DNS name as written (a trailing dot allowed), or None if it cannot be one.
+fn dns_name(text: &str) -> Option<&str> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then_some(name)
 }

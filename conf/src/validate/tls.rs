@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 impl Validator<'_> {
     /// Where `path`'s value is, for errors found later.
-    fn place(&self, path: &str) -> Place {
+    pub(super) fn place(&self, path: &str) -> Place {
         let pos = self.marks.value(path);
         Place {
             file: self.file.to_string(),
