@@ -13,7 +13,7 @@ use crate::spec::BackendSpec;
 use crate::state::Health;
 use crate::status::BackendStatus;
 use crate::table::{BackendTable, Key, Slot, SpecChange};
-use crate::task::{Shared, Start, Stats};
+use crate::task::{HealthEvent, Shared, Start, Stats};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,6 +68,8 @@ struct Inner {
     /// Set by the first `apply`: backends it brings are spread over `fast_interval`
     /// (a thousand backends must not fire at once); later ones are checked at once.
     applied: AtomicBool,
+    /// Bumped when `apply` adds or removes backends.
+    generation: std::sync::atomic::AtomicU64,
     /// Health found by the process this one took over from, by (pool, address), used
     /// once when such a backend is added.
     seed: Mutex<HashMap<(String, String), (Health, AdminState)>>,
@@ -102,6 +104,7 @@ impl Checker {
             probes_shared: Default::default(),
             permits: Arc::new(Semaphore::new(permits)),
             changed: Notify::new(),
+            transitions: Mutex::new(None),
             shutdown: watch::channel(false).0,
         });
         let inner = Arc::new(Inner {
@@ -112,6 +115,7 @@ impl Checker {
             permit_total: Mutex::new(permits),
             pools: Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
+            generation: Default::default(),
             seed: Mutex::new(HashMap::new()),
             runtime: runtime.clone(),
         });
@@ -176,6 +180,9 @@ impl Checker {
             }
             keep
         });
+        if !report.added.is_empty() || !report.removed.is_empty() {
+            inner.generation.fetch_add(1, Ordering::SeqCst);
+        }
         // Only a membership that changed is published (the `Publish` promise).
         if reordered || !report.is_empty() {
             inner.dirty.store(true, Ordering::SeqCst);
@@ -248,6 +255,74 @@ impl Checker {
             self.publish_now();
         }
         Some(before)
+    }
+
+    /// From now on, every health transition of a backend this process probes is sent
+    /// here (a fleet publishes them). Replaces an earlier receiver.
+    pub fn transitions(&self) -> tokio::sync::mpsc::UnboundedReceiver<HealthEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.inner.shared.transitions.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    /// Every backend, as (pool, address).
+    pub fn backends(&self) -> Vec<(String, String)> {
+        self.inner
+            .shared
+            .table
+            .slots()
+            .iter()
+            .map(|s| (s.key().0.to_string(), s.key().1.to_string()))
+            .collect()
+    }
+
+    /// Increases whenever `apply` adds or removes backends.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Which backends this process probes (`owns(pool, address)`); the others take
+    /// their health from [`Checker::set_shared_health`]. A backend taken over is
+    /// probed at once, from the health it had. Returns how many it probes.
+    pub fn set_owned(&self, owns: impl Fn(&str, &str) -> bool) -> usize {
+        let mut n = 0;
+        for slot in self.inner.shared.table.slots() {
+            let mine = owns(&slot.key().0, &slot.key().1);
+            slot.set_owned(mine);
+            n += usize::from(mine);
+        }
+        n
+    }
+
+    /// Whether this process probes the backend; None if there is no such backend.
+    pub fn owned(&self, pool: &str, address: &str) -> Option<bool> {
+        let slot = self
+            .inner
+            .shared
+            .table
+            .get(&(pool.into(), address.into()))?;
+        Some(slot.owned())
+    }
+
+    /// A fleet member's result for a backend this process does not probe. Ignored for
+    /// a backend it probes itself (its own checks decide) or does not have. True if the
+    /// health changed (logged once, published).
+    pub fn set_shared_health(
+        &self,
+        pool: &str,
+        address: &str,
+        health: Health,
+        reason: &str,
+    ) -> bool {
+        let Some(slot) = self.inner.shared.table.get(&(pool.into(), address.into())) else {
+            return false;
+        };
+        if slot.owned() || !slot.shared_health(health, reason) {
+            return false;
+        }
+        self.inner.dirty.store(true, Ordering::SeqCst);
+        self.publish_now();
+        true
     }
 
     /// Every backend's live detail, by pool then configuration order.

@@ -47,6 +47,7 @@ pub use schedule::Schedule;
 pub use spec::{BackendSpec, CheckPolicy};
 pub use state::{Health, Thresholds, Tracker, Transition, Verdict};
 pub use status::BackendStatus;
+pub use task::HealthEvent;
 
 /// Raises the soft open-file limit to the hard one (every backend holds a check
 /// connection, and a proxy a few more of its own); returns the soft limit now in force.

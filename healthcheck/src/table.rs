@@ -13,7 +13,7 @@ use crate::state::{Health, Tracker, Transition, Verdict};
 use crate::status::BackendStatus;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -105,6 +105,9 @@ pub(crate) struct Slot {
     pool_metrics: PoolMetrics,
     /// The shared probe this backend's checks go through (0: none, in maintenance).
     probe_id: AtomicU64,
+    /// Probed by this process (always, outside a fleet); false: a fleet member owns it
+    /// and its results arrive through [`Slot::shared_health`].
+    owned: AtomicBool,
 }
 
 impl Slot {
@@ -132,6 +135,7 @@ impl Slot {
             changed: Notify::new(),
             check_now: Notify::new(),
             probe_id: AtomicU64::new(0),
+            owned: AtomicBool::new(true),
             key,
         }
     }
@@ -168,6 +172,54 @@ impl Slot {
         change
     }
 
+    pub fn owned(&self) -> bool {
+        self.owned.load(Ordering::SeqCst)
+    }
+
+    /// Whether this process probes the backend (a fleet decides); wakes the task.
+    /// Returns true if it changed.
+    pub fn set_owned(&self, owned: bool) -> bool {
+        let changed = self.owned.swap(owned, Ordering::SeqCst) != owned;
+        if changed {
+            self.changed.notify_one();
+        }
+        changed
+    }
+
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Another fleet member's result for a backend this process does not probe: the
+    /// health becomes `health` (one log line and the usual metrics if it changed).
+    /// True if it changed.
+    pub fn shared_health(&self, health: Health, reason: &str) -> bool {
+        let mut live = self.live.lock().unwrap();
+        if live.tracker.health == health {
+            return false;
+        }
+        let t = Transition {
+            from: live.tracker.health,
+            to: health,
+            consecutive: 0,
+            reason: reason.to_string(),
+        };
+        live.tracker = Tracker {
+            health,
+            ..Tracker::default()
+        };
+        live.last_transition = Instant::now();
+        if health != Health::Up {
+            live.last_error = Some(reason.to_string());
+        }
+        self.refresh_state_metrics(&mut live);
+        if let Some(m) = &self.metrics {
+            m.record_transition(health.as_str());
+        }
+        self.log_transition(&t, live.ejected_until.is_some());
+        true
+    }
+
     pub fn set_probe_id(&self, id: u64) {
         self.probe_id.store(id, Ordering::Relaxed);
     }
@@ -202,6 +254,11 @@ impl Slot {
         live.ejected_until
     }
 
+    /// When the ejection in force ends, if one is.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.live.lock().unwrap().ejected_until
+    }
+
     /// No check is scheduled (maintenance).
     pub fn scheduled_none(&self) {
         self.live.lock().unwrap().next_check = None;
@@ -220,7 +277,12 @@ impl Slot {
 
     /// Applies one check's outcome; logs a transition. Returns the state after it and
     /// whether routing changed.
-    pub fn record(&self, outcome: &Outcome, latency: Duration, at: Instant) -> (Tracker, bool) {
+    pub fn record(
+        &self,
+        outcome: &Outcome,
+        latency: Duration,
+        at: Instant,
+    ) -> (Tracker, bool, Option<Transition>) {
         let spec = self.spec();
         let timeout = spec.policy.timeout;
         let verdict = if outcome.is_success() {
@@ -252,7 +314,8 @@ impl Slot {
         }
         let tracker = live.tracker.clone();
         let unsuspected = outcome.is_success() && self.clear_suspect_on_check(live);
-        (tracker, transition.is_some() || unsuspected)
+        let changed = transition.is_some() || unsuspected;
+        (tracker, changed, transition)
     }
 
     /// After any change of state: metrics, and slow start when the backend becomes
@@ -506,6 +569,11 @@ impl BackendTable {
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Every backend's slot.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots.iter().map(|s| s.clone()).collect()
     }
 
     /// The request path reported the policy's failures in a row: ejects `slot` unless

@@ -74,7 +74,19 @@ pub(crate) struct Shared {
     pub permits: Arc<Semaphore>,
     /// A task changed a backend's routing state: the publisher rebuilds the membership.
     pub changed: Notify,
+    /// Where health transitions of backends this process probes are sent (a fleet
+    /// publishes them); None outside a fleet.
+    pub transitions: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<HealthEvent>>>,
     pub shutdown: watch::Sender<bool>,
+}
+
+/// A backend this process probes changed health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub pool: String,
+    pub address: String,
+    pub health: crate::state::Health,
+    pub reason: String,
 }
 
 /// When a new backend's first check happens.
@@ -147,6 +159,7 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
     let mut seen = 0u64;
     // Checks asked for at once take no result that started before they were asked.
     let mut forced = false;
+    let mut owned = slot.owned();
     let mut deadline = Instant::now()
         + match start {
             Start::Spread => initial_delay(&spec.policy.schedule, &mut rng),
@@ -172,10 +185,21 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
             forced = true;
             continue;
         }
-        let probe = held
-            .get_or_insert_with(|| probe_for(shared, &slot, &spec))
-            .clone();
-        let ejected_until = slot.scheduled(deadline);
+        if !owned {
+            // A fleet member probes it: no checks, no check connection; passive
+            // ejection still runs here.
+            held = None;
+            slot.set_probe_id(0);
+        } else if held.is_none() {
+            held = Some(probe_for(shared, &slot, &spec));
+        }
+        let probe = held.clone();
+        let ejected_until = if owned {
+            slot.scheduled(deadline)
+        } else {
+            slot.scheduled_none();
+            slot.ejected_until()
+        };
         tokio::select! {
             _ = stop.changed() => return,
             _ = shutdown.changed() => return,
@@ -183,6 +207,15 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 if slot.admin() == AdminState::Maintenance {
                     continue;
                 }
+                let now_owned = slot.owned();
+                if now_owned && !owned {
+                    // Taken over from a fleet member: probed at once, from the last
+                    // shared state.
+                    held = Some(probe_for(shared, &slot, &slot.spec()));
+                    deadline = Instant::now();
+                    forced = true;
+                }
+                owned = now_owned;
                 let new = slot.spec();
                 if new.policy.probe != spec.policy.probe
                     || new.socket_addr != spec.socket_addr
@@ -216,8 +249,9 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 }
                 continue;
             }
-            _ = sleep_until(deadline) => {}
+            _ = sleep_until(deadline), if owned => {}
         }
+        let Some(probe) = probe else { continue };
         if spec.policy.skip_while_serving && slot.skip_check() {
             deadline =
                 Instant::now() + next_delay(&slot.tracker(), &spec.policy.schedule, &mut rng);
@@ -283,9 +317,19 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 (outcome, latency, ended)
             }
         };
-        let (tracker, transition) = slot.record(&outcome, latency, ended);
-        if transition {
+        let (tracker, changed, transition) = slot.record(&outcome, latency, ended);
+        if changed {
             shared.changed.notify_one();
+        }
+        if let Some(t) = transition {
+            if let Some(tx) = shared.transitions.lock().unwrap().as_ref() {
+                let _ = tx.send(HealthEvent {
+                    pool: slot.key().0.to_string(),
+                    address: slot.key().1.to_string(),
+                    health: t.to,
+                    reason: t.reason,
+                });
+            }
         }
         deadline = ended + next_delay(&tracker, &spec.policy.schedule, &mut rng);
     }

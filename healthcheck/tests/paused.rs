@@ -498,3 +498,63 @@ async fn a_backend_in_maintenance_lets_go_of_a_shared_probe_only_when_alone() {
     assert_eq!(c.probes(), 0);
     assert!(c.shutdown(Duration::from_secs(1)).await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
+    let (c, script, last) = checker(16);
+    let mut events = c.transitions();
+    let p = Arc::new(policy(100));
+    c.apply(vec![spec(0, &p), spec(1, &p)]);
+    until("both up", Duration::from_secs(2), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    // Transitions of backends probed here are reported (for the fleet to publish).
+    let e = events.recv().await.unwrap();
+    assert_eq!(e.health, Health::Up);
+
+    // Backend 1 is owned by another member: not probed any more.
+    let a1 = addr(1).to_string();
+    assert_eq!(c.set_owned(|_, a| a != a1), 1);
+    settle().await;
+    let before = script.calls(addr(1)).len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        script.calls(addr(1)).len(),
+        before,
+        "probed while owned elsewhere"
+    );
+    assert!(script.calls(addr(0)).len() >= 10);
+    // Its owner's results apply here, once per change, and reach the membership.
+    assert!(c.set_shared_health("p", &a1, Health::Down, "member b: HTTP 500"));
+    assert!(!c.set_shared_health("p", &a1, Health::Down, "member b: HTTP 500"));
+    let st = c.status().into_iter().find(|s| s.address == a1).unwrap();
+    assert_eq!(st.health, Health::Down);
+    assert_eq!(st.last_error.as_deref(), Some("member b: HTTP 500"));
+    let m = last.0.lock().unwrap().clone().unwrap();
+    assert!(!m.pool("p").unwrap()[1].state.routable());
+    // A result for a backend probed here is ignored: its own checks decide.
+    assert!(!c.set_shared_health("p", &addr(0).to_string(), Health::Down, "x"));
+    while let Ok(e) = events.try_recv() {
+        assert_ne!(
+            e.address, a1,
+            "a shared result was reported as this process's own"
+        );
+    }
+
+    // Taken back: probed at once, from the shared state (down), and up by its checks.
+    let at = Instant::now();
+    assert_eq!(c.set_owned(|_, _| true), 2);
+    until("backend 1 probed again", Duration::from_secs(1), || {
+        script.calls(addr(1)).len() > before
+    })
+    .await;
+    assert!(Instant::now() - at < Duration::from_millis(5));
+    until("backend 1 up", Duration::from_secs(1), || {
+        c.status()[1].health == Health::Up
+    })
+    .await;
+    let e = events.recv().await.unwrap();
+    assert_eq!((e.address.as_str(), e.health), (a1.as_str(), Health::Up));
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
