@@ -10,9 +10,11 @@ VIGIL := target/release/vigil
 
 all: build
 
-# Pingora's zlib-ng (flate2) is built with cmake.
+# Pingora's zlib-ng (flate2) is built with cmake; etcd-client's protocol with protoc.
 deps:
-	@command -v cmake >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq cmake; }
+	@missing=""; command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Tools the tests use as peers or checkers: promtool (package prometheus), openssl
 # (test certificates), dnsmasq (DNS discovery), etcd (the fleet).
@@ -20,6 +22,7 @@ test-deps: deps
 	@missing=""; command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client.

@@ -17,7 +17,17 @@ pub struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     pub upgrade_socket: Option<String>,
     pub dns: Option<RawDns>,
+    pub fleet: Option<RawFleet>,
     pub pools: Option<Vec<RawPool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawFleet {
+    pub etcd: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub node: Option<String>,
+    pub lease_ttl: Option<String>,
+    pub copies: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,8 +21,26 @@ pub struct Config {
     pub upgrade_socket: std::path::PathBuf,
     /// Where discovery sends its DNS queries.
     pub dns: DnsConfig,
+    /// Shared health with other vigils through etcd; None: this vigil checks every
+    /// backend itself.
+    pub fleet: Option<FleetConfig>,
     /// Shared with the routing snapshot built from this config: one copy per pool.
     pub pools: Vec<Arc<PoolConfig>>,
+}
+
+/// A fleet of vigils sharing health through etcd (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// etcd endpoints, `http://host:port`.
+    pub etcd: Vec<String>,
+    /// Keys live under it; no trailing slash.
+    pub prefix: String,
+    /// This member's name, unique in the fleet.
+    pub node: String,
+    /// A silent member loses its backends after this.
+    pub lease_ttl: Duration,
+    /// Members probing each backend.
+    pub copies: usize,
 }
 
 /// DNS for pools' `discovery`.

@@ -240,7 +240,9 @@ impl<'a> Validator<'a> {
             )),
         };
         let dns = self.dns(raw.dns.unwrap_or_default());
+        let fleet = raw.fleet.map(|f| self.fleet(f));
         Config {
+            fleet,
             dns,
             upgrade_socket,
             threads,
@@ -254,6 +256,80 @@ impl<'a> Validator<'a> {
             limits,
             access_log,
             pools: pools.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    fn fleet(&mut self, raw: RawFleet) -> FleetConfig {
+        let etcd = raw.etcd.unwrap_or_default();
+        if etcd.is_empty() {
+            self.error(
+                "fleet",
+                "fleet needs `etcd`: at least one endpoint, http://host:port",
+            );
+        }
+        for (i, e) in etcd.iter().enumerate() {
+            let path = format!("fleet.etcd.{i}");
+            match e.strip_prefix("http://") {
+                Some(rest) if rest.contains(':') && !rest.contains('/') => {}
+                Some(_) => self.error(
+                    &path,
+                    format!("etcd endpoint {e:?} must be http://host:port"),
+                ),
+                None if e.starts_with("https://") => self.error(
+                    &path,
+                    format!("etcd endpoint {e:?}: TLS to etcd is not supported; use http://"),
+                ),
+                None => self.error(
+                    &path,
+                    format!("etcd endpoint {e:?} must be http://host:port"),
+                ),
+            }
+        }
+        let prefix = raw.prefix.unwrap_or_else(|| "/vigil".into());
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains("//") {
+            self.error(
+                "fleet.prefix",
+                format!("prefix {prefix:?} must be a key path such as /vigil"),
+            );
+        }
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let node = match raw.node {
+            Some(n) => {
+                let ok = !n.is_empty()
+                    && n.len() <= 128
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !ok {
+                    self.error(
+                        "fleet.node",
+                        format!("node {n:?} must match [A-Za-z0-9._-]+"),
+                    );
+                }
+                n
+            }
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "vigil".into());
+                format!("{host}-{}", std::process::id())
+            }
+        };
+        let lease_ttl = self.duration("fleet.lease_ttl", &raw.lease_ttl, Duration::from_secs(3));
+        if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(60) {
+            self.error(
+                "fleet.lease_ttl",
+                format!("lease_ttl must be between 2s (etcd's shortest lease) and 60s, got {lease_ttl:?}"),
+            );
+        }
+        let copies = self.int("fleet.copies", raw.copies, 1, 1, 16) as usize;
+        FleetConfig {
+            etcd,
+            prefix,
+            node,
+            lease_ttl,
+            copies,
         }
     }
 

@@ -466,3 +466,67 @@ pools:
         "must be an IP address",
     );
 }
+
+#[test]
+fn fleet_is_read_and_validated_with_positions() {
+    let c = from_str(
+        &format!("{MINIMAL}fleet:\n  etcd: [\"http://127.0.0.1:2379\"]\n  node: edge-1\n  copies: 2\n  lease_ttl: 5s\n"),
+        "f.yaml",
+    )
+    .unwrap();
+    let f = c.fleet.unwrap();
+    assert_eq!(f.etcd, vec!["http://127.0.0.1:2379".to_string()]);
+    assert_eq!(
+        (f.prefix.as_str(), f.node.as_str(), f.copies),
+        ("/vigil", "edge-1", 2)
+    );
+    assert_eq!(f.lease_ttl, std::time::Duration::from_secs(5));
+    assert!(from_str(MINIMAL, "f.yaml").unwrap().fleet.is_none());
+    let f = from_str(
+        &format!("{MINIMAL}fleet:\n  etcd: [\"http://e:2379\"]\n  prefix: /x/\n"),
+        "f.yaml",
+    )
+    .unwrap()
+    .fleet
+    .unwrap();
+    assert_eq!(f.prefix, "/x");
+    assert!(
+        f.node.ends_with(&format!("-{}", std::process::id())),
+        "{}",
+        f.node
+    );
+
+    let fleet = |body: &str| format!("{MINIMAL}fleet:\n{body}");
+    assert_error(&fleet("  node: a\n"), 12, 3, "needs `etcd`");
+    assert_error(
+        &fleet("  etcd: [\"https://e:2379\"]\n"),
+        12,
+        10,
+        "TLS to etcd",
+    );
+    assert_error(&fleet("  etcd: [\"e:2379\"]\n"), 12, 10, "http://host:port");
+    assert_error(
+        &fleet("  etcd: [\"http://e:1\"]\n  node: \"a b\"\n"),
+        13,
+        9,
+        "[A-Za-z0-9._-]+",
+    );
+    assert_error(
+        &fleet("  etcd: [\"http://e:1\"]\n  lease_ttl: 1s\n"),
+        13,
+        14,
+        "between 2s",
+    );
+    assert_error(
+        &fleet("  etcd: [\"http://e:1\"]\n  copies: 0\n"),
+        13,
+        11,
+        "copies",
+    );
+    assert_error(
+        &fleet("  etcd: [\"http://e:1\"]\n  prefix: vigil\n"),
+        13,
+        11,
+        "key path",
+    );
+}

@@ -197,9 +197,18 @@ impl AdminApp {
                     .get(&(s.pool.as_str(), s.address.as_str()))
                     .copied()
                     .unwrap_or("file");
+                let (owner, shared_age) = match self.app.fleet.get() {
+                    Some(f) => {
+                        let (owner, age) = f.backend(&s.pool, &s.address);
+                        (Some(owner), age.map(ms))
+                    }
+                    None => (None, None),
+                };
                 list.push(json!({
                     "address": s.address,
                     "source": source,
+                    "owner": owner,
+                    "shared_age_ms": shared_age,
                     "state": s.state_label(),
                     "health": s.health.as_str(),
                     "ejected": s.ejected,
@@ -228,9 +237,10 @@ impl AdminApp {
             "checks_in_flight_peak": self.app.checker.peak_in_flight(),
             "connections_opened": self.app.checker.connections_opened(),
         });
+        let fleet = self.app.fleet.get().map(|f| f.summary());
         json_reply(
             200,
-            json!({"pools": pools, "checker": checker, "response_time_ms": elapsed_ms(started)}),
+            json!({"pools": pools, "checker": checker, "fleet": fleet, "response_time_ms": elapsed_ms(started)}),
         )
     }
 

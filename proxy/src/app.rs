@@ -139,6 +139,8 @@ pub struct App {
     pub(crate) discovery: crate::discovery::Discovery,
     /// This App, for the tasks it starts (discovery) to apply through.
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<App>>,
+    /// Set at start when the config has `fleet`.
+    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
 }
 
 impl App {
@@ -210,10 +212,16 @@ impl App {
             file_config: Mutex::new(empty),
             discovery,
             me: std::sync::OnceLock::new(),
+            fleet: std::sync::OnceLock::new(),
         });
         let _ = app.me.set(Arc::downgrade(&app));
         app.apply(config).map_err(StartError::Config)?;
         app.metrics.mark_loaded();
+        let config = app.config();
+        if let Some(f) = &config.fleet {
+            let fleet = crate::fleet::Fleet::start(&app, &config, f, &app.registry, &runtime)?;
+            let _ = app.fleet.set(fleet);
+        }
         Ok(app)
     }
 

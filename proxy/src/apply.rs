@@ -72,6 +72,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     if old.upgrade_socket != new.upgrade_socket {
         out.push("upgrade_socket".to_string());
     }
+    if old.fleet != new.fleet {
+        out.push("fleet".to_string());
+    }
     out
 }
 

@@ -9,6 +9,7 @@ pub mod checking;
 mod client;
 pub mod config;
 pub mod dns;
+pub mod etcd;
 pub mod grpc;
 mod process;
 pub mod raw;

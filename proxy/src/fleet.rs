@@ -1,0 +1,598 @@
+//! A fleet of vigils sharing health through etcd (design: `docs/fleet.md`).
+//!
+//! One task per process keeps a session with etcd: a lease, a member key and a
+//! heartbeat on it, a watch over the fleet's keys. From the live members it computes
+//! which backends this member owns (rendezvous hashing, `copies` owners each) and tells
+//! the checker; owners publish their transitions, the others apply them. When etcd
+//! cannot be reached the member checks everything itself until the session is back.
+
+use crate::app::App;
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use prometheus::{IntGauge, Registry};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
+use vigil_conf::{Config, FleetConfig};
+use vigil_healthcheck::Health;
+
+pub const MODE: &str = "vigil_fleet_mode";
+pub const OWNED: &str = "vigil_fleet_owned_backends";
+
+/// How long one etcd request may take before the session is given up.
+fn request_timeout(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
+/// The heartbeat period: the shortest check interval of the pools, within
+/// [100 ms, lease_ttl / 3].
+pub fn heartbeat_period(config: &Config, ttl: Duration) -> Duration {
+    let shortest = config
+        .pools
+        .iter()
+        .map(|p| p.health_check.interval)
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    shortest.clamp(Duration::from_millis(100), ttl / 3)
+}
+
+/// A member whose heartbeat has not been seen for this long is stale.
+pub fn freshness_bound(period: Duration) -> Duration {
+    period * 2 + Duration::from_secs(1)
+}
+
+/// Rendezvous score of `node` for a backend: the same on every member.
+pub fn score(node: &str, pool: &str, address: &str) -> u64 {
+    // FNV-1a over the three names (separated), then a splitmix finish.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [node, pool, address] {
+        for b in part.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The `copies` members of `live` that own the backend.
+pub fn owners<'a>(live: &'a [String], copies: usize, pool: &str, address: &str) -> Vec<&'a str> {
+    let mut scored: Vec<(u64, &str)> = live
+        .iter()
+        .map(|n| (score(n, pool, address), n.as_str()))
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.into_iter().take(copies).map(|(_, n)| n).collect()
+}
+
+/// A state an owner published.
+#[derive(Debug, Clone)]
+struct Published {
+    health: Health,
+    reason: String,
+    revision: i64,
+    received: Instant,
+}
+
+#[derive(Default)]
+struct View {
+    shared: bool,
+    /// Members with a key, and when their heartbeat (or any write) was last seen.
+    members: BTreeMap<String, Instant>,
+    /// By (pool, address), by publishing node.
+    published: HashMap<(String, String), HashMap<String, Published>>,
+    /// The live members the ownership was last computed from.
+    live: Vec<String>,
+    /// Backends this member probes (all of them while local).
+    owned: HashSet<(String, String)>,
+    generation: u64,
+}
+
+pub struct Fleet {
+    config: FleetConfig,
+    period: Duration,
+    bound: Duration,
+    view: Mutex<View>,
+    mode: IntGauge,
+    owned: IntGauge,
+}
+
+impl Fleet {
+    /// Starts the fleet task on `runtime`; the member is local until it has joined.
+    pub fn start(
+        app: &Arc<App>,
+        config: &Config,
+        fleet: &FleetConfig,
+        registry: &Registry,
+        runtime: &tokio::runtime::Handle,
+    ) -> prometheus::Result<Arc<Fleet>> {
+        let mode = IntGauge::new(MODE, "1 while this vigil shares health through the fleet, 0 while it checks every backend itself.")?;
+        let owned = IntGauge::new(OWNED, "Backends this vigil probes itself.")?;
+        registry.register(Box::new(mode.clone()))?;
+        registry.register(Box::new(owned.clone()))?;
+        let period = heartbeat_period(config, fleet.lease_ttl);
+        owned.set(app.checker.backends().len() as i64);
+        let f = Arc::new(Fleet {
+            config: fleet.clone(),
+            period,
+            bound: freshness_bound(period),
+            view: Mutex::new(View::default()),
+            mode,
+            owned,
+        });
+        runtime.spawn(run(Arc::downgrade(app), f.clone()));
+        Ok(f)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// For `/health/detailed`: who the backend's health comes from, and how long ago
+    /// that result arrived (None: this member probes it).
+    pub fn backend(&self, pool: &str, address: &str) -> (String, Option<Duration>) {
+        let view = self.view.lock().unwrap();
+        let key = (pool.to_string(), address.to_string());
+        if !view.shared || view.owned.contains(&key) {
+            return (self.config.node.clone(), None);
+        }
+        let owners = owners(&view.live, self.config.copies, pool, address);
+        let best = view.published.get(&key).and_then(|by| {
+            by.iter()
+                .filter(|(n, _)| owners.contains(&n.as_str()))
+                .max_by_key(|(_, p)| p.revision)
+        });
+        match best {
+            Some((node, p)) => (node.clone(), Some(p.received.elapsed())),
+            None => (
+                owners.first().map(|s| s.to_string()).unwrap_or_default(),
+                None,
+            ),
+        }
+    }
+
+    pub fn summary(&self) -> serde_json::Value {
+        let view = self.view.lock().unwrap();
+        json!({
+            "node": self.config.node,
+            "mode": if view.shared { "shared" } else { "local" },
+            "members": view.live,
+            "owned_backends": view.owned.len(),
+            "heartbeat_ms": self.period.as_millis() as u64,
+            "freshness_bound_ms": self.bound.as_millis() as u64,
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.config.prefix)
+    }
+
+    /// Every backend probed here (outside a session, or when etcd is lost).
+    fn go_local(&self, app: &App) {
+        let mut view = self.view.lock().unwrap();
+        view.shared = false;
+        view.live = vec![self.config.node.clone()];
+        let n = app.checker.set_owned(|_, _| true);
+        view.owned = app.checker.backends().into_iter().collect();
+        self.mode.set(0);
+        self.owned.set(n as i64);
+    }
+
+    /// Members with a key whose heartbeat is fresh (this one always).
+    fn live(&self, view: &View, now: Instant) -> Vec<String> {
+        view.members
+            .iter()
+            .filter(|(n, heard)| {
+                **n == self.config.node || now.saturating_duration_since(**heard) <= self.bound
+            })
+            .map(|(n, _)| n.clone())
+            .chain(std::iter::once(self.config.node.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Recomputes ownership if the live members or the backends changed; returns the
+    /// backends newly owned (to publish their state).
+    fn recompute(&self, app: &App, force: bool) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let mut view = self.view.lock().unwrap();
+        let live = self.live(&view, now);
+        let generation = app.checker.generation();
+        if !force && live == view.live && generation == view.generation {
+            return Vec::new();
+        }
+        if live != view.live {
+            tracing::info!(node = %self.config.node, members = ?live, "fleet members changed");
+        }
+        view.live = live;
+        view.generation = generation;
+        let copies = self.config.copies;
+        let me = self.config.node.as_str();
+        let owned: HashSet<(String, String)> = app
+            .checker
+            .backends()
+            .into_iter()
+            .filter(|(p, a)| owners(&view.live, copies, p, a).contains(&me))
+            .collect();
+        let n = app
+            .checker
+            .set_owned(|p, a| owned.contains(&(p.to_string(), a.to_string())));
+        let taken: Vec<_> = owned.difference(&view.owned).cloned().collect();
+        view.owned = owned;
+        self.owned.set(n as i64);
+        // Backends owned elsewhere take their owners' last word now.
+        let follow: Vec<(String, String)> = app
+            .checker
+            .backends()
+            .into_iter()
+            .filter(|k| !view.owned.contains(k))
+            .collect();
+        for (p, a) in follow {
+            if let Some((node, pb)) = self.best(&view, &p, &a) {
+                let reason = format!("fleet: {node}: {}", pb.reason);
+                app.checker.set_shared_health(&p, &a, pb.health, &reason);
+            }
+        }
+        taken
+    }
+
+    /// The latest state published by one of the backend's current owners.
+    fn best(&self, view: &View, pool: &str, address: &str) -> Option<(String, Published)> {
+        let owners = owners(&view.live, self.config.copies, pool, address);
+        view.published
+            .get(&(pool.to_string(), address.to_string()))?
+            .iter()
+            .filter(|(n, _)| owners.contains(&n.as_str()))
+            .max_by_key(|(_, p)| p.revision)
+            .map(|(n, p)| (n.clone(), p.clone()))
+    }
+
+    /// One key's put or delete, from the initial read or the watch. Returns true if
+    /// ownership may have changed.
+    fn absorb(&self, app: &App, key: &str, value: Option<&str>, revision: i64) -> bool {
+        let Some(rest) = key
+            .strip_prefix(&self.config.prefix)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut view = self.view.lock().unwrap();
+        if let Some(node) = rest.strip_prefix("members/") {
+            return match value {
+                Some(_) => view.members.insert(node.to_string(), now).is_none(),
+                None => {
+                    view.members.remove(node);
+                    for by in view.published.values_mut() {
+                        by.remove(node);
+                    }
+                    true
+                }
+            };
+        }
+        if let Some(node) = rest.strip_prefix("rounds/") {
+            if value.is_some() {
+                if let Some(heard) = view.members.get_mut(node) {
+                    let was_stale = now.saturating_duration_since(*heard) > self.bound;
+                    *heard = now;
+                    return was_stale;
+                }
+            }
+            return false;
+        }
+        let Some(parts) = rest.strip_prefix("health/") else {
+            return false;
+        };
+        let mut it = parts.splitn(3, '/');
+        let (Some(pool), Some(address), Some(node)) = (it.next(), it.next(), it.next()) else {
+            return false;
+        };
+        let k = (pool.to_string(), address.to_string());
+        match value.and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()) {
+            Some(v) => {
+                let health = match v["health"].as_str() {
+                    Some("up") => Health::Up,
+                    Some("down") => Health::Down,
+                    _ => return false,
+                };
+                if let Some(heard) = view.members.get_mut(node) {
+                    *heard = now;
+                }
+                let p = Published {
+                    health,
+                    reason: v["reason"].as_str().unwrap_or_default().to_string(),
+                    revision,
+                    received: now,
+                };
+                view.published
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(node.to_string(), p);
+                if view.shared && !view.owned.contains(&k) {
+                    if let Some((node, pb)) = self.best(&view, pool, address) {
+                        drop(view);
+                        let reason = format!("fleet: {node}: {}", pb.reason);
+                        app.checker
+                            .set_shared_health(pool, address, pb.health, &reason);
+                    }
+                }
+            }
+            None => {
+                if let Some(by) = view.published.get_mut(&k) {
+                    by.remove(node);
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Retries the session every second while the App lives; local in between.
+async fn run(app: Weak<App>, fleet: Arc<Fleet>) {
+    let mut outage_logged = false;
+    loop {
+        let Some(a) = app.upgrade() else { return };
+        if a.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let result = session(&a, &fleet).await;
+        let was_shared = fleet.view.lock().unwrap().shared;
+        fleet.go_local(&a);
+        drop(a);
+        match result {
+            Err(e) if was_shared || !outage_logged => {
+                tracing::warn!(node = %fleet.config.node, error = %e, "fleet: etcd unreachable; checking every backend locally");
+                outage_logged = true;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
+    }
+}
+
+fn health_value(health: Health, reason: &str) -> Option<String> {
+    let word = match health {
+        Health::Up => "up",
+        Health::Down => "down",
+        _ => return None,
+    };
+    Some(json!({"health": word, "reason": reason}).to_string())
+}
+
+/// One session: joined until an etcd request fails or times out, the lease is lost,
+/// or the watch ends.
+async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
+    let cfg = &fleet.config;
+    let limit = request_timeout(cfg.lease_ttl);
+    let options = ConnectOptions::new()
+        .with_connect_timeout(limit)
+        .with_keep_alive(limit, limit);
+    let mut client = timed(limit, "connect", Client::connect(&cfg.etcd, Some(options))).await?;
+    let lease = timed(
+        limit,
+        "lease grant",
+        client.lease_grant(cfg.lease_ttl.as_secs() as i64, None),
+    )
+    .await?
+    .id();
+    let (mut keeper, mut alive) =
+        timed(limit, "lease keep-alive", client.lease_keep_alive(lease)).await?;
+    let on_lease = || Some(PutOptions::new().with_lease(lease));
+    let member = json!({"node": cfg.node, "pid": std::process::id()}).to_string();
+    timed(
+        limit,
+        "put",
+        client.put(
+            fleet.key(&format!("members/{}", cfg.node)),
+            member,
+            on_lease(),
+        ),
+    )
+    .await?;
+    let mut round: u64 = 0;
+    timed(
+        limit,
+        "put",
+        client.put(
+            fleet.key(&format!("rounds/{}", cfg.node)),
+            json!({"round": round}).to_string(),
+            on_lease(),
+        ),
+    )
+    .await?;
+
+    // Everything there is, then every change after it.
+    let all = timed(
+        limit,
+        "get",
+        client.get(fleet.key(""), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let revision = all.header().map_or(0, |h| h.revision());
+    {
+        let mut view = fleet.view.lock().unwrap();
+        view.members.clear();
+        view.published.clear();
+        view.live.clear();
+    }
+    for kv in all.kvs() {
+        if let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) {
+            fleet.absorb(app, k, Some(v), kv.mod_revision());
+        }
+    }
+    let mut watch = timed(
+        limit,
+        "watch",
+        client.watch(
+            fleet.key(""),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        ),
+    )
+    .await?;
+    let mut transitions = app.checker.transitions();
+    {
+        fleet.view.lock().unwrap().shared = true;
+        fleet.mode.set(1);
+    }
+    let taken = fleet.recompute(app, true);
+    let members = fleet.view.lock().unwrap().live.clone();
+    tracing::info!(node = %cfg.node, members = ?members, lease_ttl = ?cfg.lease_ttl, copies = cfg.copies, "joined the fleet; sharing health through etcd");
+    publish_states(&mut client, fleet, app, taken, lease, limit).await?;
+
+    let mut keep = tokio::time::interval(cfg.lease_ttl / 3);
+    let mut beat = tokio::time::interval(fleet.period);
+    let mut look = tokio::time::interval(Duration::from_millis(100));
+    for t in [&mut keep, &mut beat, &mut look] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = keep.tick() => {
+                timed(limit, "lease keep-alive", keeper.keep_alive()).await?;
+                match timed(limit, "lease keep-alive", alive.message()).await? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Err("the lease expired".into()),
+                }
+            }
+            _ = beat.tick() => {
+                round += 1;
+                timed(limit, "heartbeat", client.put(fleet.key(&format!("rounds/{}", cfg.node)), json!({"round": round}).to_string(), on_lease())).await?;
+            }
+            _ = look.tick() => {
+                if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Hand the backends to the others at once rather than after the lease.
+                    let _ = timed(limit, "lease revoke", client.lease_revoke(lease)).await;
+                    return Ok(());
+                }
+                let taken = fleet.recompute(app, false);
+                publish_states(&mut client, fleet, app, taken, lease, limit).await?;
+            }
+            msg = watch.message() => {
+                let resp = msg.map_err(|e| format!("watch: {e}"))?.ok_or("watch ended")?;
+                if resp.canceled() {
+                    return Err(format!("watch canceled: {}", resp.cancel_reason()));
+                }
+                let mut changed = false;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    let value = match ev.event_type() {
+                        EventType::Put => kv.value_str().ok(),
+                        EventType::Delete => None,
+                    };
+                    changed |= fleet.absorb(app, key, value, kv.mod_revision());
+                }
+                if changed {
+                    let taken = fleet.recompute(app, true);
+                    publish_states(&mut client, fleet, app, taken, lease, limit).await?;
+                }
+            }
+            Some(ev) = transitions.recv() => {
+                let mine = fleet.view.lock().unwrap().owned.contains(&(ev.pool.clone(), ev.address.clone()));
+                if let (true, Some(value)) = (mine, health_value(ev.health, &ev.reason)) {
+                    let key = fleet.key(&format!("health/{}/{}/{}", ev.pool, ev.address, cfg.node));
+                    timed(limit, "put", client.put(key, value, on_lease())).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the current state of backends just taken over (if known).
+async fn publish_states(
+    client: &mut Client,
+    fleet: &Fleet,
+    app: &App,
+    taken: Vec<(String, String)>,
+    lease: i64,
+    limit: Duration,
+) -> Result<(), String> {
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let taken: HashSet<_> = taken.into_iter().collect();
+    for s in app.checker.status() {
+        if !taken.contains(&(s.pool.clone(), s.address.clone())) {
+            continue;
+        }
+        let reason = s.last_error.clone().unwrap_or_else(|| "taken over".into());
+        if let Some(value) = health_value(s.health, &reason) {
+            let key = fleet.key(&format!(
+                "health/{}/{}/{}",
+                s.pool, s.address, fleet.config.node
+            ));
+            timed(
+                limit,
+                "put",
+                client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_owners_are_stable_spread_and_move_only_from_a_leaving_member() {
+        let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        let backends: Vec<String> = (0..3000)
+            .map(|i| format!("10.0.{}.{}:80", i / 250, i % 250))
+            .collect();
+        for b in &backends {
+            let o = owners(&three, 1, "p", b);
+            assert_eq!(o.len(), 1);
+            *count.entry(o[0]).or_default() += 1;
+        }
+        for n in ["a", "b", "c"] {
+            assert!((850..=1150).contains(&count[n]), "{count:?}");
+        }
+        // c leaves: only c's backends move.
+        let two: Vec<String> = three[..2].to_vec();
+        for b in &backends {
+            let before = owners(&three, 1, "p", b)[0];
+            let after = owners(&two, 1, "p", b)[0];
+            if before != "c" {
+                assert_eq!(before, after);
+            }
+        }
+        // Two copies: two different owners.
+        let o = owners(&three, 2, "p", "x:1");
+        assert_eq!(o.len(), 2);
+        assert_ne!(o[0], o[1]);
+        assert_eq!(owners(&three, 5, "p", "x:1").len(), 3);
+    }
+
+    #[test]
+    fn the_freshness_bound_is_two_heartbeats_and_a_second() {
+        assert_eq!(
+            freshness_bound(Duration::from_millis(200)),
+            Duration::from_millis(1400)
+        );
+    }
+}

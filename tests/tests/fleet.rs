@@ -1,0 +1,321 @@
+//! A fleet of real `vigil` processes sharing health through a real etcd on loopback
+//! ports; fake backends count the probes they receive.
+
+use std::time::{Duration, Instant};
+use vigil_tests::config::config;
+use vigil_tests::etcd::Etcd;
+use vigil_tests::{free_ports, get, wait_for_async, FakeBackend, Vigil};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+struct Fleet {
+    backends: Vec<FakeBackend>,
+    members: Vec<Vigil>,
+}
+
+/// `n` members named m0.. over `backends` fake backends, all checked every 200 ms.
+async fn fleet(etcd: &Etcd, n: usize, backends: usize, copies: usize) -> Fleet {
+    let mut list = Vec::new();
+    for i in 0..backends {
+        list.push(FakeBackend::start(&format!("b{i}")).await);
+    }
+    let mut pool = "  - name: api\n    backends:\n".to_string();
+    for b in &list {
+        pool += &format!("      - address: {}\n", b.addr);
+    }
+    pool += "    health_check:\n      interval: 200ms\n      fast_interval: 200ms\n      down_interval: 200ms\n      max_down_interval: 200ms\n      timeout: 150ms\n      rise: 1\n      fall: 1\n";
+    // A prefix of its own, so tests sharing nothing but etcd's binary never meet.
+    let prefix = format!("/vigil-{}-{}", std::process::id(), list[0].addr.port());
+    let mut members = Vec::new();
+    for i in 0..n {
+        let (listen, admin) = free_ports();
+        let top = format!(
+            "fleet:\n  etcd: [\"{}\"]\n  prefix: {prefix}\n  node: m{i}\n  lease_ttl: 2s\n  copies: {copies}\n",
+            etcd.url()
+        );
+        let mut v = Vigil::start(&config(listen, admin, &top, &[pool.clone()]), listen, admin);
+        v.wait_ready().await;
+        members.push(v);
+    }
+    Fleet {
+        backends: list,
+        members,
+    }
+}
+
+async fn detailed(v: &Vigil) -> serde_json::Value {
+    v.admin_get("/health/detailed").await.json()
+}
+
+/// Waits until every member in `members` is shared with exactly those live members.
+async fn joined(f: &Fleet, members: &[usize]) {
+    let want: Vec<String> = members.iter().map(|i| format!("m{i}")).collect();
+    wait_for_async("members joined", Duration::from_secs(15), || async {
+        for &i in members {
+            let d = detailed(&f.members[i]).await;
+            if d["fleet"]["mode"] != "shared" || d["fleet"]["members"] != serde_json::json!(want) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// Probes each backend received over `window`, after a short settling time.
+async fn probes_per_backend(f: &Fleet, window: Duration) -> Vec<u64> {
+    let before: Vec<u64> = f
+        .backends
+        .iter()
+        .map(|b| b.stats.health_requests())
+        .collect();
+    tokio::time::sleep(window).await;
+    f.backends
+        .iter()
+        .zip(before)
+        .map(|(b, n)| b.stats.health_requests() - n)
+        .collect()
+}
+
+async fn owned(v: &Vigil) -> f64 {
+    v.metric("vigil_fleet_owned_backends").await.unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_probe_each_backend_about_copies_times_per_interval_and_agree() {
+    let etcd = Etcd::start();
+    let f = fleet(&etcd, 3, 6, 1).await;
+    joined(&f, &[0, 1, 2]).await;
+    let mut total = 0.0;
+    for v in &f.members {
+        assert_eq!(v.metric("vigil_fleet_mode").await, Some(1.0));
+        total += owned(v).await;
+    }
+    assert_eq!(total, 6.0, "each backend owned once");
+
+    // 3 s at 200 ms: 15 probes a backend with one copy; 45 if every member probed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = probes_per_backend(&f, Duration::from_secs(3)).await;
+    eprintln!("probes per backend in 3 s, 3 members, copies 1: {probes:?}");
+    for (i, n) in probes.iter().enumerate() {
+        assert!(
+            (10..=24).contains(n),
+            "backend {i}: {n} probes in 3 s ({probes:?})"
+        );
+    }
+
+    // Every member shows the same owner for each backend, and routes to all six.
+    let d0 = detailed(&f.members[0]).await;
+    for v in &f.members[1..] {
+        let d = detailed(v).await;
+        for (a, b) in d0["pools"]["api"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(d["pools"]["api"]["backends"].as_array().unwrap())
+        {
+            assert_eq!(a["owner"], b["owner"]);
+            assert_eq!(b["state"], "up");
+        }
+    }
+
+    // One backend fails: every member shows it down within about a second.
+    let failed = Instant::now();
+    f.backends[0].ctl.set_health(500);
+    let addr = f.backends[0].addr.to_string();
+    wait_for_async("down on every member", Duration::from_secs(3), || async {
+        for v in &f.members {
+            let d = detailed(v).await;
+            let b = d["pools"]["api"]["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["address"] == addr.as_str())
+                .cloned()
+                .unwrap();
+            if b["state"] != "down" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let took = failed.elapsed();
+    eprintln!("a failed backend down on every member after {took:?}");
+    assert!(
+        took < Duration::from_millis(1200),
+        "down everywhere after {took:?}"
+    );
+    // A member that does not own it says who does and how old that word is.
+    let d = detailed(&f.members[0]).await;
+    let b = d["pools"]["api"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr.as_str())
+        .cloned()
+        .unwrap();
+    if b["owner"] != "m0" {
+        assert!(b["shared_age_ms"].as_f64().is_some(), "{b}");
+        assert!(
+            b["last_error"].as_str().unwrap().starts_with("fleet: m"),
+            "{b}"
+        );
+    }
+    for v in &f.members {
+        for _ in 0..12 {
+            let r = get(v.listen, "api", "/").await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_ne!(r.body, "b0");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_die_freeze_or_lose_etcd_hand_over_without_a_503() {
+    let mut etcd = Etcd::start();
+    let mut f = fleet(&etcd, 3, 6, 1).await;
+    joined(&f, &[0, 1, 2]).await;
+
+    // m2 killed: its backends are re-owned within lease_ttl + an interval.
+    let killed = Instant::now();
+    f.members[2].signal(libc::SIGKILL);
+    wait_for_async("m2's backends re-owned", Duration::from_secs(6), || async {
+        owned(&f.members[0]).await + owned(&f.members[1]).await == 6.0
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("a killed member's backends re-owned after {took:?}");
+    assert!(
+        took <= LEASE_TTL + INTERVAL + Duration::from_millis(500),
+        "re-owned after {took:?}"
+    );
+    joined(&f, &[0, 1]).await;
+    let probes = probes_per_backend(&f, Duration::from_secs(2)).await;
+    assert!(
+        probes.iter().all(|n| (6..=16).contains(n)),
+        "after m2 died: {probes:?}"
+    );
+
+    // m1 frozen: m0 stops trusting it within the freshness bound (2 x 200 ms + 1 s)
+    // and probes everything itself.
+    let frozen = Instant::now();
+    f.members[1].signal(libc::SIGSTOP);
+    wait_for_async("m0 owns everything", Duration::from_secs(5), || async {
+        owned(&f.members[0]).await == 6.0
+    })
+    .await;
+    let took = frozen.elapsed();
+    eprintln!("a frozen member distrusted after {took:?}");
+    f.members[1].signal(libc::SIGCONT);
+    assert!(
+        took <= Duration::from_millis(1400 + 500),
+        "m1 distrusted after {took:?}"
+    );
+    joined(&f, &[0, 1]).await;
+
+    // etcd killed: every member checks everything locally, and keeps serving.
+    let lost = Instant::now();
+    etcd.kill();
+    wait_for_async("both local", Duration::from_secs(5), || async {
+        f.members[0].metric("vigil_fleet_mode").await == Some(0.0)
+            && f.members[1].metric("vigil_fleet_mode").await == Some(0.0)
+    })
+    .await;
+    let took = lost.elapsed();
+    eprintln!("local after etcd was killed: {took:?}");
+    assert!(took <= LEASE_TTL, "local after {took:?}");
+    for v in &f.members[..2] {
+        assert_eq!(owned(v).await, 6.0);
+        for _ in 0..30 {
+            let r = get(v.listen, "api", "/").await.unwrap();
+            assert_eq!(r.status, 200, "while etcd is down: {}", r.body);
+        }
+    }
+    let probes = probes_per_backend(&f, Duration::from_secs(2)).await;
+    assert!(
+        probes.iter().all(|n| *n >= 14),
+        "local: both members probe all: {probes:?}"
+    );
+    let d = detailed(&f.members[0]).await;
+    assert!(
+        d["pools"]["api"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["state"] == "up"),
+        "a backend flapped while the fleet went local: {d}"
+    );
+
+    // etcd back: shared again, and each backend probed by one member again.
+    etcd.restart();
+    joined(&f, &[0, 1]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = probes_per_backend(&f, Duration::from_secs(2)).await;
+    assert!(
+        probes.iter().all(|n| (6..=16).contains(n)),
+        "after etcd came back: {probes:?}"
+    );
+    let warned = f.members[0]
+        .logs()
+        .iter()
+        .filter(|l| l.contains("etcd unreachable"))
+        .count();
+    assert_eq!(warned, 1, "one warning for the outage");
+    f.members.truncate(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_probe_twice_and_a_reload_recomputes_ownership() {
+    let etcd = Etcd::start();
+    let f = fleet(&etcd, 3, 4, 2).await;
+    joined(&f, &[0, 1, 2]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probes = probes_per_backend(&f, Duration::from_secs(3)).await;
+    eprintln!("probes per backend in 3 s, 3 members, copies 2: {probes:?}");
+    assert!(probes.iter().all(|n| (22..=38).contains(n)), "{probes:?}");
+    let mut total = 0.0;
+    for v in &f.members {
+        total += owned(v).await;
+    }
+    assert_eq!(total, 8.0, "each of 4 backends owned twice");
+
+    // Two backends added by reload on every member: owned by two members each.
+    let extra = [
+        FakeBackend::start("x0").await,
+        FakeBackend::start("x1").await,
+    ];
+    for v in &f.members {
+        let text = std::fs::read_to_string(&v.config_path).unwrap();
+        let lines: String = extra
+            .iter()
+            .map(|b| format!("      - address: {}\n", b.addr))
+            .collect();
+        let text = text.replacen("    backends:\n", &format!("    backends:\n{lines}"), 1);
+        std::fs::write(&v.config_path, text).unwrap();
+        let r = v.post_reload(None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    wait_for_async(
+        "new backends owned twice",
+        Duration::from_secs(3),
+        || async {
+            let mut total = 0.0;
+            for v in &f.members {
+                total += owned(v).await;
+            }
+            total == 12.0
+        },
+    )
+    .await;
+    let before: Vec<u64> = extra.iter().map(|b| b.stats.health_requests()).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (b, n) in extra.iter().zip(before) {
+        let got = b.stats.health_requests() - n;
+        assert!(
+            (14..=26).contains(&got),
+            "added backend: {got} probes in 2 s"
+        );
+    }
+}
