@@ -17,7 +17,7 @@ use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use vigil_conf::{BackendConfig, BackendSource, DiscoveryConfig, DiscoveryName, DnsConfig};
 
 /// Empty answers in a row after which a pool's discovered backends are dropped.
@@ -254,10 +254,12 @@ pub struct Answer {
 
 /// Looks `name` up once: SRV records of the lowest priority (each target's addresses,
 /// with the record's port and weight), or a name's A and AAAA records with the port.
+// hickory gives records' expiry as a std Instant; nothing here is paused-time tested.
+#[allow(clippy::disallowed_types)]
 pub async fn lookup(resolver: &TokioResolver, name: &DiscoveryName) -> Result<Answer, String> {
     resolver.clear_cache();
     let mut found: Vec<(SocketAddr, u32)> = Vec::new();
-    let now = Instant::now();
+    let now = std::time::Instant::now();
     let mut expires = now + Duration::from_secs(3600);
     match name {
         DiscoveryName::A { host, port } => match resolver.lookup_ip(absolute(host)).await {
@@ -439,6 +441,27 @@ fn unix_seconds(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `file` with each discovered pool's backends added after its own (an address the
+/// file names already is the file's).
+pub fn merge(
+    file: &vigil_conf::Config,
+    found: &HashMap<String, Vec<BackendConfig>>,
+) -> vigil_conf::Config {
+    let mut merged = file.clone();
+    for pool in merged.pools.iter_mut() {
+        let Some(list) = found.get(&pool.name).filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let p = Arc::make_mut(pool);
+        for b in list {
+            if !p.backends.iter().any(|x| x.address == b.address) {
+                p.backends.push(b.clone());
+            }
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,25 +485,4 @@ mod tests {
         assert_eq!(absolute("a.b"), "a.b.");
         assert_eq!(absolute("a.b."), "a.b.");
     }
-}
-
-/// `file` with each discovered pool's backends added after its own (an address the
-/// file names already is the file's).
-pub fn merge(
-    file: &vigil_conf::Config,
-    found: &HashMap<String, Vec<BackendConfig>>,
-) -> vigil_conf::Config {
-    let mut merged = file.clone();
-    for pool in merged.pools.iter_mut() {
-        let Some(list) = found.get(&pool.name).filter(|l| !l.is_empty()) else {
-            continue;
-        };
-        let p = Arc::make_mut(pool);
-        for b in list {
-            if !p.backends.iter().any(|x| x.address == b.address) {
-                p.backends.push(b.clone());
-            }
-        }
-    }
-    merged
 }

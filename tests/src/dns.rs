@@ -4,7 +4,8 @@
 use crate::free_port;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One DNS record dnsmasq serves.
 #[derive(Debug, Clone)]

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use vigil_tests::config::{config, FAST_CHECKS};
 use vigil_tests::dns::{Dnsmasq, Record};
 use vigil_tests::{free_ports, get, traffic, wait_for_async, FakeBackend, Vigil};

@@ -1,7 +1,8 @@
 //! A fleet of real `vigil` processes sharing health through a real etcd on loopback
 //! ports; fake backends count the probes they receive.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use vigil_tests::config::config;
 use vigil_tests::etcd::Etcd;
 use vigil_tests::{free_ports, get, wait_for_async, FakeBackend, Vigil};
