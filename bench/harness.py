@@ -12,6 +12,7 @@
     bench/harness.py tls       # HTTPS keep-alive and a handshake per request: vigil, HAProxy, nginx
     bench/harness.py frozen    # a backend frozen (SIGSTOP) under an open-loop stream: vigil, HAProxy, nginx
     bench/harness.py slow      # one backend 10x slower: vigil's balancers vs nginx/HAProxy least-conn
+    bench/harness.py fleet     # 3 and 5 vigils x 1,000 backends at 1 s, sharing health through etcd or not
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -895,12 +896,92 @@ def bench_soak(minutes=10, count=1000):
     print(f"\nTransitions counted: {int(sum(v for k, v in m.items() if k.startswith('vigil_backend_transitions_total')))}")
 
 
+def start_etcd(name="etcd"):
+    client, peer = 18950, 18951
+    d = os.path.join(WORK, name)
+    p = start(["etcd", "--name=b", f"--data-dir={d}", f"--listen-client-urls=http://127.0.0.1:{client}",
+               f"--advertise-client-urls=http://127.0.0.1:{client}", f"--listen-peer-urls=http://127.0.0.1:{peer}",
+               f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}", f"--initial-cluster=b=http://127.0.0.1:{peer}",
+               "--log-level=error"], name)
+    wait_for("etcd healthy", lambda: '"health":"true"' in http(f"http://127.0.0.1:{client}/health")[1])
+    return p, f"http://127.0.0.1:{client}"
+
+
+def bench_fleet(count=1000, seconds=20, warmup=10):
+    """Members x 1,000 backends at 1 s, with and without `fleet`: probes/s at the
+    backends, CPU per member, and how long after a backend dies every member has it
+    down (and the spread between the first and the last member)."""
+    etcd, url = start_etcd()
+    half = count // 2
+    f1, file1, a1 = fleet(half, "fleet-backends1")
+    f2, file2, a2 = fleet(count - half, "fleet-backends2")
+    checks = ("    health_check:\n      interval: 1s\n      fast_interval: 1s\n      timeout: 1s\n"
+              "      jitter: 0.1\n      max_connection_age: 10m\n")
+    rows = []
+    for members in (3, 5):
+        for shared in (True, False):
+            victim, vfile, va = fleet(1, f"victim-{members}-{shared}")
+            addrs = a1 + a2 + va
+            procs, admins = [], []
+            for i in range(members):
+                port = 19000 + 2 * i
+                top = "threads: 1\nmetrics:\n  per_backend: false\n"
+                if shared:
+                    top += (f"fleet:\n  etcd: [\"{url}\"]\n  prefix: /bench-{members}\n  node: m{i}\n"
+                            "  lease_ttl: 3s\n  copies: 1\n")
+                cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("big", addrs, checks), top)
+                p, admin, _ = vigil(cfg, f"member{i}")
+                procs.append(p)
+                admins.append(admin)
+            for admin in admins:
+                wait_for("every backend up", lambda: metrics(admin).get('vigil_pool_backends{pool="big",state="up"}') == count + 1, 120)
+            if shared:
+                wait_for("every member shared", lambda: all(metrics(a).get("vigil_fleet_mode") == 1 for a in admins), 30)
+            time.sleep(warmup)
+            s0, c0, t0 = [fleet_stats(file1), fleet_stats(file2)], [cpu_seconds(p.pid) for p in procs], time.time()
+            time.sleep(seconds)
+            s1, c1, t1 = [fleet_stats(file1), fleet_stats(file2)], [cpu_seconds(p.pid) for p in procs], time.time()
+            el = t1 - t0
+            probes = (sum(f["requests"] for f in s1) - sum(f["requests"] for f in s0)) / el
+            cpu = [(b - a) / el for a, b in zip(c0, c1)]
+            owned = [metrics(a).get("vigil_fleet_owned_backends", count + 1) for a in admins]
+            # The victim dies: when does each member have it down?
+            down = 'vigil_pool_backends{pool="big",state="down"}'
+            killed = time.time()
+            stop(victim, signal.SIGKILL)
+            seen = {}
+            while len(seen) < members and time.time() - killed < 30:
+                for i, a in enumerate(admins):
+                    if i not in seen and metrics(a).get(down, 0) >= 1:
+                        seen[i] = time.time() - killed
+                time.sleep(0.01)
+            first, last = min(seen.values()), max(seen.values())
+            row = {"members": members, "mode": "shared (copies 1)" if shared else "every member checks all",
+                   "probes": probes, "cpu_med": statistics.median(cpu), "cpu_sum": sum(cpu),
+                   "owned": owned, "first": first, "last": last}
+            log(row)
+            rows.append(row)
+            for p in procs:
+                stop(p, signal.SIGINT)
+    print(f"\n### Fleet: members x {count} backends at 1 s, {seconds} s measured after {warmup} s warm-up\n")
+    print("| members | mode | probes/s at the backends | CPU per member (median, share of a core) | CPU of all members | backends owned per member | backend killed -> first member has it down | -> last member |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        owned = "/".join(f"{o:.0f}" for o in r["owned"])
+        print(f"| {r['members']} | {r['mode']} | {r['probes']:.0f} | {r['cpu_med']:.3f} | {r['cpu_sum']:.3f} | {owned} | "
+              f"{r['first']*1000:.0f} ms | {r['last']*1000:.0f} ms |")
+    stop(f1)
+    stop(f2)
+    stop(etcd)
+
+
 if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
-         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow}[what]()
+         "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
+         "fleet": bench_fleet}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -431,6 +431,9 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
         view.members.clear();
         view.published.clear();
         view.live.clear();
+        // Everything this member owns in the new session is published afresh: its
+        // keys went with the previous lease.
+        view.owned.clear();
     }
     for kv in all.kvs() {
         if let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) {
