@@ -319,4 +319,21 @@ async fn two_copies_probe_twice_and_a_reload_recomputes_ownership() {
             "added backend: {got} probes in 2 s"
         );
     }
+
+    // m2 stopped with SIGTERM: it revokes its lease, so the others own its backends
+    // at once, well before the freshness bound (1.4 s) or the lease (2 s) would.
+    let stopped = Instant::now();
+    f.members[2].signal(libc::SIGTERM);
+    wait_for_async(
+        "m0 and m1 own everything",
+        Duration::from_secs(3),
+        || async { owned(&f.members[0]).await == 6.0 && owned(&f.members[1]).await == 6.0 },
+    )
+    .await;
+    let took = stopped.elapsed();
+    eprintln!("a member stopped with SIGTERM handed over after {took:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "handed over after {took:?}"
+    );
 }
