@@ -938,9 +938,11 @@ def bench_fleet(count=1000, seconds=20, warmup=10):
             if shared:
                 wait_for("every member shared", lambda: all(metrics(a).get("vigil_fleet_mode") == 1 for a in admins), 30)
             time.sleep(warmup)
+            e0 = cpu_seconds(etcd.pid)
             s0, c0, t0 = [fleet_stats(file1), fleet_stats(file2)], [cpu_seconds(p.pid) for p in procs], time.time()
             time.sleep(seconds)
             s1, c1, t1 = [fleet_stats(file1), fleet_stats(file2)], [cpu_seconds(p.pid) for p in procs], time.time()
+            etcd_cpu = (cpu_seconds(etcd.pid) - e0) / (t1 - t0)
             el = t1 - t0
             probes = (sum(f["requests"] for f in s1) - sum(f["requests"] for f in s0)) / el
             cpu = [(b - a) / el for a, b in zip(c0, c1)]
@@ -958,17 +960,17 @@ def bench_fleet(count=1000, seconds=20, warmup=10):
             first, last = min(seen.values()), max(seen.values())
             row = {"members": members, "mode": "shared (copies 1)" if shared else "every member checks all",
                    "probes": probes, "cpu_med": statistics.median(cpu), "cpu_sum": sum(cpu),
-                   "owned": owned, "first": first, "last": last}
+                   "owned": owned, "first": first, "last": last, "etcd": etcd_cpu}
             log(row)
             rows.append(row)
             for p in procs:
                 stop(p, signal.SIGINT)
     print(f"\n### Fleet: members x {count} backends at 1 s, {seconds} s measured after {warmup} s warm-up\n")
-    print("| members | mode | probes/s at the backends | CPU per member (median, share of a core) | CPU of all members | backends owned per member | backend killed -> first member has it down | -> last member |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| members | mode | probes/s at the backends | CPU per member (median, share of a core) | CPU of all members | etcd CPU | backends owned per member | backend killed -> first member has it down | -> last member |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         owned = "/".join(f"{o:.0f}" for o in r["owned"])
-        print(f"| {r['members']} | {r['mode']} | {r['probes']:.0f} | {r['cpu_med']:.3f} | {r['cpu_sum']:.3f} | {owned} | "
+        print(f"| {r['members']} | {r['mode']} | {r['probes']:.0f} | {r['cpu_med']:.3f} | {r['cpu_sum']:.3f} | {r['etcd']:.3f} | {owned} | "
               f"{r['first']*1000:.0f} ms | {r['last']*1000:.0f} ms |")
     stop(f1)
     stop(f2)
