@@ -36,6 +36,9 @@ impl Default for CheckerOptions {
     }
 }
 
+/// Whether this process probes a backend, by (pool, address).
+pub type Owns = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// What `apply` changed, as `pool/address` names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -70,6 +73,9 @@ struct Inner {
     applied: AtomicBool,
     /// Bumped when `apply` adds or removes backends.
     generation: std::sync::atomic::AtomicU64,
+    /// Which backends this process probes (a fleet's rule); None: all of them. Asked
+    /// for every backend `apply` adds, before its first check.
+    owns: Mutex<Option<Owns>>,
     /// Health found by the process this one took over from, by (pool, address), used
     /// once when such a backend is added.
     seed: Mutex<HashMap<(String, String), (Health, AdminState)>>,
@@ -116,6 +122,7 @@ impl Checker {
             pools: Mutex::new(HashMap::new()),
             applied: AtomicBool::new(false),
             generation: Default::default(),
+            owns: Mutex::new(None),
             seed: Mutex::new(HashMap::new()),
             runtime: runtime.clone(),
         });
@@ -168,6 +175,9 @@ impl Checker {
                 .remove(&(key.0.to_string(), key.1.to_string()));
             if let Some((health, admin)) = seeded {
                 slot.seed(health, admin);
+            }
+            if let Some(owns) = inner.owns.lock().unwrap().as_ref() {
+                slot.set_owned(owns(&key.0, &key.1));
             }
             shared.table.insert(slot.clone());
             crate::task::spawn(&inner.runtime, shared, slot, start);
@@ -284,8 +294,10 @@ impl Checker {
     /// Which backends this process probes (`owns(pool, address)`); the others take
     /// their health from [`Checker::set_shared_health`]. A backend taken over is
     /// probed at once, from the health it had. Returns how many it probes.
-    pub fn set_owned(&self, owns: impl Fn(&str, &str) -> bool) -> usize {
+    pub fn set_owned(&self, owns: Owns) -> usize {
         let mut n = 0;
+        // Backends added from now on are asked too.
+        *self.inner.owns.lock().unwrap() = Some(owns.clone());
         for slot in self.inner.shared.table.slots() {
             let mine = owns(&slot.key().0, &slot.key().1);
             slot.set_owned(mine);
@@ -320,8 +332,8 @@ impl Checker {
         if slot.owned() || !slot.shared_health(health, reason) {
             return false;
         }
-        self.inner.dirty.store(true, Ordering::SeqCst);
-        self.publish_now();
+        // The publisher task rebuilds once for a burst of these.
+        self.inner.shared.changed.notify_one();
         true
     }
 

@@ -33,7 +33,7 @@ mod status;
 mod table;
 mod task;
 
-pub use checker::{ApplyReport, Checker, CheckerOptions};
+pub use checker::{ApplyReport, Checker, CheckerOptions, Owns};
 pub use conn::TlsClient;
 pub use grpc::GrpcSpec;
 pub use http::HttpSpec;

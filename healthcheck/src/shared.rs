@@ -20,7 +20,7 @@ use tokio::time::Instant;
 /// One finished check, as the probe keeps it for the others.
 #[derive(Debug, Clone)]
 pub(crate) struct Shot {
-    /// Increases with every check of this probe.
+    /// Unique per check in the process (never 0).
     pub seq: u64,
     pub started: Instant,
     pub ended: Instant,
@@ -44,7 +44,10 @@ impl ProbeState {
 
     /// Keeps a finished check for the others; returns its sequence number.
     pub fn keep(&mut self, started: Instant, ended: Instant, outcome: Outcome) -> u64 {
-        let seq = self.last.as_ref().map_or(1, |s| s.seq + 1);
+        // Unique in the process, so a backend that moves between probes never takes
+        // the same result twice.
+        static SEQ: AtomicU64 = AtomicU64::new(1);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         self.last = Some(Shot {
             seq,
             started,

@@ -176,6 +176,13 @@ impl Slot {
         self.owned.load(Ordering::SeqCst)
     }
 
+    /// A check passed on a backend owned elsewhere: ends a suspicion, touches nothing
+    /// else. True if it was suspect.
+    pub fn unsuspect(&self) -> bool {
+        let live = self.live.lock().unwrap();
+        self.clear_suspect_on_check(live)
+    }
+
     /// Whether this process probes the backend (a fleet decides); wakes the task.
     /// Returns true if it changed.
     pub fn set_owned(&self, owned: bool) -> bool {
@@ -348,7 +355,8 @@ impl Slot {
             return before;
         }
         live.admin = admin;
-        if before == AdminState::Maintenance {
+        // A backend owned by another fleet member kept receiving its owner's results.
+        if before == AdminState::Maintenance && self.owned() {
             live.tracker = Tracker::default();
             live.last_transition = Instant::now();
         }

@@ -185,7 +185,20 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
             forced = true;
             continue;
         }
-        if !owned {
+        // Ownership is read on every pass: a wake-up that told of it may have been taken
+        // by another branch (maintenance, a spec change).
+        let now_owned = slot.owned();
+        if now_owned && !owned {
+            // Taken over from a fleet member: probed at once, from the last shared state.
+            deadline = Instant::now();
+            forced = true;
+        }
+        owned = now_owned;
+        // A backend owned elsewhere is still probed here while it is suspect: only a
+        // check can end a suspicion that keeps requests away (its health stays the
+        // owner's).
+        let probing = owned || slot.is_suspect();
+        if !probing {
             // A fleet member probes it: no checks, no check connection; passive
             // ejection still runs here.
             held = None;
@@ -194,7 +207,7 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
             held = Some(probe_for(shared, &slot, &spec));
         }
         let probe = held.clone();
-        let ejected_until = if owned {
+        let ejected_until = if probing {
             slot.scheduled(deadline)
         } else {
             slot.scheduled_none();
@@ -207,22 +220,12 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 if slot.admin() == AdminState::Maintenance {
                     continue;
                 }
-                let now_owned = slot.owned();
-                if now_owned && !owned {
-                    // Taken over from a fleet member: probed at once, from the last
-                    // shared state.
-                    held = Some(probe_for(shared, &slot, &slot.spec()));
-                    deadline = Instant::now();
-                    forced = true;
-                }
-                owned = now_owned;
                 let new = slot.spec();
                 if new.policy.probe != spec.policy.probe
                     || new.socket_addr != spec.socket_addr
                     || new.policy.timeout != spec.policy.timeout
                 {
                     held = Some(probe_for(shared, &slot, &new));
-                    seen = 0;
                 }
                 if new.policy.schedule != spec.policy.schedule {
                     // Keep the state; only the spacing changes, from now.
@@ -249,7 +252,7 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 }
                 continue;
             }
-            _ = sleep_until(deadline), if owned => {}
+            _ = sleep_until(deadline), if probing => {}
         }
         let Some(probe) = probe else { continue };
         if spec.policy.skip_while_serving && slot.skip_check() {
@@ -317,6 +320,15 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 (outcome, latency, ended)
             }
         };
+        if !slot.owned() {
+            // Owned elsewhere (or no longer ours since the check began): the owner's
+            // word is the health; a pass only ends a local suspicion.
+            if outcome.is_success() && slot.unsuspect() {
+                shared.changed.notify_one();
+            }
+            deadline = ended + next_delay(&slot.tracker(), &spec.policy.schedule, &mut rng);
+            continue;
+        }
         let (tracker, changed, transition) = slot.record(&outcome, latency, ended);
         if changed {
             shared.changed.notify_one();

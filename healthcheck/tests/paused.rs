@@ -518,7 +518,8 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
 
     // Backend 1 is owned by another member: not probed any more.
     let a1 = addr(1).to_string();
-    assert_eq!(c.set_owned(|_, a| a != a1), 1);
+    let other = a1.clone();
+    assert_eq!(c.set_owned(Arc::new(move |_, a| a != other)), 1);
     settle().await;
     let before = script.calls(addr(1)).len();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -534,8 +535,11 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
     let st = c.status().into_iter().find(|s| s.address == a1).unwrap();
     assert_eq!(st.health, Health::Down);
     assert_eq!(st.last_error.as_deref(), Some("member b: HTTP 500"));
-    let m = last.0.lock().unwrap().clone().unwrap();
-    assert!(!m.pool("p").unwrap()[1].state.routable());
+    until("published", Duration::from_secs(1), || {
+        let m = last.0.lock().unwrap().clone().unwrap();
+        !m.pool("p").unwrap()[1].state.routable()
+    })
+    .await;
     // A result for a backend probed here is ignored: its own checks decide.
     assert!(!c.set_shared_health("p", &addr(0).to_string(), Health::Down, "x"));
     while let Ok(e) = events.try_recv() {
@@ -547,7 +551,7 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
 
     // Taken back: probed at once, from the shared state (down), and up by its checks.
     let at = Instant::now();
-    assert_eq!(c.set_owned(|_, _| true), 2);
+    assert_eq!(c.set_owned(Arc::new(|_, _| true)), 2);
     until("backend 1 probed again", Duration::from_secs(1), || {
         script.calls(addr(1)).len() > before
     })
@@ -559,5 +563,35 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
     .await;
     let e = events.recv().await.unwrap();
     assert_eq!((e.address.as_str(), e.health), (a1.as_str(), Health::Up));
+
+    // Owned elsewhere, then in maintenance; ownership comes back while in maintenance:
+    // when it ends the backend is probed (the wake-up was taken by maintenance).
+    let other = a1.clone();
+    c.set_owned(Arc::new(move |_, a| a != other));
+    c.set_admin("p", &a1, AdminState::Maintenance);
+    settle().await;
+    c.set_owned(Arc::new(|_, _| true));
+    settle().await;
+    let before = script.calls(addr(1)).len();
+    c.set_admin("p", &a1, AdminState::Ready);
+    until(
+        "probed after maintenance",
+        Duration::from_millis(50),
+        || script.calls(addr(1)).len() > before,
+    )
+    .await;
+
+    // A backend owned elsewhere keeps the owner's word through maintenance.
+    let other = a1.clone();
+    c.set_owned(Arc::new(move |_, a| a != other));
+    settle().await;
+    c.set_shared_health("p", &a1, Health::Up, "member b: ok");
+    c.set_admin("p", &a1, AdminState::Maintenance);
+    c.set_admin("p", &a1, AdminState::Ready);
+    assert_eq!(
+        c.status()[1].health,
+        Health::Up,
+        "reset to unknown with nobody to check it"
+    );
     assert!(c.shutdown(Duration::from_secs(1)).await);
 }

@@ -133,17 +133,23 @@ impl App {
 
     /// A pool's discovery found `backends` (all of them): the file's configuration in
     /// force with them merged in is applied. On an error nothing changes.
+    /// `token` names the discovery task: one a reload has replaced changes nothing
+    /// (false).
     pub fn apply_discovered(
         &self,
         pool: &str,
+        token: u64,
         backends: Vec<vigil_conf::BackendConfig>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<bool, ApplyError> {
         let _one = self.apply_lock.lock().unwrap();
+        if !self.discovery.is_current(pool, token) {
+            return Ok(false);
+        }
         let before = self.discovery.set_found(pool, backends);
         let file = self.file_config.lock().unwrap().clone();
         let found = self.discovery.found_for(&file);
         match self.apply_locked(crate::discovery::merge(&file, &found)) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e) => {
                 self.discovery.restore_found(pool, before);
                 Err(e)

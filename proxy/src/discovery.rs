@@ -49,6 +49,8 @@ pub struct LookupStatus {
 struct Running {
     config: DiscoveryConfig,
     dns: DnsConfig,
+    /// Which task this is: what an ended task still hands over is ignored.
+    token: u64,
     task: tokio::task::JoinHandle<()>,
     status: Arc<Mutex<LookupStatus>>,
 }
@@ -67,6 +69,7 @@ pub struct Discovery {
     lookups: IntCounterVec,
     last_success: GaugeVec,
     runtime: tokio::runtime::Handle,
+    next_token: std::sync::atomic::AtomicU64,
 }
 
 impl Discovery {
@@ -93,7 +96,17 @@ impl Discovery {
             lookups,
             last_success,
             runtime,
+            next_token: Default::default(),
         })
+    }
+
+    /// Whether `token` is the pool's running task (an ended one may still be applying).
+    pub(crate) fn is_current(&self, pool: &str, token: u64) -> bool {
+        self.running
+            .lock()
+            .unwrap()
+            .get(pool)
+            .is_some_and(|r| r.token == token)
     }
 
     /// Records what a pool's lookup found; returns what it had before.
@@ -130,7 +143,7 @@ impl Discovery {
             .filter_map(|p| {
                 let d = p.discovery.as_ref()?;
                 let r = running.get(&p.name)?;
-                if r.config.name != d.name || r.dns != config.dns {
+                if r.config.name != d.name {
                     return None;
                 }
                 Some((p.name.clone(), found.get(&p.name)?.clone()))
@@ -170,8 +183,8 @@ impl Discovery {
         running.retain(|pool, r| {
             let want = wanted.get(pool.as_str());
             let keep = want.is_some_and(|d| same(d, &r.config) && r.dns == *dns);
-            // A new refresh restarts the task but keeps what it found.
-            if !want.is_some_and(|d| d.name == r.config.name && r.dns == *dns) {
+            // New refresh or nameservers restart the task but keep what it found.
+            if !want.is_some_and(|d| d.name == r.config.name) {
                 self.found.lock().unwrap().remove(pool);
                 if !wanted.contains_key(pool.as_str()) {
                     let _ = self.last_success.remove_label_values(&[pool]);
@@ -187,20 +200,33 @@ impl Discovery {
                 continue;
             }
             let status = Arc::new(Mutex::new(LookupStatus::default()));
+            let token = self
+                .next_token
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Every result starts at zero, as the contract's families do.
+            for result in ["ok", "empty", "error"] {
+                self.lookups.with_label_values(&[pool, result]);
+            }
+            let kept = self.found.lock().unwrap().get(pool).cloned();
             let task = self.runtime.spawn(run(
                 app.clone(),
-                pool.to_string(),
-                config.clone(),
-                dns.clone(),
-                status.clone(),
-                self.lookups.clone(),
-                self.last_success.clone(),
+                Task {
+                    pool: pool.to_string(),
+                    token,
+                    config: config.clone(),
+                    dns: dns.clone(),
+                    status: status.clone(),
+                    lookups: self.lookups.clone(),
+                    last_success: self.last_success.clone(),
+                },
+                kept,
             ));
             running.insert(
                 pool.to_string(),
                 Running {
                     config: config.clone(),
                     dns: dns.clone(),
+                    token,
                     task,
                     status,
                 },
@@ -341,15 +367,29 @@ pub fn next_lookup(refresh: Duration, ttl: Duration) -> Duration {
     refresh.min(ttl.max(MIN_TTL_REFRESH))
 }
 
-async fn run(
-    app: Weak<App>,
+/// What one pool's discovery task works with.
+struct Task {
     pool: String,
+    token: u64,
     config: DiscoveryConfig,
     dns: DnsConfig,
     status: Arc<Mutex<LookupStatus>>,
     lookups: IntCounterVec,
     last_success: GaugeVec,
-) {
+}
+
+/// `kept`: what an earlier task for the same name found (a reload changed `refresh` or
+/// the nameservers): the pool still has it, and empty answers must repeat as ever.
+async fn run(app: Weak<App>, task: Task, kept: Option<Vec<BackendConfig>>) {
+    let Task {
+        pool,
+        token,
+        config,
+        dns,
+        status,
+        lookups,
+        last_success,
+    } = task;
     let resolver = match resolver(&dns) {
         Ok(r) => r,
         Err(e) => {
@@ -358,7 +398,7 @@ async fn run(
             return;
         }
     };
-    let mut current: Option<Vec<BackendConfig>> = None;
+    let mut current: Option<Vec<BackendConfig>> = kept;
     let mut outage = false;
     loop {
         let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup(&resolver, &config.name))
@@ -416,9 +456,11 @@ async fn run(
             let old = current.replace(backends.clone());
             let pool2 = pool.clone();
             let applied =
-                tokio::task::spawn_blocking(move || app.apply_discovered(&pool2, backends)).await;
+                tokio::task::spawn_blocking(move || app.apply_discovered(&pool2, token, backends))
+                    .await;
             match applied {
-                Ok(Ok(())) => {
+                Ok(Ok(false)) => return, // this task was replaced meanwhile
+                Ok(Ok(true)) => {
                     let before = old.map_or(0, |o| o.len());
                     let after = current.as_ref().map_or(0, |c| c.len());
                     tracing::info!(pool = %pool, name = %config.name, before, after, "discovered backends changed");

@@ -7,7 +7,9 @@
 //! cannot be reached the member checks everything itself until the session is back.
 
 use crate::app::App;
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use prometheus::{IntGauge, Registry};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -42,11 +44,13 @@ pub fn freshness_bound(period: Duration) -> Duration {
     period * 2 + Duration::from_secs(1)
 }
 
-/// Rendezvous score of `node` for a backend: the same on every member.
-pub fn score(node: &str, pool: &str, address: &str) -> u64 {
-    // FNV-1a over the three names (separated), then a splitmix finish.
+/// Rendezvous score of `node` for a backend address: the same on every member.
+/// Pools naming the same address get the same owners, so one member's shared probe
+/// serves them all.
+pub fn score(node: &str, address: &str) -> u64 {
+    // FNV-1a over the two names (separated), then a splitmix finish.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [node, pool, address] {
+    for part in [node, address] {
         for b in part.bytes().chain([0xff]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -59,14 +63,21 @@ pub fn score(node: &str, pool: &str, address: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The `copies` members of `live` that own the backend.
-pub fn owners<'a>(live: &'a [String], copies: usize, pool: &str, address: &str) -> Vec<&'a str> {
+/// The `copies` members of `live` that own the backend at `address`.
+pub fn owners<'a>(live: &'a [String], copies: usize, address: &str) -> Vec<&'a str> {
     let mut scored: Vec<(u64, &str)> = live
         .iter()
-        .map(|n| (score(n, pool, address), n.as_str()))
+        .map(|n| (score(n, address), n.as_str()))
         .collect();
     scored.sort_unstable_by(|a, b| b.cmp(a));
     scored.into_iter().take(copies).map(|(_, n)| n).collect()
+}
+
+/// Backends that changed hands at a recompute.
+#[derive(Default)]
+struct Handover {
+    taken: Vec<(String, String)>,
+    released: Vec<(String, String)>,
 }
 
 /// A state an owner published.
@@ -81,8 +92,9 @@ struct Published {
 #[derive(Default)]
 struct View {
     shared: bool,
-    /// Members with a key, and when their heartbeat (or any write) was last seen.
-    members: BTreeMap<String, Instant>,
+    /// Members with a key: when their heartbeat (or any write) was last seen, and
+    /// their own freshness bound (from the period their heartbeat announces).
+    members: BTreeMap<String, (Instant, Duration)>,
     /// By (pool, address), by publishing node.
     published: HashMap<(String, String), HashMap<String, Published>>,
     /// The live members the ownership was last computed from.
@@ -140,7 +152,7 @@ impl Fleet {
         if !view.shared || view.owned.contains(&key) {
             return (self.config.node.clone(), None);
         }
-        let owners = owners(&view.live, self.config.copies, pool, address);
+        let owners = owners(&view.live, self.config.copies, address);
         let best = view.published.get(&key).and_then(|by| {
             by.iter()
                 .filter(|(n, _)| owners.contains(&n.as_str()))
@@ -176,7 +188,7 @@ impl Fleet {
         let mut view = self.view.lock().unwrap();
         view.shared = false;
         view.live = vec![self.config.node.clone()];
-        let n = app.checker.set_owned(|_, _| true);
+        let n = app.checker.set_owned(Arc::new(|_, _| true));
         view.owned = app.checker.backends().into_iter().collect();
         self.mode.set(0);
         self.owned.set(n as i64);
@@ -186,8 +198,8 @@ impl Fleet {
     fn live(&self, view: &View, now: Instant) -> Vec<String> {
         view.members
             .iter()
-            .filter(|(n, heard)| {
-                **n == self.config.node || now.saturating_duration_since(**heard) <= self.bound
+            .filter(|(n, (heard, bound))| {
+                **n == self.config.node || now.saturating_duration_since(*heard) <= *bound
             })
             .map(|(n, _)| n.clone())
             .chain(std::iter::once(self.config.node.clone()))
@@ -197,14 +209,15 @@ impl Fleet {
     }
 
     /// Recomputes ownership if the live members or the backends changed; returns the
-    /// backends newly owned (to publish their state).
-    fn recompute(&self, app: &App, force: bool) -> Vec<(String, String)> {
+    /// backends newly owned (to publish their state) and those no longer owned (to
+    /// delete what this member published about them).
+    fn recompute(&self, app: &App, force: bool) -> Handover {
         let now = Instant::now();
         let mut view = self.view.lock().unwrap();
         let live = self.live(&view, now);
         let generation = app.checker.generation();
         if !force && live == view.live && generation == view.generation {
-            return Vec::new();
+            return Handover::default();
         }
         if live != view.live {
             tracing::info!(node = %self.config.node, members = ?live, "fleet members changed");
@@ -217,13 +230,18 @@ impl Fleet {
             .checker
             .backends()
             .into_iter()
-            .filter(|(p, a)| owners(&view.live, copies, p, a).contains(&me))
+            .filter(|(_, a)| owners(&view.live, copies, a).contains(&me))
             .collect();
-        let n = app
-            .checker
-            .set_owned(|p, a| owned.contains(&(p.to_string(), a.to_string())));
+        // Backends added later (reload, discovery) are asked the same rule.
+        let (rule_live, me_owned) = (view.live.clone(), self.config.node.clone());
+        let n = app.checker.set_owned(Arc::new(move |_, a| {
+            owners(&rule_live, copies, a).contains(&me_owned.as_str())
+        }));
         let taken: Vec<_> = owned.difference(&view.owned).cloned().collect();
+        let released: Vec<_> = view.owned.difference(&owned).cloned().collect();
         view.owned = owned;
+        let all: HashSet<(String, String)> = app.checker.backends().into_iter().collect();
+        view.published.retain(|k, _| all.contains(k));
         self.owned.set(n as i64);
         // Backends owned elsewhere take their owners' last word now.
         let follow: Vec<(String, String)> = app
@@ -238,12 +256,12 @@ impl Fleet {
                 app.checker.set_shared_health(&p, &a, pb.health, &reason);
             }
         }
-        taken
+        Handover { taken, released }
     }
 
     /// The latest state published by one of the backend's current owners.
     fn best(&self, view: &View, pool: &str, address: &str) -> Option<(String, Published)> {
-        let owners = owners(&view.live, self.config.copies, pool, address);
+        let owners = owners(&view.live, self.config.copies, address);
         view.published
             .get(&(pool.to_string(), address.to_string()))?
             .iter()
@@ -265,7 +283,12 @@ impl Fleet {
         let mut view = self.view.lock().unwrap();
         if let Some(node) = rest.strip_prefix("members/") {
             return match value {
-                Some(_) => view.members.insert(node.to_string(), now).is_none(),
+                Some(_) => {
+                    let bound = self.bound;
+                    let m = view.members.entry(node.to_string()).or_insert((now, bound));
+                    m.0 = now;
+                    false
+                }
                 None => {
                     view.members.remove(node);
                     for by in view.published.values_mut() {
@@ -276,13 +299,14 @@ impl Fleet {
             };
         }
         if let Some(node) = rest.strip_prefix("rounds/") {
-            if value.is_some() {
-                if let Some(heard) = view.members.get_mut(node) {
-                    let was_stale = now.saturating_duration_since(*heard) > self.bound;
-                    *heard = now;
-                    return was_stale;
-                }
+            let period = value
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+                .and_then(|v| v["period_ms"].as_u64())
+                .map(Duration::from_millis);
+            if let (Some(period), Some(m)) = (period, view.members.get_mut(node)) {
+                *m = (now, freshness_bound(period));
             }
+            // Whether it became live again is seen by the next `recompute`.
             return false;
         }
         let Some(parts) = rest.strip_prefix("health/") else {
@@ -300,8 +324,8 @@ impl Fleet {
                     Some("down") => Health::Down,
                     _ => return false,
                 };
-                if let Some(heard) = view.members.get_mut(node) {
-                    *heard = now;
+                if let Some(m) = view.members.get_mut(node) {
+                    m.0 = now;
                 }
                 let p = Published {
                     health,
@@ -412,7 +436,7 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
         "put",
         client.put(
             fleet.key(&format!("rounds/{}", cfg.node)),
-            json!({"round": round}).to_string(),
+            beat_value(round, fleet.period),
             on_lease(),
         ),
     )
@@ -458,10 +482,10 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
         fleet.view.lock().unwrap().shared = true;
         fleet.mode.set(1);
     }
-    let taken = fleet.recompute(app, true);
+    let handover = fleet.recompute(app, true);
     let members = fleet.view.lock().unwrap().live.clone();
     tracing::info!(node = %cfg.node, members = ?members, lease_ttl = ?cfg.lease_ttl, copies = cfg.copies, "joined the fleet; sharing health through etcd");
-    publish_states(&mut client, fleet, app, taken, lease, limit).await?;
+    hand_over(&mut client, fleet, app, handover, lease, limit).await?;
 
     let mut keep = tokio::time::interval(cfg.lease_ttl / 3);
     let mut beat = tokio::time::interval(fleet.period);
@@ -471,26 +495,9 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
     }
     loop {
         tokio::select! {
-            _ = keep.tick() => {
-                timed(limit, "lease keep-alive", keeper.keep_alive()).await?;
-                match timed(limit, "lease keep-alive", alive.message()).await? {
-                    Some(r) if r.ttl() > 0 => {}
-                    _ => return Err("the lease expired".into()),
-                }
-            }
-            _ = beat.tick() => {
-                round += 1;
-                timed(limit, "heartbeat", client.put(fleet.key(&format!("rounds/{}", cfg.node)), json!({"round": round}).to_string(), on_lease())).await?;
-            }
-            _ = look.tick() => {
-                if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
-                    // Hand the backends to the others at once rather than after the lease.
-                    let _ = timed(limit, "lease revoke", client.lease_revoke(lease)).await;
-                    return Ok(());
-                }
-                let taken = fleet.recompute(app, false);
-                publish_states(&mut client, fleet, app, taken, lease, limit).await?;
-            }
+            // Watch events first: a tick that has waited must not judge members on
+            // heartbeats still queued.
+            biased;
             msg = watch.message() => {
                 let resp = msg.map_err(|e| format!("watch: {e}"))?.ok_or("watch ended")?;
                 if resp.canceled() {
@@ -506,10 +513,28 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
                     };
                     changed |= fleet.absorb(app, key, value, kv.mod_revision());
                 }
-                if changed {
-                    let taken = fleet.recompute(app, true);
-                    publish_states(&mut client, fleet, app, taken, lease, limit).await?;
+                let handover = fleet.recompute(app, changed);
+                hand_over(&mut client, fleet, app, handover, lease, limit).await?;
+            }
+            _ = keep.tick() => {
+                timed(limit, "lease keep-alive", keeper.keep_alive()).await?;
+                match timed(limit, "lease keep-alive", alive.message()).await? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Err("the lease expired".into()),
                 }
+            }
+            _ = beat.tick() => {
+                round += 1;
+                timed(limit, "heartbeat", client.put(fleet.key(&format!("rounds/{}", cfg.node)), beat_value(round, fleet.period), on_lease())).await?;
+            }
+            _ = look.tick() => {
+                if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Hand the backends to the others at once rather than after the lease.
+                    let _ = timed(limit, "lease revoke", client.lease_revoke(lease)).await;
+                    return Ok(());
+                }
+                let handover = fleet.recompute(app, false);
+                hand_over(&mut client, fleet, app, handover, lease, limit).await?;
             }
             Some(ev) = transitions.recv() => {
                 let mine = fleet.view.lock().unwrap().owned.contains(&(ev.pool.clone(), ev.address.clone()));
@@ -522,36 +547,48 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
     }
 }
 
-/// Writes the current state of backends just taken over (if known).
-async fn publish_states(
+/// A heartbeat: its round, and the period it is sent at (others judge this member's
+/// freshness by it).
+fn beat_value(round: u64, period: Duration) -> String {
+    json!({"round": round, "period_ms": period.as_millis() as u64}).to_string()
+}
+
+/// etcd's default limit on operations in one transaction.
+const TXN_OPS: usize = 128;
+
+/// Writes the current state of backends just taken over (if known) and deletes what
+/// this member had published about backends it no longer owns (so a stale word never
+/// comes back if they return to it), in transactions of up to [`TXN_OPS`].
+async fn hand_over(
     client: &mut Client,
     fleet: &Fleet,
     app: &App,
-    taken: Vec<(String, String)>,
+    handover: Handover,
     lease: i64,
     limit: Duration,
 ) -> Result<(), String> {
-    if taken.is_empty() {
-        return Ok(());
+    let key = |p: &str, a: &str| fleet.key(&format!("health/{p}/{a}/{}", fleet.config.node));
+    let mut ops: Vec<TxnOp> = handover
+        .released
+        .iter()
+        .map(|(p, a)| TxnOp::delete(key(p, a), None))
+        .collect();
+    if !handover.taken.is_empty() {
+        let taken: HashSet<_> = handover.taken.into_iter().collect();
+        for s in app.checker.status() {
+            if !taken.contains(&(s.pool.clone(), s.address.clone())) {
+                continue;
+            }
+            let reason = s.last_error.clone().unwrap_or_else(|| "taken over".into());
+            if let Some(value) = health_value(s.health, &reason) {
+                let options = PutOptions::new().with_lease(lease);
+                ops.push(TxnOp::put(key(&s.pool, &s.address), value, Some(options)));
+            }
+        }
     }
-    let taken: HashSet<_> = taken.into_iter().collect();
-    for s in app.checker.status() {
-        if !taken.contains(&(s.pool.clone(), s.address.clone())) {
-            continue;
-        }
-        let reason = s.last_error.clone().unwrap_or_else(|| "taken over".into());
-        if let Some(value) = health_value(s.health, &reason) {
-            let key = fleet.key(&format!(
-                "health/{}/{}/{}",
-                s.pool, s.address, fleet.config.node
-            ));
-            timed(
-                limit,
-                "put",
-                client.put(key, value, Some(PutOptions::new().with_lease(lease))),
-            )
-            .await?;
-        }
+    while !ops.is_empty() {
+        let batch: Vec<TxnOp> = ops.drain(..ops.len().min(TXN_OPS)).collect();
+        timed(limit, "txn", client.txn(Txn::new().and_then(batch))).await?;
     }
     Ok(())
 }
@@ -568,7 +605,7 @@ mod tests {
             .map(|i| format!("10.0.{}.{}:80", i / 250, i % 250))
             .collect();
         for b in &backends {
-            let o = owners(&three, 1, "p", b);
+            let o = owners(&three, 1, b);
             assert_eq!(o.len(), 1);
             *count.entry(o[0]).or_default() += 1;
         }
@@ -578,17 +615,17 @@ mod tests {
         // c leaves: only c's backends move.
         let two: Vec<String> = three[..2].to_vec();
         for b in &backends {
-            let before = owners(&three, 1, "p", b)[0];
-            let after = owners(&two, 1, "p", b)[0];
+            let before = owners(&three, 1, b)[0];
+            let after = owners(&two, 1, b)[0];
             if before != "c" {
                 assert_eq!(before, after);
             }
         }
         // Two copies: two different owners.
-        let o = owners(&three, 2, "p", "x:1");
+        let o = owners(&three, 2, "x:1");
         assert_eq!(o.len(), 2);
         assert_ne!(o[0], o[1]);
-        assert_eq!(owners(&three, 5, "p", "x:1").len(), 3);
+        assert_eq!(owners(&three, 5, "x:1").len(), 3);
     }
 
     #[test]

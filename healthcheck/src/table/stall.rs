@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 impl Slot {
-    fn is_suspect(&self) -> bool {
+    pub(crate) fn is_suspect(&self) -> bool {
         self.live.lock().unwrap().suspect.is_some()
     }
 
