@@ -79,6 +79,17 @@ async fn probes_per_backend(f: &Fleet, window: Duration) -> Vec<u64> {
         .collect()
 }
 
+/// One backend of pool `api` in a `/health/detailed` answer.
+fn backend_of(d: &serde_json::Value, addr: &str) -> serde_json::Value {
+    d["pools"]["api"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .cloned()
+        .unwrap()
+}
+
 async fn owned(v: &Vigil) -> f64 {
     v.metric("vigil_fleet_owned_backends").await.unwrap_or(-1.0)
 }
@@ -127,15 +138,7 @@ async fn three_members_probe_each_backend_about_copies_times_per_interval_and_ag
     let addr = f.backends[0].addr.to_string();
     wait_for_async("down on every member", Duration::from_secs(3), || async {
         for v in &f.members {
-            let d = detailed(v).await;
-            let b = d["pools"]["api"]["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["address"] == addr.as_str())
-                .cloned()
-                .unwrap();
-            if b["state"] != "down" {
+            if backend_of(&detailed(v).await, &addr)["state"] != "down" {
                 return false;
             }
         }
@@ -148,22 +151,19 @@ async fn three_members_probe_each_backend_about_copies_times_per_interval_and_ag
         took < Duration::from_millis(1200),
         "down everywhere after {took:?}"
     );
-    // A member that does not own it says who does and how old that word is.
-    let d = detailed(&f.members[0]).await;
-    let b = d["pools"]["api"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == addr.as_str())
-        .cloned()
-        .unwrap();
-    if b["owner"] != "m0" {
+    // The members that do not own it say who does and how old that word is.
+    let mut followers = 0;
+    for (i, v) in f.members.iter().enumerate() {
+        let b = backend_of(&detailed(v).await, &addr);
+        if b["owner"] == format!("m{i}").as_str() {
+            continue;
+        }
+        followers += 1;
         assert!(b["shared_age_ms"].as_f64().is_some(), "{b}");
-        assert!(
-            b["last_error"].as_str().unwrap().starts_with("fleet: m"),
-            "{b}"
-        );
+        let why = b["last_error"].as_str().unwrap_or_default();
+        assert!(why.starts_with("fleet: m"), "{b}");
     }
+    assert_eq!(followers, 2, "one owner, two followers");
     for v in &f.members {
         for _ in 0..12 {
             let r = get(v.listen, "api", "/").await.unwrap();
