@@ -510,7 +510,7 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
     })
     .await;
     // Transitions of backends probed here are reported (for the fleet to publish).
-    let mut ups = vec![events.recv().await.unwrap(), events.recv().await.unwrap()];
+    let mut ups = [events.recv().await.unwrap(), events.recv().await.unwrap()];
     ups.sort_by(|a, b| a.address.cmp(&b.address));
     assert_eq!(ups[0].address, addr(0).to_string());
     assert_eq!(ups[1].address, addr(1).to_string());
