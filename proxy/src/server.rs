@@ -349,6 +349,7 @@ impl ShutdownSignalWatch for Drain {
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
                 let _ = self.stop_watching.send(true);
+                self.stop_listeners();
                 return ShutdownSignal::FastShutdown;
             }
         };
@@ -377,7 +378,17 @@ impl ShutdownSignalWatch for Drain {
                 "health check tasks did not end within 1s"
             );
         }
+        self.stop_listeners();
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+impl Drain {
+    /// Tells every listener to stop, so none sees its signal's channel simply close
+    /// (Pingora logs that as an error) when this is dropped.
+    fn stop_listeners(&self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.stop_admin.send(true);
     }
 }
 

@@ -263,6 +263,14 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "still accepting after exit"
     );
     v.wait_log(&["drained"]).await;
+    // A clean exit writes no error (Pingora logs one for a listener whose stop signal
+    // just closes).
+    let errors: Vec<_> = v
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR")
+        .collect();
+    assert!(errors.is_empty(), "errors on a clean exit: {errors:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
