@@ -13,6 +13,7 @@
     bench/harness.py frozen    # a backend frozen (SIGSTOP) under an open-loop stream: vigil, HAProxy, nginx
     bench/harness.py slow      # one backend 10x slower: vigil's balancers vs nginx/HAProxy least-conn
     bench/harness.py fleet     # 3 and 5 vigils x 1,000 backends at 1 s, sharing health through etcd or not
+    bench/harness.py split     # user and system CPU per request, and syscalls per request (strace): vigil vs HAProxy
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -977,13 +978,75 @@ def bench_fleet(count=1000, seconds=20, warmup=10):
     stop(etcd)
 
 
+def bench_split(seconds=6):
+    """vigil and HAProxy (http-reuse safe) at 1 and 2 workers, wrk -t1 -c32: user and
+    system CPU per request from /proc, then system calls per request under strace -c
+    (one worker; strace slows both alike, only the counts matter)."""
+    backends = [fleet(1, f"split-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+
+    def times(pid):
+        u = s = 0
+        for p in tree(pid):
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            u += int(f[11])
+            s += int(f[12])
+        return u / TICK, s / TICK
+
+    def start_peer(name, threads):
+        if name == "vigil":
+            return vigil_ready(18960, addrs, f"threads: {threads}\n"), 18960
+        conf = haproxy_conf("127.0.0.1:18970", addrs, threads=threads).replace("http-reuse always", "http-reuse safe")
+        p = start_haproxy(conf)
+        wait_port("127.0.0.1:18970")
+        return p, 18970
+
+    print("\n| workers | proxy | req/s | user µs/request | system µs/request |")
+    print("|---|---|---|---|---|")
+    for threads in (1, 2):
+        for name in ("vigil", "haproxy"):
+            p, port = start_peer(name, threads)
+            wrk(f"http://127.0.0.1:{port}/", 2)
+            a = times(p.pid)
+            r = wrk(f"http://127.0.0.1:{port}/", seconds)
+            b = times(p.pid)
+            n = r["requests"]
+            print(f"| {threads} | {name} | {r['rps']:.0f} | {(b[0] - a[0]) / n * 1e6:.1f} | {(b[1] - a[1]) / n * 1e6:.1f} |")
+            sys.stdout.flush()
+            stop(p)
+    print("\n| proxy | requests | system calls per request (strace -c, 1 worker) |")
+    print("|---|---|---|")
+    for name in ("vigil", "haproxy"):
+        p, port = start_peer(name, 1)
+        wrk(f"http://127.0.0.1:{port}/", 2)
+        out = os.path.join(WORK, f"{name}.strace")
+        tids = os.listdir(f"/proc/{p.pid}/task")
+        st = subprocess.Popen(["strace", "-c", "-f", "-o", out] + sum((["-p", t] for t in tids), []),
+                              stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        r = wrk(f"http://127.0.0.1:{port}/", 4)
+        st.send_signal(signal.SIGINT)
+        st.wait()
+        stop(p)
+        calls = []
+        for line in open(out):
+            f = line.split()
+            if len(f) >= 5 and f[0][0].isdigit() and f[-1] not in ("total",) and f[3].isdigit():
+                per = int(f[3]) / r["requests"]
+                if per >= 0.05:
+                    calls.append(f"{f[-1]} {per:.2f}")
+        print(f"| {name} | {r['requests']} | {', '.join(calls)} |")
+    for b in backends:
+        stop(b[0])
+
+
 if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
-         "fleet": bench_fleet}[what]()
+         "fleet": bench_fleet, "split": bench_split}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()
