@@ -223,7 +223,13 @@ impl Slot {
         if let Some(m) = &self.metrics {
             m.record_transition(health.as_str());
         }
+        let suspect = live.suspect.is_some();
         self.log_transition(&t, live.ejected_until.is_some());
+        drop(live);
+        if suspect && health == Health::Up {
+            // Up again by its owner's word while suspect here: probe it locally.
+            self.check_now.notify_one();
+        }
         true
     }
 

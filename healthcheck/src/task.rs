@@ -12,6 +12,7 @@ use crate::probe::Probes;
 use crate::schedule::{base_delay, initial_delay, next_delay};
 use crate::shared::{ProbeRegistry, SharedProbe};
 use crate::spec::BackendSpec;
+use crate::state::Health;
 use crate::table::{BackendTable, Slot};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -154,7 +155,9 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut rng = StdRng::from_entropy();
     let mut spec = slot.spec();
-    let mut held = Some(probe_for(shared, &slot, &spec));
+    // The probe is taken on the first pass that probes (not for a backend owned
+    // elsewhere).
+    let mut held: Option<Arc<SharedProbe>> = None;
     // The shared probe's result this backend took last (never take one twice).
     let mut seen = 0u64;
     // Checks asked for at once take no result that started before they were asked.
@@ -197,7 +200,9 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
         // A backend owned elsewhere is still probed here while it is suspect: only a
         // check can end a suspicion that keeps requests away (its health stays the
         // owner's).
-        let probing = owned || slot.is_suspect();
+        // (Not while the owner says it is down: suspicion could never end, and nothing is
+        // routed to it anyway.)
+        let probing = owned || (slot.is_suspect() && slot.tracker().health == Health::Up);
         if !probing {
             // A fleet member probes it: no checks, no check connection; passive
             // ejection still runs here.
@@ -225,7 +230,8 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                     || new.socket_addr != spec.socket_addr
                     || new.policy.timeout != spec.policy.timeout
                 {
-                    held = Some(probe_for(shared, &slot, &new));
+                    // Taken again on the next pass that probes.
+                    held = None;
                 }
                 if new.policy.schedule != spec.policy.schedule {
                     // Keep the state; only the spacing changes, from now.
@@ -320,7 +326,8 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 (outcome, latency, ended)
             }
         };
-        if !slot.owned() {
+        owned = slot.owned();
+        if !owned {
             // Owned elsewhere (or no longer ours since the check began): the owner's
             // word is the health; a pass only ends a local suspicion.
             if outcome.is_success() && slot.unsuspect() {

@@ -78,6 +78,8 @@ pub fn owners<'a>(live: &'a [String], copies: usize, address: &str) -> Vec<&'a s
 struct Handover {
     taken: Vec<(String, String)>,
     released: Vec<(String, String)>,
+    /// This member's set of backends changed: its member key must say so.
+    announce: bool,
 }
 
 /// A state an owner published.
@@ -95,6 +97,13 @@ struct View {
     /// Members with a key: when their heartbeat (or any write) was last seen, and
     /// their own freshness bound (from the period their heartbeat announces).
     members: BTreeMap<String, (Instant, Duration)>,
+    /// Each member's set of backends, as a fingerprint (its member key says it).
+    /// Ownership is shared only among members with this member's set: during a rolling
+    /// config change (or while discovery answers differ) a backend is never owned by a
+    /// member that does not have it.
+    sets: HashMap<String, u64>,
+    /// This member's fingerprint, as last announced.
+    mine: u64,
     /// By (pool, address), by publishing node.
     published: HashMap<(String, String), HashMap<String, Published>>,
     /// The live members the ownership was last computed from.
@@ -106,8 +115,9 @@ struct View {
 
 pub struct Fleet {
     config: FleetConfig,
-    period: Duration,
-    bound: Duration,
+    /// The heartbeat period, and the freshness bound it gives (a reload that changes the
+    /// pools' intervals changes them).
+    period: Mutex<(Duration, Duration)>,
     view: Mutex<View>,
     mode: IntGauge,
     owned: IntGauge,
@@ -130,14 +140,22 @@ impl Fleet {
         owned.set(app.checker.backends().len() as i64);
         let f = Arc::new(Fleet {
             config: fleet.clone(),
-            period,
-            bound: freshness_bound(period),
+            period: Mutex::new((period, freshness_bound(period))),
             view: Mutex::new(View::default()),
             mode,
             owned,
         });
         runtime.spawn(run(Arc::downgrade(app), f.clone()));
         Ok(f)
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period.lock().unwrap().0
+    }
+
+    /// This member's freshness bound (the default for a member not heard from yet).
+    pub fn bound(&self) -> Duration {
+        self.period.lock().unwrap().1
     }
 
     pub fn node(&self) -> &str {
@@ -174,8 +192,8 @@ impl Fleet {
             "mode": if view.shared { "shared" } else { "local" },
             "members": view.live,
             "owned_backends": view.owned.len(),
-            "heartbeat_ms": self.period.as_millis() as u64,
-            "freshness_bound_ms": self.bound.as_millis() as u64,
+            "heartbeat_ms": self.period().as_millis() as u64,
+            "freshness_bound_ms": self.bound().as_millis() as u64,
         })
     }
 
@@ -194,12 +212,15 @@ impl Fleet {
         self.owned.set(n as i64);
     }
 
-    /// Members with a key whose heartbeat is fresh (this one always).
+    /// Members with a key whose heartbeat is fresh and whose backends are this
+    /// member's (this one always).
     fn live(&self, view: &View, now: Instant) -> Vec<String> {
         view.members
             .iter()
             .filter(|(n, (heard, bound))| {
-                **n == self.config.node || now.saturating_duration_since(*heard) <= *bound
+                **n == self.config.node
+                    || (now.saturating_duration_since(*heard) <= *bound
+                        && view.sets.get(*n) == Some(&view.mine))
             })
             .map(|(n, _)| n.clone())
             .chain(std::iter::once(self.config.node.clone()))
@@ -214,8 +235,14 @@ impl Fleet {
     fn recompute(&self, app: &App, force: bool) -> Handover {
         let now = Instant::now();
         let mut view = self.view.lock().unwrap();
-        let live = self.live(&view, now);
         let generation = app.checker.generation();
+        let mut announce = false;
+        if force || generation != view.generation {
+            let mine = fingerprint(app.checker.backends());
+            announce = mine != view.mine;
+            view.mine = mine;
+        }
+        let live = self.live(&view, now);
         if !force && live == view.live && generation == view.generation {
             return Handover::default();
         }
@@ -240,8 +267,9 @@ impl Fleet {
         let taken: Vec<_> = owned.difference(&view.owned).cloned().collect();
         let released: Vec<_> = view.owned.difference(&owned).cloned().collect();
         view.owned = owned;
-        let all: HashSet<(String, String)> = app.checker.backends().into_iter().collect();
-        view.published.retain(|k, _| all.contains(k));
+        // What owners published about backends this member does not have (yet) is
+        // kept: a reload or a lookup may add them here later. Owners delete their keys
+        // when they let a backend go, and leases take the rest.
         self.owned.set(n as i64);
         // Backends owned elsewhere take their owners' last word now.
         let follow: Vec<(String, String)> = app
@@ -256,7 +284,22 @@ impl Fleet {
                 app.checker.set_shared_health(&p, &a, pb.health, &reason);
             }
         }
-        Handover { taken, released }
+        Handover {
+            taken,
+            released,
+            announce,
+        }
+    }
+
+    /// This member's key: its name, pid and set of backends.
+    fn member_value(&self, app: &App) -> String {
+        let mine = {
+            let mut view = self.view.lock().unwrap();
+            view.mine = fingerprint(app.checker.backends());
+            view.mine
+        };
+        json!({"node": self.config.node, "pid": std::process::id(), "backends": format!("{mine:016x}")})
+            .to_string()
     }
 
     /// The latest state published by one of the backend's current owners.
@@ -283,14 +326,21 @@ impl Fleet {
         let mut view = self.view.lock().unwrap();
         if let Some(node) = rest.strip_prefix("members/") {
             return match value {
-                Some(_) => {
-                    let bound = self.bound;
+                Some(v) => {
+                    let bound = self.bound();
                     let m = view.members.entry(node.to_string()).or_insert((now, bound));
                     m.0 = now;
+                    let set = serde_json::from_str::<serde_json::Value>(v)
+                        .ok()
+                        .and_then(|v| v["backends"].as_str().map(str::to_string))
+                        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+                        .unwrap_or(0);
+                    view.sets.insert(node.to_string(), set);
                     false
                 }
                 None => {
                     view.members.remove(node);
+                    view.sets.remove(node);
                     for by in view.published.values_mut() {
                         by.remove(node);
                     }
@@ -303,8 +353,12 @@ impl Fleet {
                 .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
                 .and_then(|v| v["period_ms"].as_u64())
                 .map(Duration::from_millis);
-            if let (Some(period), Some(m)) = (period, view.members.get_mut(node)) {
-                *m = (now, freshness_bound(period));
+            if let Some(m) = view.members.get_mut(node) {
+                m.0 = now;
+                // A heartbeat without its period (an older build) keeps the bound it had.
+                if let Some(period) = period {
+                    m.1 = freshness_bound(period);
+                }
             }
             // Whether it became live again is seen by the next `recompute`.
             return false;
@@ -419,7 +473,7 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
     let (mut keeper, mut alive) =
         timed(limit, "lease keep-alive", client.lease_keep_alive(lease)).await?;
     let on_lease = || Some(PutOptions::new().with_lease(lease));
-    let member = json!({"node": cfg.node, "pid": std::process::id()}).to_string();
+    let member = fleet.member_value(app);
     timed(
         limit,
         "put",
@@ -436,7 +490,7 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
         "put",
         client.put(
             fleet.key(&format!("rounds/{}", cfg.node)),
-            beat_value(round, fleet.period),
+            beat_value(round, fleet.period()),
             on_lease(),
         ),
     )
@@ -453,6 +507,7 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
     {
         let mut view = fleet.view.lock().unwrap();
         view.members.clear();
+        view.sets.clear();
         view.published.clear();
         view.live.clear();
         // Everything this member owns in the new session is published afresh: its
@@ -488,7 +543,8 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
     hand_over(&mut client, fleet, app, handover, lease, limit).await?;
 
     let mut keep = tokio::time::interval(cfg.lease_ttl / 3);
-    let mut beat = tokio::time::interval(fleet.period);
+    let mut beat_period = fleet.period();
+    let mut beat = tokio::time::interval(beat_period);
     let mut look = tokio::time::interval(Duration::from_millis(100));
     for t in [&mut keep, &mut beat, &mut look] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -496,7 +552,9 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
     loop {
         tokio::select! {
             // Watch events first: a tick that has waited must not judge members on
-            // heartbeats still queued.
+            // heartbeats still queued. (Events come in bursts at handovers; a stream
+            // busy for a whole lease_ttl/3, which would delay the keep-alive, would
+            // need thousands of writes a second.)
             biased;
             msg = watch.message() => {
                 let resp = msg.map_err(|e| format!("watch: {e}"))?.ok_or("watch ended")?;
@@ -525,13 +583,21 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
             }
             _ = beat.tick() => {
                 round += 1;
-                timed(limit, "heartbeat", client.put(fleet.key(&format!("rounds/{}", cfg.node)), beat_value(round, fleet.period), on_lease())).await?;
+                timed(limit, "heartbeat", client.put(fleet.key(&format!("rounds/{}", cfg.node)), beat_value(round, beat_period), on_lease())).await?;
             }
             _ = look.tick() => {
                 if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
                     // Hand the backends to the others at once rather than after the lease.
                     let _ = timed(limit, "lease revoke", client.lease_revoke(lease)).await;
                     return Ok(());
+                }
+                // A reload may have changed the pools' intervals.
+                let period = heartbeat_period(&app.config(), cfg.lease_ttl);
+                if period != beat_period {
+                    beat_period = period;
+                    *fleet.period.lock().unwrap() = (period, freshness_bound(period));
+                    beat = tokio::time::interval(period);
+                    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
                 let handover = fleet.recompute(app, false);
                 hand_over(&mut client, fleet, app, handover, lease, limit).await?;
@@ -545,6 +611,19 @@ async fn session(app: &Arc<App>, fleet: &Arc<Fleet>) -> Result<(), String> {
             }
         }
     }
+}
+
+/// A member's set of backends, the same on every member that has the same set.
+pub fn fingerprint(mut backends: Vec<(String, String)>) -> u64 {
+    backends.sort_unstable();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (p, a) in &backends {
+        for b in p.bytes().chain([0xff]).chain(a.bytes()).chain([0xfe]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// A heartbeat: its round, and the period it is sent at (others judge this member's
@@ -567,6 +646,12 @@ async fn hand_over(
     lease: i64,
     limit: Duration,
 ) -> Result<(), String> {
+    if handover.announce {
+        let value = fleet.member_value(app);
+        let key = fleet.key(&format!("members/{}", fleet.config.node));
+        let options = PutOptions::new().with_lease(lease);
+        timed(limit, "put", client.put(key, value, Some(options))).await?;
+    }
     let key = |p: &str, a: &str| fleet.key(&format!("health/{p}/{a}/{}", fleet.config.node));
     let mut ops: Vec<TxnOp> = handover
         .released

@@ -131,9 +131,10 @@ async fn srv_records_bring_backends_the_pool_follows_and_keeps_when_dns_fails() 
     .await;
     let followed = changed.elapsed();
     eprintln!("the pool followed a record change (refresh 300ms) after {followed:?}");
-    // refresh, plus the lookup and the apply, plus scheduling on a loaded machine.
+    // refresh, plus the lookup and the apply, plus scheduling on a loaded machine
+    // (measured ~250 ms).
     assert!(
-        followed < Duration::from_millis(1300),
+        followed < Duration::from_secs(2),
         "followed in {followed:?}"
     );
     wait_for_async("c gets traffic", Duration::from_secs(5), || async {

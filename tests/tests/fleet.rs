@@ -287,7 +287,7 @@ async fn two_copies_probe_twice_and_a_reload_recomputes_ownership() {
         FakeBackend::start("x0").await,
         FakeBackend::start("x1").await,
     ];
-    for v in &f.members {
+    for (i, v) in f.members.iter().enumerate() {
         let text = std::fs::read_to_string(&v.config_path).unwrap();
         let lines: String = extra
             .iter()
@@ -297,6 +297,30 @@ async fn two_copies_probe_twice_and_a_reload_recomputes_ownership() {
         std::fs::write(&v.config_path, text).unwrap();
         let r = v.post_reload(None).await;
         assert_eq!(r.status, 200, "{}", r.body);
+        if i == 0 {
+            // A rolling change, one member done: m0 alone has six backends, so it
+            // shares ownership with nobody and probes them all; m1 and m2 share their
+            // four (two copies of two members: each owns all four). No backend is owned
+            // by a member that does not have it.
+            wait_for_async("m0 alone in its set", Duration::from_secs(3), || async {
+                owned(&f.members[0]).await == 6.0
+                    && owned(&f.members[1]).await == 4.0
+                    && owned(&f.members[2]).await == 4.0
+            })
+            .await;
+            let d = detailed(&f.members[0]).await;
+            assert_eq!(
+                d["fleet"]["members"],
+                serde_json::json!(["m0"]),
+                "{}",
+                d["fleet"]
+            );
+            let new = extra[0].addr.to_string();
+            wait_for_async("a new backend up on m0", Duration::from_secs(3), || async {
+                backend_of(&detailed(&f.members[0]).await, &new)["state"] == "up"
+            })
+            .await;
+        }
     }
     wait_for_async(
         "new backends owned twice",
