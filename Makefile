@@ -25,9 +25,11 @@ test-deps: deps
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
-# Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client.
+# Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client; `harness.py
+# fleet` runs etcd, `harness.py split` strace.
 bench-deps: deps
-	@missing=""; for t in nginx haproxy wrk; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in nginx haproxy wrk strace; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 build: deps
@@ -55,6 +57,8 @@ bench: bench-deps build
 	python3 bench/harness.py tls
 	python3 bench/harness.py frozen
 	python3 bench/harness.py slow
+	python3 bench/harness.py fleet
+	python3 bench/harness.py split
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

@@ -37,8 +37,7 @@ fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
 
 /// Seconds since the epoch, with milliseconds.
 fn unix(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
+    (crate::metrics::unix_seconds(t) * 1e3).floor() / 1e3
 }
 
 fn ms(d: Duration) -> f64 {

@@ -428,7 +428,7 @@ async fn run(app: Weak<App>, task: Task, kept: Option<Vec<BackendConfig>>) {
                     st.last_success = Some(now);
                     last_success
                         .with_label_values(&[&pool])
-                        .set(unix_seconds(now));
+                        .set(crate::metrics::unix_seconds(now));
                     wait = next_lookup(config.refresh, a.ttl);
                     if a.backends.is_empty() {
                         lookups.with_label_values(&[&pool, "empty"]).inc();
@@ -475,12 +475,6 @@ async fn run(app: Weak<App>, task: Task, kept: Option<Vec<BackendConfig>>) {
         }
         tokio::time::sleep(wait).await;
     }
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// `file` with each discovered pool's backends added after its own (an address the

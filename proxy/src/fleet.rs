@@ -236,9 +236,10 @@ impl Fleet {
         let now = Instant::now();
         let mut view = self.view.lock().unwrap();
         let generation = app.checker.generation();
+        let backends = app.checker.backends();
         let mut announce = false;
         if force || generation != view.generation {
-            let mine = fingerprint(app.checker.backends());
+            let mine = fingerprint(backends.clone());
             announce = mine != view.mine;
             view.mine = mine;
         }
@@ -251,19 +252,19 @@ impl Fleet {
         }
         view.live = live;
         view.generation = generation;
-        let copies = self.config.copies;
-        let me = self.config.node.as_str();
-        let owned: HashSet<(String, String)> = app
-            .checker
-            .backends()
-            .into_iter()
-            .filter(|(_, a)| owners(&view.live, copies, a).contains(&me))
-            .collect();
-        // Backends added later (reload, discovery) are asked the same rule.
-        let (rule_live, me_owned) = (view.live.clone(), self.config.node.clone());
-        let n = app.checker.set_owned(Arc::new(move |_, a| {
-            owners(&rule_live, copies, a).contains(&me_owned.as_str())
-        }));
+        // One rule for the backends there are and those a reload or a lookup adds later.
+        let (copies, rule_live, me) = (
+            self.config.copies,
+            view.live.clone(),
+            self.config.node.clone(),
+        );
+        let rule: vigil_healthcheck::Owns =
+            Arc::new(move |_, a| owners(&rule_live, copies, a).contains(&me.as_str()));
+        let (owned, follow): (HashSet<_>, Vec<_>) = {
+            let (o, f): (Vec<_>, Vec<_>) = backends.into_iter().partition(|(p, a)| rule(p, a));
+            (o.into_iter().collect(), f)
+        };
+        let n = app.checker.set_owned(rule);
         let taken: Vec<_> = owned.difference(&view.owned).cloned().collect();
         let released: Vec<_> = view.owned.difference(&owned).cloned().collect();
         view.owned = owned;
@@ -272,12 +273,6 @@ impl Fleet {
         // when they let a backend go, and leases take the rest.
         self.owned.set(n as i64);
         // Backends owned elsewhere take their owners' last word now.
-        let follow: Vec<(String, String)> = app
-            .checker
-            .backends()
-            .into_iter()
-            .filter(|k| !view.owned.contains(k))
-            .collect();
         for (p, a) in follow {
             if let Some((node, pb)) = self.best(&view, &p, &a) {
                 let reason = format!("fleet: {node}: {}", pb.reason);

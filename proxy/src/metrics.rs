@@ -25,6 +25,13 @@ pub mod names {
     pub const POOL_LATENCY: &str = "vigil_pool_latency_estimate_seconds";
 }
 
+/// Seconds since the epoch, as the `*_timestamp_seconds` gauges and the admin API
+/// give times.
+pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The `pool` label of requests answered before they were routed (no route, a refused
 /// head, a request without Host): pool names never contain `-` alone.
 pub const UNROUTED: &str = "-";
@@ -270,11 +277,8 @@ impl ProxyMetrics {
 
     /// A configuration was loaded (at start or by reload).
     pub fn mark_loaded(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.last_reload_success.set(now);
+        self.last_reload_success
+            .set(unix_seconds(std::time::SystemTime::now()));
     }
 
     pub fn reload_failed(&self) {
