@@ -288,13 +288,17 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
                 (shot.outcome, shot.ended - shot.started, shot.ended)
             }
             None => {
+                // Stopping comes first: a permit freed by a check that shutdown just
+                // cancelled must not start a new one while the backend still answers
+                // the old (the bound holds at the backends too).
                 let permit = tokio::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    _ = shutdown.changed() => return,
                     p = shared.permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
                         Err(_) => return, // closed: the checker is gone
                     },
-                    _ = stop.changed() => return,
-                    _ = shutdown.changed() => return,
                 };
                 let started = Instant::now();
                 shared

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod discovery;
 pub mod edge;
 pub mod error;
+pub mod fast;
 pub mod fleet;
 pub mod listener;
 pub mod logging;

@@ -2,16 +2,21 @@
 //! body length, `Expect`, hash key, and its access-log entry.
 
 use crate::access_log::Entry;
-use crate::routing::RoutingTable;
+use crate::app::App;
+use crate::metrics::class_index;
+use crate::routing::{normalize_host, RoutingTable};
 use bytes::Bytes;
 use http::{Method, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::Session;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
 use vigil_conf::HashKey;
+use vigil_healthcheck::{Cut, Repeat};
 
 pub struct Ctx {
     /// The snapshot this request routes with, loaded once in `request_filter`.
@@ -62,7 +67,239 @@ pub(crate) const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 
+/// How long an idle upstream keep-alive connection is kept in Pingora's pool.
+const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+// Both request paths (`fast` for plain requests, `proxy`'s hooks for the rest) take
+// every decision about a request through these methods, so they cannot disagree.
 impl Ctx {
+    pub(crate) fn new() -> Ctx {
+        Ctx {
+            table: None,
+            pool: 0,
+            tried: Vec::new(),
+            current: None,
+            retries_left: 0,
+            hash_key: Vec::new(),
+            started: Instant::now(),
+            attempt_started: Instant::now(),
+            waiting: None,
+            no_backend: false,
+            got_header: false,
+            status_retry: false,
+            counted: false,
+            upstream_status: 0,
+            request_id: String::new(),
+            request_id_generated: false,
+        }
+    }
+
+    /// Routes the request with `table`; false when no route matches.
+    pub(crate) fn route(
+        &mut self,
+        table: Arc<RoutingTable>,
+        req: &RequestHeader,
+        client: Option<&SocketAddr>,
+    ) -> bool {
+        let Some(index) = route_index(&table, req) else {
+            return false;
+        };
+        self.routed(table, index, req, client);
+        true
+    }
+
+    /// The request goes to pool `index` of `table`.
+    pub(crate) fn routed(
+        &mut self,
+        table: Arc<RoutingTable>,
+        index: usize,
+        req: &RequestHeader,
+        client: Option<&SocketAddr>,
+    ) {
+        let pool = &table.pools[index];
+        self.retries_left = pool.config.retries;
+        if let Some(key) = &pool.config.hash_key {
+            self.hash_key = hash_key(key, req, client);
+        }
+        if pool.panic {
+            pool.metrics.panic.inc();
+        }
+        self.pool = index;
+        self.table = Some(table);
+    }
+
+    /// The peer for the next attempt: an alive backend not tried yet. With none, an
+    /// error; `no_backend` is set when there was none from the start.
+    pub(crate) fn next_peer(&mut self) -> Result<HttpPeer> {
+        self.release_current();
+        self.got_header = false;
+        let table = self.table.clone().expect("routed request has a table");
+        let pool = &table.pools[self.pool];
+        let Some(i) =
+            pool.selector
+                .pick(&pool.members, &pool.candidates, &self.tried, &self.hash_key)
+        else {
+            if self.tried.is_empty() {
+                self.no_backend = true;
+                return Err(Error::explain(HTTPStatus(503), "no healthy backend"));
+            }
+            return Err(Error::explain(
+                ConnectNoRoute,
+                "every alive backend was tried",
+            ));
+        };
+        let member = &pool.members[i];
+        member.endpoint.request_started();
+        let mut peer = match &pool.tls {
+            Some(tls) => {
+                let sni = tls.server_name(&member.endpoint.address);
+                let mut peer = HttpPeer::new(member.endpoint.socket_addr, true, sni);
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer.options.ca = tls.ca.clone();
+                if pool.config.protocol == vigil_conf::Protocol::H2 {
+                    peer.options.set_http_version(2, 2);
+                }
+                peer
+            }
+            None => HttpPeer::new(member.endpoint.socket_addr, false, String::new()),
+        };
+        peer.options.connection_timeout = Some(pool.config.connect_timeout);
+        peer.options.read_timeout = Some(pool.config.read_timeout);
+        // Pooled connections to a backend removed by reload must not linger forever.
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        self.tried.push(i);
+        self.current = Some(i);
+        self.attempt_started = Instant::now();
+        Ok(peer)
+    }
+
+    /// The attempt has its connection (`fd`, from `local`). Pools with stall detection
+    /// register their waiting attempts: if the backend turns out stuck, or one request
+    /// waits far too long, an attempt that may be repeated (`repeatable`: idempotent,
+    /// its body still at hand) with a retry left has its connection cut and is retried
+    /// elsewhere. On HTTP/2 every stream is registered, so that a connection carrying
+    /// one that may not be repeated is never cut.
+    pub(crate) fn connected(
+        &mut self,
+        reused: bool,
+        fd: std::os::unix::io::RawFd,
+        local: Option<std::net::SocketAddr>,
+        repeatable: bool,
+    ) {
+        let Some(pool) = self.pool() else { return };
+        if !reused {
+            pool.metrics.connections_opened.inc();
+        }
+        if !pool.config.passive.stall_detection {
+            return;
+        }
+        let h2 = pool.config.protocol == vigil_conf::Protocol::H2;
+        let repeat = if !repeatable || !self.can_retry() {
+            Repeat::Never
+        } else if self.tried.len() == 1 {
+            Repeat::First
+        } else {
+            Repeat::IfStuck
+        };
+        if let Some(local) = local.filter(|_| h2 || repeat != Repeat::Never) {
+            static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+            let id = ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = self.current_backend() {
+                b.waiting_on(id, fd, local, repeat);
+                self.waiting = Some(id);
+            }
+        }
+    }
+
+    /// The attempt could not connect. Nothing reached the backend: any method may go to
+    /// another one. True when it should.
+    pub(crate) fn connect_failed(&mut self) -> bool {
+        self.done_waiting();
+        if let Some(b) = self.current_backend() {
+            b.report_failure();
+            b.failed(self.attempt_started.elapsed());
+        }
+        let retry = self.can_retry();
+        if retry {
+            self.take_retry();
+        }
+        retry
+    }
+
+    /// The attempt failed after connecting. `safe`: the request may be sent again (it
+    /// is idempotent, or it provably never reached the backend) and its body is still at
+    /// hand. True when it should go to another backend.
+    pub(crate) fn attempt_failed(&mut self, e: &Error, safe: bool) -> bool {
+        let cut = self.done_waiting();
+        if std::mem::take(&mut self.status_retry) {
+            return true;
+        }
+        let from_upstream = matches!(e.esource(), ErrorSource::Upstream);
+        // A timeout is the backend's failure whenever it comes, before the answer or
+        // during its body.
+        let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout | ConnectTimedout);
+        if (from_upstream && !self.got_header) || timed_out {
+            if let Some(b) = self.current_backend() {
+                // One slow request is no sign of a broken backend; it only counts in
+                // its usual time.
+                if cut != Some(Cut::Slow) {
+                    b.report_failure();
+                }
+                b.failed(self.attempt_started.elapsed());
+            }
+        }
+        let retry = from_upstream && !self.got_header && safe && self.can_retry();
+        if retry {
+            self.take_retry();
+        }
+        retry
+    }
+
+    /// A final response header with `status` arrived. True when the pool retries this
+    /// status elsewhere (`status_retry` is then set).
+    pub(crate) fn answered(&mut self, status: u16, idempotent: bool) -> bool {
+        self.got_header = true;
+        self.upstream_status = status;
+        self.done_waiting();
+        let (Some(i), Some(table)) = (self.current, self.table.clone()) else {
+            return false;
+        };
+        let pool = &table.pools[self.pool];
+        if let Some(counters) = pool.metrics.upstream.get(i) {
+            counters[class_index(status)].inc();
+        }
+        let backend = &pool.members[i].endpoint;
+        backend.answered(self.attempt_started.elapsed(), status < 500);
+        if status >= 500 {
+            backend.report_failure();
+        } else {
+            backend.report_success();
+        }
+        if pool.config.retry_on_status.contains(&status) && idempotent && self.can_retry() {
+            self.take_retry();
+            self.status_retry = true;
+            return true;
+        }
+        false
+    }
+
+    /// The request is over and the client got `status`: counted in the metrics.
+    pub(crate) fn finished(&mut self, app: &App, status: u16) {
+        self.release_current();
+        if let Some(pool) = self.pool() {
+            pool.metrics.requests[class_index(status)].inc();
+            pool.metrics
+                .duration
+                .observe(self.started.elapsed().as_secs_f64());
+        } else {
+            app.edge.count_unrouted(status);
+        }
+        if std::mem::take(&mut self.counted) {
+            app.in_flight.finished();
+        }
+    }
+
     pub(crate) fn pool(&self) -> Option<&crate::routing::PoolRoute> {
         self.table.as_ref().map(|t| &t.pools[self.pool])
     }
@@ -107,21 +344,115 @@ impl Ctx {
     }
 }
 
-pub(crate) fn hash_key(key: &HashKey, session: &Session) -> Vec<u8> {
+/// The status the client gets for a request that failed with `e`; 0 when the client
+/// is gone.
+pub(crate) fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(c) => *c,
+        ConnectTimedout | ReadTimedout | WriteTimedout => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// What the request sent upstream carries besides the client's: no hop-by-hop headers
+/// (but an upgrade's own pair), no `Expect` (vigil answered `100 Continue` itself),
+/// `x-forwarded-for`, `-proto` and `-host`, and the request id when vigil made it up.
+pub(crate) fn forward_headers(
+    req: &mut RequestHeader,
+    upgrade: bool,
+    client: Option<std::net::IpAddr>,
+    https: bool,
+    request_id: Option<&str>,
+) -> Result<()> {
+    // Most requests carry no hop-by-hop header: one pass over the names tells, and
+    // only then are they looked up one by one and removed.
+    if req.headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        let upgrade = upgrade
+            .then(|| req.headers.get(http::header::UPGRADE).cloned())
+            .flatten();
+        let listed: Vec<String> = req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+            .collect();
+        for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
+            req.remove_header(name);
+        }
+        // An upgrade (WebSocket) asks the backend to change protocols: that one
+        // hop-by-hop pair is the request itself and goes through.
+        if let Some(protocol) = upgrade {
+            req.insert_header(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            )?;
+            req.insert_header(http::header::UPGRADE, protocol)?;
+        }
+    }
+    if req.headers.contains_key(http::header::EXPECT) {
+        req.remove_header(&http::header::EXPECT);
+    }
+    if let Some(id) = request_id {
+        req.insert_header("x-request-id", id)?;
+    }
+    if let Some(ip) = client {
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    let scheme = if https { "https" } else { "http" };
+    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(scheme))?;
+    if let Some(host) = req.headers.get(http::header::HOST).cloned() {
+        req.insert_header("x-forwarded-host", host)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn hash_key(key: &HashKey, req: &RequestHeader, client: Option<&SocketAddr>) -> Vec<u8> {
     match key {
-        HashKey::Header(name) => session
-            .req_header()
+        HashKey::Header(name) => req
             .headers
             .get(name.as_str())
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
-        HashKey::Path => session.req_header().uri.path().as_bytes().to_vec(),
-        HashKey::ClientIp => session
-            .client_addr()
+        HashKey::Path => req.uri.path().as_bytes().to_vec(),
+        HashKey::ClientIp => client
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string().into_bytes())
             .unwrap_or_default(),
     }
+}
+
+/// The pool `req` routes to in `table`.
+pub(crate) fn route_index(table: &RoutingTable, req: &RequestHeader) -> Option<usize> {
+    let host = request_host(req).map(normalize_host).unwrap_or_default();
+    table.route_index(&host, req.uri.path())
+}
+
+/// The head of a small complete JSON response.
+fn small_response(status: u16, extra: &[(&str, &str)], body: &str) -> Result<Box<ResponseHeader>> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (k, v) in extra {
+        resp.insert_header(k.to_string(), *v)?;
+    }
+    Ok(Box::new(resp))
 }
 
 /// Writes a small complete response.
@@ -131,15 +462,35 @@ pub(crate) async fn respond(
     extra: &[(&str, &str)],
     body: &str,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    for (k, v) in extra {
-        resp.insert_header(k.to_string(), *v)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
+    let resp = small_response(status, extra, body)?;
+    session.write_response_header(resp, false).await?;
     session
         .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
+        .await
+}
+
+const NO_HEALTHY_BACKEND: (u16, [(&str, &str); 1], &str) = (
+    503,
+    [("x-vigil-error", "no-healthy-backend")],
+    "{\"error\":\"no healthy backend\"}",
+);
+
+/// The answer when a pool has no backend to try.
+pub(crate) async fn no_healthy_backend(session: &mut Session) -> Result<()> {
+    let (status, extra, body) = NO_HEALTHY_BACKEND;
+    respond(session, status, &extra, body).await
+}
+
+/// `no_healthy_backend` on a session outside Pingora's proxy (see `fast`).
+pub(crate) async fn no_healthy_backend_plain(
+    session: &mut pingora::protocols::http::ServerSession,
+) -> Result<()> {
+    let (status, extra, body) = NO_HEALTHY_BACKEND;
+    session
+        .write_response_header(small_response(status, &extra, body)?)
+        .await?;
+    session
+        .write_response_body(Bytes::from_static(body.as_bytes()), true)
         .await
 }
 

@@ -7,6 +7,7 @@
 use crate::admin::AdminApp;
 use crate::app::App;
 pub use crate::error::StartError;
+use crate::fast::FastPath;
 use crate::listener::{plain_buffers, ConnectionLimit, Slot};
 use crate::proxy::VigilProxy;
 use crate::upgrade::Handoff;
@@ -220,6 +221,7 @@ pub fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    // Plain requests take vigil's own loop; the rest Pingora's proxy (see `fast`).
     let proxy_app = |h2c: bool| {
         let mut proxy =
             pingora::proxy::http_proxy(&server.configuration, VigilProxy { app: app.clone() });
@@ -227,7 +229,7 @@ pub fn run(
         options.head_limits = Some(app.edge.clone());
         options.h2c = h2c;
         proxy.server_options = Some(options);
-        proxy
+        FastPath::new(app.clone(), proxy, &server.configuration)
     };
     let proxy = proxy_app(false);
     // Plain listeners with `http2: true` hand connections that open with HTTP/2's

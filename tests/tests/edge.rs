@@ -49,6 +49,48 @@ async fn pipelined_posts_with_bodies_keep_their_bodies_apart() {
     );
 }
 
+/// Plain `GET`s and `HEAD`s take vigil's own request loop, a `POST` Pingora's proxy with
+/// its head put back unread (third_party patch 5): pipelined on one connection they are
+/// answered in order, each with its own body, and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_other_requests_pipelined_on_one_connection() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil("", &[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    let mixed = "GET /g1 HTTP/1.1\r\nHost: app\r\n\r\n\
+        POST /p HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\n\r\nabc\
+        HEAD /h HTTP/1.1\r\nHost: app\r\nConnection: keep-alive\r\n\r\n\
+        GET /g2 HTTP/1.1\r\nHost: app\r\n\r\n";
+    c.send(mixed.as_bytes()).await.unwrap();
+    for p in ["/g1", "/p"] {
+        let r = c.response().await.unwrap();
+        assert_eq!((r.status, r.header("x-path")), (200, Some(p)), "{r:?}");
+        assert_eq!(r.body, "a", "{r:?}");
+    }
+    let last = a.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (last.path.as_str(), last.body.as_slice()),
+        ("/p", &b"abc"[..])
+    );
+    // A HEAD answer has a length and no body: the next answer follows at once.
+    let r = c.head().await.unwrap();
+    assert_eq!((r.status, r.header("x-path")), (200, Some("/h")), "{r:?}");
+    let r = c.response().await.unwrap();
+    assert_eq!(
+        (r.status, r.header("x-path"), r.body.as_str()),
+        (200, Some("/g2"), "a")
+    );
+    c.send(b"POST /p2 HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\nGET /g3 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.response().await.unwrap().header("x-path"), Some("/p2"));
+    assert_eq!(c.response().await.unwrap().header("x-path"), Some("/g3"));
+    assert_eq!(
+        *a.stats.paths.lock().unwrap(),
+        ["/g1", "/p", "/h", "/g2", "/p2", "/g3"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_are_431_and_never_reach_a_backend() {
     let a = FakeBackend::start("a").await;
