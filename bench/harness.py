@@ -447,6 +447,15 @@ def bench_tls(rounds=3, seconds=8):
                   f"{med('cpu_us_per_req', n) / base:.2f} | {sum(x['errors'] for x in results[n])} |")
 
 
+def pingora_path(start_vigil):
+    """Starts vigil with VIGIL_FAST_PATH=off: every request takes Pingora's proxy."""
+    os.environ["VIGIL_FAST_PATH"] = "off"
+    try:
+        return start_vigil()
+    finally:
+        del os.environ["VIGIL_FAST_PATH"]
+
+
 def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
     """vigil, HAProxy (http-reuse safe) and nginx (keepalive 64) at 1, 2 and 4 workers:
     CPU per request, req/s, p99 and new backend connections per 1,000 requests, counted
@@ -470,6 +479,9 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
         }
         if before:
             peers["vigil before"] = (18962, lambda: v(18962, before, "vigil-before"))
+        if os.environ.get("PINGORA_PATH"):
+            # The same binary with every request on Pingora's proxy (no FastPath).
+            peers["vigil, Pingora's path"] = (18964, lambda: pingora_path(lambda: v(18964, None, "vigil-pingora")))
         # At 4 workers (on 2 cores) only the many-connection case is of interest.
         only = os.environ.get("CONNS")
         for c in ([int(only)] if only else conns if threads < 4 else conns[-1:]):
