@@ -43,8 +43,9 @@ pub struct FastPath {
 
 /// How one attempt ended.
 enum Exchange {
-    /// The client has its answer; whether the backend's connection can be reused.
-    Answered { upstream_reusable: bool },
+    /// The client has its answer; the backend's connection goes back to the pool if
+    /// it can carry another request.
+    Answered,
     /// The client went away during the answer.
     ClientGone,
     /// The pool retries the backend's status elsewhere.
@@ -165,12 +166,10 @@ impl FastPath {
             ctx.connected(reused, up.id(), local, true);
             up.read_timeout = peer.options.read_timeout;
             match self.exchange(down, &mut up, ctx).await {
-                Ok(Exchange::Answered { upstream_reusable }) => {
-                    if upstream_reusable {
-                        self.upstream
-                            .release_http_session(up, &peer, peer.idle_timeout())
-                            .await;
-                    }
+                Ok(Exchange::Answered) => {
+                    self.upstream
+                        .release_http_session(up, &peer, peer.idle_timeout())
+                        .await;
                     return true;
                 }
                 Ok(Exchange::ClientGone) => return false,
@@ -232,9 +231,7 @@ impl FastPath {
                 return Ok(Exchange::ClientGone);
             }
         }
-        Ok(Exchange::Answered {
-            upstream_reusable: true,
-        })
+        Ok(Exchange::Answered)
     }
 
     /// The request failed with `e`: the client gets its status (when it still can) and
@@ -279,6 +276,10 @@ impl HttpServerApp for FastPath {
                 tracing::debug!("reading a request head: {e}");
                 return None;
             }
+        }
+        if *shutdown.borrow() {
+            // The service is shutting down: this is the connection's last request.
+            session.set_keepalive(None);
         }
         if let Some((table, index)) = self.plain(&session) {
             let mut ctx = Ctx::new();
