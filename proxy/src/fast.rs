@@ -91,17 +91,9 @@ impl FastPath {
                         return None;
                     }
                 }
-                header::CONTENT_LENGTH
-                | header::TRANSFER_ENCODING
-                | header::EXPECT
-                | header::UPGRADE
-                | header::TE
-                | header::TRAILER => return None,
-                _ if matches!(
-                    name.as_str(),
-                    "keep-alive" | "proxy-connection" | "http2-settings"
-                ) =>
-                {
+                // A body, an answer to wait for, or a hop-by-hop header to act on.
+                header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::EXPECT => return None,
+                _ if HOP_BY_HOP.contains(&name.as_str()) || name == "http2-settings" => {
                     return None
                 }
                 _ => {}
@@ -173,9 +165,9 @@ impl FastPath {
                     return true;
                 }
                 Ok(Exchange::ClientGone) => return false,
-                Ok(Exchange::StatusRetry) => {
-                    ctx.attempt_failed(&Error::new(HTTPStatus(ctx.upstream_status)), true);
-                }
+                // `answered` took the retry; the flag is for Pingora's path, whose
+                // retry goes through `attempt_failed`.
+                Ok(Exchange::StatusRetry) => ctx.status_retry = false,
                 Err(e) => {
                     let e = e.more_context(format!("Peer: {peer}"));
                     if !ctx.attempt_failed(&e, true) {
@@ -201,20 +193,18 @@ impl FastPath {
         up.write_request_header(Box::new(req))
             .await
             .map_err(|e| e.into_up())?;
-        loop {
+        let status = loop {
             up.read_response().await.map_err(|e| e.into_up())?;
-            let status = up.get_status().map_or(0, |s| s.as_u16());
-            match status {
+            match up.get_status().map_or(0, |s| s.as_u16()) {
                 // Nothing was asked to switch protocols.
                 101 => {
                     return Error::e_explain(InvalidHTTPHeader, "101 to a plain request")
                         .map_err(|e| e.into_up())
                 }
                 100..=199 => continue,
-                _ => break,
+                status => break status,
             }
-        }
-        let status = up.get_status().map_or(0, |s| s.as_u16());
+        };
         if ctx.answered(status, true) {
             return Ok(Exchange::StatusRetry);
         }
