@@ -10,10 +10,12 @@ VIGIL := target/release/vigil
 
 all: build
 
-# Pingora's zlib-ng (flate2) is built with cmake; etcd-client's protocol with protoc.
+# Pingora's zlib-ng (flate2) is built with cmake; etcd-client's protocol with protoc, which
+# needs protobuf's own .proto files (libprotobuf-dev, only recommended by protobuf-compiler).
 deps:
 	@missing=""; command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
 	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	[ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$$missing libprotobuf-dev"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Tools the tests use as peers or checkers: promtool (package prometheus), openssl
