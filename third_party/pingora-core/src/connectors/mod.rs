@@ -285,7 +285,13 @@ impl TransportConnector {
             let pool = &self.connection_pools[(local + i) % POOL_SHARDS];
             while let Some(s) = pool.get(&key) {
                 debug!("find reusable stream, trying to acquire it");
-                if let Some(stream) = self.acquire(s, peer).await {
+                if let Some(mut stream) = self.acquire(s, peer).await {
+                    // Another thread's connection: its socket moves to this thread's
+                    // driver, as it will be released to this thread's shard (see
+                    // `Stream::register_here`).
+                    if i > 0 && stream.register_here().is_err() {
+                        continue;
+                    }
                     return Some(stream);
                 }
             }

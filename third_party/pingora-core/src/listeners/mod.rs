@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -294,6 +294,7 @@ impl TransportStack {
         let stream = self.l4.accept().await?;
         Ok(UninitializedStream {
             l4: stream,
+            accepted_on: std::thread::current().id(),
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
@@ -307,6 +308,8 @@ impl TransportStack {
 
 pub(crate) struct UninitializedStream {
     l4: L4Stream,
+    /// The thread whose runtime's I/O driver `l4` is registered with (vigil patch).
+    accepted_on: std::thread::ThreadId,
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
@@ -314,6 +317,14 @@ pub(crate) struct UninitializedStream {
 
 impl UninitializedStream {
     pub async fn handshake(mut self) -> Result<Stream> {
+        // The connection is served on whichever worker thread its task was spawned on:
+        // its socket moves to that thread's driver, or every event on it would wake
+        // this task from the accepting thread (vigil patch).
+        if self.accepted_on != std::thread::current().id() {
+            self.l4
+                .register_here()
+                .or_err(AcceptError, "registering an accepted connection")?;
+        }
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)

@@ -85,6 +85,12 @@ pub trait Peek {
     async fn wait_readable(&mut self) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Register the stream's socket with the calling thread's runtime (see
+    /// `l4::stream::Stream::register_here`); nothing for streams that cannot (vigil patch).
+    fn register_here(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 use std::any::Any;

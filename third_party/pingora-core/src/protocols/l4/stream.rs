@@ -540,6 +540,8 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// The read and write buffer sizes `stream` was built with (vigil patch).
+    capacities: (usize, usize),
 }
 
 impl Stream {
@@ -638,6 +640,39 @@ impl Stream {
             )
         });
         let _ = mem::replace(&mut self.stream, stream);
+        self.capacities = (buffer.read_capacity(), buffer.write_capacity());
+    }
+
+    /// Registers the socket with the I/O driver of the calling thread's runtime, taking
+    /// it off the driver it was registered with (vigil patch).
+    ///
+    /// A socket's readiness events are dispatched by the driver it is registered with.
+    /// On the no-steal runtime each worker thread has its own driver, so a connection
+    /// accepted (or dialled) on one thread and served by a task on another had every
+    /// event delivered to the first thread, which then woke the second through its
+    /// eventfd: a `write` and a cross-thread wake-up per event. A stream with bytes
+    /// still in its buffers is left as it is. On an error the socket is closed and the
+    /// stream can only be dropped.
+    pub fn register_here(&mut self) -> io::Result<()> {
+        let pending = |b: &BufferedStream| match b {
+            BufferedStream::UnbufferedRead(w) => !w.buffer().is_empty(),
+            BufferedStream::BufferedRead(r) => {
+                !r.buffer().is_empty() || !r.get_ref().buffer().is_empty()
+            }
+        };
+        let Some(buffered) = self.stream.take_if(|b| !pending(b)) else {
+            return Ok(());
+        };
+        let mut raw = buffered.into_inner();
+        raw.stream = match raw.stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            #[cfg(unix)]
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            other => other,
+        };
+        let (read, write) = self.capacities;
+        self.stream = Some(BufferedStream::with_capacity(read, write, raw));
+        Ok(())
     }
 }
 
@@ -660,6 +695,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            capacities: (0, 0),
         }
     }
 }
@@ -683,6 +719,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            capacities: (0, 0),
         }
     }
 }
@@ -707,6 +744,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            capacities: (0, 0),
         }
     }
 }
@@ -749,6 +787,10 @@ impl Peek for Stream {
         // rewind regardless of what is read
         self.rewind(buf);
         Ok(true)
+    }
+
+    fn register_here(&mut self) -> std::io::Result<()> {
+        Stream::register_here(self)
     }
 
     async fn wait_readable(&mut self) -> std::io::Result<bool> {
@@ -820,8 +862,12 @@ impl Drop for Stream {
         if let Some(t) = self.tracer.as_ref() {
             t.0.on_disconnected();
         }
+        // Closed by a failed `register_here` (vigil patch).
+        let Some(stream) = &self.stream else {
+            return;
+        };
         /* use nodelay/local_addr function to detect socket status */
-        let ret = match &self.stream().get_ref().stream {
+        let ret = match &stream.get_ref().stream {
             RawStream::Tcp(s) => s.nodelay().err(),
             #[cfg(unix)]
             RawStream::Unix(s) => s.local_addr().err(),
