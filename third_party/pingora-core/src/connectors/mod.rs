@@ -319,8 +319,17 @@ impl TransportConnector {
         let mut stream = std::mem::replace(&mut *s.lock().await, placeholder);
         // test_reusable_stream: we assume server would never actively send data
         // first on an idle stream.
+        // The address the connection was dialled to, read once into its digest, instead
+        // of a `getpeername` on every reuse (vigil patch); proxied and Unix peers keep the
+        // check on the socket itself.
         #[cfg(unix)]
-        let reusable = peer.matches_fd(stream.id());
+        let reusable = match (peer.address(), peer.get_proxy()) {
+            (crate::protocols::l4::socket::SocketAddr::Inet(addr), None) => stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+                .map_or_else(|| peer.matches_fd(stream.id()), |a| a == *addr),
+            _ => peer.matches_fd(stream.id()),
+        };
         #[cfg(windows)]
         let reusable = {
             use std::os::windows::io::{AsRawSocket, RawSocket};
