@@ -112,6 +112,23 @@ def cpu_seconds(pid):
     return total / TICK
 
 
+# This machine is a VM on a shared host: when the host takes CPU from it ("steal" in
+# /proc/stat), every process is slowed and figures measured then are not comparable. A
+# measurement with more than MAX_STEAL of the CPU stolen is taken again, up to
+# STEAL_TRIES times in all (the last is kept, with its steal printed).
+MAX_STEAL = float(os.environ.get("MAX_STEAL", "0.03"))
+STEAL_TRIES = 4
+
+
+def cpu_stat():
+    return [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+
+
+def steal_since(before):
+    d = [b - a for a, b in zip(before, cpu_stat())]
+    return d[7] / max(sum(d), 1)
+
+
 def rss_mib(pid):
     total = 0
     for p in tree(pid):
@@ -350,16 +367,21 @@ def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme=
             wait_port(f"127.0.0.1:{port}")
             url = f"{scheme}://127.0.0.1:{port}/"
             wrk(url, 2, conns=conns, extra=extra)
-            k0, q0 = totals() if totals else (0, 0)
-            c0 = cpu_seconds(p.pid)
-            w = wrk(url, seconds, conns=conns, extra=extra)
-            cpu = cpu_seconds(p.pid) - c0
+            for attempt in range(STEAL_TRIES):
+                k0, q0 = totals() if totals else (0, 0)
+                c0, s0 = cpu_seconds(p.pid), cpu_stat()
+                w = wrk(url, seconds, conns=conns, extra=extra)
+                cpu = cpu_seconds(p.pid) - c0
+                w["steal"] = steal_since(s0)
+                if w["steal"] <= MAX_STEAL:
+                    break
+                log(f"{label} round {r} {name}: {w['steal'] * 100:.0f}% of the CPU stolen by the host, measuring again")
             w["cpu_us_per_req"] = cpu / max(w["requests"], 1) * 1e6
             if totals:
                 k1, q1 = totals()
                 w["new_conns_per_1k"] = (k1 - k0) / max(q1 - q0, 1) * 1000
             results[name].append(w)
-            log(f"{label} round {r} {name}: {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
+            log(f"{label} round {r} {name}: steal {w['steal'] * 100:.1f}% {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
                 f"cpu {w['cpu_us_per_req']:.1f} us/req new conns/1k {w.get('new_conns_per_1k', float('nan')):.2f} "
                 f"errors {w['errors']}")
             stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
@@ -490,13 +512,14 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
             med = lambda k, n: statistics.median(x[k] for x in results[n])
             print(f"\n### {threads} worker thread(s), wrk -t1 -c{c} "
                   f"({rounds} rounds of {seconds} s, medians; wrk and 3 backends on the same 2 cores)\n")
-            print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy | new backend conns / 1k req | errors |")
-            print("|---|---|---|---|---|---|---|")
+            print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy | p99 ÷ nginx | new backend conns / 1k req | errors | max steal % |")
+            print("|---|---|---|---|---|---|---|---|---|")
             hb = med("cpu_us_per_req", "haproxy")
+            np99 = med("p99", "nginx")
             for n in peers:
                 print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
-                      f"{med('cpu_us_per_req', n) / hb:.2f} | {med('new_conns_per_1k', n):.2f} | "
-                      f"{sum(x['errors'] for x in results[n])} |")
+                      f"{med('cpu_us_per_req', n) / hb:.2f} | {med('p99', n) / np99:.2f} | {med('new_conns_per_1k', n):.2f} | "
+                      f"{sum(x['errors'] for x in results[n])} | {max(x['steal'] for x in results[n]) * 100:.1f} |")
             sys.stdout.flush()
 
 

@@ -133,12 +133,19 @@ impl Ctx {
     pub(crate) fn next_peer(&mut self) -> Result<HttpPeer> {
         self.release_current();
         self.got_header = false;
-        let table = self.table.clone().expect("routed request has a table");
-        let pool = &table.pools[self.pool];
-        let Some(i) =
+        // Borrowed, not cloned: the table's reference count is shared by every worker
+        // thread, and each change to it moves its cache line between cores.
+        let picked = {
+            let pool = &self
+                .table
+                .as_ref()
+                .expect("routed request has a table")
+                .pools[self.pool];
             pool.selector
                 .pick(&pool.members, &pool.candidates, &self.tried, &self.hash_key)
-        else {
+                .map(|i| (i, peer_for(pool, i)))
+        };
+        let Some((i, peer)) = picked else {
             if self.tried.is_empty() {
                 self.no_backend = true;
                 return Err(Error::explain(HTTPStatus(503), "no healthy backend"));
@@ -148,26 +155,6 @@ impl Ctx {
                 "every alive backend was tried",
             ));
         };
-        let member = &pool.members[i];
-        member.endpoint.request_started();
-        let mut peer = match &pool.tls {
-            Some(tls) => {
-                let sni = tls.server_name(&member.endpoint.address);
-                let mut peer = HttpPeer::new(member.endpoint.socket_addr, true, sni);
-                peer.options.verify_cert = tls.verify;
-                peer.options.verify_hostname = tls.verify;
-                peer.options.ca = tls.ca.clone();
-                if pool.config.protocol == vigil_conf::Protocol::H2 {
-                    peer.options.set_http_version(2, 2);
-                }
-                peer
-            }
-            None => HttpPeer::new(member.endpoint.socket_addr, false, String::new()),
-        };
-        peer.options.connection_timeout = Some(pool.config.connect_timeout);
-        peer.options.read_timeout = Some(pool.config.read_timeout);
-        // Pooled connections to a backend removed by reload must not linger forever.
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
         self.tried.push(i);
         self.current = Some(i);
         self.attempt_started = Instant::now();
@@ -203,8 +190,7 @@ impl Ctx {
             Repeat::IfStuck
         };
         if let Some(local) = local.filter(|_| h2 || repeat != Repeat::Never) {
-            static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
-            let id = ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+            let id = attempt_id();
             if let Some(b) = self.current_backend() {
                 b.waiting_on(id, fd, local, repeat);
                 self.waiting = Some(id);
@@ -262,10 +248,9 @@ impl Ctx {
         self.got_header = true;
         self.upstream_status = status;
         self.done_waiting();
-        let (Some(i), Some(table)) = (self.current, self.table.clone()) else {
+        let (Some(i), Some(pool)) = (self.current, self.pool()) else {
             return false;
         };
-        let pool = &table.pools[self.pool];
         if let Some(counters) = pool.metrics.upstream.get(i) {
             counters[class_index(status)].inc();
         }
@@ -342,6 +327,50 @@ impl Ctx {
         let i = self.current?;
         self.pool().map(|p| &*p.members[i].endpoint)
     }
+}
+
+/// A process-unique id for a waiting attempt. Each thread takes ids from a block of its
+/// own: one add to the shared counter per 65,536 attempts instead of one per attempt.
+fn attempt_id() -> u64 {
+    const BLOCK: u64 = 1 << 16;
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static NEXT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    NEXT.with(|c| {
+        let (mut next, mut end) = c.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        c.set((next + 1, end));
+        next
+    })
+}
+
+/// The peer for member `i` of `pool`, counted as started.
+fn peer_for(pool: &crate::routing::PoolRoute, i: usize) -> HttpPeer {
+    let member = &pool.members[i];
+    member.endpoint.request_started();
+    let mut peer = match &pool.tls {
+        Some(tls) => {
+            let sni = tls.server_name(&member.endpoint.address);
+            let mut peer = HttpPeer::new(member.endpoint.socket_addr, true, sni);
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.clone();
+            if pool.config.protocol == vigil_conf::Protocol::H2 {
+                peer.options.set_http_version(2, 2);
+            }
+            peer
+        }
+        None => HttpPeer::new(member.endpoint.socket_addr, false, String::new()),
+    };
+    peer.options.connection_timeout = Some(pool.config.connect_timeout);
+    peer.options.read_timeout = Some(pool.config.read_timeout);
+    // Pooled connections to a backend removed by reload must not linger forever.
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    peer
 }
 
 /// The status the client gets for a request that failed with `e`; 0 when the client

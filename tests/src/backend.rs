@@ -43,6 +43,8 @@ pub struct Stats {
     pub last_request: Mutex<Option<Request>>,
     /// Paths of every request that was not a health check, in arrival order.
     pub paths: Mutex<Vec<String>>,
+    /// Every request that was not a health check, in arrival order.
+    pub seen: Mutex<Vec<Request>>,
 }
 
 impl Stats {
@@ -330,6 +332,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             stats.paths.lock().unwrap().push(req.path.clone());
             *stats.last_request.lock().unwrap() = Some(req.clone());
+            stats.seen.lock().unwrap().push(req.clone());
         }
         let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         stats.peak_in_flight.fetch_max(now, Ordering::SeqCst);

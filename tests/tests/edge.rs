@@ -67,11 +67,16 @@ async fn plain_and_other_requests_pipelined_on_one_connection() {
         assert_eq!((r.status, r.header("x-path")), (200, Some(p)), "{r:?}");
         assert_eq!(r.body, "a", "{r:?}");
     }
-    let last = a.stats.last_request.lock().unwrap().clone().unwrap();
-    assert_eq!(
-        (last.path.as_str(), last.body.as_slice()),
-        ("/p", &b"abc"[..])
-    );
+    // The backend may have the pipelined HEAD already: the POST is looked up by path.
+    let post = a
+        .stats
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.path == "/p")
+        .cloned();
+    assert_eq!(post.map(|r| r.body), Some(b"abc".to_vec()));
     // A HEAD answer has a length and no body: the next answer follows at once.
     let r = c.head().await.unwrap();
     assert_eq!((r.status, r.header("x-path")), (200, Some("/h")), "{r:?}");
