@@ -1016,7 +1016,7 @@ def bench_fleet(count=1000, seconds=20, warmup=10):
 def bench_split(seconds=6):
     """vigil and HAProxy (http-reuse safe) at 1 and 2 workers, wrk -t1 -c32: user and
     system CPU per request from /proc, then system calls per request under strace -c
-    (one worker; strace slows both alike, only the counts matter)."""
+    (strace slows both alike, only the counts matter)."""
     backends = [fleet(1, f"split-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
 
@@ -1049,10 +1049,10 @@ def bench_split(seconds=6):
             print(f"| {threads} | {name} | {r['rps']:.0f} | {(b[0] - a[0]) / n * 1e6:.1f} | {(b[1] - a[1]) / n * 1e6:.1f} |")
             sys.stdout.flush()
             stop(p)
-    print("\n| proxy | requests | system calls per request (strace -c, 1 worker) |")
-    print("|---|---|---|")
-    for name in ("vigil", "haproxy"):
-        p, port = start_peer(name, 1)
+    print("\n| workers | proxy | requests | system calls per request (strace -c) |")
+    print("|---|---|---|---|")
+    for threads, name in ((1, "vigil"), (1, "haproxy"), (2, "vigil"), (2, "haproxy")):
+        p, port = start_peer(name, threads)
         wrk(f"http://127.0.0.1:{port}/", 2)
         out = os.path.join(WORK, f"{name}.strace")
         tids = os.listdir(f"/proc/{p.pid}/task")
@@ -1070,7 +1070,7 @@ def bench_split(seconds=6):
                 per = int(f[3]) / r["requests"]
                 if per >= 0.05:
                     calls.append(f"{f[-1]} {per:.2f}")
-        print(f"| {name} | {r['requests']} | {', '.join(calls)} |")
+        print(f"| {threads} | {name} | {r['requests']} | {', '.join(calls)} |")
     for b in backends:
         stop(b[0])
 
