@@ -12,6 +12,7 @@
 //! treated the same whichever path carries it.
 
 use crate::app::App;
+use crate::idle;
 use crate::proxy::VigilProxy;
 use crate::request::*;
 use crate::routing::RoutingTable;
@@ -19,8 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method, Version};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
@@ -38,7 +38,8 @@ pub struct FastPath {
     enabled: bool,
     app: Arc<App>,
     pingora: Arc<HttpProxy<VigilProxy>>,
-    upstream: Connector,
+    /// Dials new upstream connections; idle ones are kept in `idle`.
+    dial: TransportConnector,
 }
 
 /// How one attempt ended.
@@ -58,7 +59,7 @@ impl FastPath {
             enabled: std::env::var("VIGIL_FAST_PATH").map_or(true, |v| v != "off"),
             app,
             pingora: Arc::new(pingora),
-            upstream: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            dial: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
         }
     }
 
@@ -139,15 +140,20 @@ impl FastPath {
                 Ok(peer) => peer,
                 Err(e) => return self.failed(down, ctx, e).await,
             };
-            let (mut up, reused) = match self.upstream.get_http_session(&peer).await {
-                Ok(s) => s,
-                Err(e) => {
-                    if ctx.connect_failed() {
-                        continue;
+            let addr = *peer.address().as_inet().expect("backends are IP:port");
+            let (stream, reused) = match idle::take(addr) {
+                Some(stream) => (stream, true),
+                None => match self.dial.new_stream(&peer).await {
+                    Ok(stream) => (stream, false),
+                    Err(e) => {
+                        if ctx.connect_failed() {
+                            continue;
+                        }
+                        return self.failed(down, ctx, e.into_up()).await;
                     }
-                    return self.failed(down, ctx, e.into_up()).await;
-                }
+                },
             };
+            let mut up = Upstream::new_with_options(stream, &peer);
             let local = up
                 .digest()
                 .socket_digest
@@ -159,9 +165,14 @@ impl FastPath {
             up.read_timeout = peer.options.read_timeout;
             match self.exchange(down, &mut up, ctx).await {
                 Ok(Exchange::Answered) => {
-                    self.upstream
-                        .release_http_session(up, &peer, peer.idle_timeout())
-                        .await;
+                    up.respect_keepalive();
+                    if let Some(stream) = up.reuse().await {
+                        idle::put(
+                            addr,
+                            stream,
+                            peer.idle_timeout().unwrap_or(UPSTREAM_IDLE_TIMEOUT),
+                        );
+                    }
                     return true;
                 }
                 Ok(Exchange::ClientGone) => return false,

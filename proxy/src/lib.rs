@@ -24,6 +24,7 @@ pub mod edge;
 pub mod error;
 pub mod fast;
 pub mod fleet;
+pub mod idle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

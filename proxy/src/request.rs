@@ -68,7 +68,7 @@ pub(crate) const HOP_BY_HOP: [&str; 6] = [
 ];
 
 /// How long an idle upstream keep-alive connection is kept in Pingora's pool.
-const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 // Both request paths (`fast` for plain requests, `proxy`'s hooks for the rest) take
 // every decision about a request through these methods, so they cannot disagree.

@@ -1,17 +1,24 @@
 //! Upstream keep-alive at more than one worker thread (issue #8): requests reuse pooled
 //! backend connections instead of dialling new ones, and nothing is logged per request.
+//! Plain GETs take vigil's own request loop and its idle lists (`proxy/src/idle.rs`);
+//! POSTs take Pingora's proxy and its pool (third_party patch 2): both are tested.
 
+use std::time::Duration;
 use vigil_tests::config::{config, pool, FAST_CHECKS};
 use vigil_tests::raw::RawConn;
-use vigil_tests::{free_ports, FakeBackend, Vigil};
+use vigil_tests::{free_ports, wait_for, FakeBackend, Mode, Vigil};
 
-/// `count` keep-alive GETs one after another on one client connection.
-async fn keepalive_client(addr: std::net::SocketAddr, count: usize) {
+/// `count` keep-alive requests one after another on one client connection: GETs, or
+/// POSTs with a small body when `post`.
+async fn keepalive_client(addr: std::net::SocketAddr, count: usize, post: bool) {
     let mut c = RawConn::connect(addr).await;
     for i in 0..count {
-        c.send(format!("GET /r{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        let req = if post {
+            format!("POST /r{i} HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\nx")
+        } else {
+            format!("GET /r{i} HTTP/1.1\r\nHost: app\r\n\r\n")
+        };
+        c.send(req.as_bytes()).await.unwrap();
         let r = c.response().await.unwrap();
         assert_eq!(r.status, 200, "{r:?}");
     }
@@ -39,11 +46,10 @@ async fn opened(v: &Vigil) -> f64 {
         .expect("the metric exists")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_client_at_two_threads_uses_one_connection_per_backend() {
+async fn one_client_uses_one_connection_per_backend(post: bool) {
     let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
     let (v, before) = two_threads(&a, &b).await;
-    keepalive_client(v.listen, 500).await;
+    keepalive_client(v.listen, 500, post).await;
     // One thread serves the client; the connection it released is the one it takes
     // next. With Pingora's pool the idle watcher ran on a random thread and a share of
     // reuses lost the race with it (pingora#998), each a new connection and an ERROR line.
@@ -53,11 +59,20 @@ async fn one_client_at_two_threads_uses_one_connection_per_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_requests_at_two_threads_reuse_a_handful_of_connections() {
+async fn one_client_at_two_threads_uses_one_connection_per_backend() {
+    one_client_uses_one_connection_per_backend(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_at_two_threads_uses_one_connection_per_backend_on_pingoras_path() {
+    one_client_uses_one_connection_per_backend(true).await;
+}
+
+async fn a_thousand_requests_reuse_a_handful_of_connections(post: bool) {
     let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
     let (v, before) = two_threads(&a, &b).await;
     let clients: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(keepalive_client(v.listen, 250)))
+        .map(|_| tokio::spawn(keepalive_client(v.listen, 250, post)))
         .collect();
     for c in clients {
         c.await.unwrap();
@@ -94,14 +109,14 @@ async fn requests_at_two_threads_wake_no_other_thread() {
     let (v, _) = two_threads(&a, &b).await;
     // Warm up: every client connection and pooled backend connection exists.
     let clients: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(keepalive_client(v.listen, 20)))
+        .map(|_| tokio::spawn(keepalive_client(v.listen, 20, false)))
         .collect();
     for c in clients {
         c.await.unwrap();
     }
     let before = write_calls(v.pid());
     let clients: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(keepalive_client(v.listen, 100)))
+        .map(|_| tokio::spawn(keepalive_client(v.listen, 100, false)))
         .collect();
     for c in clients {
         c.await.unwrap();
@@ -117,6 +132,52 @@ async fn requests_at_two_threads_wake_no_other_thread() {
     assert!(
         writes <= 200,
         "{writes} write calls for 800 requests: wake-ups across worker threads"
+    );
+    v.assert_quiet();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_two_threads_reuse_a_handful_of_connections() {
+    a_thousand_requests_reuse_a_handful_of_connections(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_two_threads_reuse_a_handful_of_connections_on_pingoras_path() {
+    a_thousand_requests_reuse_a_handful_of_connections(true).await;
+}
+
+/// An idle connection the backend closed is never handed to a request: with no retry
+/// allowed, every request would otherwise fail on it with a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_backend_closed_are_not_reused() {
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = free_ports();
+    let extra = format!("{FAST_CHECKS}    retries: 0\n");
+    let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], &extra)]);
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    a.ctl.set_mode(Mode::CloseAfterResponse);
+    let mut c = RawConn::connect(listen).await;
+    for i in 0..20 {
+        c.send(format!("GET /c{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        // The backend has closed its side of the connection vigil just used (and of
+        // any health check's) before the next request is sent.
+        wait_for(
+            "the backend closed its connections",
+            Duration::from_secs(5),
+            || a.stats.open() == 0,
+        )
+        .await;
+    }
+    assert_eq!(opened(&v).await, 20.0);
+    assert_eq!(
+        v.metric(r#"vigil_upstream_retries_total{pool="web"}"#)
+            .await,
+        Some(0.0)
     );
     v.assert_quiet();
 }
