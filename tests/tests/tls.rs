@@ -372,3 +372,40 @@ async fn reconnects_to_an_https_backend_resume_the_tls_session() {
     // resume (pingora-core patch 4: without it a pool with its own CA never resumes).
     assert!(resumed >= 4, "{resumed} of {full} handshakes resumed");
 }
+
+/// At two worker threads a connection is often accepted on one thread and served on the
+/// other, its socket moved to the serving thread's I/O driver before the TLS handshake
+/// (third_party patch 6): HTTPS over HTTP/1.1 and h2 is served all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_h2_connections_at_two_threads_are_served() {
+    let ca = TestCa::new("two-threads");
+    let a = ca.leaf("a", &["a.test"]);
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = tls_config(
+        listen,
+        admin,
+        &[&a],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    )
+    .replace("threads: 1", "threads: 2");
+    assert!(yaml.contains("threads: 2"), "{yaml}");
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let h2 = client_config(&ca.cert, &["h2"]);
+    let h1 = client_config(&ca.cert, &["http/1.1"]);
+    for _ in 0..8 {
+        let s = connect(listen, "a.test", h2.clone()).await.unwrap();
+        assert_eq!(negotiated(&s).1.as_deref(), Some(&b"h2"[..]));
+        assert_eq!(get2(s, "a.test", "/").await.unwrap(), (200, "web".into()));
+        let mut s = connect(listen, "a.test", h1.clone()).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                get1(&mut s, "a.test", "/").await.unwrap(),
+                (200, "web".into())
+            );
+        }
+    }
+    v.assert_quiet();
+}
