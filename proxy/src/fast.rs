@@ -167,11 +167,7 @@ impl FastPath {
                 Ok(Exchange::Answered) => {
                     up.respect_keepalive();
                     if let Some(stream) = up.reuse().await {
-                        idle::put(
-                            addr,
-                            stream,
-                            peer.idle_timeout().unwrap_or(UPSTREAM_IDLE_TIMEOUT),
-                        );
+                        idle::put(addr, stream, UPSTREAM_IDLE_TIMEOUT);
                     }
                     return true;
                 }

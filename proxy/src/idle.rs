@@ -2,13 +2,13 @@
 //! thread and backend address, with no task per connection.
 //!
 //! Pingora's pool spawns an idle watcher for every connection it takes back and wakes
-//! it to hand the connection out again: a task, two wake-ups and a `getpeername` per
-//! request. Here a released connection is pushed on its thread's list as it is, and
-//! checked when it is taken: a read that must find nothing (no data, no close), which
-//! tokio answers from the readiness epoll last reported for the socket, without a
-//! system call, unless the socket has become readable. A sweeper task per thread closes, once a second, the connections the backend
-//! closed and those idle longer than their idle timeout, so nothing lingers in
-//! CLOSE_WAIT or to a backend a reload removed. Worker threads run their own runtimes
+//! it to hand the connection out again: a task and two wake-ups per request. Here a
+//! released connection is pushed on its thread's list as it is, and checked when it is
+//! taken: a read that must find nothing (no data, no close), which tokio answers from
+//! the readiness epoll last reported for the socket, without a system call, unless the
+//! socket has become readable. A sweeper task per thread closes, once a second, the
+//! connections the backend closed and those idle longer than their idle timeout, so
+//! nothing lingers in CLOSE_WAIT or to a backend a reload removed. Worker threads run their own runtimes
 //! (no work stealing), so a request, its connection and the list stay on one thread.
 
 use pingora::protocols::Stream;
@@ -95,8 +95,8 @@ async fn sweep() {
 /// An idle connection reads nothing: data it was not asked for, or the backend closing
 /// it, make it unusable. The last read of the answer was short, which told tokio the
 /// socket was drained, so this read is answered "would block" from tokio's readiness
-/// state alone until epoll reports the socket readable again (measured: 2.00 `recvfrom`
-/// per request, the same as without the check; `bench/harness.py split`).
+/// state alone until epoll reports the socket readable again (`bench/harness.py split`:
+/// two `recvfrom` per request, one per side, as without the check).
 fn quiet(stream: &mut Stream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     let mut byte = [0u8; 1];

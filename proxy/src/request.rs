@@ -67,7 +67,8 @@ pub(crate) const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 
-/// How long an idle upstream keep-alive connection is kept in Pingora's pool.
+/// How long an idle upstream keep-alive connection is kept, in Pingora's pool or in the
+/// request loop's idle lists (`idle`).
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 // Both request paths (`fast` for plain requests, `proxy`'s hooks for the rest) take

@@ -24,6 +24,17 @@ async fn keepalive_client(addr: std::net::SocketAddr, count: usize, post: bool) 
     }
 }
 
+/// `clients` client connections at once, each sending `count` requests as
+/// `keepalive_client` does.
+async fn keepalive_clients(addr: std::net::SocketAddr, clients: usize, count: usize, post: bool) {
+    let clients: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(keepalive_client(addr, count, post)))
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+}
+
 /// vigil at `threads: 2` with two backends; returns it and the backends' connection
 /// count once it is ready (health checks have their own connections by then).
 async fn two_threads(a: &FakeBackend, b: &FakeBackend) -> (Vigil, u64) {
@@ -71,12 +82,7 @@ async fn one_client_at_two_threads_uses_one_connection_per_backend_on_pingoras_p
 async fn a_thousand_requests_reuse_a_handful_of_connections(post: bool) {
     let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
     let (v, before) = two_threads(&a, &b).await;
-    let clients: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(keepalive_client(v.listen, 250, post)))
-        .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
+    keepalive_clients(v.listen, 4, 250, post).await;
     let opened = opened(&v).await;
     let at_backends = a.stats.connections() + b.stats.connections() - before;
     // 4 clients x 2 backends need 8 connections at once at most; a few more are dialled
@@ -108,27 +114,17 @@ async fn requests_at_two_threads_wake_no_other_thread() {
     let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
     let (v, _) = two_threads(&a, &b).await;
     // Warm up: every client connection and pooled backend connection exists.
-    let clients: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(keepalive_client(v.listen, 20, false)))
-        .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
+    keepalive_clients(v.listen, 8, 20, false).await;
     let before = write_calls(v.pid());
-    let clients: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(keepalive_client(v.listen, 100, false)))
-        .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
+    keepalive_clients(v.listen, 8, 100, false).await;
     let writes = write_calls(v.pid()) - before;
     // A socket registered with one worker thread's I/O driver but served by a task on
     // the other had each of its events handed over through the other thread's eventfd:
     // about one `write` per request (800 here) when a connection was accepted on one
     // thread and served on the other, or taken from the other thread's idle pool
-    // (third_party/README.md, patch 6). A few remain: a thread that takes an idle
-    // connection from the other's pool wakes that connection's idle watcher there (5 to
-    // 55 here, more when the machine is busy).
+    // (third_party/README.md, patch 6). A few remain, not tied to requests (3 to 6 here;
+    // 5 to 55 when GETs still took Pingora's pool, whose connections taken from the other
+    // thread's shard wake their idle watcher there).
     assert!(
         writes <= 200,
         "{writes} write calls for 800 requests: wake-ups across worker threads"

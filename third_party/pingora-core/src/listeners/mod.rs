@@ -320,12 +320,10 @@ impl UninitializedStream {
         // The connection is served on whichever worker thread its task was spawned on:
         // its socket moves to that thread's driver, or every event on it would wake
         // this task from the accepting thread (vigil patch).
-        if self.accepted_on != std::thread::current().id() {
-            self.l4
-                .register_here()
-                .or_err(AcceptError, "registering an accepted connection")?;
-        }
-        self.l4.set_buffer(self.l4_buffer);
+        let moved = self.accepted_on != std::thread::current().id();
+        self.l4
+            .set_buffer(self.l4_buffer, moved)
+            .or_err(AcceptError, "registering an accepted connection")?;
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)
             if let Some(ref callback) = self.pre_tls_callback {

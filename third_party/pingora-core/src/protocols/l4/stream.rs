@@ -627,20 +627,18 @@ impl Stream {
 
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
-    pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
-        use std::mem;
-        // Since the buffers can't be resized in place,
-        // we take the raw stream out of them and put it in new buffers with the size we want
-        let stream = mem::take(&mut self.stream);
-        let stream = stream.map(|s| {
-            BufferedStream::with_capacity(
-                buffer.read_capacity(),
-                buffer.write_capacity(),
-                s.into_inner(),
-            )
-        });
-        let _ = mem::replace(&mut self.stream, stream);
-        self.capacities = (buffer.read_capacity(), buffer.write_capacity());
+    ///
+    /// With `register_here` the socket also moves to the calling thread's I/O driver
+    /// (vigil patch, see [`Self::register_here`]); only that move can fail.
+    pub(crate) fn set_buffer(
+        &mut self,
+        buffer: L4BufferSettings,
+        register_here: bool,
+    ) -> io::Result<()> {
+        self.rebuild(
+            (buffer.read_capacity(), buffer.write_capacity()),
+            register_here,
+        )
     }
 
     /// Registers the socket with the I/O driver of the calling thread's runtime, taking
@@ -654,24 +652,37 @@ impl Stream {
     /// still in its buffers is left as it is. On an error the socket is closed and the
     /// stream can only be dropped.
     pub fn register_here(&mut self) -> io::Result<()> {
-        let pending = |b: &BufferedStream| match b {
+        let pending = match self.stream() {
             BufferedStream::UnbufferedRead(w) => !w.buffer().is_empty(),
             BufferedStream::BufferedRead(r) => {
                 !r.buffer().is_empty() || !r.get_ref().buffer().is_empty()
             }
         };
-        let Some(buffered) = self.stream.take_if(|b| !pending(b)) else {
+        if pending {
             return Ok(());
+        }
+        self.rebuild(self.capacities, true)
+    }
+
+    /// Since the buffers can't be resized in place, takes the raw stream out of them and
+    /// puts it in new buffers with the sizes we want, first moving its socket to this
+    /// thread's I/O driver when `register_here` (`into_std` then `from_std`: one
+    /// `epoll_ctl` off, one on). Bytes still buffered are dropped.
+    fn rebuild(&mut self, (read, write): (usize, usize), register_here: bool) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Err(io::Error::other("stream closed by a failed register_here"));
         };
         let mut raw = buffered.into_inner();
-        raw.stream = match raw.stream {
-            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
-            #[cfg(unix)]
-            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
-            other => other,
-        };
-        let (read, write) = self.capacities;
+        if register_here {
+            raw.stream = match raw.stream {
+                RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+                #[cfg(unix)]
+                RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+                other => other,
+            };
+        }
         self.stream = Some(BufferedStream::with_capacity(read, write, raw));
+        self.capacities = (read, write);
         Ok(())
     }
 }
