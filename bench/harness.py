@@ -14,6 +14,7 @@
     bench/harness.py slow      # one backend 10x slower: vigil's balancers vs nginx/HAProxy least-conn
     bench/harness.py fleet     # 3 and 5 vigils x 1,000 backends at 1 s, sharing health through etcd or not
     bench/harness.py split     # user and system CPU per request, and syscalls per request (strace): vigil vs HAProxy
+    bench/harness.py ab A=PATH B=PATH  # interleaved A/B of vigil builds beside HAProxy: user/system CPU per request
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -1075,13 +1076,74 @@ def bench_split(seconds=6):
         stop(b[0])
 
 
+def user_sys_seconds(pid):
+    """User and system CPU seconds of `pid` and its children."""
+    u = s = 0
+    for p in tree(pid):
+        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        u += int(f[11])
+        s += int(f[12])
+    return u / TICK, s / TICK
+
+
+def bench_ab(rounds=3, seconds=6):
+    """Interleaved A/B of vigil builds: `harness.py ab NAME=PATH ...` (a name ending in
+    `-nostall` runs with `passive.stall_detection: false`), HAProxy beside them
+    (HAPROXY=0 leaves it out), at THREADS workers (default 2), wrk -t1 -cCONNS (32):
+    user and system CPU µs per request from /proc, medians; runs with more than
+    MAX_STEAL of the CPU stolen are measured again."""
+    threads = int(os.environ.get("THREADS", "2"))
+    conns = int(os.environ.get("CONNS", "32"))
+    backends = [fleet(1, f"ab-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    peers = {}
+    for k, arg in enumerate(sys.argv[2:]):
+        name, binary = arg.split("=", 1)
+        port = 18960 + 2 * k
+        extra = "    passive:\n      stall_detection: false\n" if name.endswith("-nostall") else ""
+        cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs, extra),
+                           f"threads: {threads}\n")
+        peers[name] = (port, lambda cfg=cfg, name=name, binary=binary: vigil(cfg, name, binary)[0])
+    if os.environ.get("HAPROXY", "1") == "1":
+        peers["haproxy"] = (18970, lambda: start_haproxy(haproxy_conf(
+            "127.0.0.1:18970", addrs, threads=threads).replace("http-reuse always", "http-reuse safe")))
+    results = {n: [] for n in peers}
+    for r in range(rounds):
+        for name in (list(peers) if r % 2 == 0 else list(reversed(list(peers)))):
+            port, run = peers[name]
+            p = run()
+            wait_port(f"127.0.0.1:{port}")
+            url = f"http://127.0.0.1:{port}/"
+            wrk(url, 2, conns=conns)
+            for attempt in range(STEAL_TRIES):
+                a, s0 = user_sys_seconds(p.pid), cpu_stat()
+                w = wrk(url, seconds, conns=conns)
+                b, st = user_sys_seconds(p.pid), steal_since(s0)
+                if st <= MAX_STEAL:
+                    break
+            q = max(w["requests"], 1)
+            x = ((b[0] - a[0]) / q * 1e6, (b[1] - a[1]) / q * 1e6, w["rps"], st)
+            results[name].append(x)
+            log(f"round {r} {name}: steal {st * 100:.1f}% user {x[0]:.1f} sys {x[1]:.1f} µs/req {x[2]:.0f} req/s")
+            stop(p, signal.SIGTERM if name == "haproxy" else signal.SIGINT)
+            time.sleep(0.5)
+    print(f"\n| {threads} worker(s), -c{conns} | user µs/req | system µs/req | total | req/s | max steal % |")
+    print("|---|---|---|---|---|---|")
+    for name, xs in results.items():
+        med = lambda i: statistics.median(x[i] for x in xs)
+        print(f"| {name} | {med(0):.1f} | {med(1):.1f} | {statistics.median(x[0] + x[1] for x in xs):.1f} | "
+              f"{med(2):.0f} | {max(x[3] for x in xs) * 100:.1f} |")
+    for b in backends:
+        stop(b[0])
+
+
 if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
-         "fleet": bench_fleet, "split": bench_split}[what]()
+         "fleet": bench_fleet, "split": bench_split, "ab": bench_ab}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()
