@@ -1,36 +1,51 @@
-//! vigil's own request loop for the plain HTTP/1 request: a `GET` or `HEAD` without a
-//! body, upgrade or `Expect`, to a pool of plain HTTP/1 backends. It reads the head,
-//! sends it on a pooled keep-alive connection, and copies the answer back in one task,
-//! in line, without Pingora's proxy machinery (the per-request hooks, the channel
-//! between the two halves of a request, cache and module checks), which cost about as
-//! much CPU as the whole request does in HAProxy (issue #8).
+//! vigil's own HTTP/1.1 request loop. It serves each HTTP/1 client connection from its
+//! bytes: a plain request (a `GET` or `HEAD` without a body, upgrade, `Expect` or other
+//! hop-by-hop header, in origin form, to a pool of plain HTTP/1 backends) is parsed
+//! where it lies in the read buffer, its upstream head written straight from the
+//! client's bytes (the hop-by-hop `Connection` left out, `X-Forwarded-*` added), and
+//! the answer's head and body copied back as they come, with only the hop-by-hop
+//! headers left out. No header map is built, no head cloned or serialized again, and
+//! the request's future is small: Pingora's HTTP/1 sessions and proxy cost about as
+//! much CPU per request as all of HAProxy does (issue #8).
 //!
-//! Every other request (a body, an upgrade, HTTP/2, a TLS or HTTP/2 pool, no route,
-//! a bad Host, the access log on) is handed, its head put back unread, to Pingora's
-//! proxy and `VigilProxy`. Both paths take every decision through `Ctx` (routing, the
-//! backend, retries, stall registration, failure accounting, metrics), so a request is
-//! treated the same whichever path carries it.
+//! The first request that is not plain (a body, an upgrade, HTTP/1.0, a head that does
+//! not parse or breaks a limit, no route, a TLS or HTTP/2 pool, the access log on) is
+//! handed, with every byte read so far put back (`Rewound`), to Pingora's proxy and
+//! `VigilProxy`, which then serves the rest of the connection; so are HTTP/2
+//! connections. Both paths take every decision about a request through `Ctx` (routing,
+//! the backend, retries, stall registration, failure accounting, metrics), so a request
+//! is treated the same whichever path carries it.
 
 use crate::app::App;
 use crate::idle;
 use crate::proxy::VigilProxy;
 use crate::request::*;
-use crate::routing::RoutingTable;
+use crate::rewound::Rewound;
+use crate::routing::{normalize_host, RoutingTable};
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::{header, Method, Version};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use bytes::{Buf, BytesMut};
+use pingora::apps::{ServerApp, IDLE_KEEPALIVE};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::v1::client::HttpSession as Upstream;
-use pingora::protocols::http::ServerSession;
-use pingora::protocols::UniqueID;
+use pingora::protocols::http::v1::server::{refuse_request_head, HeadLimitValues, HeadLimits};
+use pingora::protocols::tls::ALPN;
+use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::Peer;
+use std::io::Write;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigil_conf::HashKey;
+
+/// Headers a head may have at most (Pingora's own limit).
+const MAX_HEADERS: usize = 256;
+
+/// A backend's response head may be at most this long (Pingora's own limit).
+const MAX_RESPONSE_HEAD: usize = 1 << 20;
 
 pub struct FastPath {
     /// False with `VIGIL_FAST_PATH=off` in the environment: every request takes
@@ -42,11 +57,60 @@ pub struct FastPath {
     dial: TransportConnector,
 }
 
+/// A plain request, read and checked: all the loop needs once its head is parsed.
+struct Plain {
+    /// Bytes of the client's buffer the head took.
+    len: usize,
+    /// The head to send upstream.
+    upstream: Vec<u8>,
+    /// A `HEAD` request: the answer has no body.
+    head: bool,
+    /// The client asked to close after this answer.
+    close: bool,
+    table: Arc<RoutingTable>,
+    pool: usize,
+    hash_key: Vec<u8>,
+}
+
+enum Head {
+    /// More bytes are needed.
+    Partial,
+    Plain(Plain),
+    /// For Pingora's proxy.
+    Other,
+}
+
+/// How the body of an answer ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// At the end of the connection.
+    Close,
+}
+
+/// A backend's response head, parsed.
+struct Response {
+    /// Bytes of the buffer the head took.
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The backend's connection may carry another request.
+    reusable: bool,
+    /// The head for the client (empty for an informational answer).
+    client_head: Vec<u8>,
+}
+
 /// How one attempt ended.
 enum Exchange {
-    /// The client has its answer; the backend's connection goes back to the pool if
-    /// it can carry another request.
-    Answered,
+    /// The client has its answer (`status`); `keep` when its connection can carry
+    /// another request, `reusable` when the backend's can.
+    Answered {
+        status: u16,
+        keep: bool,
+        reusable: bool,
+    },
     /// The client went away during the answer.
     ClientGone,
     /// The pool retries the backend's status elsewhere.
@@ -63,241 +127,936 @@ impl FastPath {
         }
     }
 
-    /// The request's route, when this path can carry it.
-    fn plain(&self, session: &ServerSession) -> Option<(Arc<RoutingTable>, usize)> {
-        if self.app.access_log.enabled() {
-            return None;
-        }
-        let req = session.req_header();
-        if !matches!(req.method, Method::GET | Method::HEAD)
-            || !matches!(req.version, Version::HTTP_11 | Version::HTTP_10)
-            || req.uri.authority().is_some()
-        {
-            return None;
-        }
-        let mut hosts = 0;
-        for (name, value) in req.headers.iter() {
-            match *name {
-                header::HOST => hosts += 1,
-                // Only `keep-alive` and `close`: anything else names more hop-by-hop
-                // headers.
-                header::CONNECTION => {
-                    let tokens = value.to_str().ok()?;
-                    if !tokens.split(',').all(|t| {
-                        let t = t.trim();
-                        t.is_empty()
-                            || t.eq_ignore_ascii_case("keep-alive")
-                            || t.eq_ignore_ascii_case("close")
-                    }) {
-                        return None;
-                    }
+    /// Serves the connection's requests until one is not plain, then hands it over.
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let client_ip = client.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let https = stream.get_ssl_digest().is_some();
+        let mut buf = BytesMut::new();
+        let mut first = true;
+        loop {
+            if buf.is_empty() {
+                // Between requests the connection holds only its socket.
+                buf = BytesMut::new();
+                if !self.idle(&mut stream, shutdown, first).await {
+                    return None;
                 }
-                // A body, an answer to wait for, or a hop-by-hop header to act on.
-                header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::EXPECT => return None,
-                _ if HOP_BY_HOP.contains(&name.as_str()) || name == "http2-settings" => {
-                    return None
+            }
+            first = false;
+            let limits = self.app.edge.limits();
+            let plain = match self
+                .read_head(&mut stream, &mut buf, &limits, client_ip, https)
+                .await
+            {
+                Ok(Some(plain)) => plain,
+                Ok(None) => {
+                    let stream: Stream = if buf.is_empty() {
+                        stream
+                    } else {
+                        Box::new(Rewound::new(stream, buf.freeze()))
+                    };
+                    return self.pingora.process_new(stream, shutdown).await;
                 }
-                _ => {}
+                Err(Some(status)) => {
+                    self.app.edge.refused(status, client.as_ref());
+                    refuse_request_head(&mut stream, status).await;
+                    return None;
+                }
+                Err(None) => return None,
+            };
+            buf.advance(plain.len);
+            // A service shutting down answers this request and closes.
+            let close = plain.close || *shutdown.borrow();
+            let mut ctx = Ctx::new();
+            self.app.in_flight.started();
+            ctx.counted = true;
+            ctx.routed_with_key(plain.table, plain.pool, plain.hash_key);
+            let (status, keep) = self
+                .attempts(&mut stream, &plain.upstream, plain.head, close, &mut ctx)
+                .await;
+            ctx.finished(&self.app, status);
+            if !keep {
+                return None;
             }
         }
-        // Pingora's path answers a missing or doubled Host with 400.
-        if hosts > 1 || (hosts == 0 && req.version == Version::HTTP_11) {
-            return None;
-        }
-        let table = self.app.table();
-        let index = route_index(&table, req)?;
-        let pool = &table.pools[index];
-        if pool.tls.is_some() || pool.config.protocol != vigil_conf::Protocol::Http1 {
-            return None;
-        }
-        Some((table, index))
     }
 
-    async fn forward(&self, mut down: ServerSession, mut ctx: Ctx) -> Option<ReusedHttpStream> {
-        down.set_pipelining_enabled(true);
-        let reusable = self.attempts(&mut down, &mut ctx).await;
-        let status = down
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(502);
-        ctx.finished(&self.app, status);
-        if !reusable {
-            return None;
+    /// Waits until the client sends something: true when it did. A new connection's
+    /// first request is awaited whatever the shutdown watch says (see pingora-core
+    /// patch 3); later ones are not.
+    async fn idle(&self, stream: &mut Stream, shutdown: &ShutdownWatch, first: bool) -> bool {
+        let readable = timeout(IDLE_KEEPALIVE, stream.wait_readable());
+        if first {
+            return matches!(readable.await, Ok(Ok(_)));
         }
-        let settings = HttpPersistentSettings::for_session(&down);
-        down.finish()
-            .await
-            .ok()
-            .flatten()
-            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        if *shutdown.borrow() {
+            return false;
+        }
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            ready = readable => matches!(ready, Ok(Ok(_))),
+            _ = shutdown.changed() => false,
+        }
     }
 
-    /// Tries backends until one answers or none is left; true when the client's
-    /// connection can carry another request.
-    async fn attempts(&self, down: &mut ServerSession, ctx: &mut Ctx) -> bool {
+    /// Reads until `buf` starts with a whole head. `Ok(None)`: the head is for Pingora's
+    /// proxy (`buf` holds all that was read); `Err(Some(status))`: it is refused with
+    /// `status`; `Err(None)`: the client closed or failed.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        limits: &HeadLimitValues,
+        client: Option<IpAddr>,
+        https: bool,
+    ) -> std::result::Result<Option<Plain>, Option<u16>> {
+        // Until the first byte the keep-alive limit applies, then the head's own.
+        let mut deadline = None;
         loop {
-            let peer = match ctx.next_peer() {
-                Ok(peer) => peer,
-                Err(e) => return self.failed(down, ctx, e).await,
-            };
-            let addr = *peer.address().as_inet().expect("backends are IP:port");
-            let (stream, reused) = match idle::take(addr) {
-                Some(stream) => (stream, true),
-                None => match self.dial.new_stream(&peer).await {
-                    Ok(stream) => (stream, false),
-                    Err(e) => {
-                        if ctx.connect_failed() {
-                            continue;
-                        }
-                        return self.failed(down, ctx, e.into_up()).await;
+            if !buf.is_empty() {
+                match self.parse_head(buf, limits, client, https) {
+                    Head::Plain(plain) => return Ok(Some(plain)),
+                    Head::Other => return Ok(None),
+                    Head::Partial => {}
+                }
+                if deadline.is_none() {
+                    deadline = limits.timeout.map(|t| tokio::time::Instant::now() + t);
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let read = match deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                        Ok(read) => read,
+                        Err(_) => return Err(Some(408)),
                     }
+                }
+                None => match timeout(IDLE_KEEPALIVE, stream.read_buf(buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return Err(None),
                 },
             };
-            let mut up = Upstream::new_with_options(stream, &peer);
-            let local = up
-                .digest()
-                .socket_digest
-                .as_ref()
-                .and_then(|s| s.local_addr())
-                .and_then(|a| a.as_inet())
-                .copied();
-            ctx.connected(reused, up.id(), local, true);
-            up.read_timeout = peer.options.read_timeout;
-            match self.exchange(down, &mut up, ctx).await {
-                Ok(Exchange::Answered) => {
-                    up.respect_keepalive();
-                    if let Some(stream) = up.reuse().await {
-                        idle::put(addr, stream, UPSTREAM_IDLE_TIMEOUT);
-                    }
-                    return true;
+            match read {
+                Ok(0) | Err(_) => return Err(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Parses the head at the start of `buf` and decides whether this loop carries it.
+    fn parse_head(
+        &self,
+        buf: &[u8],
+        limits: &HeadLimitValues,
+        client: Option<IpAddr>,
+        https: bool,
+    ) -> Head {
+        let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let max = limits.max_headers.min(MAX_HEADERS);
+        let len = match req.parse_with_uninit_headers(buf, &mut slots[..max]) {
+            Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
+            Ok(httparse::Status::Partial) if buf.len() <= limits.max_bytes => return Head::Partial,
+            // Too long, too many headers, malformed: Pingora's proxy answers.
+            _ => return Head::Other,
+        };
+        if self.app.access_log.enabled() || req.version != Some(1) {
+            return Head::Other;
+        }
+        let head = match req.method {
+            Some("GET") => false,
+            Some("HEAD") => true,
+            _ => return Head::Other,
+        };
+        let Some(target) = req
+            .path
+            .filter(|t| t.starts_with('/') && t.bytes().all(uri_byte))
+        else {
+            return Head::Other;
+        };
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let mut host = None;
+        let mut close = false;
+        let mut xff = None;
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return Head::Other;
                 }
-                Ok(Exchange::ClientGone) => return false,
+                host = Some(h.value);
+            } else if name.eq_ignore_ascii_case("connection") {
+                // Only `keep-alive` and `close`: anything else names more hop-by-hop
+                // headers.
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Head::Other;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                xff.get_or_insert(h.value);
+            } else if NOT_PLAIN.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+                // A body, an answer to wait for, or a hop-by-hop header to act on.
+                return Head::Other;
+            }
+        }
+        // Pingora's path answers a missing Host with 400.
+        let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+            return Head::Other;
+        };
+        let table = self.app.table();
+        let Some(pool) = table.route_index(&normalize_host(host), path) else {
+            return Head::Other;
+        };
+        let config = &table.pools[pool].config;
+        if table.pools[pool].tls.is_some() || config.protocol != vigil_conf::Protocol::Http1 {
+            return Head::Other;
+        }
+        let hash_key = match &config.hash_key {
+            None => Vec::new(),
+            Some(HashKey::Header(key)) => req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(key))
+                .map(|h| h.value.to_vec())
+                .unwrap_or_default(),
+            Some(HashKey::Path) => path.as_bytes().to_vec(),
+            Some(HashKey::ClientIp) => client
+                .map(|ip| ip.to_string().into_bytes())
+                .unwrap_or_default(),
+        };
+        // The same headers as `forward_headers` on Pingora's path.
+        let mut up = Vec::with_capacity(len + 128);
+        up.extend_from_slice(if head { b"HEAD " } else { b"GET " });
+        up.extend_from_slice(target.as_bytes());
+        up.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
+            if !FORWARDED_BY_US
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n))
+            {
+                up.extend_from_slice(h.name.as_bytes());
+                up.extend_from_slice(b": ");
+                up.extend_from_slice(h.value);
+                up.extend_from_slice(b"\r\n");
+            }
+        }
+        if let Some(ip) = client {
+            up.extend_from_slice(b"x-forwarded-for: ");
+            // Only a value Pingora's path could read as text is kept.
+            if let Some(prev) = xff.filter(|v| {
+                !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            }) {
+                up.extend_from_slice(prev);
+                up.extend_from_slice(b", ");
+            }
+            let _ = write!(up, "{ip}\r\n");
+        }
+        up.extend_from_slice(if https {
+            b"x-forwarded-proto: https\r\n"
+        } else {
+            b"x-forwarded-proto: http\r\n"
+        });
+        up.extend_from_slice(b"x-forwarded-host: ");
+        up.extend_from_slice(host.as_bytes());
+        up.extend_from_slice(b"\r\n\r\n");
+        Head::Plain(Plain {
+            len,
+            upstream: up,
+            head,
+            close,
+            table,
+            pool,
+            hash_key,
+        })
+    }
+
+    /// Tries backends until one answers or none is left: the status the client got and
+    /// whether its connection can carry another request.
+    async fn attempts(
+        &self,
+        client: &mut Stream,
+        req: &[u8],
+        head: bool,
+        close: bool,
+        ctx: &mut Ctx,
+    ) -> (u16, bool) {
+        loop {
+            let i = match ctx.next_member() {
+                Ok(i) => i,
+                Err(e) => return self.failed(client, ctx, e, req, close).await,
+            };
+            let pool = ctx.pool().expect("routed");
+            let addr = pool.members[i].endpoint.socket_addr;
+            let read_timeout = pool.config.read_timeout;
+            let (mut up, reused) = match idle::take(addr) {
+                Some(stream) => (stream, true),
+                None => {
+                    let peer = peer_for(pool, i);
+                    match self.dial.new_stream(&peer).await {
+                        Ok(stream) => (stream, false),
+                        Err(e) => {
+                            if ctx.connect_failed() {
+                                continue;
+                            }
+                            return self.failed(client, ctx, e.into_up(), req, close).await;
+                        }
+                    }
+                }
+            };
+            let local = up
+                .get_socket_digest()
+                .and_then(|s| s.local_addr().and_then(|a| a.as_inet()).copied());
+            ctx.connected(reused, up.id(), local, true);
+            let mut sent = None;
+            let exchange = self
+                .exchange(
+                    client,
+                    &mut up,
+                    req,
+                    head,
+                    close,
+                    read_timeout,
+                    ctx,
+                    &mut sent,
+                )
+                .await;
+            match exchange {
+                Ok(Exchange::Answered {
+                    status,
+                    keep,
+                    reusable,
+                }) => {
+                    if reusable {
+                        idle::put(addr, up, UPSTREAM_IDLE_TIMEOUT);
+                    }
+                    return (status, keep);
+                }
+                Ok(Exchange::ClientGone) => return (sent.unwrap_or(502), false),
                 // `answered` took the retry; the flag is for Pingora's path, whose
                 // retry goes through `attempt_failed`.
                 Ok(Exchange::StatusRetry) => ctx.status_retry = false,
                 Err(e) => {
-                    let e = e.more_context(format!("Peer: {peer}"));
+                    let e = e.more_context(format!("Peer: {addr}"));
+                    if let Some(status) = sent {
+                        // The answer was cut short: the client can only see the
+                        // connection close.
+                        ctx.attempt_failed(&e, false);
+                        tracing::error!(
+                            "Fail to proxy: {e}, status: {status}, tries: {}, {}",
+                            ctx.tried.len(),
+                            summary(req)
+                        );
+                        return (status, false);
+                    }
                     if !ctx.attempt_failed(&e, true) {
-                        return self.failed(down, ctx, e).await;
+                        return self.failed(client, ctx, e, req, close).await;
                     }
                 }
             }
         }
     }
 
-    /// One attempt on `up`: the request out, the answer back.
+    /// One attempt on `up`: the request out, the answer back. `sent` is set once the
+    /// client has the answer's head.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
-        down: &mut ServerSession,
-        up: &mut Upstream,
+        client: &mut Stream,
+        up: &mut Stream,
+        req: &[u8],
+        head: bool,
+        close: bool,
+        read_timeout: Duration,
         ctx: &mut Ctx,
+        sent: &mut Option<u16>,
     ) -> Result<Exchange> {
-        let mut req: RequestHeader = down.req_header().clone();
-        req.set_version(Version::HTTP_11);
-        let client = down.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let https = down.digest().is_some_and(|d| d.ssl_digest.is_some());
-        forward_headers(&mut req, false, client, https, None)?;
-        up.write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.into_up())?;
-        let status = loop {
-            up.read_response().await.map_err(|e| e.into_up())?;
-            match up.get_status().map_or(0, |s| s.as_u16()) {
-                // Nothing was asked to switch protocols.
-                101 => {
-                    return Error::e_explain(InvalidHTTPHeader, "101 to a plain request")
-                        .map_err(|e| e.into_up())
+        if let Err(e) = write_flushed(up, req).await {
+            return Error::e_because(WriteError, "writing the request upstream", e)
+                .map_err(|e| e.into_up());
+        }
+        let mut buf = BytesMut::with_capacity(8192);
+        let resp = loop {
+            if !buf.is_empty() {
+                match parse_response(&buf, head, close)? {
+                    // Nothing was asked to switch protocols.
+                    Some(r) if r.status == 101 => {
+                        return Error::e_explain(InvalidHTTPHeader, "101 to a plain request")
+                            .map_err(|e| e.into_up())
+                    }
+                    Some(r) if r.status < 200 => {
+                        buf.advance(r.len);
+                        continue;
+                    }
+                    Some(r) => break r,
+                    None => {}
                 }
-                100..=199 => continue,
-                status => break status,
+            }
+            if read_some(up, &mut buf, read_timeout).await? == 0 {
+                return Error::e_explain(ConnectionClosed, "before the response head")
+                    .map_err(|e| e.into_up());
             }
         };
-        if ctx.answered(status, true) {
+        if ctx.answered(resp.status, true) {
             return Ok(Exchange::StatusRetry);
         }
-        let mut resp = Box::new(up.resp_header().expect("read").clone());
-        for h in HOP_BY_HOP.iter().skip(1) {
-            resp.remove_header(*h);
-        }
-        if down.write_response_header(resp).await.is_err() {
+        buf.advance(resp.len);
+        let mut body = Body::new(resp.framing);
+        let (take, mut done) = body.feed(&buf)?;
+        let mut out = resp.client_head;
+        out.extend_from_slice(&buf[..take]);
+        buf.advance(take);
+        if write_flushed(client, &out).await.is_err() {
             return Ok(Exchange::ClientGone);
         }
-        while let Some(chunk) = up.read_body_ref().await.map_err(|e| e.into_up())? {
-            let chunk = Bytes::copy_from_slice(chunk);
-            if down.write_response_body(chunk, false).await.is_err() {
+        *sent = Some(resp.status);
+        drop(out);
+        while !done {
+            buf.clear();
+            if read_some(up, &mut buf, read_timeout).await? == 0 {
+                if resp.framing == Framing::Close {
+                    break;
+                }
+                return Error::e_explain(ConnectionClosed, "before the response body ended")
+                    .map_err(|e| e.into_up());
+            }
+            let (take, end) = body.feed(&buf)?;
+            done = end;
+            if write_flushed(client, &buf[..take]).await.is_err() {
                 return Ok(Exchange::ClientGone);
             }
+            buf.advance(take);
         }
-        Ok(Exchange::Answered)
+        Ok(Exchange::Answered {
+            status: resp.status,
+            keep: !close && resp.framing != Framing::Close,
+            // Bytes past the answer mean the backend is out of step.
+            reusable: resp.reusable && buf.is_empty(),
+        })
     }
 
-    /// The request failed with `e`: the client gets its status (when it still can) and
-    /// the connection closes, as on Pingora's path (`VigilProxy::fail_to_proxy`).
-    async fn failed(&self, down: &mut ServerSession, ctx: &mut Ctx, e: Box<Error>) -> bool {
+    /// The request failed with `e` before the client had an answer: it gets its
+    /// status, as on Pingora's path (`VigilProxy::fail_to_proxy`).
+    async fn failed(
+        &self,
+        client: &mut Stream,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+        req: &[u8],
+        close: bool,
+    ) -> (u16, bool) {
         if ctx.no_backend {
             if let Some(p) = ctx.pool() {
                 p.metrics.no_healthy.inc();
             }
-            return no_healthy_backend_plain(down).await.is_ok();
+            let mut out = Vec::with_capacity(256);
+            let (status, extra, body) = NO_HEALTHY_BACKEND;
+            let _ = write!(
+                out,
+                "HTTP/1.1 {status} Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            );
+            for (k, v) in extra {
+                let _ = write!(out, "{k}: {v}\r\n");
+            }
+            let connection = if close { "close" } else { "keep-alive" };
+            let _ = write!(out, "Connection: {connection}\r\n\r\n{body}");
+            let ok = write_flushed(client, &out).await.is_ok();
+            return (status, ok && !close);
         }
         let code = error_status(&e);
         if code > 0 {
-            let _ = down.respond_error(code).await;
+            let reason = http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            let out = format!(
+                "HTTP/1.1 {code} {reason}\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = write_flushed(client, out.as_bytes()).await;
         }
         if !matches!(e.esource(), ErrorSource::Downstream) {
             tracing::error!(
                 "Fail to proxy: {e}, status: {code}, tries: {}, {}",
                 ctx.tried.len(),
-                down.request_summary()
+                summary(req)
             );
         }
-        false
+        (if code > 0 { code } else { 502 }, false)
+    }
+}
+
+/// Request headers that make a request not plain: a body, an answer to wait for, or a
+/// hop-by-hop header to act on.
+const NOT_PLAIN: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Request headers not copied upstream: the hop-by-hop `Connection` (only `keep-alive`
+/// and `close` reach here) and the three vigil writes itself.
+const FORWARDED_BY_US: [&str; 4] = [
+    "connection",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Bytes of an origin-form target this loop passes on as they are (RFC 3986 pchar,
+/// `/`, `?` and `%`); anything else is left to Pingora's proxy to judge.
+fn uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// The request line, for the error log.
+fn summary(req: &[u8]) -> String {
+    let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
+    String::from_utf8_lossy(line).into_owned()
+}
+
+async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Reads more of the backend's answer into `buf`, within `read_timeout`.
+async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) -> Result<usize> {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(16 * 1024);
+    }
+    match timeout(read_timeout, up.read_buf(buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => {
+            Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())
+        }
+        Err(_) => Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}"))
+            .map_err(|e| e.into_up()),
+    }
+}
+
+fn bad_response<T>(why: &'static str) -> Result<T> {
+    Error::e_explain(InvalidHTTPHeader, why).map_err(|e| e.into_up())
+}
+
+/// Parses the backend's response head at the start of `buf`: None while incomplete.
+/// `head`: it answers a `HEAD`; `close`: the client's connection closes after it.
+fn parse_response(buf: &[u8], head: bool, close: bool) -> Result<Option<Response>> {
+    let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    // As Pingora's client does, a space before a header's colon is let through;
+    // obsolete line folding is not (a folded value would be passed on folded).
+    let mut config = httparse::ParserConfig::default();
+    config.allow_spaces_after_header_name_in_responses(true);
+    let len = match config.parse_response_with_uninit_headers(&mut r, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => return bad_response("response head too large"),
+        Err(_) => return bad_response("invalid response head"),
+    };
+    let status = r.code.unwrap_or(0);
+    if status < 200 {
+        return Ok(Some(Response {
+            len,
+            status,
+            framing: Framing::Empty,
+            reusable: false,
+            client_head: Vec::new(),
+        }));
+    }
+    let mut length = None;
+    let mut chunked = None;
+    let (mut conn_close, mut conn_keepalive) = (false, false);
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return bad_response("invalid Content-Length"),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only the last coding counts: chunked or not.
+            if let Some(last) = h
+                .value
+                .split(|&b| b == b',')
+                .map(|c| c.trim_ascii())
+                .next_back()
+            {
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                conn_close |= token.eq_ignore_ascii_case(b"close");
+                conn_keepalive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let framing = if head || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    let reusable = framing != Framing::Close
+        && !(chunked.is_some() && length.is_some())
+        && if r.version == Some(1) {
+            !conn_close
+        } else {
+            conn_keepalive && !conn_close
+        };
+    let mut out = Vec::with_capacity(len + 32);
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", r.reason.unwrap_or(""));
+    for h in r.headers.iter() {
+        let skip = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            // A length beside Transfer-Encoding is not sent on (RFC 9112 §6.2).
+            || (chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"));
+        if !skip {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(if close || framing == Framing::Close {
+        b"Connection: close\r\n\r\n"
+    } else {
+        b"Connection: keep-alive\r\n\r\n"
+    });
+    Ok(Some(Response {
+        len,
+        status,
+        framing,
+        reusable,
+        client_head: out,
+    }))
+}
+
+/// Where a body being copied is: it tells how many of the next bytes belong to it.
+#[derive(Debug)]
+enum Body {
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    Done,
+}
+
+/// The state of a chunked body (RFC 9112 §7.1) between two reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// In a chunk-size line: the size so far, its digits, past them (an extension).
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
+    /// After the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the empty line that ends the body).
+    TrailerStart,
+    TrailerLine,
+    TrailerEndLf,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Body {
+        match framing {
+            Framing::Empty | Framing::Length(0) => Body::Done,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(Chunk::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            }),
+            Framing::Close => Body::Close,
+        }
+    }
+
+    /// Of `bytes`, how many belong to the body, and whether it ended with them.
+    fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool)> {
+        match self {
+            Body::Done => Ok((0, true)),
+            Body::Close => Ok((bytes.len(), false)),
+            Body::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                let done = *left == 0;
+                if done {
+                    *self = Body::Done;
+                }
+                Ok((take as usize, done))
+            }
+            Body::Chunked(state) => {
+                let mut i = 0;
+                while i < bytes.len() {
+                    if let Chunk::Data(left) = state {
+                        let take = (*left).min((bytes.len() - i) as u64);
+                        *left -= take;
+                        i += take as usize;
+                        if *left == 0 {
+                            *state = Chunk::DataCr;
+                        }
+                        continue;
+                    }
+                    let b = bytes[i];
+                    i += 1;
+                    *state = match (*state, b) {
+                        (
+                            Chunk::Size {
+                                size,
+                                digits,
+                                ext: false,
+                            },
+                            _,
+                        ) if b.is_ascii_hexdigit() => {
+                            if digits >= 15 {
+                                return bad_response("chunk size too large");
+                            }
+                            let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                            Chunk::Size {
+                                size: size * 16 + d,
+                                digits: digits + 1,
+                                ext: false,
+                            }
+                        }
+                        (Chunk::Size { digits: 0, .. }, _) => {
+                            return bad_response("invalid chunk size")
+                        }
+                        (Chunk::Size { size, .. }, b'\r') => Chunk::SizeLf { size },
+                        (Chunk::Size { size, .. }, b'\n') | (Chunk::SizeLf { size }, b'\n') => {
+                            if size == 0 {
+                                Chunk::TrailerStart
+                            } else {
+                                Chunk::Data(size)
+                            }
+                        }
+                        (Chunk::Size { size, digits, .. }, b';' | b' ' | b'\t') => Chunk::Size {
+                            size,
+                            digits,
+                            ext: true,
+                        },
+                        (s @ Chunk::Size { ext: true, .. }, _) => s,
+                        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+                        (Chunk::DataCr | Chunk::DataLf, b'\n') => Chunk::Size {
+                            size: 0,
+                            digits: 0,
+                            ext: false,
+                        },
+                        (Chunk::TrailerStart, b'\r') => Chunk::TrailerEndLf,
+                        (Chunk::TrailerStart | Chunk::TrailerEndLf, b'\n') => {
+                            *self = Body::Done;
+                            return Ok((i, true));
+                        }
+                        (Chunk::TrailerLine, b'\n') => Chunk::TrailerStart,
+                        (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
+                        _ => return bad_response("invalid chunked body"),
+                    };
+                }
+                Ok((bytes.len(), false))
+            }
+        }
     }
 }
 
 #[async_trait]
-impl HttpServerApp for FastPath {
-    async fn process_new_http(
+impl ServerApp for FastPath {
+    async fn process_new(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        stream: Stream,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        if !self.enabled || session.as_http1().is_none() {
-            return self.pingora.process_new_http(session, shutdown).await;
+    ) -> Option<Stream> {
+        let h2c = self.pingora.server_options.as_ref().is_some_and(|o| o.h2c);
+        let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
+        if !self.enabled || h2c || !h1 {
+            return self.pingora.process_new(stream, shutdown).await;
         }
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                // With head limits set, a bad head was answered while it was read.
-                tracing::debug!("reading a request head: {e}");
-                return None;
+        self.serve(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.pingora).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(framing: Framing, parts: &[&[u8]]) -> Result<(usize, bool)> {
+        let mut body = Body::new(framing);
+        let mut total = 0;
+        for part in parts {
+            let (take, done) = body.feed(part)?;
+            total += take;
+            if done {
+                return Ok((total, true));
             }
+            assert_eq!(take, part.len(), "all of a part is body until the end");
         }
-        if *shutdown.borrow() {
-            // The service is shutting down: this is the connection's last request.
-            session.set_keepalive(None);
-        }
-        if let Some((table, index)) = self.plain(&session) {
-            let mut ctx = Ctx::new();
-            self.app.in_flight.started();
-            ctx.counted = true;
-            ctx.routed(table, index, session.req_header(), session.client_addr());
-            return self.forward(session, ctx).await;
-        }
-        session.unread_request();
-        self.pingora.process_new_http(session, shutdown).await
+        Ok((total, false))
     }
 
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.pingora.h2_options()
+    #[test]
+    fn chunked_bodies_end_where_their_last_chunk_and_trailers_end() {
+        let body: &[u8] = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-t: 1\r\n\r\n";
+        assert_eq!(
+            feed_all(Framing::Chunked, &[body]).unwrap(),
+            (body.len(), true)
+        );
+        let mut with_next = body.to_vec();
+        with_next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(
+            feed_all(Framing::Chunked, &[&with_next]).unwrap(),
+            (body.len(), true)
+        );
+        // Split at every byte.
+        let parts: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(
+            feed_all(Framing::Chunked, &parts).unwrap(),
+            (body.len(), true)
+        );
+        assert_eq!(
+            feed_all(Framing::Chunked, &[b"0\r\n\r\n"]).unwrap(),
+            (5, true)
+        );
+        assert_eq!(
+            feed_all(Framing::Chunked, &[b"a\r\n0123456789"]).unwrap(),
+            (13, false)
+        );
     }
 
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.pingora.server_options.as_ref()
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"ffffffffffffffff0\r\n",
+        ] {
+            assert!(feed_all(Framing::Chunked, &[bad]).is_err(), "{bad:?}");
+        }
     }
 
-    async fn http_cleanup(&self) {
-        self.pingora.http_cleanup().await
+    #[test]
+    fn length_bodies_take_only_their_length() {
+        assert_eq!(
+            feed_all(Framing::Length(3), &[b"ab", b"cdef"]).unwrap(),
+            (3, true)
+        );
+        assert_eq!(feed_all(Framing::Empty, &[b"abc"]).unwrap(), (0, true));
+        assert_eq!(
+            feed_all(Framing::Close, &[b"abc", b"d"]).unwrap(),
+            (4, false)
+        );
+    }
+
+    fn parsed(head: &str, head_req: bool, close: bool) -> Response {
+        parse_response(head.as_bytes(), head_req, close)
+            .expect("valid")
+            .expect("complete")
+    }
+
+    #[test]
+    fn responses_are_framed_as_rfc_9112_says() {
+        let r = parsed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            false,
+            false,
+        );
+        assert_eq!((r.framing, r.reusable), (Framing::Length(5), true));
+        assert_eq!(r.len, 38);
+        let r = parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false);
+        assert_eq!(r.framing, Framing::Empty, "an answer to HEAD has no body");
+        let r = parsed(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(r.framing, Framing::Empty);
+        let r = parsed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!((r.framing, r.reusable), (Framing::Chunked, true));
+        let r = parsed("HTTP/1.1 200 OK\r\n\r\n", false, false);
+        assert_eq!((r.framing, r.reusable), (Framing::Close, false));
+        let r = parsed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(!r.reusable);
+        let r = parsed("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false, false);
+        assert!(!r.reusable, "HTTP/1.0 without keep-alive closes");
+        let r = parsed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!((r.framing, r.reusable), (Framing::Chunked, false));
+        let head = String::from_utf8(r.client_head).unwrap();
+        assert!(
+            !head.to_ascii_lowercase().contains("content-length"),
+            "{head}"
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1 1\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad.as_bytes(), false, false).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nA: b\r\n", false, false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn the_client_gets_the_head_without_hop_by_hop_headers() {
+        let r = parsed(
+            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nConnection: keep-alive, x-a\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(r.client_head).unwrap(),
+            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let r = parsed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
+        assert!(String::from_utf8(r.client_head)
+            .unwrap()
+            .ends_with("Connection: close\r\n\r\n"));
     }
 }

@@ -30,6 +30,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod request;
+pub mod rewound;
 pub mod routing;
 pub mod server;
 pub mod tls;

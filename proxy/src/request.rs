@@ -117,11 +117,26 @@ impl Ctx {
         req: &RequestHeader,
         client: Option<&SocketAddr>,
     ) {
+        let key = table.pools[index]
+            .config
+            .hash_key
+            .as_ref()
+            .map(|key| hash_key(key, req, client))
+            .unwrap_or_default();
+        self.routed_with_key(table, index, key);
+    }
+
+    /// The request goes to pool `index` of `table`; `hash_key` is its key for the pool's
+    /// `hash_key` setting (empty without one).
+    pub(crate) fn routed_with_key(
+        &mut self,
+        table: Arc<RoutingTable>,
+        index: usize,
+        hash_key: Vec<u8>,
+    ) {
         let pool = &table.pools[index];
         self.retries_left = pool.config.retries;
-        if let Some(key) = &pool.config.hash_key {
-            self.hash_key = hash_key(key, req, client);
-        }
+        self.hash_key = hash_key;
         if pool.panic {
             pool.metrics.panic.inc();
         }
@@ -132,6 +147,14 @@ impl Ctx {
     /// The peer for the next attempt: an alive backend not tried yet. With none, an
     /// error; `no_backend` is set when there was none from the start.
     pub(crate) fn next_peer(&mut self) -> Result<HttpPeer> {
+        let i = self.next_member()?;
+        let pool = self.pool().expect("routed request has a table");
+        Ok(peer_for(pool, i))
+    }
+
+    /// [`Self::next_peer`] as the index of the pool member, counted as started; the
+    /// request loop (`fast`) builds a peer only when it dials.
+    pub(crate) fn next_member(&mut self) -> Result<usize> {
         self.release_current();
         self.got_header = false;
         // Borrowed, not cloned: the table's reference count is shared by every worker
@@ -144,9 +167,9 @@ impl Ctx {
                 .pools[self.pool];
             pool.selector
                 .pick(&pool.members, &pool.candidates, &self.tried, &self.hash_key)
-                .map(|i| (i, peer_for(pool, i)))
+                .inspect(|&i| pool.members[i].endpoint.request_started())
         };
-        let Some((i, peer)) = picked else {
+        let Some(i) = picked else {
             if self.tried.is_empty() {
                 self.no_backend = true;
                 return Err(Error::explain(HTTPStatus(503), "no healthy backend"));
@@ -159,7 +182,7 @@ impl Ctx {
         self.tried.push(i);
         self.current = Some(i);
         self.attempt_started = Instant::now();
-        Ok(peer)
+        Ok(i)
     }
 
     /// The attempt has its connection (`fd`, from `local`). Pools with stall detection
@@ -349,10 +372,9 @@ fn attempt_id() -> u64 {
     })
 }
 
-/// The peer for member `i` of `pool`, counted as started.
-fn peer_for(pool: &crate::routing::PoolRoute, i: usize) -> HttpPeer {
+/// The peer for member `i` of `pool`.
+pub(crate) fn peer_for(pool: &crate::routing::PoolRoute, i: usize) -> HttpPeer {
     let member = &pool.members[i];
-    member.endpoint.request_started();
     let mut peer = match &pool.tls {
         Some(tls) => {
             let sni = tls.server_name(&member.endpoint.address);
@@ -499,7 +521,7 @@ pub(crate) async fn respond(
         .await
 }
 
-const NO_HEALTHY_BACKEND: (u16, [(&str, &str); 1], &str) = (
+pub(crate) const NO_HEALTHY_BACKEND: (u16, [(&str, &str); 1], &str) = (
     503,
     [("x-vigil-error", "no-healthy-backend")],
     "{\"error\":\"no healthy backend\"}",
@@ -509,19 +531,6 @@ const NO_HEALTHY_BACKEND: (u16, [(&str, &str); 1], &str) = (
 pub(crate) async fn no_healthy_backend(session: &mut Session) -> Result<()> {
     let (status, extra, body) = NO_HEALTHY_BACKEND;
     respond(session, status, &extra, body).await
-}
-
-/// `no_healthy_backend` on a session outside Pingora's proxy (see `fast`).
-pub(crate) async fn no_healthy_backend_plain(
-    session: &mut pingora::protocols::http::ServerSession,
-) -> Result<()> {
-    let (status, extra, body) = NO_HEALTHY_BACKEND;
-    session
-        .write_response_header(small_response(status, &extra, body)?)
-        .await?;
-    session
-        .write_response_body(Bytes::from_static(body.as_bytes()), true)
-        .await
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header (HTTP/2 carries the

@@ -485,8 +485,14 @@ pub(crate) fn chunked_body(mut raw: &[u8]) -> Option<(Vec<u8>, usize)> {
         .ok()?;
         raw = &raw[i + 2..];
         if size == 0 {
-            raw = raw.get(2..)?;
-            return Some((out, total - raw.len()));
+            // Trailer lines, then the empty line that ends the body.
+            loop {
+                let end = raw.windows(2).position(|w| w == b"\r\n")?;
+                raw = &raw[end + 2..];
+                if end == 0 {
+                    return Some((out, total - raw.len()));
+                }
+            }
         }
         out.extend_from_slice(raw.get(..size)?);
         raw = raw.get(size + 2..)?;

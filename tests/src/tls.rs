@@ -84,8 +84,16 @@ pub async fn get1<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    request1(s, req.as_bytes()).await
+}
+
+/// One raw HTTP/1.1 request on `s` (kept alive); status and body (Content-Length).
+pub async fn request1<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &[u8],
+) -> std::io::Result<(u16, String)> {
+    s.write_all(req).await?;
     let mut buf = Vec::new();
     loop {
         let mut chunk = [0u8; 4096];

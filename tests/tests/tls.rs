@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vigil_tests::certs::TestCa;
 use vigil_tests::config::{config, pool, tls_config, FAST_CHECKS};
-use vigil_tests::tls::{certs, client_config, connect, get1, get2, negotiated};
+use vigil_tests::tls::{certs, client_config, connect, get1, get2, negotiated, request1};
 use vigil_tests::{free_ports, wait_for, FakeBackend, Vigil};
 
 fn leaf_der(path: &std::path::Path) -> Vec<u8> {
@@ -406,6 +406,23 @@ async fn tls_and_h2_connections_at_two_threads_are_served() {
                 (200, "web".into())
             );
         }
+        // A POST is handed, read already, from vigil's request loop to Pingora's proxy
+        // over the same TLS connection, which goes on serving.
+        let post = b"POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(request1(&mut s, post).await.unwrap(), (200, "web".into()));
+        assert_eq!(
+            get1(&mut s, "a.test", "/").await.unwrap(),
+            (200, "web".into())
+        );
     }
+    let posts = backend
+        .stats
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == "/p" && r.body == b"abc")
+        .count();
+    assert_eq!(posts, 8);
     v.assert_quiet();
 }

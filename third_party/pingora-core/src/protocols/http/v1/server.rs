@@ -98,6 +98,38 @@ pub struct HeadLimitValues {
     pub timeout: Option<Duration>,
 }
 
+/// Answers a refused request head with `status` (400, 408 or 431) and closes (vigil
+/// patch): the status line is written, the write side shut, and what the client already
+/// sent is read and discarded for a moment (a lingering close), so the kernel does not
+/// reset the connection before the client has read the answer. Every step is bounded
+/// in time. Public for request loops that read heads themselves.
+pub async fn refuse_request_head(stream: &mut Stream, status: u16) {
+    let reason = match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        _ => "Request Header Fields Too Large",
+    };
+    let answer =
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = timeout(Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+    let mut sink = [0u8; 4096];
+    let _ = timeout(Duration::from_secs(1), async {
+        let mut drained = 0usize;
+        while drained < 1 << 20 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -254,41 +286,14 @@ impl HttpSession {
         self.head_limits = limits;
     }
 
-    /// Answers a refused head itself and closes: the status line is written, the write
-    /// side shut, and what the client already sent is read and discarded for a moment
-    /// (a lingering close), so the kernel does not reset the connection before the
-    /// client has read the answer. Every step is bounded in time.
+    /// Answers a refused head itself and closes (see [`refuse_request_head`]).
     async fn refuse_head(&mut self, status: u16) -> Result<Option<usize>> {
         debug!("request head refused with {status}");
         if let Some(limits) = &self.head_limits {
             let client = self.digest.socket_digest.as_ref().and_then(|d| d.peer_addr());
             limits.refused(status, client);
         }
-        let reason = match status {
-            400 => "Bad Request",
-            408 => "Request Timeout",
-            _ => "Request Header Fields Too Large",
-        };
-        let answer =
-            format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        let stream = &mut self.underlying_stream;
-        let _ = timeout(Duration::from_secs(1), async {
-            stream.write_all(answer.as_bytes()).await?;
-            stream.flush().await?;
-            stream.shutdown().await
-        })
-        .await;
-        let mut sink = [0u8; 4096];
-        let _ = timeout(Duration::from_secs(1), async {
-            let mut drained = 0usize;
-            while drained < 1 << 20 {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        })
-        .await;
+        refuse_request_head(&mut self.underlying_stream, status).await;
         self.set_keepalive(None);
         Ok(None)
     }

@@ -1,0 +1,225 @@
+//! vigil's own request loop (`proxy/src/fast.rs`) copies answers as they come from a
+//! backend: every way an HTTP/1.1 answer can be framed (a length, chunked with
+//! trailers, to the end of the connection, none at all) must reach the client whole,
+//! without the backend's hop-by-hop headers, and leave both connections in step. The
+//! backend here is a script on a real socket, so that it can answer in ways the test
+//! backend never does.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use vigil_tests::config::FAST_CHECKS;
+use vigil_tests::raw::RawConn;
+use vigil_tests::start_vigil;
+
+const BIG: usize = 1 << 20;
+
+/// A backend that answers each path its own way; health checks and unknown paths get
+/// a short 200. Counts the connections that carried proxied requests (not checks).
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl Scripted {
+    async fn start() -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve(sock, count.clone()));
+            }
+        });
+        Scripted { addr, connections }
+    }
+
+    fn pool(&self) -> String {
+        format!(
+            "  - name: web\n    backends:\n      - address: {}\n{FAST_CHECKS}",
+            self.addr
+        )
+    }
+}
+
+/// Writes `parts` one write each, so that vigil reads them in pieces.
+async fn write_parts(sock: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
+    for p in parts {
+        sock.write_all(p).await?;
+        sock.flush().await?;
+    }
+    Ok(())
+}
+
+async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
+    let mut buf = Vec::new();
+    let mut counted = false;
+    loop {
+        let (head, path, len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let head = req.method == Some("HEAD");
+                break (head, req.path.unwrap_or("").to_string(), n);
+            }
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        buf.drain(..len);
+        if path != "/health" && !std::mem::replace(&mut counted, true) {
+            proxied.fetch_add(1, Ordering::Relaxed);
+        }
+        let ok = match path.as_str() {
+            "/chunked" => write_parts(
+                &mut sock,
+                &[
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    b"5\r\nhello\r\n",
+                    b"6;ext=1\r\n, worl\r\n1\r",
+                    b"\nd\r\n0\r\nx-trailer: t\r\n\r\n",
+                ],
+            )
+            .await,
+            "/hop" => write_parts(
+                &mut sock,
+                &[b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\nContent-Length: 3\r\n\r\nhop"],
+            )
+            .await,
+            "/informational" => write_parts(
+                &mut sock,
+                &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"],
+            )
+            .await,
+            "/not-modified" => write_parts(
+                &mut sock,
+                &[b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"],
+            )
+            .await,
+            "/big" => {
+                let body = if head { Vec::new() } else { vec![b'x'; BIG] };
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                write_parts(&mut sock, &[head.as_bytes(), &body]).await
+            }
+            "/until-close" => {
+                let _ = write_parts(
+                    &mut sock,
+                    &[b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of ", b"it"],
+                )
+                .await;
+                return;
+            }
+            "/garbage" => {
+                let _ = write_parts(&mut sock, &[b"HTTP/1.1 two hundred\r\n\r\n"]).await;
+                return;
+            }
+            "/cut" => {
+                let _ = write_parts(&mut sock, &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"]).await;
+                return;
+            }
+            _ => write_parts(&mut sock, &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]).await,
+        };
+        if ok.is_err() {
+            return;
+        }
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_framing_reaches_the_client_whole_on_one_connection() {
+    let b = Scripted::start().await;
+    let v = start_vigil("", &[b.pool()]).await;
+    let mut c = RawConn::connect(v.listen).await;
+
+    c.send(&get("/chunked")).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello, world"), "{r:?}");
+    assert_eq!(
+        c.buffered(),
+        0,
+        "nothing follows the last chunk and trailers"
+    );
+
+    c.send(&get("/hop")).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hop"));
+    assert_eq!(r.header("x-kept"), Some("yes"));
+    for h in ["keep-alive", "upgrade", "proxy-connection"] {
+        assert_eq!(r.header(h), None, "{h} is hop-by-hop: {r:?}");
+    }
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+
+    // Informational answers before the final one are not passed on.
+    c.send(&get("/informational")).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "final"), "{r:?}");
+
+    // 304 and HEAD answers carry a length and no body.
+    c.send(&get("/not-modified")).await.unwrap();
+    let r = c.head().await.unwrap();
+    assert_eq!((r.status, r.header("content-length")), (304, Some("99")));
+    c.send(b"HEAD /big HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let r = c.head().await.unwrap();
+    let big = BIG.to_string();
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some(big.as_str()))
+    );
+
+    // A body larger than any buffer, then a short answer right behind it.
+    c.send(&get("/big")).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!(r.body.len(), BIG);
+    assert!(r.body.bytes().all(|b| b == b'x'));
+    c.send(&get("/after")).await.unwrap();
+    assert_eq!(c.response().await.unwrap().body, "ok");
+
+    // All of that on one backend connection: each answer ended where its framing said.
+    let used = b.connections.load(Ordering::Relaxed);
+    assert_eq!(used, 1, "backend connections for framed answers");
+
+    // An answer that ends with its connection ends the client's too, told so.
+    c.send(&get("/until-close")).await.unwrap();
+    let r = c.head().await.unwrap();
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert_eq!(c.bytes(9).await.unwrap(), b"all of it");
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_answers_are_502_or_a_closed_connection() {
+    let b = Scripted::start().await;
+    let v = start_vigil("", &[b.pool()]).await;
+
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(&get("/garbage")).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+
+    // Cut mid-body: the client has the head already, and sees the connection close
+    // before the length it was promised.
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(&get("/cut")).await.unwrap();
+    let r = c.head().await.unwrap();
+    assert_eq!((r.status, r.header("content-length")), (200, Some("10")));
+    assert_eq!(c.bytes(4).await.unwrap(), b"half");
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+
+    // vigil still serves.
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(&get("/fine")).await.unwrap();
+    assert_eq!(c.response().await.unwrap().body, "ok");
+}
