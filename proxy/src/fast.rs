@@ -567,7 +567,11 @@ impl FastPath {
                 let _ = write!(out, "{k}: {v}\r\n");
             }
             let connection = if close { "close" } else { "keep-alive" };
-            let _ = write!(out, "Connection: {connection}\r\n\r\n{body}");
+            let _ = write!(out, "Connection: {connection}\r\n\r\n");
+            // An answer to HEAD has its length and no body.
+            if !req.starts_with(b"HEAD ") {
+                out.extend_from_slice(body.as_bytes());
+            }
             let ok = write_flushed(client, &out).await.is_ok();
             return (status, ok && !close);
         }

@@ -74,6 +74,8 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Which of the backend's connections carried it (numbered from 1 as they open).
+    pub connection: u64,
 }
 
 impl Request {
@@ -299,15 +301,16 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     ctl: Arc<Control>,
     mut stop: watch::Receiver<bool>,
 ) {
-    stats.connections.fetch_add(1, Ordering::SeqCst);
+    let connection = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
     stats.open_connections.fetch_add(1, Ordering::SeqCst);
     let mut guard = OpenGuard(stats.clone(), false);
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read one request head (and its Content-Length body).
         let req = loop {
-            if let Some((req, used)) = parse_request(&buf) {
+            if let Some((mut req, used)) = parse_request(&buf) {
                 buf.drain(..used);
+                req.connection = connection;
                 break req;
             }
             let mut chunk = [0u8; 4096];
@@ -462,6 +465,7 @@ fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
             path: req.path?.to_string(),
             headers,
             body,
+            connection: 0,
         },
         used,
     ))

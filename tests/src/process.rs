@@ -42,6 +42,8 @@ pub struct Vigil {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The threads copying its stdout and stderr into `logs`, until each pipe closes.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -94,6 +96,7 @@ impl Vigil {
             .spawn()
             .expect("start vigil");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for pipe in [
             child
                 .stderr
@@ -108,14 +111,14 @@ impl Vigil {
         .flatten()
         {
             let sink = logs.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if std::env::var_os("VIGIL_TEST_ECHO").is_some() {
                         eprintln!("vigil| {line}");
                     }
                     sink.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         Vigil {
             child,
@@ -123,6 +126,7 @@ impl Vigil {
             admin,
             config_path,
             logs,
+            readers,
         }
     }
 
@@ -231,6 +235,15 @@ impl Vigil {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
+                // Every line it wrote is in `logs` once its pipes are read to the end
+                // (bounded: a process it started could hold them open).
+                let readers = std::mem::take(&mut self.readers);
+                let joined = tokio::task::spawn_blocking(move || {
+                    for r in readers {
+                        let _ = r.join();
+                    }
+                });
+                let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
                 return Some(s);
             }
             if Instant::now() > deadline {

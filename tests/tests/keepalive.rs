@@ -132,6 +132,71 @@ async fn requests_at_two_threads_wake_no_other_thread() {
     v.assert_quiet();
 }
 
+/// Client connections are spread evenly over the worker threads (pingora-core patch 8):
+/// Pingora put each on a random thread, so that one thread often served several more
+/// than the other and their requests waited behind each other (p99 in bench/RESULTS.md).
+/// Here 64 client connections stay open and send 10 requests each, one at a time: each
+/// worker thread then carries its share on one backend connection of its own (its idle
+/// list), so the backend's two connections carry the threads' shares. Twice, the
+/// client connections closed in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_are_spread_evenly_over_two_threads() {
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = free_ports();
+    let cfg = config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)])
+        .replace("threads: 1", "threads: 2");
+    let mut v = Vigil::start(&cfg, listen, admin);
+    v.wait_ready().await;
+    let gauge = format!("vigil_client_connections{{listener=\"{listen}\"}}");
+    for round in 0..2 {
+        let mut conns = Vec::new();
+        for _ in 0..64 {
+            let mut c = RawConn::connect(listen).await;
+            c.send(b"GET /open HTTP/1.1\r\nHost: app\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(c.response().await.unwrap().status, 200);
+            conns.push(c);
+        }
+        a.stats.seen.lock().unwrap().clear();
+        for _ in 0..10 {
+            for c in conns.iter_mut() {
+                c.send(b"GET /r HTTP/1.1\r\nHost: app\r\n\r\n")
+                    .await
+                    .unwrap();
+                assert_eq!(c.response().await.unwrap().status, 200);
+            }
+        }
+        let mut per_connection = std::collections::BTreeMap::<u64, u64>::new();
+        for r in a.stats.seen.lock().unwrap().iter() {
+            *per_connection.entry(r.connection).or_default() += 1;
+        }
+        let counts: Vec<u64> = per_connection.values().copied().collect();
+        assert_eq!(
+            counts.len(),
+            2,
+            "round {round}: one backend connection per thread: {counts:?}"
+        );
+        // 10 requests per client connection: a split of 31 to 33 connections.
+        assert!(
+            counts[0].abs_diff(counts[1]) <= 20,
+            "round {round}: requests per thread {counts:?}: connections split {} / {}",
+            counts[0] / 10,
+            counts[1] / 10
+        );
+        drop(conns);
+        let v = &v;
+        let gauge = &gauge;
+        vigil_tests::wait_for_async(
+            "client connections closed",
+            Duration::from_secs(10),
+            || async move { v.metric(gauge).await == Some(0.0) },
+        )
+        .await;
+    }
+    v.assert_quiet();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_at_two_threads_reuse_a_handful_of_connections() {
     a_thousand_requests_reuse_a_handful_of_connections(false).await;

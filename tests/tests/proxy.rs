@@ -357,10 +357,27 @@ async fn no_route_is_404_and_no_alive_backend_is_503() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-vigil-error"), Some("no-healthy-backend"));
     assert_eq!(traffic(&bs[0]), 0);
+    // The same answer to HEAD has its length and no body: the connection goes on.
+    let mut c = vigil_tests::raw::RawConn::connect(listen).await;
+    c.send(b"HEAD /v1 HTTP/1.1\r\nHost: api.example.com\r\n\r\nGET /v1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = c.head().await.unwrap();
+    assert_eq!(head.status, 503);
+    assert!(
+        head.header("content-length").is_some_and(|l| l != "0"),
+        "{head:?}"
+    );
+    let r = c.response().await.unwrap();
+    assert_eq!(
+        (r.status, r.header("x-vigil-error")),
+        (503, Some("no-healthy-backend")),
+        "{r:?}"
+    );
     assert_eq!(
         v.metric("vigil_no_healthy_backend_total{pool=\"api\"}")
             .await,
-        Some(1.0)
+        Some(3.0)
     );
     let ready = v.admin_get("/health/ready").await;
     assert_eq!(ready.status, 503);

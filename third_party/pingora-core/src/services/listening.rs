@@ -24,6 +24,7 @@ use crate::listeners::tls::TlsSettings;
 use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
+    UninitializedStream,
 };
 use crate::protocols::Stream;
 #[cfg(unix)]
@@ -37,8 +38,78 @@ use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The worker threads serving a service's connections, each with its number of open
+/// connections (vigil patch 8). Pingora spawns every accepted connection on a random
+/// worker thread of its no-steal runtime, so that at two threads one of them often
+/// serves several more connections than the other, and its requests wait behind
+/// theirs; HAProxy hands each new connection to its least loaded thread. A connection
+/// landing on a thread that has more open connections than another is moved there
+/// before its handshake. Threads register themselves the first time a connection lands
+/// on them.
+#[derive(Default)]
+struct Spread {
+    threads: std::sync::RwLock<Vec<SpreadThread>>,
+}
+
+struct SpreadThread {
+    id: std::thread::ThreadId,
+    handle: tokio::runtime::Handle,
+    open: Arc<AtomicUsize>,
+}
+
+/// A connection counted open on its thread until dropped.
+struct OpenHere(Arc<AtomicUsize>);
+
+impl Drop for OpenHere {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Spread {
+    /// This thread's count of open connections, the thread registered if new.
+    fn here(&self) -> Arc<AtomicUsize> {
+        let id = std::thread::current().id();
+        let find = |threads: &[SpreadThread]| {
+            threads.iter().find(|t| t.id == id).map(|t| t.open.clone())
+        };
+        if let Some(open) = find(&self.threads.read().unwrap()) {
+            return open;
+        }
+        let mut threads = self.threads.write().unwrap();
+        if let Some(open) = find(&threads) {
+            return open;
+        }
+        let open = Arc::new(AtomicUsize::new(0));
+        threads.push(SpreadThread {
+            id,
+            handle: tokio::runtime::Handle::current(),
+            open: open.clone(),
+        });
+        open
+    }
+
+    /// The runtime of the thread with the fewest open connections, if that is fewer
+    /// than this thread's.
+    fn less_loaded(&self) -> Option<tokio::runtime::Handle> {
+        let mine = self.here().load(Ordering::Relaxed);
+        let threads = self.threads.read().unwrap();
+        let least = threads
+            .iter()
+            .min_by_key(|t| t.open.load(Ordering::Relaxed))?;
+        (least.open.load(Ordering::Relaxed) < mine).then(|| least.handle.clone())
+    }
+
+    fn open_here(&self) -> OpenHere {
+        let open = self.here();
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenHere(open)
+    }
+}
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -199,10 +270,41 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         }
     }
 
+    /// An accepted connection, on the thread that serves it: its handshake, then its
+    /// requests; counted open on this thread meanwhile.
+    async fn serve_accepted(
+        io: UninitializedStream,
+        app: Arc<A>,
+        shutdown: ShutdownWatch,
+        spread: Arc<Spread>,
+    ) {
+        let _open = spread.open_here();
+        let peer_addr = io.peer_addr();
+        match timeout(Duration::from_secs(60), io.handshake()).await {
+            Ok(handshake) => {
+                match handshake {
+                    Ok(io) => Self::handle_event(io, app, shutdown).await,
+                    Err(e) => {
+                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                        if let Some(addr) = peer_addr {
+                            error!("Downstream handshake error from {}: {e}", addr);
+                        } else {
+                            error!("Downstream handshake error: {e}");
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                error!("Downstream handshake timeout");
+            }
+        }
+    }
+
     async fn run_endpoint(
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        spread: Arc<Spread>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -229,25 +331,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let spread = spread.clone();
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
-                                }
+                        // Served by the thread with the fewest open connections
+                        // (vigil patch 8): moved there when this one has more.
+                        match spread.less_loaded() {
+                            Some(there) => {
+                                there.spawn(Self::serve_accepted(io, app, shutdown, spread));
                             }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
-                            }
+                            None => Self::serve_accepted(io, app, shutdown, spread).await,
                         }
                     });
                 }
@@ -299,15 +391,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         let app_logic = Arc::new(app_logic);
 
         let mut handlers = Vec::new();
+        let spread = Arc::new(Spread::default());
 
         endpoints.into_iter().for_each(|endpoint| {
             for _ in 0..listeners_per_fd {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let spread = spread.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, spread).await;
                 });
 
                 handlers.push(jh);

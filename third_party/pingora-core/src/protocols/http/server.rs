@@ -127,15 +127,6 @@ impl Session {
         }
     }
 
-    /// Puts back the HTTP/1 request head just read, so that the next [`Self::read_request`]
-    /// returns it instead of reading another (vigil patch 5). Other sessions read their
-    /// request once and keep it, so nothing changes for them.
-    pub fn unread_request(&mut self) {
-        if let Self::H1(s) = self {
-            s.unread_request();
-        }
-    }
-
     /// Return the request header it just read.
     /// # Panic
     /// This function will panic if [`Self::read_request()`] is not called.

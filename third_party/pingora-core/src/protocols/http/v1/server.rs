@@ -217,8 +217,6 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
     /// See [`HeadLimits`]; None keeps Pingora's own limits.
     head_limits: Option<std::sync::Arc<dyn HeadLimits>>,
-    /// The next [`Self::read_request`] hands back the head already read (vigil patch 5).
-    unread: Option<usize>,
 }
 
 impl HttpSession {
@@ -268,16 +266,6 @@ impl HttpSession {
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             head_limits: None,
-            unread: None,
-        }
-    }
-
-    /// Puts back the request head just read: the next [`Self::read_request`] returns it
-    /// again instead of reading another (vigil patch 5), so an application that looked
-    /// at a request can hand the session to another that reads it itself.
-    pub fn unread_request(&mut self) {
-        if self.request_header.is_some() {
-            self.unread = Some(self.buf.len());
         }
     }
 
@@ -365,9 +353,6 @@ impl HttpSession {
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
-        if let Some(n) = self.unread.take() {
-            return Ok(Some(n));
-        }
         match self.read_request_head().await {
             // With head limits, a malformed head is answered here too, so every refused
             // head is counted in one place (vigil patch).
