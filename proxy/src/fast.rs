@@ -161,7 +161,7 @@ impl FastPath {
                 }
                 Err(Some(status)) => {
                     self.app.edge.refused(status, client.as_ref());
-                    refuse_request_head(&mut stream, status).await;
+                    Box::pin(refuse_request_head(&mut stream, status)).await;
                     return None;
                 }
                 Err(None) => return None,
@@ -400,7 +400,9 @@ impl FastPath {
                 Some(stream) => (stream, true),
                 None => {
                     let peer = peer_for(pool, i);
-                    match self.dial.new_stream(&peer).await {
+                    // Boxed: dialling is rare, and its future would otherwise make every
+                    // connection's (held while idle) several KiB larger.
+                    match Box::pin(self.dial.new_stream(&peer)).await {
                         Ok(stream) => (stream, false),
                         Err(e) => {
                             if ctx.connect_failed() {

@@ -196,9 +196,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         let _held = Held(slot);
         let mut app = &self.inner;
         let mut stream = match (&slot.tls, &self.h2c) {
-            (Some(tls), _) => self.handshake(tls, stream).await?,
+            // Boxed: a TLS handshake's future is several KiB, which every connection
+            // would otherwise hold, TLS or not, for as long as it is open.
+            (Some(tls), _) => Box::pin(self.handshake(tls, stream)).await?,
             (None, Some(h2c)) if slot.h2c => {
-                let (h2, stream) = self.sniff_h2c(stream).await?;
+                let (h2, stream) = Box::pin(self.sniff_h2c(stream)).await?;
                 if h2 {
                     app = h2c;
                 }

@@ -280,7 +280,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     ) {
         let _open = spread.open_here();
         let peer_addr = io.peer_addr();
-        match timeout(Duration::from_secs(60), io.handshake()).await {
+        // Boxed, so that the connection's task, kept while it is open, does not keep
+        // room for a TLS handshake's state too.
+        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
             Ok(handshake) => {
                 match handshake {
                     Ok(io) => Self::handle_event(io, app, shutdown).await,
