@@ -483,7 +483,9 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
     """vigil, HAProxy (http-reuse safe) and nginx (keepalive 64) at 1, 2 and 4 workers:
     CPU per request, req/s, p99 and new backend connections per 1,000 requests, counted
     at the backends (vigil's health checks use their own few connections). A vigil
-    binary from before the pool patch can run beside (VIGIL_BEFORE=path)."""
+    binary from before the pool patch can run beside (VIGIL_BEFORE=path). ROUNDS=n
+    takes n interleaved rounds instead of 3."""
+    rounds = int(os.environ.get("ROUNDS", rounds))
     backends = [fleet(1, f"threads-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
     before = os.environ.get("VIGIL_BEFORE")
