@@ -1016,20 +1016,22 @@ def bench_fleet(count=1000, seconds=20, warmup=10):
     stop(etcd)
 
 
+def user_sys_seconds(pid):
+    """User and system CPU seconds of `pid` and its children."""
+    u = s = 0
+    for p in tree(pid):
+        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        u += int(f[11])
+        s += int(f[12])
+    return u / TICK, s / TICK
+
+
 def bench_split(seconds=6):
     """vigil and HAProxy (http-reuse safe) at 1 and 2 workers, wrk -t1 -c32: user and
     system CPU per request from /proc, then system calls per request under strace -c
     (strace slows both alike, only the counts matter)."""
     backends = [fleet(1, f"split-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
-
-    def times(pid):
-        u = s = 0
-        for p in tree(pid):
-            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            u += int(f[11])
-            s += int(f[12])
-        return u / TICK, s / TICK
 
     def start_peer(name, threads):
         if name == "vigil":
@@ -1045,9 +1047,9 @@ def bench_split(seconds=6):
         for name in ("vigil", "haproxy"):
             p, port = start_peer(name, threads)
             wrk(f"http://127.0.0.1:{port}/", 2)
-            a = times(p.pid)
+            a = user_sys_seconds(p.pid)
             r = wrk(f"http://127.0.0.1:{port}/", seconds)
-            b = times(p.pid)
+            b = user_sys_seconds(p.pid)
             n = r["requests"]
             print(f"| {threads} | {name} | {r['rps']:.0f} | {(b[0] - a[0]) / n * 1e6:.1f} | {(b[1] - a[1]) / n * 1e6:.1f} |")
             sys.stdout.flush()
@@ -1076,16 +1078,6 @@ def bench_split(seconds=6):
         print(f"| {threads} | {name} | {r['requests']} | {', '.join(calls)} |")
     for b in backends:
         stop(b[0])
-
-
-def user_sys_seconds(pid):
-    """User and system CPU seconds of `pid` and its children."""
-    u = s = 0
-    for p in tree(pid):
-        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        u += int(f[11])
-        s += int(f[12])
-    return u / TICK, s / TICK
 
 
 def bench_ab(rounds=3, seconds=6):

@@ -794,7 +794,7 @@ enum Chunk {
 impl Body {
     fn new(framing: Framing) -> Body {
         match framing {
-            Framing::Empty | Framing::Length(0) => Body::Done,
+            Framing::Empty => Body::Done,
             Framing::Length(n) => Body::Length(n),
             Framing::Chunked => Body::Chunked(Chunk::Size {
                 size: 0,
