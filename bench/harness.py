@@ -483,8 +483,9 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
     """vigil, HAProxy (http-reuse safe) and nginx (keepalive 64) at 1, 2 and 4 workers:
     CPU per request, req/s, p99 and new backend connections per 1,000 requests, counted
     at the backends (vigil's health checks use their own few connections). A vigil
-    binary from before the pool patch can run beside (VIGIL_BEFORE=path). ROUNDS=n
-    takes n interleaved rounds instead of 3."""
+    binary from before the pool patch can run beside (VIGIL_BEFORE=path), and the same
+    build with `cpu_affinity: off` (AFFINITY_OFF=1). ROUNDS=n takes n interleaved rounds
+    instead of 3."""
     rounds = int(os.environ.get("ROUNDS", rounds))
     backends = [fleet(1, f"threads-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
@@ -504,6 +505,10 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
         }
         if before:
             peers["vigil before"] = (18962, lambda: v(18962, before, "vigil-before"))
+        if os.environ.get("AFFINITY_OFF"):
+            # The same binary with its workers left to the kernel (`cpu_affinity: off`).
+            peers["vigil, cpu_affinity: off"] = (18966, lambda: vigil_ready(
+                18966, addrs, f"threads: {threads}\ncpu_affinity: off\n", None, "vigil-affinity-off"))
         if os.environ.get("PINGORA_PATH"):
             # The same binary with every request on Pingora's proxy (no FastPath).
             peers["vigil, Pingora's path"] = (18964, lambda: pingora_path(lambda: v(18964, None, "vigil-pingora")))
@@ -515,12 +520,13 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
             med = lambda k, n: statistics.median(x[k] for x in results[n])
             print(f"\n### {threads} worker thread(s), wrk -t1 -c{c} "
                   f"({rounds} rounds of {seconds} s, medians; wrk and 3 backends on the same 2 cores)\n")
-            print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy | p99 ÷ nginx | new backend conns / 1k req | errors | max steal % |")
-            print("|---|---|---|---|---|---|---|---|---|")
+            print("| proxy | req/s | p99 ms | p99 range ms | CPU µs/request | ÷ HAProxy | p99 ÷ nginx | new backend conns / 1k req | errors | max steal % |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             hb = med("cpu_us_per_req", "haproxy")
             np99 = med("p99", "nginx")
             for n in peers:
-                print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
+                p99s = [x["p99"] for x in results[n]]
+                print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {min(p99s):.2f}–{max(p99s):.2f} | {med('cpu_us_per_req', n):.1f} | "
                       f"{med('cpu_us_per_req', n) / hb:.2f} | {med('p99', n) / np99:.2f} | {med('new_conns_per_1k', n):.2f} | "
                       f"{sum(x['errors'] for x in results[n])} | {max(x['steal'] for x in results[n]) * 100:.1f} |")
             sys.stdout.flush()

@@ -8,6 +8,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 pub struct RawConfig {
     pub threads: Option<i64>,
+    pub cpu_affinity: Option<String>,
     pub grace_period: Option<String>,
     pub listeners: Option<Vec<RawListener>>,
     pub admin: Option<RawAdmin>,

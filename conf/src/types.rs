@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Config {
     /// Proxy worker threads.
     pub threads: usize,
+    /// Whether proxy worker threads are pinned one per CPU.
+    pub cpu_affinity: CpuAffinity,
     /// How long SIGTERM waits for in-flight requests.
     pub grace_period: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -26,6 +28,16 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// Shared with the routing snapshot built from this config: one copy per pool.
     pub pools: Vec<Arc<PoolConfig>>,
+}
+
+/// `cpu_affinity`: with `auto`, when there are as many proxy worker threads as CPUs
+/// vigil may run on, each worker is pinned to its own CPU (two workers then never
+/// wait for one another on one CPU while the other runs something else); with any
+/// other thread count, or `off`, the kernel places them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuAffinity {
+    Auto,
+    Off,
 }
 
 /// A fleet of vigils sharing health through etcd (docs/fleet.md).

@@ -132,6 +132,17 @@ impl<'a> Validator<'a> {
             .map(|n| n.get())
             .unwrap_or(1) as i64;
         let threads = self.int("threads", raw.threads, cores, 1, 1024) as usize;
+        let cpu_affinity = match raw.cpu_affinity.as_deref() {
+            None | Some("auto") => CpuAffinity::Auto,
+            Some("off") => CpuAffinity::Off,
+            Some(other) => {
+                self.error(
+                    "cpu_affinity",
+                    format!("cpu_affinity must be auto or off, got {other:?}"),
+                );
+                CpuAffinity::Auto
+            }
+        };
         let grace_period = self.duration("grace_period", &raw.grace_period, Duration::from_secs(5));
 
         let mut listeners = Vec::new();
@@ -246,6 +257,7 @@ impl<'a> Validator<'a> {
             dns,
             upgrade_socket,
             threads,
+            cpu_affinity,
             grace_period,
             listeners,
             admin,

@@ -1,6 +1,6 @@
 //! Every kind of configuration error, from strings, with its line and column.
 
-use vigil_conf::{from_str, Balance, ConfigErrors, HashKey, HostPattern};
+use vigil_conf::{from_str, Balance, ConfigErrors, CpuAffinity, HashKey, HostPattern};
 
 const MINIMAL: &str = "\
 listeners:
@@ -48,12 +48,14 @@ fn minimal_file_gets_defaults() {
     assert!(c.metrics.per_backend);
     assert_eq!(c.checker.max_concurrent_checks, 1024);
     assert_eq!(c.grace_period.as_secs(), 5);
+    assert_eq!(c.cpu_affinity, CpuAffinity::Auto);
 }
 
 #[test]
 fn full_file_parses() {
     let text = "\
 threads: 1
+cpu_affinity: off
 grace_period: 2s
 listeners:
   - address: 127.0.0.1:8080
@@ -94,6 +96,7 @@ pools:
     let c = from_str(text, "f.yaml").unwrap();
     let p = &c.pools[0];
     assert_eq!(c.threads, 1);
+    assert_eq!(c.cpu_affinity, CpuAffinity::Off);
     assert_eq!(c.admin.token.as_deref(), Some("secret"));
     assert_eq!(p.routes[0].host, HostPattern::Suffix(".example.com".into()));
     assert_eq!(p.hash_key, Some(HashKey::Header("x-user-id".into())));
@@ -325,6 +328,7 @@ fn duplicates_and_missing_sections() {
     assert_error("pools: []\nlisteners: []\n", 1, 8, "at least one pool");
     assert_error("pools: []\nlisteners: []\n", 2, 12, "at least one address");
     assert_error("threads: 0\n", 1, 10, "threads must be between 1");
+    assert_error("cpu_affinity: on\n", 1, 15, "cpu_affinity must be auto or off, got \"on\"");
     assert_error("", 1, 1, "empty");
 }
 

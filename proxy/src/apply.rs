@@ -63,6 +63,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     if old.threads != new.threads {
         out.push("threads".to_string());
     }
+    if old.cpu_affinity != new.cpu_affinity {
+        out.push("cpu_affinity".to_string());
+    }
     if old.grace_period != new.grace_period {
         out.push("grace_period".to_string());
     }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod affinity;
 pub mod admin;
 pub mod app;
 pub mod apply;

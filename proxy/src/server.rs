@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
-use vigil_conf::Config;
+use vigil_conf::{Config, CpuAffinity};
 
 pub struct RunOptions {
     pub config_path: Option<PathBuf>,
@@ -67,6 +67,8 @@ struct PreBound<S> {
     fds: Vec<(String, OwnedFd)>,
     /// Stops the service instead of Pingora's own shutdown signal, when set.
     stopped_by: Option<ShutdownWatch>,
+    /// Pin this many worker threads one per CPU before serving (`cpu_affinity: auto`).
+    pin_workers: Option<usize>,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
@@ -84,7 +86,15 @@ impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
             inner,
             fds,
             stopped_by: None,
+            pin_workers: None,
         }
+    }
+
+    /// Before it serves, the service's `threads` worker threads are pinned one per CPU
+    /// if there are as many CPUs (see `affinity`).
+    fn pinned(mut self, threads: usize) -> Self {
+        self.pin_workers = Some(threads);
+        self
     }
 
     /// The service stops accepting when `watch` turns true rather than when Pingora
@@ -112,6 +122,9 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
             }
         }
         let shutdown = self.stopped_by.clone().unwrap_or(shutdown);
+        if let Some(threads) = self.pin_workers {
+            pin_workers(self.inner.name(), threads).await;
+        }
         self.inner
             .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
             .await
@@ -264,7 +277,12 @@ pub fn run(
         Some(_) => L4BufferSettings::default(),
         None => plain_buffers(),
     };
-    server.add_service(PreBound::new(proxy, proxy_fds, buffers).stopped_by(accepting));
+    let proxy = PreBound::new(proxy, proxy_fds, buffers).stopped_by(accepting);
+    let proxy = match config.cpu_affinity {
+        CpuAffinity::Auto => proxy.pinned(config.threads),
+        CpuAffinity::Off => proxy,
+    };
+    server.add_service(proxy);
     let (stop_admin, admin_accepting) = watch::channel(false);
     server.add_service(
         PreBound::new(admin, admin_fds, |_| L4BufferSettings::default())
@@ -284,6 +302,45 @@ pub fn run(
     // Pingora's runtimes are down; the checker's tasks already ended in the drain.
     control.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Pins the worker threads called `name` (see `affinity`). Pingora has created them
+/// by the time a service starts, but a new thread names itself once it runs, so they
+/// are looked for again for up to a second.
+async fn pin_workers(name: &str, threads: usize) {
+    use crate::affinity::Pinning;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match crate::affinity::pin_workers(name, threads) {
+            Ok(Pinning::Pinned(pinned)) => {
+                let cpus: Vec<usize> = pinned.iter().map(|&(_, cpu)| cpu).collect();
+                tracing::info!(
+                    ?cpus,
+                    "proxy worker threads pinned one per CPU (cpu_affinity: auto)"
+                );
+                return;
+            }
+            Ok(Pinning::Mismatch { threads, cpus }) => {
+                tracing::debug!(threads, cpus, "proxy worker threads left to the kernel");
+                return;
+            }
+            Ok(Pinning::NotFound { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(Pinning::NotFound { found }) => {
+                tracing::warn!(
+                    found,
+                    threads,
+                    "proxy worker threads left unpinned: not all of them were found"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "proxy worker threads left unpinned");
+                return;
+            }
+        }
+    }
 }
 
 fn install_signal_handlers(

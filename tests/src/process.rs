@@ -170,6 +170,7 @@ impl Vigil {
             .filter(|l| {
                 let m = l["fields"]["message"].as_str().unwrap_or_default();
                 m != "vigil started"
+                    && !m.starts_with("proxy worker threads pinned")
                     && m != "configuration reloaded"
                     && !m.starts_with("backend is ")
             })

@@ -182,6 +182,16 @@ async fn broken_file_keeps_the_old_config_serving() {
         d["pools"]["web"]["backends"][0]["weight"], 1,
         "half of a refused reload was applied"
     );
+    // Worker threads are pinned (or not) once, at start.
+    let pinned = good.replace("threads: 1", "threads: 1\ncpu_affinity: off");
+    std::fs::write(&v.config_path, pinned).unwrap();
+    let r = v.post_reload(None).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("cpu_affinity changed: restart vigil"),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
