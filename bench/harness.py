@@ -14,6 +14,7 @@
     bench/harness.py slow      # one backend 10x slower: vigil's balancers vs nginx/HAProxy least-conn
     bench/harness.py fleet     # 3 and 5 vigils x 1,000 backends at 1 s, sharing health through etcd or not
     bench/harness.py split     # user and system CPU per request, and syscalls per request (strace): vigil vs HAProxy
+    bench/harness.py sched     # two workers' waits for a CPU (perf sched): vigil pinned and not, HAProxy, nginx
     bench/harness.py ab A=PATH B=PATH  # interleaved A/B of vigil builds beside HAProxy: user/system CPU per request
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
@@ -186,8 +187,13 @@ def fleet(count, name, flap=None, delay_ms=None):
 
 
 def fleet_stats(file):
-    parts = open(file + ".stats").read().split()
-    return {"connections": int(parts[1]), "requests": int(parts[3])}
+    # The fleet rewrites the file once a second: read again if caught mid-write.
+    for _ in range(50):
+        parts = open(file + ".stats").read().split()
+        if len(parts) >= 4:
+            return {"connections": int(parts[1]), "requests": int(parts[3])}
+        time.sleep(0.02)
+    raise SystemExit(f"{file}.stats: unreadable")
 
 
 def vigil(config, name="vigil", binary=None):
@@ -1086,6 +1092,76 @@ def bench_split(seconds=6):
         stop(b[0])
 
 
+def bench_sched(rounds=2, seconds=3):
+    """Where two workers' tail latency comes from: `perf sched record -a` while wrk -t1
+    -c32 runs against each proxy at 2 workers (vigil with and without cpu_affinity),
+    then from `perf sched timehist`, per proxy: how often a worker that was ready to
+    run waited over 1 ms for a CPU, the sum of those waits, and how often a worker ran
+    right after its sibling (within 2 ms) on the same CPU, i.e. had queued behind it."""
+    backends = [fleet(1, f"sched-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    peers = {
+        "vigil": (18960, "vigil proxy", lambda: vigil_ready(18960, addrs, "threads: 2\n")),
+        "vigil, cpu_affinity: off": (18966, "vigil proxy", lambda: vigil_ready(
+            18966, addrs, "threads: 2\ncpu_affinity: off\n", None, "vigil-affinity-off")),
+        "haproxy": (18970, "haproxy", lambda: start_haproxy(haproxy_conf(
+            "127.0.0.1:18970", addrs, threads=2).replace("http-reuse always", "http-reuse safe"))),
+        "nginx": (18980, "nginx", lambda: start_nginx(nginx_conf("127.0.0.1:18980", addrs, workers=2))),
+    }
+    line = re.compile(r"\s*([\d.]+)\s+\[(\d+)\]\s+(.+?)\[(\d+)(?:/\d+)?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+    print("\n| proxy (2 workers, -c32) | p99 ms | worker waits over 1 ms, per s | ms waited in them, per s | "
+          "worker runs after its sibling on the same CPU | max steal % |")
+    print("|---|---|---|---|---|---|")
+    for name, (port, comm, run) in peers.items():
+        rows = []
+        for r in range(rounds):
+            p = run()
+            wait_port(f"127.0.0.1:{port}")
+            wrk(f"http://127.0.0.1:{port}/", 2)
+            data = os.path.join(WORK, "sched.data")
+            rec = subprocess.Popen(["perf", "sched", "record", "-a", "-o", data],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            s0 = cpu_stat()
+            w = wrk(f"http://127.0.0.1:{port}/", seconds)
+            st = steal_since(s0)
+            rec.send_signal(signal.SIGINT)
+            rec.wait()
+            stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+            out = subprocess.run(["perf", "sched", "timehist", "-i", data], capture_output=True, text=True).stdout
+            runs, first, last = [], None, None
+            for l in out.splitlines():
+                m = line.match(l)
+                if not m:
+                    continue
+                t = float(m.group(1))
+                first, last = first or t, t
+                if m.group(3).strip() == comm:
+                    run_ms = float(m.group(7))
+                    runs.append((t - run_ms / 1000, t, int(m.group(2)), m.group(4), float(m.group(6))))
+            secs = max(last - first, 1e-9)
+            waits = [x[4] for x in runs if x[4] > 1]
+            # For each worker run, the sibling's last run before it: on the same CPU?
+            same = total = 0
+            ends = {}
+            for start_t, end_t, cpu, tid, _ in sorted(runs):
+                sib = max((e for k, e in ends.items() if k != tid), default=None)
+                if sib and start_t - sib[0] < 0.002:
+                    total += 1
+                    same += sib[1] == cpu
+                ends[tid] = (end_t, cpu)
+            rows.append((w["p99"], len(waits) / secs, sum(waits) / secs, same / max(total, 1), st))
+            log(f"sched {name} round {r}: p99 {w['p99']:.2f} ms waits>1ms {len(waits) / secs:.1f}/s "
+                f"same CPU {same / max(total, 1):.2f} steal {st * 100:.1f}%")
+            time.sleep(0.5)
+        med = lambda i: statistics.median(x[i] for x in rows)
+        print(f"| {name} | {med(0):.2f} | {med(1):.1f} | {med(2):.1f} | {med(3) * 100:.0f}% | "
+              f"{max(x[4] for x in rows) * 100:.1f} |")
+        sys.stdout.flush()
+    for b in backends:
+        stop(b[0])
+
+
 def bench_ab(rounds=3, seconds=6):
     """Interleaved A/B of vigil builds: `harness.py ab NAME=PATH ...` (a name ending in
     `-nostall` runs with `passive.stall_detection: false`), HAProxy beside them
@@ -1143,7 +1219,8 @@ if __name__ == "__main__":
         {"proxy": bench_proxy, "checker": bench_checker, "death": bench_death,
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
-         "fleet": bench_fleet, "split": bench_split, "ab": bench_ab}[what]()
+         "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
+         "sched": bench_sched}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -328,7 +328,12 @@ fn duplicates_and_missing_sections() {
     assert_error("pools: []\nlisteners: []\n", 1, 8, "at least one pool");
     assert_error("pools: []\nlisteners: []\n", 2, 12, "at least one address");
     assert_error("threads: 0\n", 1, 10, "threads must be between 1");
-    assert_error("cpu_affinity: on\n", 1, 15, "cpu_affinity must be auto or off, got \"on\"");
+    assert_error(
+        "cpu_affinity: on\n",
+        1,
+        15,
+        "cpu_affinity must be auto or off, got \"on\"",
+    );
     assert_error("", 1, 1, "empty");
 }
 

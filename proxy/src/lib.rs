@@ -13,8 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
-pub mod affinity;
 pub mod admin;
+pub mod affinity;
 pub mod app;
 pub mod apply;
 pub mod balance;

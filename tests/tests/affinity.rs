@@ -48,12 +48,19 @@ fn threads_cpus(pid: i32, name: &str) -> Vec<(i32, Vec<usize>)> {
 /// service has started serving, so its workers are pinned or never will be).
 async fn started(backend: &FakeBackend, threads: usize, top: &str) -> (Vigil, SocketAddr) {
     let (listen, admin) = free_ports();
-    let cfg = config(listen, admin, top, &[pool("web", &[(backend, 1)], FAST_CHECKS)])
-        .replace("threads: 1", &format!("threads: {threads}"));
+    let cfg = config(
+        listen,
+        admin,
+        top,
+        &[pool("web", &[(backend, 1)], FAST_CHECKS)],
+    )
+    .replace("threads: 1", &format!("threads: {threads}"));
     let mut v = Vigil::start(&cfg, listen, admin);
     v.wait_ready().await;
     let mut c = RawConn::connect(listen).await;
-    c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(c.response().await.unwrap().status, 200);
     (v, listen)
 }
@@ -99,10 +106,7 @@ async fn with_one_worker_per_cpu_each_worker_is_pinned_to_its_own_cpu() {
 async fn off_or_another_thread_count_leaves_workers_to_the_kernel() {
     let a = FakeBackend::start("a").await;
     let cpus = our_cpus();
-    let mut cases = vec![
-        (cpus.len(), "cpu_affinity: off\n"),
-        (cpus.len() + 1, ""),
-    ];
+    let mut cases = vec![(cpus.len(), "cpu_affinity: off\n"), (cpus.len() + 1, "")];
     if cpus.len() > 1 {
         // Fewer workers than CPUs: pinning would leave a CPU the proxy cannot use.
         cases.push((cpus.len() - 1, ""));
