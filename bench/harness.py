@@ -288,6 +288,11 @@ backend pool
 {backend_opts}{servers}"""
 
 
+def haproxy_reuse_safe(listen, addrs, threads):
+    """HAProxy as the threads, split and sched benchmarks run it: `http-reuse safe`."""
+    return haproxy_conf(listen, addrs, threads=threads).replace("http-reuse always", "http-reuse safe")
+
+
 def start_nginx(conf, name="nginx"):
     path = os.path.join(WORK, name + ".conf")
     open(path, "w").write(conf)
@@ -505,8 +510,7 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
             return vigil_ready(port, addrs, f"threads: {threads}\n", binary, name)
         peers = {
             "vigil": (18960, lambda: v(18960)),
-            "haproxy": (18970, lambda: start_haproxy(haproxy_conf(
-                "127.0.0.1:18970", addrs, threads=threads).replace("http-reuse always", "http-reuse safe"))),
+            "haproxy": (18970, lambda: start_haproxy(haproxy_reuse_safe("127.0.0.1:18970", addrs, threads))),
             "nginx": (18980, lambda: start_nginx(nginx_conf("127.0.0.1:18980", addrs, workers=threads))),
         }
         if before:
@@ -1048,7 +1052,7 @@ def bench_split(seconds=6):
     def start_peer(name, threads):
         if name == "vigil":
             return vigil_ready(18960, addrs, f"threads: {threads}\n"), 18960
-        conf = haproxy_conf("127.0.0.1:18970", addrs, threads=threads).replace("http-reuse always", "http-reuse safe")
+        conf = haproxy_reuse_safe("127.0.0.1:18970", addrs, threads)
         p = start_haproxy(conf)
         wait_port("127.0.0.1:18970")
         return p, 18970
@@ -1104,8 +1108,7 @@ def bench_sched(rounds=2, seconds=3):
         "vigil": (18960, "vigil proxy", lambda: vigil_ready(18960, addrs, "threads: 2\n")),
         "vigil, cpu_affinity: off": (18966, "vigil proxy", lambda: vigil_ready(
             18966, addrs, "threads: 2\ncpu_affinity: off\n", None, "vigil-affinity-off")),
-        "haproxy": (18970, "haproxy", lambda: start_haproxy(haproxy_conf(
-            "127.0.0.1:18970", addrs, threads=2).replace("http-reuse always", "http-reuse safe"))),
+        "haproxy": (18970, "haproxy", lambda: start_haproxy(haproxy_reuse_safe("127.0.0.1:18970", addrs, 2))),
         "nginx": (18980, "nginx", lambda: start_nginx(nginx_conf("127.0.0.1:18980", addrs, workers=2))),
     }
     line = re.compile(r"\s*([\d.]+)\s+\[(\d+)\]\s+(.+?)\[(\d+)(?:/\d+)?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
@@ -1181,8 +1184,7 @@ def bench_ab(rounds=3, seconds=6):
                            f"threads: {threads}\n")
         peers[name] = (port, lambda cfg=cfg, name=name, binary=binary: vigil(cfg, name, binary)[0])
     if os.environ.get("HAPROXY", "1") == "1":
-        peers["haproxy"] = (18970, lambda: start_haproxy(haproxy_conf(
-            "127.0.0.1:18970", addrs, threads=threads).replace("http-reuse always", "http-reuse safe")))
+        peers["haproxy"] = (18970, lambda: start_haproxy(haproxy_reuse_safe("127.0.0.1:18970", addrs, threads)))
     results = {n: [] for n in peers}
     for r in range(rounds):
         for name in (list(peers) if r % 2 == 0 else list(reversed(list(peers)))):

@@ -16,8 +16,8 @@ use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet, Pid};
 /// What `pin_workers` did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pinning {
-    /// Worker thread id → the one CPU it may run on.
-    Pinned(Vec<(i32, usize)>),
+    /// Each worker pinned to one of these CPUs, in order.
+    Pinned(Vec<usize>),
     /// Not as many workers as CPUs: left to the kernel.
     Mismatch { threads: usize, cpus: usize },
     /// Fewer threads of that name than `threads` (yet: a new thread names itself
@@ -48,15 +48,13 @@ pub(crate) fn pin_workers(name: &str, threads: usize) -> std::io::Result<Pinning
             found: workers.len(),
         });
     }
-    let mut pinned = Vec::with_capacity(threads);
     for (&tid, &cpu) in workers.iter().zip(&cpus) {
         let mut one = CpuSet::new();
         one.set(cpu);
         let pid = Pid::from_raw(tid).ok_or_else(|| std::io::Error::other("thread id 0"))?;
         sched_setaffinity(Some(pid), &one)?;
-        pinned.push((tid, cpu));
     }
-    Ok(Pinning::Pinned(pinned))
+    Ok(Pinning::Pinned(cpus))
 }
 
 /// Ids of this process's threads called `name`, lowest (first created) first.

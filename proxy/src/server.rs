@@ -312,8 +312,7 @@ async fn pin_workers(name: &str, threads: usize) {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         match crate::affinity::pin_workers(name, threads) {
-            Ok(Pinning::Pinned(pinned)) => {
-                let cpus: Vec<usize> = pinned.iter().map(|&(_, cpu)| cpu).collect();
+            Ok(Pinning::Pinned(cpus)) => {
                 tracing::info!(
                     ?cpus,
                     "proxy worker threads pinned one per CPU (cpu_affinity: auto)"

@@ -24,6 +24,16 @@ impl RawConn {
         }
     }
 
+    /// A connection that has had one `GET path` (Host `app`) answered 200, kept open.
+    pub async fn served(addr: SocketAddr, path: &str) -> RawConn {
+        let mut c = RawConn::connect(addr).await;
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(c.response().await.unwrap().status, 200);
+        c
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
     }

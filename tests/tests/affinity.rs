@@ -2,7 +2,6 @@
 //! each worker is pinned to its own CPU; with `off`, or any other thread count, the
 //! kernel places them. Read from the real process's `/proc/PID/task/*/status`.
 
-use std::net::SocketAddr;
 use vigil_tests::config::{config, pool, FAST_CHECKS};
 use vigil_tests::raw::RawConn;
 use vigil_tests::{free_ports, FakeBackend, Vigil};
@@ -46,7 +45,7 @@ fn threads_cpus(pid: i32, name: &str) -> Vec<(i32, Vec<usize>)> {
 
 /// vigil at `threads` with `top` keys, after one proxied request (by then the proxy
 /// service has started serving, so its workers are pinned or never will be).
-async fn started(backend: &FakeBackend, threads: usize, top: &str) -> (Vigil, SocketAddr) {
+async fn started(backend: &FakeBackend, threads: usize, top: &str) -> Vigil {
     let (listen, admin) = free_ports();
     let cfg = config(
         listen,
@@ -57,12 +56,8 @@ async fn started(backend: &FakeBackend, threads: usize, top: &str) -> (Vigil, So
     .replace("threads: 1", &format!("threads: {threads}"));
     let mut v = Vigil::start(&cfg, listen, admin);
     v.wait_ready().await;
-    let mut c = RawConn::connect(listen).await;
-    c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(c.response().await.unwrap().status, 200);
-    (v, listen)
+    RawConn::served(listen, "/").await;
+    v
 }
 
 fn our_cpus() -> Vec<usize> {
@@ -73,7 +68,7 @@ fn our_cpus() -> Vec<usize> {
 async fn with_one_worker_per_cpu_each_worker_is_pinned_to_its_own_cpu() {
     let a = FakeBackend::start("a").await;
     let cpus = our_cpus();
-    let (v, _) = started(&a, cpus.len(), "").await;
+    let v = started(&a, cpus.len(), "").await;
     let workers = threads_cpus(v.pid(), "vigil proxy");
     assert_eq!(workers.len(), cpus.len(), "{workers:?}");
     let mut pinned: Vec<usize> = workers
@@ -112,7 +107,7 @@ async fn off_or_another_thread_count_leaves_workers_to_the_kernel() {
         cases.push((cpus.len() - 1, ""));
     }
     for (threads, top) in cases {
-        let (v, _) = started(&a, threads, top).await;
+        let v = started(&a, threads, top).await;
         let workers = threads_cpus(v.pid(), "vigil proxy");
         assert_eq!(workers.len(), threads, "{workers:?}");
         for (tid, c) in &workers {

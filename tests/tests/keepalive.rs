@@ -151,11 +151,7 @@ async fn client_connections_are_spread_evenly_over_two_threads() {
     for round in 0..2 {
         let mut conns = Vec::new();
         for _ in 0..64 {
-            let mut c = RawConn::connect(listen).await;
-            c.send(b"GET /open HTTP/1.1\r\nHost: app\r\n\r\n")
-                .await
-                .unwrap();
-            assert_eq!(c.response().await.unwrap().status, 200);
+            let c = RawConn::served(listen, "/open").await;
             conns.push(c);
         }
         a.stats.seen.lock().unwrap().clear();
@@ -280,11 +276,7 @@ async fn an_idle_keepalive_client_holds_little_memory() {
     let before = rss_kib(v.pid());
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        let mut c = RawConn::connect(listen).await;
-        c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(c.response().await.unwrap().status, 200);
+        let c = RawConn::served(listen, "/").await;
         clients.push(c);
     }
     let per_client = (rss_kib(v.pid()) - before) as f64 / CLIENTS as f64;
@@ -307,11 +299,7 @@ async fn a_listener_holds_at_most_max_connections_and_counts_refusals() {
     v.wait_ready().await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = RawConn::connect(listen).await;
-        c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(c.response().await.unwrap().status, 200);
+        let c = RawConn::served(listen, "/").await;
         held.push(c);
     }
     let gauge = format!(r#"vigil_client_connections{{listener="{listen}"}}"#);
@@ -328,9 +316,5 @@ async fn a_listener_holds_at_most_max_connections_and_counts_refusals() {
     // One place freed: the next client is served.
     held.pop();
     v.wait_metric(&gauge, 1.0).await;
-    let mut next = RawConn::connect(listen).await;
-    next.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(next.response().await.unwrap().status, 200);
+    RawConn::served(listen, "/").await;
 }

@@ -166,17 +166,23 @@ async fn broken_file_keeps_the_old_config_serving() {
     v.wait_log(&["reload rejected", "weight must be"]).await;
 
     // A change that needs a restart is refused whole, not half-applied.
+    let refused = |text: String, what: &'static str| {
+        let v = &v;
+        async move {
+            std::fs::write(&v.config_path, text).unwrap();
+            let r = v.post_reload(None).await;
+            assert_eq!(r.status, 400);
+            assert!(
+                r.body.contains(&format!("{what} changed: restart vigil")),
+                "{}",
+                r.body
+            );
+        }
+    };
     let moved = good
         .replace(&listen.to_string(), &free_port().to_string())
         .replace("weight: 1", "weight: 7");
-    std::fs::write(&v.config_path, moved).unwrap();
-    let r = v.post_reload(None).await;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("listeners changed: restart vigil"),
-        "{}",
-        r.body
-    );
+    refused(moved, "listeners").await;
     let d = v.admin_get("/health/detailed").await.json();
     assert_eq!(
         d["pools"]["web"]["backends"][0]["weight"], 1,
@@ -184,14 +190,7 @@ async fn broken_file_keeps_the_old_config_serving() {
     );
     // Worker threads are pinned (or not) once, at start.
     let pinned = good.replace("threads: 1", "threads: 1\ncpu_affinity: off");
-    std::fs::write(&v.config_path, pinned).unwrap();
-    let r = v.post_reload(None).await;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("cpu_affinity changed: restart vigil"),
-        "{}",
-        r.body
-    );
+    refused(pinned, "cpu_affinity").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
