@@ -28,10 +28,11 @@ test-deps: deps
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client; `harness.py
-# fleet` runs etcd, `harness.py split` strace.
+# fleet` runs etcd, `harness.py split` strace, `harness.py sched` perf (package linux-perf).
 bench-deps: deps
 	@missing=""; for t in nginx haproxy wrk strace; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v perf >/dev/null 2>&1 || missing="$$missing linux-perf"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 build: deps
@@ -61,6 +62,7 @@ bench: bench-deps build
 	python3 bench/harness.py slow
 	python3 bench/harness.py fleet
 	python3 bench/harness.py split
+	python3 bench/harness.py sched
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build
