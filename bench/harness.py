@@ -15,6 +15,7 @@
     bench/harness.py fleet     # 3 and 5 vigils x 1,000 backends at 1 s, sharing health through etcd or not
     bench/harness.py split     # user and system CPU per request, and syscalls per request (strace): vigil vs HAProxy
     bench/harness.py sched     # two workers' waits for a CPU (perf sched): vigil pinned and not, HAProxy, nginx
+    bench/harness.py chaos     # 90 s of kills, freezes, restarts and reloads under 200 req/s: requests lost (issue #24)
     bench/harness.py ab A=PATH B=PATH  # interleaved A/B of vigil builds beside HAProxy: user/system CPU per request
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
@@ -1215,6 +1216,174 @@ def bench_ab(rounds=3, seconds=6):
         stop(b[0])
 
 
+def chaos_schedule(seed, seconds, n):
+    """A fixed random schedule of faults over `n` backends for `seconds`: kills,
+    restarts on the same port, freezes (SIGSTOP for 1-5 s) and reloads that change
+    weights and membership. At every moment at least one backend in the config is
+    alive and not frozen. Returns [(t, kind, index, arg)], sorted by time."""
+    import random
+    rnd = random.Random(seed)
+    dead, frozen, config = set(), {}, list(range(n))
+    events, t = [], 3.0
+    while t < seconds - 6:
+        for i, until in list(frozen.items()):
+            if until <= t:
+                del frozen[i]
+        serving = [i for i in config if i not in dead and i not in frozen]
+        kinds = ["reload"]
+        if len(serving) >= 2:
+            kinds += ["kill", "kill", "freeze"]
+        if dead:
+            kinds += ["restart", "restart"]
+        kind = rnd.choice(kinds)
+        if kind == "kill":
+            i = rnd.choice(serving)
+            dead.add(i)
+            events.append((t, "kill", i, None))
+        elif kind == "restart":
+            i = rnd.choice(sorted(dead))
+            dead.discard(i)
+            events.append((t, "restart", i, None))
+        elif kind == "freeze":
+            i = rnd.choice(serving)
+            d = rnd.uniform(1, 5)
+            frozen[i] = t + d
+            events.append((t, "freeze", i, d))
+        else:
+            up = [i for i in range(n) if i not in dead and i not in frozen]
+            keep = rnd.choice(up)
+            members = sorted({keep} | {i for i in range(n) if rnd.random() < 0.7})
+            config = members
+            events.append((t, "reload", None, {i: rnd.randint(1, 5) for i in members}))
+        t += rnd.uniform(1.0, 4.0)
+    return events
+
+
+def chaos_client(addr, clients, rate, seconds, timeout=15.0):
+    """`clients` keep-alive clients, each sending `rate` GETs a second for `seconds`.
+    Returns [(start, end, status, error)] with times from time.monotonic()."""
+    import http.client
+    import threading
+    host, port = addr.rsplit(":", 1)
+    results, lock = [], threading.Lock()
+    t0 = time.monotonic()
+
+    def client(k):
+        conn = None
+        for j in range(int(rate * seconds)):
+            due = t0 + (j + k / clients) / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            start = time.monotonic()
+            status, error = 0, ""
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+                conn.request("GET", "/", headers={"Host": "app"})
+                r = conn.getresponse()
+                r.read()
+                status = r.status
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except Exception as e:
+                error = type(e).__name__
+                conn.close()
+                conn = None
+            with lock:
+                results.append((start, time.monotonic(), status, error))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def bench_chaos(seconds=90, seeds=(1, 2, 3), clients=8, rate=25):
+    """Issue #24: three backends under kills, freezes, restarts and reloads for 90 s,
+    8 keep-alive clients at 25 GETs/s each; checks every 500 ms, rise 2, fall 2,
+    passive ejection on (defaults). Fixed schedules (seeds). A failure is explained
+    when a backend was killed while the request was in flight."""
+    binary = os.environ.get("VIGIL")
+    rows = []
+    n = 3
+    checks = ("    health_check:\n      interval: 500ms\n      fast_interval: 250ms\n      down_interval: 500ms\n"
+              "      max_down_interval: 2s\n      timeout: 500ms\n      rise: 2\n      fall: 2\n")
+    for seed in seeds:
+        events = chaos_schedule(seed, seconds, n)
+        procs = [fleet(1, f"chaos{seed}-{i}") for i in range(n)]
+        addrs = [p[2][0] for p in procs]
+        procs = [p[0] for p in procs]
+
+        def cfg(members, weights=None):
+            s = "  - name: web\n    backends:\n"
+            for i in members:
+                s += f"      - address: {addrs[i]}\n        weight: {(weights or {}).get(i, 1)}\n"
+            return vigil_config("127.0.0.1:18900", "127.0.0.1:18901", s + checks, top="grace_period: 1s\n")
+
+        p, admin, path = vigil(cfg(range(n)), f"vigil-chaos{seed}", binary)
+        wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
+        kills = []
+        import threading
+
+        def run_events():
+            t0 = time.monotonic()
+            for t, kind, i, arg in events:
+                delay = t0 + t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if kind == "kill":
+                    kills.append(time.monotonic())
+                    procs[i].kill()
+                    procs[i].wait()
+                elif kind == "restart":
+                    out = os.path.join(WORK, f"chaos{seed}-{i}.txt")
+                    procs[i] = start([os.path.join(BIN, "fleet"), "--count", "1", "--out", out,
+                                      "--bind", addrs[i]], f"chaos{seed}-{i}-again")
+                elif kind == "freeze":
+                    procs[i].send_signal(signal.SIGSTOP)
+                    threading.Timer(arg, procs[i].send_signal, (signal.SIGCONT,)).start()
+                else:
+                    open(path, "w").write(cfg(sorted(arg), arg))
+                    status, body = http(f"http://{admin}/admin/reload", data=b"")
+                    if status != 200:
+                        log("reload failed", status, body)
+
+        t = threading.Thread(target=run_events)
+        t.start()
+        res = chaos_client("127.0.0.1:18900", clients, rate, seconds)
+        t.join()
+        failed = [r for r in res if r[2] != 200]
+        unexplained = [r for r in failed if not any(r[0] - 0.01 <= k <= r[1] + 0.01 for k in kills)]
+        m = metrics(admin)
+        get = lambda k: int(m.get(k, 0))
+        kinds = {k: sum(1 for e in events if e[1] == k) for k in ("kill", "restart", "freeze", "reload")}
+        row = (seed, len(res), len(failed), 100.0 * len(failed) / max(1, len(res)), len(unexplained),
+               "/".join(str(kinds[k]) for k in ("kill", "restart", "freeze", "reload")),
+               get('vigil_pool_routing_held_out_total{pool="web"}'),
+               get('vigil_upstream_fallback_attempts_total{kind="held_out",pool="web"}'),
+               get('vigil_upstream_fallback_attempts_total{kind="fail_open",pool="web"}'),
+               get('vigil_upstream_retries_total{pool="web"}'))
+        rows.append(row)
+        log("schedule", *row, "failures:", sorted({(r[2], r[3]) for r in failed}))
+        stop(p, signal.SIGINT)
+        for q in procs:
+            if q.poll() is None:
+                q.send_signal(signal.SIGCONT)
+            stop(q)
+        time.sleep(0.5)
+    print(f"\n### Chaos: three backends killed, frozen, restarted and reloaded for {seconds} s "
+          f"({clients} keep-alive clients x {rate} GETs/s; checks 500 ms, rise 2, fall 2; passive defaults)\n")
+    print("| schedule (seed) | requests | failed | failed % | failed with no kill in flight | kills/restarts/freezes/reloads "
+          "| held-out episodes | held-out attempts | fail-open attempts | retries |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]} | {r[5]} | {r[6]} | {r[7]} | {r[8]} | {r[9]} |")
+
+
 if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
@@ -1222,7 +1391,7 @@ if __name__ == "__main__":
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
          "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
-         "sched": bench_sched}[what]()
+         "sched": bench_sched, "chaos": bench_chaos}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -42,7 +42,9 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
                     ejected: false,
                     suspect: false,
                     admin: Default::default(),
+                    rescued: false,
                 },
+                recent_failures: 0,
             })
             .collect();
         m.pools.insert(p.name.as_str().into(), members);

@@ -239,6 +239,9 @@ pub struct PoolConfig {
     pub retry_on_status: Vec<u16>,
     /// Percent of alive backends below which the pool routes to all of them; 0 = never.
     pub panic_threshold: f64,
+    /// With no backend routable, a request is tried on the pool's other checked, ready
+    /// backends (best first) before it is answered 503.
+    pub fail_open: bool,
     /// Connecting to a backend; a timeout is retried on another backend.
     pub connect_timeout: Duration,
     /// Waiting for each read from a backend (its response header, then each body chunk).

@@ -45,6 +45,8 @@ fn minimal_file_gets_defaults() {
     assert_eq!(p.health_check.fall, 3);
     assert_eq!(p.health_check.down_interval, p.health_check.interval);
     assert_eq!(p.passive.consecutive_failures, 5);
+    assert_eq!(p.panic_threshold, 0.0);
+    assert!(p.fail_open, "a pool fails open by default");
     assert!(c.metrics.per_backend);
     assert_eq!(c.checker.max_concurrent_checks, 1024);
     assert_eq!(c.grace_period.as_secs(), 5);
@@ -76,6 +78,7 @@ pools:
     retries: 1
     retry_on_status: [503]
     panic_threshold: 30
+    fail_open: false
     backends:
       - address: localhost:18081
         weight: 3
@@ -103,6 +106,7 @@ pools:
     assert_eq!(p.health_check.expected_status, vec![(200, 200), (300, 302)]);
     assert_eq!(p.backends[0].socket_addr.to_string(), "127.0.0.1:18081");
     assert_eq!(p.passive.consecutive_failures, 0);
+    assert!(!p.fail_open);
 }
 
 #[test]

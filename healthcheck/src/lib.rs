@@ -38,7 +38,8 @@ pub use conn::TlsClient;
 pub use grpc::GrpcSpec;
 pub use http::HttpSpec;
 pub use membership::{
-    median_latency, AdminState, Cut, Endpoint, Member, MemberState, Membership, Publish, Repeat,
+    median_latency, route_held_out, AdminState, Cut, Endpoint, Member, MemberState, Membership,
+    Publish, Repeat,
 };
 pub use outcome::Outcome;
 pub use passive::PassivePolicy;

@@ -413,15 +413,34 @@ pub struct MemberState {
     /// Requests to it are stuck: no new ones until it answers again.
     pub suspect: bool,
     pub admin: AdminState,
+    /// Held out (ejected or suspect) but routed all the same: nothing else in its pool
+    /// is routable (see [`route_held_out`]).
+    pub rescued: bool,
 }
 
 impl MemberState {
-    /// Only `up` backends, neither ejected nor suspect, and ready, receive traffic.
+    /// Only `up` backends, neither ejected nor suspect, and ready, receive traffic;
+    /// and held-out ones while they are all their pool has.
     pub fn routable(&self) -> bool {
+        self.rescued
+            || (self.health == Health::Up
+                && !self.ejected
+                && !self.suspect
+                && self.admin == AdminState::Ready)
+    }
+
+    /// Passing its checks and ready, but held out by live traffic alone: ejected or
+    /// suspect.
+    pub fn held_out(&self) -> bool {
         self.health == Health::Up
-            && !self.ejected
-            && !self.suspect
+            && (self.ejected || self.suspect)
             && self.admin == AdminState::Ready
+    }
+
+    /// Not routable by its own state, but worth a try when nothing better is left
+    /// (failing open): ready, and checked at least once.
+    pub fn last_resort(&self) -> bool {
+        self.admin == AdminState::Ready && self.health != Health::Unknown
     }
 
     /// The `state` label: ejection wins, then suspicion, then health.
@@ -441,6 +460,25 @@ pub struct Member {
     pub endpoint: Arc<Endpoint>,
     pub weight: u32,
     pub state: MemberState,
+    /// Its recent failures: checks failed in a row, ejections on record and live
+    /// failures in a row. Orders the backends tried when none is routable.
+    pub recent_failures: u32,
+}
+
+/// When no member of a pool is routable, the held-out ones (ejected or suspect, but up
+/// by their checks) are routed again, so that an ejection or a suspicion never leaves a
+/// pool without a backend that answers its checks. Their ejections and suspicions go on;
+/// this lasts while nothing else is routable. Returns whether it routes them.
+pub fn route_held_out(members: &mut [Member]) -> bool {
+    if members.iter().any(|m| m.state.routable()) {
+        return false;
+    }
+    let mut any = false;
+    for m in members.iter_mut().filter(|m| m.state.held_out()) {
+        m.state.rescued = true;
+        any = true;
+    }
+    any
 }
 
 /// Every pool's backends, in configuration order.

@@ -23,6 +23,8 @@ pub mod names {
     pub const STALL_RETRIES: &str = "vigil_upstream_stall_retries_total";
     pub const ADMIN_STATE: &str = "vigil_backend_admin_state";
     pub const SKIPPED: &str = "vigil_health_checks_skipped_total";
+    pub const HELD_OUT_ROUTING: &str = "vigil_pool_routing_held_out";
+    pub const HELD_OUT_EPISODES: &str = "vigil_pool_routing_held_out_total";
 }
 
 pub const STATES: [&str; 5] = ["unknown", "up", "down", "ejected", "suspect"];
@@ -45,6 +47,8 @@ pub struct CheckerMetrics {
     stall_retries: IntCounterVec,
     admin_state: IntGaugeVec,
     skipped: IntCounterVec,
+    held_out_routing: IntGaugeVec,
+    held_out_episodes: IntCounterVec,
     per_backend: bool,
 }
 
@@ -162,6 +166,20 @@ impl CheckerMetrics {
                 ),
                 pb,
             )?,
+            held_out_routing: IntGaugeVec::new(
+                Opts::new(
+                    names::HELD_OUT_ROUTING,
+                    "1 while the pool routes to ejected or suspect backends that pass their checks, because no other backend is routable",
+                ),
+                &["pool"],
+            )?,
+            held_out_episodes: IntCounterVec::new(
+                Opts::new(
+                    names::HELD_OUT_EPISODES,
+                    "Times the pool began routing to ejected or suspect backends because no other backend was routable",
+                ),
+                &["pool"],
+            )?,
             per_backend,
         };
         registry.register(Box::new(m.backend_up.clone()))?;
@@ -178,6 +196,8 @@ impl CheckerMetrics {
         registry.register(Box::new(m.stall_retries.clone()))?;
         registry.register(Box::new(m.admin_state.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;
+        registry.register(Box::new(m.held_out_routing.clone()))?;
+        registry.register(Box::new(m.held_out_episodes.clone()))?;
         Ok(m)
     }
 
@@ -235,6 +255,8 @@ impl CheckerMetrics {
         for s in STATES {
             self.pool_backends.with_label_values(&[pool, s]);
         }
+        self.held_out_routing.with_label_values(&[pool]);
+        self.held_out_episodes.with_label_values(&[pool]);
         PoolMetrics {
             duration: self.duration.with_label_values(&[pool]),
             connections: self.connections.with_label_values(&[pool]),
@@ -250,6 +272,18 @@ impl CheckerMetrics {
         }
         for s in STATES {
             let _ = self.pool_backends.remove_label_values(&[pool, s]);
+        }
+        let _ = self.held_out_routing.remove_label_values(&[pool]);
+        let _ = self.held_out_episodes.remove_label_values(&[pool]);
+    }
+
+    /// The pool starts (`on`) or stops routing to held-out backends.
+    pub(crate) fn set_rescue(&self, pool: &str, on: bool) {
+        self.held_out_routing
+            .with_label_values(&[pool])
+            .set(on as i64);
+        if on {
+            self.held_out_episodes.with_label_values(&[pool]).inc();
         }
     }
 

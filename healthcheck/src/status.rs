@@ -40,6 +40,7 @@ impl BackendStatus {
             ejected: self.ejected,
             suspect: self.suspect,
             admin: self.admin,
+            rescued: false,
         }
         .label()
     }

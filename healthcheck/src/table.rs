@@ -77,7 +77,15 @@ impl Live {
             ejected: self.ejected_until.is_some(),
             suspect: self.suspect.is_some(),
             admin: self.admin,
+            rescued: false,
         }
+    }
+
+    /// Down by its checks, ejected or suspect: capacity the pool has lost.
+    fn unavailable(&self) -> bool {
+        self.tracker.health == Health::Down
+            || self.ejected_until.is_some()
+            || self.suspect.is_some()
     }
 }
 
@@ -442,6 +450,11 @@ impl Slot {
         self.live.lock().unwrap().ejected_until.is_some()
     }
 
+    /// Down by its checks, ejected or suspect (what `max_ejected_percent` counts).
+    pub(crate) fn is_unavailable(&self) -> bool {
+        self.live.lock().unwrap().unavailable()
+    }
+
     /// Ejects for the policy's (doubling, decaying) duration unless already ejected.
     /// The caller holds the table's ejection lock and has checked the pool's share.
     fn eject(&self, failures: u32, now: Instant) {
@@ -505,12 +518,18 @@ impl Slot {
 
     fn member(&self) -> (usize, Member) {
         let (spec, order) = self.spec.lock().unwrap().clone();
-        let state = self.live.lock().unwrap().member_state();
+        let live = self.live.lock().unwrap();
         let member = Member {
             endpoint: self.endpoint.clone(),
             weight: spec.weight,
-            state,
+            state: live.member_state(),
+            recent_failures: live
+                .tracker
+                .consecutive_failures
+                .saturating_add(live.ejections)
+                .saturating_add(self.endpoint.passive_failures()),
         };
+        drop(live);
         (order, member)
     }
 
@@ -553,6 +572,8 @@ pub(crate) struct BackendTable {
     /// Per pool: resends of stuck requests still allowed, and its requests counted so
     /// far (see `stall.rs`).
     resends: Mutex<std::collections::HashMap<Arc<str>, (f64, u64)>>,
+    /// Pools routing to held-out backends now, because nothing else is routable.
+    rescuing: Mutex<HashSet<Arc<str>>>,
 }
 
 impl BackendTable {
@@ -591,7 +612,9 @@ impl BackendTable {
     }
 
     /// The request path reported the policy's failures in a row: ejects `slot` unless
-    /// that would pass the pool's `max_ejected_percent`. True if it was ejected.
+    /// that would pass the pool's `max_ejected_percent`, which counts every backend the
+    /// pool has lost (down, ejected or suspect), so that passive ejection never takes
+    /// the last capacity of a pool already losing backends. True if it was ejected.
     pub fn consider_ejection(&self, slot: &Slot) -> bool {
         let spec = slot.spec();
         let policy = &spec.policy.passive;
@@ -604,14 +627,14 @@ impl BackendTable {
         if slot.is_ejected() {
             return false;
         }
-        let (mut ejected, mut size) = (0usize, 0usize);
+        let (mut out, mut size) = (0usize, 0usize);
         for s in self.slots.iter().filter(|s| s.key.0 == slot.key.0) {
             size += 1;
-            if s.key != slot.key && s.is_ejected() {
-                ejected += 1;
+            if s.key != slot.key && s.is_unavailable() {
+                out += 1;
             }
         }
-        if !policy.may_eject(ejected, size) {
+        if !policy.may_eject(out, size) {
             tracing::debug!(pool = %slot.key.0, backend = %slot.key.1, "not ejected: max_ejected_percent reached");
             return false;
         }
@@ -626,10 +649,23 @@ impl BackendTable {
             pools.entry(s.key.0.clone()).or_default().push(s.member());
         }
         let mut membership = Membership::default();
+        let mut rescuing = self.rescuing.lock().unwrap();
+        rescuing.retain(|p| pools.contains_key(p));
         for (pool, mut members) in pools {
             members.sort_by_key(|(order, _)| *order);
+            let mut members: Vec<Member> = members.into_iter().map(|(_, m)| m).collect();
+            let rescued = crate::membership::route_held_out(&mut members);
+            if rescued != rescuing.contains(&pool) {
+                Self::log_rescue(&pool, &members, rescued);
+                metrics.set_rescue(&pool, rescued);
+                if rescued {
+                    rescuing.insert(pool.clone());
+                } else {
+                    rescuing.remove(&pool);
+                }
+            }
             let mut counts = [0i64; STATES.len()];
-            for (_, m) in &members {
+            for m in &members {
                 let i = STATES
                     .iter()
                     .position(|s| *s == m.state.label())
@@ -637,11 +673,30 @@ impl BackendTable {
                 counts[i] += 1;
             }
             metrics.set_pool_counts(&pool, counts);
-            membership
-                .pools
-                .insert(pool, members.into_iter().map(|(_, m)| m).collect());
+            membership.pools.insert(pool, members);
         }
         membership
+    }
+
+    /// One line when a pool starts routing to held-out backends, one when it stops.
+    fn log_rescue(pool: &str, members: &[Member], rescued: bool) {
+        if rescued {
+            let backends: Vec<&str> = members
+                .iter()
+                .filter(|m| m.state.rescued)
+                .map(|m| &*m.endpoint.address)
+                .collect();
+            tracing::warn!(
+                pool,
+                backends = backends.join(",").as_str(),
+                "pool routing to ejected backends: no other backend is routable"
+            );
+        } else {
+            tracing::info!(
+                pool,
+                "pool no longer routing to ejected backends: another backend is routable, or none passes its checks"
+            );
+        }
     }
 
     /// Every backend's live detail, by pool then configuration order.

@@ -595,3 +595,145 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
     );
     assert!(c.shutdown(Duration::from_secs(1)).await);
 }
+
+/// Issue #24: an ejection never leaves a pool without a backend that passes its checks.
+#[tokio::test(start_paused = true)]
+async fn held_out_backends_are_routed_while_nothing_else_is_and_their_ejection_runs_on() {
+    let (c, script, last) = checker(16);
+    let mut p = policy(5);
+    p.passive = PassivePolicy {
+        consecutive_failures: 3,
+        ejection_time: Duration::from_secs(10),
+        max_ejection_time: Duration::from_secs(60),
+        max_ejected_percent: 50.0,
+        ..PassivePolicy::default()
+    };
+    let p = Arc::new(p);
+    c.apply(vec![spec(0, &p), spec(1, &p)]);
+    until("both up", Duration::from_secs(1), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    let members = || {
+        last.0
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap()
+            .pool("p")
+            .unwrap()
+            .to_vec()
+    };
+    let a = members()[0].endpoint.clone();
+
+    // A dies: live failures eject it, its checks mark it down.
+    script.set(addr(0), Reply::Status(503));
+    (0..3).for_each(|_| a.report_failure());
+    settle().await;
+    let ejected_at = Instant::now();
+    assert!(c.status()[0].ejected);
+    until("a down", Duration::from_millis(100), || {
+        c.status()[0].health == Health::Down
+    })
+    .await;
+    // A comes back: up by its checks, still ejected, and not routed while B is.
+    script.set(addr(0), Reply::Pass);
+    until("a up", Duration::from_millis(100), || {
+        members()[0].state.health == Health::Up
+    })
+    .await;
+    let m = members();
+    assert!(m[0].state.ejected && !m[0].state.routable() && !m[0].state.rescued);
+    assert!(m[1].state.routable());
+
+    // B dies: A alone passes its checks and is routed again, its ejection running on.
+    script.set(addr(1), Reply::Status(503));
+    until("a routed again", Duration::from_millis(100), || {
+        members()[0].state.routable()
+    })
+    .await;
+    let m = members();
+    assert!(!m[1].state.routable(), "b is down");
+    assert!(m[0].state.rescued && m[0].state.ejected);
+    assert_eq!(
+        c.status()[0].ejected_for,
+        Some(ejected_at + Duration::from_secs(10) - Instant::now()),
+        "routing it again ended or moved its ejection"
+    );
+
+    // B comes back: A is held out again until its ejection ends, on time.
+    script.set(addr(1), Reply::Pass);
+    until("b routable", Duration::from_millis(100), || {
+        members()[1].state.routable()
+    })
+    .await;
+    assert!(!members()[0].state.routable(), "a routed while b is");
+    tokio::time::sleep_until(ejected_at + Duration::from_millis(9_990)).await;
+    settle().await;
+    assert!(c.status()[0].ejected && !members()[0].state.routable());
+    tokio::time::sleep_until(ejected_at + Duration::from_secs(10)).await;
+    settle().await;
+    until(
+        "a routable after its ejection",
+        Duration::from_millis(50),
+        || {
+            let m = members();
+            m[0].state.routable() && !m[0].state.rescued
+        },
+    )
+    .await;
+
+    // A backend that fails its checks is never routed by this rule: with both down
+    // (A ejected again), nothing is routable.
+    (0..3).for_each(|_| a.report_failure());
+    script.set(addr(0), Reply::Status(503));
+    script.set(addr(1), Reply::Status(503));
+    until("both down", Duration::from_millis(100), || {
+        members().iter().all(|m| m.state.health == Health::Down)
+    })
+    .await;
+    assert!(members().iter().all(|m| !m.state.routable()));
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
+
+/// Issue #24: `max_ejected_percent` counts what the pool has lost, not ejections alone.
+#[tokio::test(start_paused = true)]
+async fn max_ejected_percent_counts_backends_down_by_their_checks() {
+    let (c, script, last) = checker(16);
+    let mut p = policy(5);
+    p.passive = PassivePolicy {
+        consecutive_failures: 3,
+        max_ejected_percent: 50.0,
+        ..PassivePolicy::default()
+    };
+    let p = Arc::new(p);
+    c.apply(vec![spec(0, &p), spec(1, &p)]);
+    until("both up", Duration::from_secs(1), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    script.set(addr(0), Reply::Status(503));
+    until("a down", Duration::from_millis(100), || {
+        c.status()[0].health == Health::Down
+    })
+    .await;
+    let b = last.0.lock().unwrap().clone().unwrap().pool("p").unwrap()[1]
+        .endpoint
+        .clone();
+    (0..3).for_each(|_| b.report_failure());
+    settle().await;
+    assert!(
+        !c.status()[1].ejected,
+        "ejected the last backend up in a pool that has lost half"
+    );
+    // With A up again the same failures eject B.
+    script.set(addr(0), Reply::Pass);
+    until("a up", Duration::from_millis(100), || {
+        c.status()[0].health == Health::Up
+    })
+    .await;
+    (0..3).for_each(|_| b.report_failure());
+    settle().await;
+    assert!(c.status()[1].ejected);
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}

@@ -159,8 +159,13 @@ impl AdminApp {
             .pool_names()
             .into_iter()
             .map(|p| {
-                let panic = table.pool(&p).is_some_and(|r| r.panic);
-                (p, json!({"panic": panic, "backends": []}))
+                let route = table.pool(&p);
+                let panic = route.is_some_and(|r| r.panic);
+                let held_out = route.is_some_and(|r| r.members.iter().any(|m| m.state.rescued));
+                (
+                    p,
+                    json!({"panic": panic, "routing_held_out": held_out, "backends": []}),
+                )
             })
             .collect();
         // Where each backend came from, and each discovered pool's last lookup.
@@ -188,9 +193,9 @@ impl AdminApp {
             }
         }
         for s in self.app.checker.status() {
-            let entry = pools
-                .entry(s.pool.clone())
-                .or_insert_with(|| json!({"panic": false, "backends": []}));
+            let entry = pools.entry(s.pool.clone()).or_insert_with(
+                || json!({"panic": false, "routing_held_out": false, "backends": []}),
+            );
             if let Some(list) = entry["backends"].as_array_mut() {
                 let source = sources
                     .get(&(s.pool.as_str(), s.address.as_str()))

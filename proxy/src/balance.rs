@@ -285,7 +285,9 @@ mod tests {
                     ejected: false,
                     suspect: false,
                     admin: Default::default(),
+                    rescued: false,
                 },
+                recent_failures: 0,
             })
             .collect()
     }

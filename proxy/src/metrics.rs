@@ -14,6 +14,7 @@ pub mod names {
     pub const RETRIES: &str = "vigil_upstream_retries_total";
     pub const NO_HEALTHY: &str = "vigil_no_healthy_backend_total";
     pub const PANIC: &str = "vigil_panic_routed_requests_total";
+    pub const FALLBACK: &str = "vigil_upstream_fallback_attempts_total";
     pub const RELOADS: &str = "vigil_config_reloads_total";
     pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
     pub const ACCESS_LOG_DROPPED: &str = "vigil_access_log_dropped_total";
@@ -36,6 +37,9 @@ pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
 /// head, a request without Host): pool names never contain `-` alone.
 pub const UNROUTED: &str = "-";
 
+/// The `kind` of a fallback attempt: to a held-out backend, or failing open.
+pub const FALLBACK_KINDS: [&str; 2] = ["held_out", "fail_open"];
+
 pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// Index into [`CLASSES`]; informational and odd codes count with their neighbours.
@@ -56,6 +60,7 @@ pub struct ProxyMetrics {
     connections: IntCounterVec,
     no_healthy: IntCounterVec,
     panic: IntCounterVec,
+    fallback: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub access_log_dropped: IntCounter,
@@ -75,6 +80,8 @@ pub struct PoolHandles {
     pub connections_opened: IntCounter,
     pub no_healthy: IntCounter,
     pub panic: IntCounter,
+    /// Attempts outside the candidates, by [`FALLBACK_KINDS`].
+    pub fallback: [IntCounter; 2],
     /// Per member, in member order; empty when per-backend metrics are off.
     pub upstream: Vec<[IntCounter; 4]>,
 }
@@ -128,6 +135,13 @@ impl ProxyMetrics {
                     "Requests routed to all backends because the pool was below panic_threshold",
                 ),
                 &["pool"],
+            )?,
+            fallback: IntCounterVec::new(
+                Opts::new(
+                    names::FALLBACK,
+                    "Attempts sent to a backend that is not routable because no routable one was left to try: held out (ejected or suspect, passing its checks) or, failing open, down",
+                ),
+                &["pool", "kind"],
             )?,
             reloads: IntCounterVec::new(
                 Opts::new(names::RELOADS, "Configuration reloads by result"),
@@ -188,6 +202,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.no_healthy.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.panic.clone()))?;
+        registry.register(Box::new(m.fallback.clone()))?;
         registry.register(Box::new(m.reloads.clone()))?;
         registry.register(Box::new(m.last_reload_success.clone()))?;
         for r in ["success", "failure"] {
@@ -237,6 +252,7 @@ impl ProxyMetrics {
             connections_opened: self.connections.with_label_values(&[pool]),
             no_healthy: self.no_healthy.with_label_values(&[pool]),
             panic: self.panic.with_label_values(&[pool]),
+            fallback: FALLBACK_KINDS.map(|k| self.fallback.with_label_values(&[pool, k])),
             upstream: if self.per_backend {
                 members
                     .iter()
@@ -262,6 +278,9 @@ impl ProxyMetrics {
         let _ = self.connections.remove_label_values(&[pool]);
         let _ = self.no_healthy.remove_label_values(&[pool]);
         let _ = self.panic.remove_label_values(&[pool]);
+        for k in FALLBACK_KINDS {
+            let _ = self.fallback.remove_label_values(&[pool, k]);
+        }
     }
 
     pub fn remove_backend(&self, pool: &str, backend: &str) {

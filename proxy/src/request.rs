@@ -34,6 +34,8 @@ pub struct Ctx {
     /// The current attempt's id while it is registered as waiting (see
     /// `Endpoint::waiting_on`).
     pub(crate) waiting: Option<u64>,
+    /// The pool had no routable backend when the request came: if the fallback
+    /// members (`PoolRoute::fallback`) all fail too, it is answered 503.
     pub(crate) no_backend: bool,
     /// The current attempt received a response header.
     pub(crate) got_header: bool,
@@ -144,8 +146,9 @@ impl Ctx {
         self.table = Some(table);
     }
 
-    /// The peer for the next attempt: an alive backend not tried yet. With none, an
-    /// error; `no_backend` is set when there was none from the start.
+    /// The peer for the next attempt: an alive backend not tried yet, else a fallback
+    /// member (`PoolRoute::fallback`). With none, an error; `no_backend` is set when no
+    /// backend was routable from the start.
     pub(crate) fn next_peer(&mut self) -> Result<HttpPeer> {
         let i = self.next_member()?;
         let pool = self.pool().expect("routed request has a table");
@@ -165,14 +168,36 @@ impl Ctx {
                 .as_ref()
                 .expect("routed request has a table")
                 .pools[self.pool];
+            let fallback = || {
+                let i = pool
+                    .fallback
+                    .iter()
+                    .copied()
+                    .find(|i| !self.tried.contains(i))?;
+                let kind = !pool.members[i].state.held_out() as usize;
+                pool.metrics.fallback[kind].inc();
+                Some(i)
+            };
             pool.selector
                 .pick(&pool.members, &pool.candidates, &self.tried, &self.hash_key)
+                .or_else(fallback)
                 .inspect(|&i| pool.members[i].endpoint.request_started())
         };
+        if self.tried.is_empty() {
+            // Nothing routable: a request tried only on fallback members that all fail
+            // is answered as if there had been none to try.
+            let pool = self.pool().expect("routed request has a table");
+            self.no_backend = pool.candidates.is_empty();
+        }
         let Some(i) = picked else {
             if self.tried.is_empty() {
-                self.no_backend = true;
                 return Err(Error::explain(HTTPStatus(503), "no healthy backend"));
+            }
+            if self.no_backend {
+                return Err(Error::explain(
+                    HTTPStatus(503),
+                    "no healthy backend; every other backend was tried",
+                ));
             }
             return Err(Error::explain(
                 ConnectNoRoute,
@@ -313,12 +338,15 @@ impl Ctx {
         self.table.as_ref().map(|t| &t.pools[self.pool])
     }
 
-    /// One more attempt is allowed and an untried candidate exists.
+    /// One more attempt is allowed and an untried candidate or fallback member exists.
     pub(crate) fn can_retry(&self) -> bool {
         self.retries_left > 0
-            && self
-                .pool()
-                .is_some_and(|p| p.candidates.iter().any(|i| !self.tried.contains(i)))
+            && self.pool().is_some_and(|p| {
+                p.candidates
+                    .iter()
+                    .chain(&p.fallback)
+                    .any(|i| !self.tried.contains(i))
+            })
     }
 
     pub(crate) fn take_retry(&mut self) {

@@ -20,6 +20,12 @@ pub struct PoolRoute {
     /// Indexes of the members requests may go to: the routable ones, or all of them
     /// when the pool is in panic mode.
     pub candidates: Vec<usize>,
+    /// Members a request goes to once no candidate is left untried, best first: those
+    /// held out by live traffic alone (ejected or suspect, passing their checks), then,
+    /// with `fail_open`, the other checked, ready ones (down). Each at most once, within
+    /// the request's retries; when there is no candidate at all the first attempt
+    /// starts here.
+    pub fallback: Vec<usize>,
     /// Fewer than `panic_threshold` percent of the members are routable.
     pub panic: bool,
     pub selector: Selector,
@@ -44,6 +50,7 @@ impl PoolRoute {
         } else {
             routable
         };
+        let fallback = fallback(&config, &members, &candidates);
         let selector = Selector::build(config.balance, &members, &candidates);
         let metrics = metrics.pool(&config.name, &members);
         PoolRoute {
@@ -52,11 +59,29 @@ impl PoolRoute {
             tls,
             members,
             candidates,
+            fallback,
             panic,
             selector,
             metrics,
         }
     }
+}
+
+/// [`PoolRoute::fallback`]: held-out members, then (with `fail_open`) the last resort,
+/// each group by fewest recent failures.
+fn fallback(config: &PoolConfig, members: &[Member], candidates: &[usize]) -> Vec<usize> {
+    let rest = || (0..members.len()).filter(|i| !candidates.contains(i));
+    let by_failures = |mut v: Vec<usize>| {
+        v.sort_by_key(|&i| members[i].recent_failures);
+        v
+    };
+    let mut out = by_failures(rest().filter(|&i| members[i].state.held_out()).collect());
+    if config.fail_open {
+        let resort =
+            rest().filter(|&i| !members[i].state.held_out() && members[i].state.last_resort());
+        out.extend(by_failures(resort.collect()));
+    }
+    out
 }
 
 /// Path prefixes of one host pattern, longest first, with the pool they go to.

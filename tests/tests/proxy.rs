@@ -340,7 +340,7 @@ async fn no_route_is_404_and_no_alive_backend_is_503() {
     let bs = backends(1).await;
     bs[0].ctl.set_health(500);
     let (listen, admin) = vigil_tests::free_ports();
-    let cfg = vigil_tests::config::config(listen, admin, "", &[pool("api", &[(&bs[0], 1)], &format!("    routes:\n      - host: api.example.com\n        path_prefix: /v1\n{FAST_CHECKS}"))]);
+    let cfg = vigil_tests::config::config(listen, admin, "", &[pool("api", &[(&bs[0], 1)], &format!("    routes:\n      - host: api.example.com\n        path_prefix: /v1\n    fail_open: false\n{FAST_CHECKS}"))]);
     let mut v = vigil_tests::Vigil::start(&cfg, listen, admin);
     v.wait_live().await;
     let r = get(listen, "other.example.com", "/v1").await.unwrap();

@@ -1,5 +1,6 @@
-//! `fleet --count N --out FILE [--flap SECS] [--delay-ms MS]`: N HTTP/1.1 backends on loopback
-//! (ports from 127.0.0.1:0), their addresses written to FILE one per line. Health
+//! `fleet --count N --out FILE [--flap SECS] [--delay-ms MS] [--bind ADDR]`: N HTTP/1.1
+//! backends on loopback (ports from 127.0.0.1:0, or the first on ADDR: a backend brought
+//! back on its port), their addresses written to FILE one per line. Health
 //! paths answer `200 ok`; anything else answers the backend's name. With `--flap`,
 //! the first backend fails (503 everywhere) every other SECS seconds.
 //! Every second FILE.stats gets `connections REQUESTS requests N`.
@@ -39,6 +40,7 @@ fn main() {
     let threads: usize = arg(&args, "--threads")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let bind: Option<std::net::SocketAddr> = arg(&args, "--bind").and_then(|v| v.parse().ok());
     vigil_bench::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -50,7 +52,10 @@ fn main() {
         let born = Instant::now();
         let mut lines = String::new();
         for i in 0..count {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let at = bind
+                .filter(|_| i == 0)
+                .unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+            let listener = TcpListener::bind(at).await.expect("bind");
             lines += &format!("{}\n", listener.local_addr().unwrap());
             let c = counters.clone();
             let flapping = flap.filter(|_| i == 0);

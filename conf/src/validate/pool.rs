@@ -180,6 +180,7 @@ impl Validator<'_> {
             retries,
             retry_on_status,
             panic_threshold,
+            fail_open: raw.fail_open.unwrap_or(true),
             connect_timeout,
             read_timeout,
             backends,

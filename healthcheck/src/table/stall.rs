@@ -175,7 +175,7 @@ impl BackendTable {
                 let _one_at_a_time = self.ejection_lock.lock().unwrap();
                 let out = slots
                     .iter()
-                    .filter(|o| o.key != s.key && (o.is_ejected() || o.is_suspect()))
+                    .filter(|o| o.key != s.key && o.is_unavailable())
                     .count();
                 if !policy.may_eject(out, slots.len()) {
                     continue;
