@@ -1302,12 +1302,58 @@ def chaos_client(addr, clients, rate, seconds, timeout=15.0):
     return results
 
 
+def three_steps(binary, clients=8, rate=25, seconds=16):
+    """Issue #24's scenario: backends A and B; A killed (ejected, then down), restarted
+    (up by its checks, still ejected), then B killed. Returns (requests after A's
+    checks passed, of which failed, their statuses)."""
+    import threading
+    procs = [fleet(1, f"steps-{i}") for i in range(2)]
+    addrs = [p[2][0] for p in procs]
+    procs = [p[0] for p in procs]
+    checks = ("    health_check:\n      interval: 500ms\n      fast_interval: 500ms\n      down_interval: 500ms\n"
+              "      max_down_interval: 500ms\n      timeout: 500ms\n      rise: 2\n      fall: 2\n")
+    p, admin, _ = vigil(vigil_config("127.0.0.1:18910", "127.0.0.1:18911", pool_yaml("web", addrs, checks), top=""),
+                        "vigil-steps", binary)
+    wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
+
+    def backend(i):
+        d = json.loads(http(f"http://{admin}/health/detailed")[1])
+        return next(b for b in d["pools"]["web"]["backends"] if b["address"] == addrs[i])
+
+    passed = []
+
+    def steps():
+        time.sleep(2)
+        procs[0].kill()
+        procs[0].wait()
+        wait_for("A ejected and down", lambda: backend(0)["ejected"] and backend(0)["health"] == "down")
+        out = os.path.join(WORK, "steps-0.txt")
+        procs[0] = start([os.path.join(BIN, "fleet"), "--count", "1", "--out", out, "--bind", addrs[0]], "steps-0-again")
+        wait_for("A up by its checks", lambda: backend(0)["health"] == "up")
+        passed.append(time.monotonic())
+        procs[1].kill()
+        procs[1].wait()
+
+    t = threading.Thread(target=steps)
+    t.start()
+    res = chaos_client("127.0.0.1:18910", clients, rate, seconds)
+    t.join()
+    after = [r for r in res if passed and r[0] >= passed[0]]
+    failed = [r for r in after if r[2] != 200]
+    stop(p, signal.SIGINT)
+    for q in procs:
+        stop(q)
+    return len(after), len(failed), sorted({r[2] for r in failed})
+
+
 def bench_chaos(seconds=90, seeds=(1, 2, 3), clients=8, rate=25):
     """Issue #24: three backends under kills, freezes, restarts and reloads for 90 s,
     8 keep-alive clients at 25 GETs/s each; checks every 500 ms, rise 2, fall 2,
     passive ejection on (defaults). Fixed schedules (seeds). A failure is explained
     when a backend was killed while the request was in flight."""
     binary = os.environ.get("VIGIL")
+    steps = three_steps(binary)
+    log("three steps", *steps)
     rows = []
     n = 3
     checks = ("    health_check:\n      interval: 500ms\n      fast_interval: 250ms\n      down_interval: 500ms\n"
@@ -1322,7 +1368,7 @@ def bench_chaos(seconds=90, seeds=(1, 2, 3), clients=8, rate=25):
             s = "  - name: web\n    backends:\n"
             for i in members:
                 s += f"      - address: {addrs[i]}\n        weight: {(weights or {}).get(i, 1)}\n"
-            return vigil_config("127.0.0.1:18900", "127.0.0.1:18901", s + checks, top="grace_period: 1s\n")
+            return vigil_config("127.0.0.1:18900", "127.0.0.1:18901", s + checks, top="")
 
         p, admin, path = vigil(cfg(range(n)), f"vigil-chaos{seed}", binary)
         wait_for("ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
@@ -1375,6 +1421,12 @@ def bench_chaos(seconds=90, seeds=(1, 2, 3), clients=8, rate=25):
                 q.send_signal(signal.SIGCONT)
             stop(q)
         time.sleep(0.5)
+    print(f"\n### An ejected backend that passes its checks, and the other one killed\n")
+    print("A killed (ejected, then down), restarted (up by its checks, still ejected), then B killed; "
+          f"{clients} keep-alive clients x {rate} GETs/s; checks 500 ms, rise 2, fall 2.\n")
+    print("| requests after A's checks passed | failed | statuses |")
+    print("|---|---|---|")
+    print(f"| {steps[0]} | {steps[1]} | {', '.join(map(str, steps[2])) or '-'} |")
     print(f"\n### Chaos: three backends killed, frozen, restarted and reloaded for {seconds} s "
           f"({clients} keep-alive clients x {rate} GETs/s; checks 500 ms, rise 2, fall 2; passive defaults)\n")
     print("| schedule (seed) | requests | failed | failed % | failed with no kill in flight | kills/restarts/freezes/reloads "
