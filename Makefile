@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 VIGIL := target/release/vigil
 
-.PHONY: all deps test-deps bench-deps build run test bench soak lint fmt
+.PHONY: all deps test-deps bench-deps build run test fuzz bench soak lint fmt
 
 all: build
 
@@ -46,6 +46,10 @@ test: test-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
 
+# The fuzz tests (proptest) with many more cases than make test runs: a few minutes.
+fuzz: deps
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-proxy fuzz
+
 # Results go to bench/RESULTS.md by hand, beside the command that produced them.
 bench: bench-deps build
 	$(CARGO) build --release -p vigil-bench --bins
@@ -63,6 +67,7 @@ bench: bench-deps build
 	python3 bench/harness.py fleet
 	python3 bench/harness.py split
 	python3 bench/harness.py sched
+	python3 bench/harness.py chaos
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

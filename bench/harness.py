@@ -15,6 +15,7 @@
     bench/harness.py fleet     # 3 and 5 vigils x 1,000 backends at 1 s, sharing health through etcd or not
     bench/harness.py split     # user and system CPU per request, and syscalls per request (strace): vigil vs HAProxy
     bench/harness.py sched     # two workers' waits for a CPU (perf sched): vigil pinned and not, HAProxy, nginx
+    bench/harness.py shapes    # CPU per request and p99 for GET, GET with every proxy's access log on, POST 1 KiB: vigil, HAProxy, nginx
     bench/harness.py chaos     # 90 s of kills, freezes, restarts and reloads under 200 req/s: requests lost (issue #24)
     bench/harness.py ab A=PATH B=PATH  # interleaved A/B of vigil builds beside HAProxy: user/system CPU per request
 
@@ -1216,6 +1217,48 @@ def bench_ab(rounds=3, seconds=6):
         stop(b[0])
 
 
+def bench_shapes(rounds=3, seconds=6, conns=64):
+    """Issue #25's traffic shapes at 1 and 2 workers: plain GET; GET with each proxy
+    writing an access line per request to a file; POST of 1 KiB. vigil, HAProxy and
+    nginx alike in the same run, interleaved; wrk -t1 -c64 and three backends on the
+    same 2 cores."""
+    backends = [fleet(1, f"shapes-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    post = os.path.join(WORK, "post1k.lua")
+    open(post, "w").write('wrk.method = "POST"\nwrk.body = string.rep("x", 1024)\n'
+                          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    shapes = [("GET", False, ()), ("GET, access log on", True, ()), ("POST 1 KiB", False, ("-s", post))]
+    only = os.environ.get("THREADS")
+    for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
+        for shape, logging, extra in shapes:
+            vtop = f"threads: {threads}\n"
+            hconf = haproxy_conf("127.0.0.1:18940", addrs, threads=threads)
+            nlog = "off"
+            if logging:
+                vtop += f"access_log:\n  format: text\n  path: {WORK}/vigil-access.log\n"
+                hconf = hconf.replace("log stderr format rfc5424 local0 notice", "log stdout format raw local0 info")
+                hconf = hconf.replace("  log global\n", "  log global\n  option httplog\n")
+                nlog = f"{WORK}/nginx-access.log"
+            peers = {
+                "vigil": (18930, lambda: vigil_ready(18930, addrs, vtop)),
+                "haproxy": (18940, lambda: start_haproxy(hconf, "haproxy-shapes")),
+                "nginx": (18950, lambda: start_nginx(nginx_conf("127.0.0.1:18950", addrs, workers=threads,
+                                                                access_log=nlog), "nginx-shapes")),
+            }
+            results = interleaved(peers, rounds, seconds, conns=conns, label=f"{shape} threads {threads}", extra=extra)
+            med = lambda k, n: statistics.median(x[k] for x in results[n])
+            print(f"\n### {shape}, {threads} worker(s) ({rounds} rounds of {seconds} s, medians; "
+                  f"wrk -t1 -c{conns}, wrk and 3 backends on the same 2 cores)\n")
+            print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy CPU | p99 ÷ nginx | errors |")
+            print("|---|---|---|---|---|---|---|")
+            for n in peers:
+                print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
+                      f"{med('cpu_us_per_req', n) / med('cpu_us_per_req', 'haproxy'):.2f} | "
+                      f"{med('p99', n) / med('p99', 'nginx'):.2f} | {sum(x['errors'] for x in results[n])} |")
+    for b in backends:
+        stop(b[0])
+
+
 def chaos_schedule(seed, seconds, n):
     """A fixed random schedule of faults over `n` backends for `seconds`: kills,
     restarts on the same port, freezes (SIGSTOP for 1-5 s) and reloads that change
@@ -1443,7 +1486,7 @@ if __name__ == "__main__":
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
          "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
-         "sched": bench_sched, "chaos": bench_chaos}[what]()
+         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

@@ -31,11 +31,17 @@ impl Validator<'_> {
             &raw.header_timeout,
             d.header_timeout,
         );
-        if header_timeout.is_zero() {
-            self.error(
-                "limits.header_timeout",
-                "header_timeout must be greater than 0",
-            );
+        let body_timeout = self.duration("limits.body_timeout", &raw.body_timeout, d.body_timeout);
+        for (key, v) in [
+            ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
+        ] {
+            if v.is_zero() {
+                self.error(
+                    &format!("limits.{key}"),
+                    format!("{key} must be greater than 0"),
+                );
+            }
         }
         let body_bytes = self.int("limits.body_bytes", raw.body_bytes, 0, 0, i64::MAX) as u64;
         LimitsConfig {
@@ -43,6 +49,7 @@ impl Validator<'_> {
             headers,
             header_timeout,
             body_bytes,
+            body_timeout,
         }
     }
 

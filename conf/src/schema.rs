@@ -49,6 +49,7 @@ pub struct RawLimits {
     pub headers: Option<i64>,
     pub header_timeout: Option<String>,
     pub body_bytes: Option<i64>,
+    pub body_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

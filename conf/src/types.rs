@@ -100,6 +100,8 @@ pub struct LimitsConfig {
     pub header_timeout: Duration,
     /// Request body; over it 413. 0 = no limit.
     pub body_bytes: u64,
+    /// The whole request body within this of its head, else 408 and close.
+    pub body_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -109,6 +111,7 @@ impl Default for LimitsConfig {
             headers: 100,
             header_timeout: Duration::from_secs(10),
             body_bytes: 0,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -365,6 +365,7 @@ fn edge_settings_default_and_are_validated_with_positions() {
     let c = from_str(MINIMAL, "f.yaml").unwrap();
     assert_eq!(c.limits, vigil_conf::LimitsConfig::default());
     assert_eq!(c.limits.header_bytes, 32768);
+    assert_eq!(c.limits.body_timeout, std::time::Duration::from_secs(30));
     assert_eq!(c.access_log.format, vigil_conf::AccessLogFormat::Off);
     assert_eq!(c.listeners[0].max_connections, 10_000);
     // A pool that only shortens its interval gets a timeout no longer than it.
@@ -382,6 +383,7 @@ listeners:
 limits:
   headers: 300
   header_timeout: 0s
+  body_timeout: 0s
 access_log:
   format: xml
 pools:
@@ -392,8 +394,9 @@ pools:
     assert_error(bad, 3, 22, "max_connections must be between 1 and");
     assert_error(bad, 5, 12, "headers must be between 1 and 256");
     assert_error(bad, 6, 19, "header_timeout must be greater than 0");
-    assert_error(bad, 8, 11, "access_log.format must be off, text or json");
-    assert_error(bad, 10, 11, "pool name \"-\" is reserved");
+    assert_error(bad, 7, 17, "body_timeout must be greater than 0");
+    assert_error(bad, 9, 11, "access_log.format must be off, text or json");
+    assert_error(bad, 11, 11, "pool name \"-\" is reserved");
 }
 
 #[test]

@@ -56,6 +56,11 @@ impl EdgeLimits {
         self.current.load().header_timeout
     }
 
+    /// A request body the request loop holds must arrive whole within this.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        self.current.load().body_timeout
+    }
+
     /// Request bodies above this many bytes are refused with 413; None = no limit.
     pub fn body_bytes(&self) -> Option<u64> {
         Some(self.current.load().body_bytes).filter(|&b| b > 0)

@@ -1,15 +1,16 @@
 //! vigil's own HTTP/1.1 request loop. It serves each HTTP/1 client connection from its
-//! bytes: a plain request (a `GET` or `HEAD` without a body, upgrade, `Expect` or other
-//! hop-by-hop header, in origin form, to a pool of plain HTTP/1 backends) is parsed
-//! where it lies in the read buffer, its upstream head written straight from the
-//! client's bytes (the hop-by-hop `Connection` left out, `X-Forwarded-*` added), and
+//! bytes: a plain request (a common method, no body or a `Content-Length` one that fits
+//! the retry buffer, no upgrade, `Expect` or other hop-by-hop header, in origin form, to
+//! a pool of plain HTTP/1 backends) is parsed where it lies in the read buffer, its
+//! upstream head written straight from the client's bytes (the hop-by-hop `Connection`
+//! left out, `X-Forwarded-*` and, with the access log on, `X-Request-Id` added), and
 //! the answer's head and body copied back as they come, with only the hop-by-hop
 //! headers left out. No header map is built, no head cloned or serialized again, and
 //! the request's future is small: Pingora's HTTP/1 sessions and proxy cost about as
 //! much CPU per request as all of HAProxy does (issue #8).
 //!
-//! The first request that is not plain (a body, an upgrade, HTTP/1.0, a head that does
-//! not parse or breaks a limit, no route, a TLS or HTTP/2 pool, the access log on) is
+//! The first request that is not plain (a chunked or large body, an upgrade, HTTP/1.0, a head that does
+//! not parse or breaks a limit, no route, a TLS or HTTP/2 pool) is
 //! handed, with every byte read so far put back (`Rewound`), to Pingora's proxy and
 //! `VigilProxy`, which then serves the rest of the connection; so are HTTP/2
 //! connections. Both paths take every decision about a request through `Ctx` (routing,
@@ -65,11 +66,25 @@ struct Plain {
     upstream: Vec<u8>,
     /// A `HEAD` request: the answer has no body.
     head: bool,
+    /// Its method may be sent twice (RFC 9110 §9.2.2).
+    idempotent: bool,
+    /// Bytes of body that follow the head (`Content-Length`), at most `RETRY_BUFFER`.
+    body: usize,
     /// The client asked to close after this answer.
     close: bool,
     table: Arc<RoutingTable>,
     pool: usize,
     hash_key: Vec<u8>,
+    /// What the access log needs of the head; None while the log is off.
+    log: Option<Box<LogHead>>,
+}
+
+/// The parts of a request head its access-log line shows.
+struct LogHead {
+    method: &'static str,
+    host: String,
+    target: String,
+    request_id: String,
 }
 
 enum Head {
@@ -100,6 +115,19 @@ struct Response {
     reusable: bool,
     /// The head for the client (empty for an informational answer).
     client_head: Vec<u8>,
+}
+
+/// A request as the loop sends it upstream.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    /// Its head and body, as sent.
+    bytes: &'a [u8],
+    /// A `HEAD`: the answer has no body.
+    head: bool,
+    /// It may be sent twice (RFC 9110 §9.2.2).
+    idempotent: bool,
+    /// The client's connection closes after the answer.
+    close: bool,
 }
 
 /// How one attempt ended.
@@ -166,21 +194,67 @@ impl FastPath {
                 }
                 Err(None) => return None,
             };
-            buf.advance(plain.len);
+            // The body, held whole (at most RETRY_BUFFER): sent with the head, and again
+            // if an attempt fails where that is safe.
+            let mut upstream = plain.upstream;
+            if plain.body > 0 {
+                match self
+                    .read_body(&mut stream, &mut buf, plain.len + plain.body)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(true) => {
+                        self.app.edge.refused(408, client.as_ref());
+                        Box::pin(refuse_request_head(&mut stream, 408)).await;
+                        return None;
+                    }
+                    Err(false) => return None,
+                }
+                upstream.extend_from_slice(&buf[plain.len..plain.len + plain.body]);
+            }
+            buf.advance(plain.len + plain.body);
             // A service shutting down answers this request and closes.
             let close = plain.close || *shutdown.borrow();
             let mut ctx = Ctx::new();
             self.app.in_flight.started();
             ctx.counted = true;
             ctx.routed_with_key(plain.table, plain.pool, plain.hash_key);
-            let (status, keep) = self
-                .attempts(&mut stream, &plain.upstream, plain.head, close, &mut ctx)
-                .await;
+            let out = Outgoing {
+                bytes: &upstream,
+                head: plain.head,
+                idempotent: plain.idempotent,
+                close,
+            };
+            let (status, keep) = self.attempts(&mut stream, &out, &mut ctx).await;
+            if let Some(log) = plain.log {
+                let entry = log_entry(*log, client.as_ref(), plain.body, &ctx, status);
+                self.app.access_log.log(entry);
+            }
             ctx.finished(&self.app, status);
             if !keep {
                 return None;
             }
         }
+    }
+
+    /// Reads until `buf` holds `want` bytes, within `limits.body_timeout`.
+    /// `Err(true)`: the client was too slow (it gets 408); `Err(false)`: it went away.
+    async fn read_body(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        want: usize,
+    ) -> std::result::Result<(), bool> {
+        let deadline = tokio::time::Instant::now() + self.app.edge.body_timeout();
+        while buf.len() < want {
+            buf.reserve(want - buf.len());
+            match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(false),
+                Err(_) => return Err(true),
+            }
+        }
+        Ok(())
     }
 
     /// Waits until the client sends something: true when it did. A new connection's
@@ -264,14 +338,14 @@ impl FastPath {
             // Too long, too many headers, malformed: Pingora's proxy answers.
             _ => return Head::Other,
         };
-        if self.app.access_log.enabled() || req.version != Some(1) {
+        if req.version != Some(1) {
             return Head::Other;
         }
-        let head = match req.method {
-            Some("GET") => false,
-            Some("HEAD") => true,
-            _ => return Head::Other,
+        let logging = self.app.access_log.enabled();
+        let Some(&method) = req.method.and_then(|m| METHODS.iter().find(|&&k| k == m)) else {
+            return Head::Other;
         };
+        let head = method == "HEAD";
         let Some(target) = req
             .path
             .filter(|t| t.starts_with('/') && t.bytes().all(uri_byte))
@@ -281,7 +355,11 @@ impl FastPath {
         let path = target.split_once('?').map_or(target, |(p, _)| p);
         let mut host = None;
         let mut close = false;
-        let mut xff = None;
+        let mut body: Option<u64> = None;
+        // Every X-Forwarded-For line: the chain continues from all of them.
+        let mut xff: Vec<&[u8]> = Vec::new();
+        // With the access log on: the client's request id, as on Pingora's path.
+        let mut request_id: Option<&str> = None;
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -300,15 +378,33 @@ impl FastPath {
                         return Head::Other;
                     }
                 }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                // One plain length; anything else (a list, a second line) is for
+                // Pingora's proxy to judge.
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .filter(|v| {
+                        !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|v| v.parse().ok());
+                match (n, body) {
+                    (Some(n), None) => body = Some(n),
+                    _ => return Head::Other,
+                }
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-                xff.get_or_insert(h.value);
+                xff.push(h.value);
+            } else if logging && request_id.is_none() && name.eq_ignore_ascii_case("x-request-id") {
+                request_id = std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty());
             } else if NOT_PLAIN.iter().any(|n| name.eq_ignore_ascii_case(n)) {
                 // A body, an answer to wait for, or a hop-by-hop header to act on.
                 return Head::Other;
             }
         }
-        // Pingora's path answers a missing Host with 400.
-        let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+        // Pingora's path answers a missing or invalid Host with 400.
+        let Some(host) = host
+            .filter(|h| valid_host(h))
+            .and_then(|h| std::str::from_utf8(h).ok())
+        else {
             return Head::Other;
         };
         let table = self.app.table();
@@ -317,6 +413,12 @@ impl FastPath {
         };
         let config = &table.pools[pool].config;
         if table.pools[pool].tls.is_some() || config.protocol != vigil_conf::Protocol::Http1 {
+            return Head::Other;
+        }
+        // A body the loop holds whole, so that it can be sent again; a longer one, or
+        // one over `limits.body_bytes` (413), is for Pingora's proxy.
+        let body = body.unwrap_or(0);
+        if body > RETRY_BUFFER as u64 || self.app.edge.body_bytes().is_some_and(|max| body > max) {
             return Head::Other;
         }
         let hash_key = match &config.hash_key {
@@ -334,13 +436,18 @@ impl FastPath {
         };
         // The same headers as `forward_headers` on Pingora's path.
         let mut up = Vec::with_capacity(len + 128);
-        up.extend_from_slice(if head { b"HEAD " } else { b"GET " });
+        up.extend_from_slice(method.as_bytes());
+        up.push(b' ');
         up.extend_from_slice(target.as_bytes());
         up.extend_from_slice(b" HTTP/1.1\r\n");
         for h in req.headers.iter() {
-            if !FORWARDED_BY_US
-                .iter()
-                .any(|n| h.name.eq_ignore_ascii_case(n))
+            // An empty request id is replaced by ours, as on Pingora's path.
+            let empty_id =
+                logging && request_id.is_none() && h.name.eq_ignore_ascii_case("x-request-id");
+            if !empty_id
+                && !FORWARDED_BY_US
+                    .iter()
+                    .any(|n| h.name.eq_ignore_ascii_case(n))
             {
                 up.extend_from_slice(h.name.as_bytes());
                 up.extend_from_slice(b": ");
@@ -350,8 +457,8 @@ impl FastPath {
         }
         if let Some(ip) = client {
             up.extend_from_slice(b"x-forwarded-for: ");
-            // Only a value Pingora's path could read as text is kept.
-            if let Some(prev) = xff.filter(|v| {
+            // As on Pingora's path: values it can read as text, trimmed, empty ones left out.
+            for prev in xff.iter().map(|v| v.trim_ascii()).filter(|v| {
                 !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
             }) {
                 up.extend_from_slice(prev);
@@ -366,15 +473,35 @@ impl FastPath {
         });
         up.extend_from_slice(b"x-forwarded-host: ");
         up.extend_from_slice(host.as_bytes());
-        up.extend_from_slice(b"\r\n\r\n");
+        up.extend_from_slice(b"\r\n");
+        let log = logging.then(|| {
+            let request_id = match request_id {
+                Some(id) => id.to_string(),
+                None => {
+                    let id = new_request_id();
+                    let _ = write!(up, "x-request-id: {id}\r\n");
+                    id
+                }
+            };
+            Box::new(LogHead {
+                method,
+                host: host.to_string(),
+                target: target.to_string(),
+                request_id,
+            })
+        });
+        up.extend_from_slice(b"\r\n");
         Head::Plain(Plain {
             len,
             upstream: up,
             head,
+            idempotent: idempotent_method(method),
+            body: body as usize,
             close,
             table,
             pool,
             hash_key,
+            log,
         })
     }
 
@@ -383,11 +510,15 @@ impl FastPath {
     async fn attempts(
         &self,
         client: &mut Stream,
-        req: &[u8],
-        head: bool,
-        close: bool,
+        out: &Outgoing<'_>,
         ctx: &mut Ctx,
     ) -> (u16, bool) {
+        let Outgoing {
+            bytes: req,
+            idempotent,
+            close,
+            ..
+        } = *out;
         loop {
             let i = match ctx.next_member() {
                 Ok(i) => i,
@@ -396,7 +527,13 @@ impl FastPath {
             let pool = ctx.pool().expect("routed");
             let addr = pool.members[i].endpoint.socket_addr;
             let read_timeout = pool.config.read_timeout;
-            let (mut up, reused) = match idle::take(addr) {
+            // After a stale idle connection, a new one.
+            let idle = if ctx.stale_resent {
+                None
+            } else {
+                idle::take(addr)
+            };
+            let (mut up, reused) = match idle {
                 Some(stream) => (stream, true),
                 None => {
                     let peer = peer_for(pool, i);
@@ -416,19 +553,10 @@ impl FastPath {
             let local = up
                 .get_socket_digest()
                 .and_then(|s| s.local_addr().and_then(|a| a.as_inet()).copied());
-            ctx.connected(reused, up.id(), local, true);
+            ctx.connected(reused, up.id(), local, idempotent);
             let mut sent = None;
             let exchange = self
-                .exchange(
-                    client,
-                    &mut up,
-                    req,
-                    head,
-                    close,
-                    read_timeout,
-                    ctx,
-                    &mut sent,
-                )
+                .exchange(client, &mut up, out, read_timeout, ctx, &mut sent)
                 .await;
             match exchange {
                 Ok(Exchange::Answered {
@@ -458,7 +586,11 @@ impl FastPath {
                         );
                         return (status, false);
                     }
-                    if !ctx.attempt_failed(&e, true) {
+                    // The whole request is at hand: an idempotent one may go again.
+                    if reused && ctx.stale_connection(&e, idempotent) {
+                        continue;
+                    }
+                    if !ctx.attempt_failed(&e, idempotent) {
                         return self.failed(client, ctx, e, req, close).await;
                     }
                 }
@@ -468,18 +600,21 @@ impl FastPath {
 
     /// One attempt on `up`: the request out, the answer back. `sent` is set once the
     /// client has the answer's head.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         client: &mut Stream,
         up: &mut Stream,
-        req: &[u8],
-        head: bool,
-        close: bool,
+        out: &Outgoing<'_>,
         read_timeout: Duration,
         ctx: &mut Ctx,
         sent: &mut Option<u16>,
     ) -> Result<Exchange> {
+        let Outgoing {
+            bytes: req,
+            head,
+            close,
+            ..
+        } = *out;
         if let Err(e) = write_flushed(up, req).await {
             return Error::e_because(WriteError, "writing the request upstream", e)
                 .map_err(|e| e.into_up());
@@ -506,7 +641,7 @@ impl FastPath {
                     .map_err(|e| e.into_up());
             }
         };
-        if ctx.answered(resp.status, true) {
+        if ctx.answered(resp.status, out.idempotent) {
             return Ok(Exchange::StatusRetry);
         }
         buf.advance(resp.len);
@@ -514,6 +649,7 @@ impl FastPath {
         let (take, mut done) = body.feed(&buf)?;
         let mut out = resp.client_head;
         out.extend_from_slice(&buf[..take]);
+        ctx.bytes_out = take;
         buf.advance(take);
         if write_flushed(client, &out).await.is_err() {
             return Ok(Exchange::ClientGone);
@@ -534,6 +670,7 @@ impl FastPath {
             if write_flushed(client, &buf[..take]).await.is_err() {
                 return Ok(Exchange::ClientGone);
             }
+            ctx.bytes_out += take;
             buf.advance(take);
         }
         Ok(Exchange::Answered {
@@ -601,8 +738,7 @@ impl FastPath {
 
 /// Request headers that make a request not plain: a body, an answer to wait for, or a
 /// hop-by-hop header to act on.
-const NOT_PLAIN: [&str; 9] = [
-    "content-length",
+const NOT_PLAIN: [&str; 8] = [
     "transfer-encoding",
     "expect",
     "keep-alive",
@@ -612,6 +748,17 @@ const NOT_PLAIN: [&str; 9] = [
     "upgrade",
     "http2-settings",
 ];
+
+/// Methods the loop carries; others are for Pingora's proxy.
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The longest request body the loop carries: it is held whole, so that a request may
+/// be sent again after a failed attempt; longer ones take Pingora's proxy.
+const RETRY_BUFFER: usize = 64 * 1024;
+
+fn idempotent_method(m: &str) -> bool {
+    matches!(m, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
+}
 
 /// Request headers not copied upstream: the hop-by-hop `Connection` (only `keep-alive`
 /// and `close` reach here) and the three vigil writes itself.
@@ -626,6 +773,27 @@ const FORWARDED_BY_US: [&str; 4] = [
 /// `/`, `?` and `%`); anything else is left to Pingora's proxy to judge.
 fn uri_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// The access-log line of a request the loop carried.
+fn log_entry(
+    head: LogHead,
+    client: Option<&pingora::protocols::l4::socket::SocketAddr>,
+    bytes_in: usize,
+    ctx: &Ctx,
+    status: u16,
+) -> crate::access_log::Entry {
+    crate::access_log::Entry {
+        client: client.map(|a| a.to_string()).unwrap_or_default(),
+        method: head.method.to_string(),
+        host: head.host,
+        path: head.target,
+        protocol: "HTTP/1.1",
+        bytes_in,
+        bytes_out: ctx.bytes_out,
+        request_id: head.request_id,
+        ..ctx.access_entry(status)
+    }
 }
 
 /// The request line, for the error log.
@@ -686,6 +854,8 @@ fn parse_response(buf: &[u8], head: bool, close: bool) -> Result<Option<Response
     let mut length = None;
     let mut chunked = None;
     let (mut conn_close, mut conn_keepalive) = (false, false);
+    // Headers the backend's `Connection` names: its connection's own, not passed on.
+    let mut named: Vec<&[u8]> = Vec::new();
     for h in r.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
@@ -712,6 +882,9 @@ fn parse_response(buf: &[u8], head: bool, close: bool) -> Result<Option<Response
                 let token = token.trim_ascii();
                 conn_close |= token.eq_ignore_ascii_case(b"close");
                 conn_keepalive |= token.eq_ignore_ascii_case(b"keep-alive");
+                if !token.is_empty() && !connection_keeps(token) {
+                    named.push(token);
+                }
             }
         }
     }
@@ -737,6 +910,7 @@ fn parse_response(buf: &[u8], head: bool, close: bool) -> Result<Option<Response
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", r.reason.unwrap_or(""));
     for h in r.headers.iter() {
         let skip = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            || named.iter().any(|n| h.name.as_bytes().eq_ignore_ascii_case(n))
             // A length beside Transfer-Encoding is not sent on (RFC 9112 §6.2).
             || (chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"));
         if !skip {
@@ -912,6 +1086,9 @@ impl ServerApp for FastPath {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1058,7 +1235,8 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(r.client_head).unwrap(),
-            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+            "HTTP/1.1 200 Fine\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+            "X-A is named by Connection: the backend's connection's own"
         );
         let r = parsed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
         assert!(String::from_utf8(r.client_head)

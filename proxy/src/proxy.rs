@@ -25,7 +25,7 @@ impl VigilProxy {
         {
             Some(id) if !id.is_empty() => ctx.request_id = id.to_string(),
             _ => {
-                ctx.request_id = format!("{:016x}", rand::random::<u64>());
+                ctx.request_id = new_request_id();
                 ctx.request_id_generated = true;
             }
         }
@@ -159,6 +159,14 @@ impl ProxyHttp for VigilProxy {
         reused_only.decide_reuse(client_reused);
         let safe = (idempotent(&session.req_header().method) || reused_only.retry())
             && !session.as_ref().retry_buffer_truncated();
+        // Pingora marks errors on a reused connection before any answer `ReusedOnly`;
+        // sent again to the same backend only if it may be sent twice, as on the loop.
+        let again =
+            idempotent(&session.req_header().method) && !session.as_ref().retry_buffer_truncated();
+        if reused_only.retry() && ctx.stale_connection(&e, again) {
+            e.set_retry(true);
+            return e;
+        }
         let retry = ctx.attempt_failed(&e, safe);
         e.set_retry(retry);
         e
@@ -185,8 +193,27 @@ impl ProxyHttp for VigilProxy {
                 "retrying on another backend",
             ));
         }
+        remove_connection_named(resp);
         for h in HOP_BY_HOP.iter().skip(1) {
             resp.remove_header(*h);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // RFC 9112 §6.1: an HTTP/1.0 client cannot read a chunked answer; it gets the
+        // body as it is, delimited by the end of the connection.
+        if session.req_header().version == http::Version::HTTP_10
+            && resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+            resp.insert_header(http::header::CONNECTION, "close")?;
         }
         Ok(())
     }
@@ -203,7 +230,8 @@ impl ProxyHttp for VigilProxy {
             .map(|a| a.ip());
         let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let id = ctx.request_id_generated.then_some(ctx.request_id.as_str());
-        forward_headers(req, session.is_upgrade_req(), client, https, id)
+        let upgrade = asks_upgrade(session.req_header());
+        forward_headers(req, upgrade, client, https, id)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -231,8 +259,11 @@ impl ProxyHttp for VigilProxy {
         // A pool without alive backends answers 503 to every request: counted in
         // vigil_no_healthy_backend_total, and its cause logged once (the state change);
         // a line per request would flood the log in an outage. Clients that go away are
-        // not the proxy's fault. Upstream failures that reach the client stay logged.
+        // not the proxy's fault. Upstream failures that reach the client stay logged,
+        // but not the end of a tunnel (after a 101), reset or not: that is how tunnels
+        // end, once per connection.
         ctx.no_backend
+            || ctx.upstream_status == 101
             || matches!(e.esource(), ErrorSource::Downstream)
             || matches!(e.etype(), HTTPStatus(413))
     }

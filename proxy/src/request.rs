@@ -42,12 +42,28 @@ pub struct Ctx {
     /// `upstream_response_filter` asked for a retry on the response status.
     pub(crate) status_retry: bool,
     pub(crate) counted: bool,
+    /// The next attempt goes to the current backend again, on a new connection: its
+    /// reused connection was closed as the request arrived (`stale_connection`).
+    pub(crate) again: bool,
+    /// That happened once already: it is not done twice for one request.
+    pub(crate) stale_resent: bool,
+    /// Why the current attempt's connection was cut, once `stale_connection` has
+    /// read it.
+    pub(crate) cut: Option<Cut>,
     /// Status of the last response header a backend sent; 0 when none did.
     pub(crate) upstream_status: u16,
+    /// Body bytes the client got (the request loop counts them for the access log;
+    /// Pingora's session counts its own).
+    pub(crate) bytes_out: usize,
     /// Set only while the access log is on: the client's `x-request-id` or ours.
     pub(crate) request_id: String,
     /// We made the id up, so it is added to the request sent upstream.
     pub(crate) request_id_generated: bool,
+}
+
+/// A new request id: 16 random hex digits.
+pub(crate) fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
@@ -91,7 +107,11 @@ impl Ctx {
             got_header: false,
             status_retry: false,
             counted: false,
+            again: false,
+            stale_resent: false,
+            cut: None,
             upstream_status: 0,
+            bytes_out: 0,
             request_id: String::new(),
             request_id_generated: false,
         }
@@ -158,8 +178,15 @@ impl Ctx {
     /// [`Self::next_peer`] as the index of the pool member, counted as started; the
     /// request loop (`fast`) builds a peer only when it dials.
     pub(crate) fn next_member(&mut self) -> Result<usize> {
-        self.release_current();
         self.got_header = false;
+        if std::mem::take(&mut self.again) {
+            if let Some(i) = self.current {
+                // Same backend, still counted in flight.
+                self.attempt_started = Instant::now();
+                return Ok(i);
+            }
+        }
+        self.release_current();
         // Borrowed, not cloned: the table's reference count is shared by every worker
         // thread, and each change to it moves its cache line between cores.
         let picked = {
@@ -266,7 +293,7 @@ impl Ctx {
     /// is idempotent, or it provably never reached the backend) and its body is still at
     /// hand. True when it should go to another backend.
     pub(crate) fn attempt_failed(&mut self, e: &Error, safe: bool) -> bool {
-        let cut = self.done_waiting();
+        let cut = self.done_waiting().or(self.cut.take());
         if std::mem::take(&mut self.status_retry) {
             return true;
         }
@@ -289,6 +316,27 @@ impl Ctx {
             self.take_retry();
         }
         retry
+    }
+
+    /// The attempt failed on a reused (idle) connection before any answer, and its
+    /// request may be sent again (`safe`, as for [`Self::attempt_failed`]): the backend
+    /// most likely closed that connection as the request arrived (the keep-alive race).
+    /// True when it goes again to the same backend on a new connection (once per
+    /// request; not the backend's failure, nor a retry); false when it is an ordinary
+    /// failure, for `attempt_failed`. A timeout or a cut connection is never stale.
+    pub(crate) fn stale_connection(&mut self, e: &Error, safe: bool) -> bool {
+        self.cut = self.done_waiting();
+        let stale = safe
+            && self.cut.is_none()
+            && !self.got_header
+            && !self.stale_resent
+            && matches!(e.esource(), ErrorSource::Upstream)
+            && !matches!(e.etype(), ReadTimedout | WriteTimedout | ConnectTimedout);
+        if stale {
+            self.stale_resent = true;
+            self.again = true;
+        }
+        stale
     }
 
     /// A final response header with `status` arrived. True when the pool retries this
@@ -331,6 +379,25 @@ impl Ctx {
         }
         if std::mem::take(&mut self.counted) {
             app.in_flight.finished();
+        }
+    }
+
+    /// The access-log fields the request's context knows (the time, its status, where
+    /// it went and how long it took); the protocol's own are filled in by its path.
+    pub(crate) fn access_entry(&self, status: u16) -> Entry {
+        let pool = self.pool();
+        Entry {
+            time: Some(SystemTime::now()),
+            status,
+            duration: self.started.elapsed(),
+            pool: pool.map(|p| p.config.name.clone()).unwrap_or_default(),
+            backend: pool
+                .zip(self.tried.last())
+                .map(|(p, &i)| p.members[i].endpoint.address.to_string())
+                .unwrap_or_default(),
+            attempts: self.tried.len(),
+            upstream_status: self.upstream_status,
+            ..Entry::default()
         }
     }
 
@@ -457,13 +524,9 @@ pub(crate) fn forward_headers(
         let upgrade = upgrade
             .then(|| req.headers.get(http::header::UPGRADE).cloned())
             .flatten();
-        let listed: Vec<String> = req
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        let listed: Vec<String> = connection_tokens(&req.headers)
+            .map(str::to_ascii_lowercase)
+            .filter(|t| t != "close" && t != "keep-alive")
             .collect();
         for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
             req.remove_header(name);
@@ -485,14 +548,20 @@ pub(crate) fn forward_headers(
         req.insert_header("x-request-id", id)?;
     }
     if let Some(ip) = client {
-        let xff = match req
+        // Every line of the chain counts (a proxy in front may send one per hop).
+        let mut xff = String::new();
+        for prev in req
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
         {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+        xff.push_str(&ip.to_string());
         req.insert_header("x-forwarded-for", xff)?;
     }
     let scheme = if https { "https" } else { "http" };
@@ -562,16 +631,86 @@ pub(crate) async fn no_healthy_backend(session: &mut Session) -> Result<()> {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header (HTTP/2 carries the
-/// authority in its own field).
+/// authority in its own field), and a Host is a host and an optional port: no user
+/// information, path or white space.
 pub(crate) fn check_host(session: &Session) -> std::result::Result<(), &'static str> {
     let req = session.req_header();
-    if req.version != Version::HTTP_11 {
-        return Ok(());
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (Some(h), None) if !valid_host(h.as_bytes()) => Err("invalid Host header"),
+        _ => Ok(()),
     }
-    match req.headers.get_all(http::header::HOST).iter().count() {
-        0 => Err("HTTP/1.1 request without Host"),
-        1 => Ok(()),
-        _ => Err("more than one Host header"),
+}
+
+/// A Host header's value (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name or IPv4
+/// address of unreserved, percent-encoded and sub-delimiter characters, or an IP literal
+/// in brackets, then an optional `:port`. Both HTTP/1 paths refuse anything else.
+pub(crate) fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = match h.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets belongs to an IPv6 literal.
+        Some(i) if !h[i..].contains(&b']') => (&h[..i], &h[i + 1..]),
+        _ => (h, &h[..0]),
+    };
+    let host_ok = match host {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+        }
+    };
+    host_ok && port.iter().all(u8::is_ascii_digit)
+}
+
+/// The request asks to switch protocols: an `Upgrade` header, and `upgrade` among the
+/// `Connection` tokens (RFC 9110 §7.8: one without the other is no upgrade).
+pub(crate) fn asks_upgrade(req: &RequestHeader) -> bool {
+    req.version == Version::HTTP_11
+        && req.headers.contains_key(http::header::UPGRADE)
+        && connection_tokens(&req.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The tokens of every `Connection` header line.
+pub(crate) fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// `Connection` tokens that name no header to remove: the connection options, and the
+/// framing headers, which the proxy sets itself whatever a backend says.
+pub(crate) fn connection_keeps(token: &[u8]) -> bool {
+    [
+        &b"close"[..],
+        b"keep-alive",
+        b"content-length",
+        b"transfer-encoding",
+    ]
+    .iter()
+    .any(|k| token.eq_ignore_ascii_case(k))
+}
+
+/// Removes from an answer the headers its `Connection` header names (RFC 9110 §7.6.1):
+/// they concern the backend's connection only.
+pub(crate) fn remove_connection_named(resp: &mut ResponseHeader) {
+    let named: Vec<String> = connection_tokens(&resp.headers)
+        .map(str::to_ascii_lowercase)
+        .filter(|t| !connection_keeps(t.as_bytes()))
+        .collect();
+    for name in named {
+        resp.remove_header(&name);
     }
 }
 
@@ -606,9 +745,7 @@ pub(crate) fn expects_continue(session: &Session) -> bool {
 
 pub(crate) fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
     let req = session.req_header();
-    let pool = ctx.pool();
     Entry {
-        time: Some(SystemTime::now()),
         client: session
             .client_addr()
             .map(|a| a.to_string())
@@ -627,17 +764,9 @@ pub(crate) fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
             Version::HTTP_09 => "HTTP/0.9",
             _ => "HTTP/1.1",
         },
-        status,
         bytes_in: session.as_downstream().body_bytes_read(),
         bytes_out: session.as_downstream().body_bytes_sent(),
-        duration: ctx.started.elapsed(),
-        pool: pool.map(|p| p.config.name.clone()).unwrap_or_default(),
-        backend: pool
-            .zip(ctx.tried.last())
-            .map(|(p, &i)| p.members[i].endpoint.address.to_string())
-            .unwrap_or_default(),
-        attempts: ctx.tried.len(),
-        upstream_status: ctx.upstream_status,
         request_id: ctx.request_id.clone(),
+        ..ctx.access_entry(status)
     }
 }

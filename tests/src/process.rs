@@ -75,10 +75,20 @@ impl Vigil {
     /// Writes `config` (which must listen on `listen` and `admin`) and runs
     /// `vigil run -c FILE --log-format json`.
     pub fn start(config: &str, listen: SocketAddr, admin: SocketAddr) -> Vigil {
+        Self::start_with_env(config, listen, admin, &[])
+    }
+
+    /// [`Self::start`] with more environment variables.
+    pub fn start_with_env(
+        config: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Vigil {
         let path = Self::temp_path("vigil.yaml");
         std::fs::write(&path, config).unwrap();
         let args = ["run", "-c", path.to_str().unwrap(), "--log-format", "json"];
-        Self::spawn(&args, listen, admin, path.clone())
+        Self::spawn_with_env(&args, listen, admin, path.clone(), env)
     }
 
     pub fn spawn(
@@ -87,8 +97,19 @@ impl Vigil {
         admin: SocketAddr,
         config_path: PathBuf,
     ) -> Vigil {
+        Self::spawn_with_env(args, listen, admin, config_path, &[])
+    }
+
+    fn spawn_with_env(
+        args: &[&str],
+        listen: SocketAddr,
+        admin: SocketAddr,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Vigil {
         let mut child = Command::new(Self::binary())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

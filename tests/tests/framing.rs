@@ -58,6 +58,8 @@ async fn write_parts(sock: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<(
 async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
     let mut buf = Vec::new();
     let mut counted = false;
+    // `/stale-next` was answered: the next request on this connection finds it closed.
+    let mut close_next = false;
     loop {
         let (head, path, len) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -73,6 +75,11 @@ async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
             }
         };
         buf.drain(..len);
+        if std::mem::take(&mut close_next) {
+            // The keep-alive race: an idle connection closed as a request arrives.
+            return;
+        }
+        close_next = path == "/stale-next";
         if path != "/health" && !std::mem::replace(&mut counted, true) {
             proxied.fetch_add(1, Ordering::Relaxed);
         }
@@ -92,6 +99,22 @@ async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
                 &[b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\nContent-Length: 3\r\n\r\nhop"],
             )
             .await,
+            "/named" => write_parts(
+                &mut sock,
+                &[b"HTTP/1.1 200 OK\r\nConnection: x-secret, keep-alive\r\nX-Secret: 1\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"],
+            )
+            .await,
+            "/ws-reset" => {
+                // A tunnel the backend ends with a reset.
+                let _ = write_parts(
+                    &mut sock,
+                    &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nhi"],
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = sock.set_zero_linger();
+                return;
+            }
             "/informational" => write_parts(
                 &mut sock,
                 &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"],
@@ -222,4 +245,78 @@ async fn broken_answers_are_502_or_a_closed_connection() {
     let mut c = RawConn::connect(v.listen).await;
     c.send(&get("/fine")).await.unwrap();
     assert_eq!(c.response().await.unwrap().body, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_paths_drop_what_connection_names_and_end_tunnels_quietly() {
+    let b = Scripted::start().await;
+    let log = vigil_tests::Vigil::temp_path("framing-access.log");
+    let on = format!("access_log:\n  format: json\n  path: {}\n", log.display());
+    for top in ["", on.as_str()] {
+        let v = start_vigil(top, &[b.pool()]).await;
+        let mut c = RawConn::connect(v.listen).await;
+        c.send(&get("/named")).await.unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{top}: {r:?}");
+        assert_eq!(r.header("x-kept"), Some("yes"));
+        assert_eq!(
+            r.header("x-secret"),
+            None,
+            "{top}: named by Connection: {r:?}"
+        );
+
+        // Issue #25: an HTTP/1.0 client gets a chunked answer's body as it is, ended by
+        // the close of its connection (RFC 9112 §6.1).
+        let mut c = RawConn::connect(v.listen).await;
+        c.send(b"GET /chunked HTTP/1.0\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let r = c.head().await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("transfer-encoding"), None, "{top}: {r:?}");
+        assert_eq!(c.bytes(12).await.unwrap(), b"hello, world");
+        assert!(c.closed_within(Duration::from_secs(5)).await);
+
+        // Issue #25: a tunnel's end is no error, reset or not.
+        let mut c = RawConn::connect(v.listen).await;
+        c.send(b"GET /ws-reset HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(c.head().await.unwrap().status, 101);
+        assert_eq!(c.bytes(2).await.unwrap(), b"hi");
+        assert!(c.closed_within(Duration::from_secs(5)).await);
+        // One more request after it, so that a line about the tunnel is written by now.
+        let mut c = RawConn::connect(v.listen).await;
+        c.send(&get("/after")).await.unwrap();
+        assert_eq!(c.response().await.unwrap().body, "ok");
+        let errors: Vec<String> = v
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("ERROR") || l.contains("Fail to proxy"))
+            .collect();
+        assert!(errors.is_empty(), "{top}: {errors:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_as_the_request_arrives_is_resent_on_a_new_one() {
+    // Issue #25: the backend closes its idle keep-alive connection just as the next
+    // request arrives. The only backend of its pool answers on a new connection.
+    let b = Scripted::start().await;
+    let log = vigil_tests::Vigil::temp_path("framing-stale.log");
+    let on = format!("access_log:\n  format: json\n  path: {}\n", log.display());
+    for top in ["", on.as_str()] {
+        let v = start_vigil(top, &[b.pool()]).await;
+        let mut c = RawConn::connect(v.listen).await;
+        for _ in 0..3 {
+            c.send(&get("/stale-next")).await.unwrap();
+            assert_eq!(c.response().await.unwrap().body, "ok");
+            c.send(&get("/after")).await.unwrap();
+            let r = c.response().await.unwrap();
+            assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{top}: {r:?}");
+        }
+        let detail = v.admin_get("/health/detailed").await.json();
+        let backend = &detail["pools"]["web"]["backends"][0];
+        assert_eq!(backend["state"], "up", "{top}: {backend}");
+    }
 }

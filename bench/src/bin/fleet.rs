@@ -78,6 +78,15 @@ fn main() {
                             while let Some(end) =
                                 buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
                             {
+                                // A request body (Content-Length) is read and dropped.
+                                let len = body_length(&buf[..end]);
+                                if have < end + 4 + len {
+                                    if buf.len() < end + 4 + len {
+                                        buf.resize(end + 4 + len, 0);
+                                    }
+                                    break;
+                                }
+                                let end = end + len;
                                 c.requests.fetch_add(1, Ordering::Relaxed);
                                 let failing = flapping
                                     .is_some_and(|s| (born.elapsed().as_secs() / s) % 2 == 1);
@@ -130,4 +139,18 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+}
+
+/// The `Content-Length` of a request head (0 without one).
+fn body_length(head: &[u8]) -> usize {
+    head.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let line = std::str::from_utf8(line).ok()?;
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .next()
+        .unwrap_or(0)
 }

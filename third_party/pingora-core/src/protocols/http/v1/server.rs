@@ -1889,6 +1889,11 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
         // return if nothing matches: not a request line at all
         let uri = captures.name("uri")?;
+        // vigil patch 9: white space or a control byte in the target is a malformed
+        // request line (RFC 9112 §3.2: answer 400, never guess where the target ends).
+        if uri.as_bytes().iter().any(|&b| b <= b' ' || b == 0x7f) {
+            return None;
+        }
 
         let escaped_uri = percent_encode(uri.as_bytes(), URI_ESC_CHARSET);
 
@@ -3088,13 +3093,16 @@ mod tests_stream {
         init_log();
         // in query string
         let input = BytesMut::from(
-            &b"GET /a?q=<\"b c\"> HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..],
+            &b"GET /a?q=<\"bc\"> HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..],
         );
         let output = escape_illegal_request_line(&input).unwrap();
         assert_eq!(
             &output,
-            &b"GET /a?q=%3C%22b%20c%22%3E HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
+            &b"GET /a?q=%3C%22bc%22%3E HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
         );
+        // white space in the target: refused, not escaped (vigil patch 9)
+        let input = BytesMut::from(&b"GET /a b HTTP/1.1\r\nHost: pingora.org\r\n\r\n"[..]);
+        assert!(escape_illegal_request_line(&input).is_none());
 
         // in path
         let input = BytesMut::from(
