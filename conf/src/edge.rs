@@ -32,9 +32,15 @@ impl Validator<'_> {
             d.header_timeout,
         );
         let body_timeout = self.duration("limits.body_timeout", &raw.body_timeout, d.body_timeout);
+        let client_write_timeout = self.duration(
+            "limits.client_write_timeout",
+            &raw.client_write_timeout,
+            d.client_write_timeout,
+        );
         for (key, v) in [
             ("header_timeout", header_timeout),
             ("body_timeout", body_timeout),
+            ("client_write_timeout", client_write_timeout),
         ] {
             if v.is_zero() {
                 self.error(
@@ -50,6 +56,7 @@ impl Validator<'_> {
             header_timeout,
             body_bytes,
             body_timeout,
+            client_write_timeout,
         }
     }
 

@@ -50,6 +50,7 @@ pub struct RawLimits {
     pub header_timeout: Option<String>,
     pub body_bytes: Option<i64>,
     pub body_timeout: Option<String>,
+    pub client_write_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -102,6 +102,8 @@ pub struct LimitsConfig {
     pub body_bytes: u64,
     /// The whole request body within this of its head, else 408 and close.
     pub body_timeout: Duration,
+    /// A client that takes longer than this to take a write of its answer is cut.
+    pub client_write_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -112,6 +114,7 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             body_bytes: 0,
             body_timeout: Duration::from_secs(30),
+            client_write_timeout: Duration::from_secs(30),
         }
     }
 }

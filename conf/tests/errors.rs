@@ -366,6 +366,10 @@ fn edge_settings_default_and_are_validated_with_positions() {
     assert_eq!(c.limits, vigil_conf::LimitsConfig::default());
     assert_eq!(c.limits.header_bytes, 32768);
     assert_eq!(c.limits.body_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(
+        c.limits.client_write_timeout,
+        std::time::Duration::from_secs(30)
+    );
     assert_eq!(c.access_log.format, vigil_conf::AccessLogFormat::Off);
     assert_eq!(c.listeners[0].max_connections, 10_000);
     // A pool that only shortens its interval gets a timeout no longer than it.
@@ -384,6 +388,7 @@ limits:
   headers: 300
   header_timeout: 0s
   body_timeout: 0s
+  client_write_timeout: 0s
 access_log:
   format: xml
 pools:
@@ -395,8 +400,9 @@ pools:
     assert_error(bad, 5, 12, "headers must be between 1 and 256");
     assert_error(bad, 6, 19, "header_timeout must be greater than 0");
     assert_error(bad, 7, 17, "body_timeout must be greater than 0");
-    assert_error(bad, 9, 11, "access_log.format must be off, text or json");
-    assert_error(bad, 11, 11, "pool name \"-\" is reserved");
+    assert_error(bad, 8, 25, "client_write_timeout must be greater than 0");
+    assert_error(bad, 10, 11, "access_log.format must be off, text or json");
+    assert_error(bad, 12, 11, "pool name \"-\" is reserved");
 }
 
 #[test]

@@ -144,6 +144,12 @@ pub struct App {
 }
 
 impl App {
+    /// SIGTERM or an upgrade has begun: the listeners are closed and requests in flight
+    /// finish; every answer from now on closes its connection.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// A running state for `config`: the settings fixed at start taken from it, nothing
     /// else in force yet, then `config` applied like any reload.
     pub fn start(

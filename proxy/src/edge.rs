@@ -61,6 +61,11 @@ impl EdgeLimits {
         self.current.load().body_timeout
     }
 
+    /// A client that takes longer than this to take one write of its answer is cut.
+    pub fn client_write_timeout(&self) -> std::time::Duration {
+        self.current.load().client_write_timeout
+    }
+
     /// Request bodies above this many bytes are refused with 413; None = no limit.
     pub fn body_bytes(&self) -> Option<u64> {
         Some(self.current.load().body_bytes).filter(|&b| b > 0)

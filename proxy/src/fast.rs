@@ -117,6 +117,37 @@ struct Response {
     client_head: Vec<u8>,
 }
 
+/// The client's side of a connection while the loop serves one of its requests.
+struct Client<'a> {
+    stream: &'a mut Stream,
+    /// Bytes read from the client past the current request (its next, pipelined).
+    pending: &'a mut BytesMut,
+}
+
+impl Client<'_> {
+    /// Waits until the client closes its side (true) or sends more (false, the bytes
+    /// kept in `pending` for its next request). Once `PIPELINE_HELD` bytes wait, the
+    /// client is no longer watched: it never returns. `first`: the request has just
+    /// been sent; most answers come sooner than `WATCH_AFTER`, and for them the client's
+    /// socket is not read at all (a read that finds nothing is a system call).
+    async fn gone(&mut self, first: bool) -> bool {
+        if first {
+            tokio::time::sleep(WATCH_AFTER).await;
+        }
+        if self.pending.len() >= PIPELINE_HELD {
+            return std::future::pending().await;
+        }
+        self.pending.reserve(4096);
+        matches!(self.stream.read_buf(self.pending).await, Ok(0) | Err(_))
+    }
+}
+
+/// Pipelined bytes the loop reads ahead while a request waits for its answer.
+const PIPELINE_HELD: usize = 64 * 1024;
+
+/// How long a request waits for its answer before the loop watches its client too.
+const WATCH_AFTER: Duration = Duration::from_millis(50);
+
 /// A request as the loop sends it upstream.
 #[derive(Clone, Copy)]
 struct Outgoing<'a> {
@@ -213,8 +244,10 @@ impl FastPath {
                 upstream.extend_from_slice(&buf[plain.len..plain.len + plain.body]);
             }
             buf.advance(plain.len + plain.body);
-            // A service shutting down answers this request and closes.
-            let close = plain.close || *shutdown.borrow();
+            // A draining vigil (SIGTERM, an upgrade) or a service shutting down answers
+            // this request, says `Connection: close`, and closes: the client, not vigil,
+            // ends the connection between two requests, so none is lost on the way.
+            let close = plain.close || *shutdown.borrow() || self.app.draining();
             let mut ctx = Ctx::new();
             self.app.in_flight.started();
             ctx.counted = true;
@@ -225,7 +258,11 @@ impl FastPath {
                 idempotent: plain.idempotent,
                 close,
             };
-            let (status, keep) = self.attempts(&mut stream, &out, &mut ctx).await;
+            let mut conn = Client {
+                stream: &mut stream,
+                pending: &mut buf,
+            };
+            let (status, keep) = self.attempts(&mut conn, &out, &mut ctx).await;
             if let Some(log) = plain.log {
                 let entry = log_entry(*log, client.as_ref(), plain.body, &ctx, status);
                 self.app.access_log.log(entry);
@@ -234,6 +271,16 @@ impl FastPath {
             if !keep {
                 return None;
             }
+        }
+    }
+
+    /// Writes to the client, within `limits.client_write_timeout`: a client that does
+    /// not take a write of its answer that fast is cut (an error, as if it had gone).
+    async fn write_client(&self, client: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+        let limit = self.app.edge.client_write_timeout();
+        match timeout(limit, write_flushed(client, bytes)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
 
@@ -261,18 +308,27 @@ impl FastPath {
     /// first request is awaited whatever the shutdown watch says (see pingora-core
     /// patch 3); later ones are not.
     async fn idle(&self, stream: &mut Stream, shutdown: &ShutdownWatch, first: bool) -> bool {
-        let readable = timeout(IDLE_KEEPALIVE, stream.wait_readable());
         if first {
+            let readable = timeout(IDLE_KEEPALIVE, stream.wait_readable());
             return matches!(readable.await, Ok(Ok(_)));
         }
-        if *shutdown.borrow() {
-            return false;
+        if !*shutdown.borrow() {
+            let mut shutdown = shutdown.clone();
+            tokio::select! {
+                ready = timeout(IDLE_KEEPALIVE, stream.wait_readable()) => {
+                    return matches!(ready, Ok(Ok(_)))
+                }
+                _ = shutdown.changed() => {}
+            }
         }
-        let mut shutdown = shutdown.clone();
-        tokio::select! {
-            ready = readable => matches!(ready, Ok(Ok(_))),
-            _ = shutdown.changed() => false,
-        }
+        // Draining (the watch turns at its start): the client may have sent its next
+        // request just now, not knowing. A request that comes within DRAIN_LINGER is
+        // still answered, with `Connection: close`; a client quiet that long is not
+        // racing us, and its connection closes. The drain waits for the linger.
+        self.app.in_flight.started();
+        let ready = timeout(DRAIN_LINGER, stream.wait_readable()).await;
+        self.app.in_flight.finished();
+        matches!(ready, Ok(Ok(_)))
     }
 
     /// Reads until `buf` starts with a whole head. `Ok(None)`: the head is for Pingora's
@@ -509,7 +565,7 @@ impl FastPath {
     /// whether its connection can carry another request.
     async fn attempts(
         &self,
-        client: &mut Stream,
+        client: &mut Client<'_>,
         out: &Outgoing<'_>,
         ctx: &mut Ctx,
     ) -> (u16, bool) {
@@ -522,7 +578,7 @@ impl FastPath {
         loop {
             let i = match ctx.next_member() {
                 Ok(i) => i,
-                Err(e) => return self.failed(client, ctx, e, req, close).await,
+                Err(e) => return self.failed(client.stream, ctx, e, req, close).await,
             };
             let pool = ctx.pool().expect("routed");
             let addr = pool.members[i].endpoint.socket_addr;
@@ -545,7 +601,8 @@ impl FastPath {
                             if ctx.connect_failed() {
                                 continue;
                             }
-                            return self.failed(client, ctx, e.into_up(), req, close).await;
+                            let e = e.into_up();
+                            return self.failed(client.stream, ctx, e, req, close).await;
                         }
                     }
                 }
@@ -591,7 +648,7 @@ impl FastPath {
                         continue;
                     }
                     if !ctx.attempt_failed(&e, idempotent) {
-                        return self.failed(client, ctx, e, req, close).await;
+                        return self.failed(client.stream, ctx, e, req, close).await;
                     }
                 }
             }
@@ -602,7 +659,7 @@ impl FastPath {
     /// client has the answer's head.
     async fn exchange(
         &self,
-        client: &mut Stream,
+        client: &mut Client<'_>,
         up: &mut Stream,
         out: &Outgoing<'_>,
         read_timeout: Duration,
@@ -620,6 +677,7 @@ impl FastPath {
                 .map_err(|e| e.into_up());
         }
         let mut buf = BytesMut::with_capacity(8192);
+        let mut first_wait = true;
         let resp = loop {
             if !buf.is_empty() {
                 match parse_response(&buf, head, close)? {
@@ -636,7 +694,17 @@ impl FastPath {
                     None => {}
                 }
             }
-            if read_some(up, &mut buf, read_timeout).await? == 0 {
+            // A client that leaves while its request waits cancels it: the backend's
+            // connection closes, and the request's slot and in-flight count are freed.
+            let read = tokio::select! {
+                biased;
+                read = read_some(up, &mut buf, read_timeout) => read?,
+                gone = client.gone(std::mem::replace(&mut first_wait, false)) => match gone {
+                    true => return Ok(Exchange::ClientGone),
+                    false => continue,
+                },
+            };
+            if read == 0 {
                 return Error::e_explain(ConnectionClosed, "before the response head")
                     .map_err(|e| e.into_up());
             }
@@ -651,7 +719,7 @@ impl FastPath {
         out.extend_from_slice(&buf[..take]);
         ctx.bytes_out = take;
         buf.advance(take);
-        if write_flushed(client, &out).await.is_err() {
+        if self.write_client(client.stream, &out).await.is_err() {
             return Ok(Exchange::ClientGone);
         }
         *sent = Some(resp.status);
@@ -667,7 +735,11 @@ impl FastPath {
             }
             let (take, end) = body.feed(&buf)?;
             done = end;
-            if write_flushed(client, &buf[..take]).await.is_err() {
+            if self
+                .write_client(client.stream, &buf[..take])
+                .await
+                .is_err()
+            {
                 return Ok(Exchange::ClientGone);
             }
             ctx.bytes_out += take;
@@ -711,7 +783,7 @@ impl FastPath {
             if !req.starts_with(b"HEAD ") {
                 out.extend_from_slice(body.as_bytes());
             }
-            let ok = write_flushed(client, &out).await.is_ok();
+            let ok = self.write_client(client, &out).await.is_ok();
             return (status, ok && !close);
         }
         let code = error_status(&e);
@@ -723,7 +795,7 @@ impl FastPath {
             let out = format!(
                 "HTTP/1.1 {code} {reason}\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
-            let _ = write_flushed(client, out.as_bytes()).await;
+            let _ = self.write_client(client, out.as_bytes()).await;
         }
         if !matches!(e.esource(), ErrorSource::Downstream) {
             tracing::error!(
@@ -748,6 +820,10 @@ const NOT_PLAIN: [&str; 8] = [
     "upgrade",
     "http2-settings",
 ];
+
+/// How long a draining vigil still waits for the next request on a keep-alive
+/// connection before it closes it (`FastPath::idle`).
+const DRAIN_LINGER: Duration = Duration::from_millis(500);
 
 /// Methods the loop carries; others are for Pingora's proxy.
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];

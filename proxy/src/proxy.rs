@@ -55,6 +55,14 @@ impl ProxyHttp for VigilProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.app.in_flight.started();
         ctx.counted = true;
+        if self.app.draining() {
+            // The last answer on this connection, told so (as on the request loop).
+            session.set_keepalive(None);
+        }
+        let write_limit = self.app.edge.client_write_timeout();
+        session
+            .as_downstream_mut()
+            .set_write_timeout(Some(write_limit));
         if self.app.access_log.enabled() {
             self.assign_request_id(session, ctx);
         }

@@ -16,6 +16,8 @@ use vigil_tests::raw::RawConn;
 use vigil_tests::start_vigil;
 
 const BIG: usize = 1 << 20;
+/// More than the sockets between the backend and a client that reads nothing can hold.
+const HUGE: usize = 64 << 20;
 
 /// A backend that answers each path its own way; health checks and unknown paths get
 /// a short 200. Counts the connections that carried proxied requests (not checks).
@@ -125,6 +127,17 @@ async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
                 &[b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"],
             )
             .await,
+            "/huge" => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n");
+                let mut ok = write_parts(&mut sock, &[head.as_bytes()]).await;
+                let chunk = vec![b'h'; 1 << 16];
+                for _ in 0..HUGE / chunk.len() {
+                    if ok.is_ok() {
+                        ok = sock.write_all(&chunk).await;
+                    }
+                }
+                ok
+            }
             "/big" => {
                 let body = if head { Vec::new() } else { vec![b'x'; BIG] };
                 let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
@@ -152,6 +165,22 @@ async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
             return;
         }
     }
+}
+
+/// vigil's own request loop, and Pingora's proxy for every request.
+const ON_BOTH_PATHS: [&str; 2] = ["request loop", "VIGIL_FAST_PATH=off"];
+
+/// vigil in front of `b` with `path` one of [`ON_BOTH_PATHS`].
+async fn on_path(b: &Scripted, path: &str) -> vigil_tests::Vigil {
+    let env: &[(&str, &str)] = match path {
+        "VIGIL_FAST_PATH=off" => &[("VIGIL_FAST_PATH", "off")],
+        _ => &[],
+    };
+    let (listen, admin) = vigil_tests::free_ports();
+    let cfg = vigil_tests::config::config(listen, admin, "", &[b.pool()]);
+    let mut v = vigil_tests::Vigil::start_with_env(&cfg, listen, admin, env);
+    v.wait_ready().await;
+    v
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -250,10 +279,8 @@ async fn broken_answers_are_502_or_a_closed_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_paths_drop_what_connection_names_and_end_tunnels_quietly() {
     let b = Scripted::start().await;
-    let log = vigil_tests::Vigil::temp_path("framing-access.log");
-    let on = format!("access_log:\n  format: json\n  path: {}\n", log.display());
-    for top in ["", on.as_str()] {
-        let v = start_vigil(top, &[b.pool()]).await;
+    for top in ON_BOTH_PATHS {
+        let v = on_path(&b, top).await;
         let mut c = RawConn::connect(v.listen).await;
         c.send(&get("/named")).await.unwrap();
         let r = c.response().await.unwrap();
@@ -303,10 +330,8 @@ async fn a_reused_connection_closed_as_the_request_arrives_is_resent_on_a_new_on
     // Issue #25: the backend closes its idle keep-alive connection just as the next
     // request arrives. The only backend of its pool answers on a new connection.
     let b = Scripted::start().await;
-    let log = vigil_tests::Vigil::temp_path("framing-stale.log");
-    let on = format!("access_log:\n  format: json\n  path: {}\n", log.display());
-    for top in ["", on.as_str()] {
-        let v = start_vigil(top, &[b.pool()]).await;
+    for top in ON_BOTH_PATHS {
+        let v = on_path(&b, top).await;
         let mut c = RawConn::connect(v.listen).await;
         for _ in 0..3 {
             c.send(&get("/stale-next")).await.unwrap();
@@ -318,5 +343,46 @@ async fn a_reused_connection_closed_as_the_request_arrives_is_resent_on_a_new_on
         let detail = v.admin_get("/health/detailed").await.json();
         let backend = &detail["pools"]["web"]["backends"][0];
         assert_eq!(backend["state"], "up", "{top}: {backend}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_cut() {
+    // Issue #25, limits.client_write_timeout: a client that asks for a large answer and
+    // does not read it is cut within the timeout of the write that blocks.
+    let b = Scripted::start().await;
+    for path in ON_BOTH_PATHS {
+        let env: &[(&str, &str)] = match path {
+            "VIGIL_FAST_PATH=off" => &[("VIGIL_FAST_PATH", "off")],
+            _ => &[],
+        };
+        let (listen, admin) = vigil_tests::free_ports();
+        let cfg = vigil_tests::config::config(
+            listen,
+            admin,
+            "limits:\n  client_write_timeout: 300ms\n",
+            &[b.pool()],
+        );
+        let mut v = vigil_tests::Vigil::start_with_env(&cfg, listen, admin, env);
+        v.wait_ready().await;
+        let mut c = RawConn::connect(v.listen).await;
+        c.send(&get("/huge")).await.unwrap();
+        // A client that reads nothing for a while (well past the timeout)...
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // ...then finds its answer cut short: what was buffered, then the end.
+        let mut got = 0usize;
+        let mut chunk = vec![0u8; 1 << 16];
+        let read_all = async {
+            loop {
+                match c.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read_all)
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the stalled client was never cut"));
+        assert!(got < HUGE, "{path}: the whole answer arrived ({got} bytes)");
     }
 }

@@ -192,3 +192,31 @@ async fn a_body_that_trickles_in_is_cut_after_body_timeout() {
     assert!(c.closed_within(Duration::from_secs(5)).await);
     assert_eq!(traffic(&b), before, "a cut body reached the backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_its_request_waits_frees_the_backend() {
+    let b = FakeBackend::start("b").await;
+    b.ctl.set_hang_path(Some("/hang"));
+    for (v, path, _) in both_paths(&b).await {
+        let in_flight = || async {
+            let d = v.admin_get("/health/detailed").await.json();
+            d["pools"]["web"]["backends"][0]["in_flight_requests"].as_u64()
+        };
+        let mut c = RawConn::connect(v.listen).await;
+        c.send(b"GET /hang HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        vigil_tests::wait_for_async("the request waits", Duration::from_secs(5), || async {
+            in_flight().await == Some(1)
+        })
+        .await;
+        drop(c);
+        // Well before the pool's 30 s read timeout.
+        vigil_tests::wait_for_async(
+            &format!("{path}: the request cancelled with its client"),
+            Duration::from_secs(5),
+            || async { in_flight().await == Some(0) },
+        )
+        .await;
+    }
+}

@@ -112,6 +112,68 @@ async fn an_upgrade_under_traffic_loses_no_request() {
     assert_eq!(get(third.listen, "app", "/").await.unwrap().status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_loses_no_request_of_keepalive_clients() {
+    // Issue #25: clients that keep their connections open and send the next request at
+    // once. The old process answers what arrives on a connection it is closing, told
+    // `Connection: close`, instead of closing between two requests.
+    let a = FakeBackend::start("a").await;
+    let old = start_vigil("", &[pool("web", &[(&a, 1)], "")]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, lost) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stop, done, lost, listen) = (stop.clone(), done.clone(), lost.clone(), old.listen);
+        clients.push(tokio::spawn(async move {
+            let mut conn: Option<vigil_tests::raw::RawConn> = None;
+            while !stop.load(Ordering::SeqCst) {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => conn.insert(vigil_tests::raw::RawConn::connect(listen).await),
+                };
+                let sent = c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+                match (sent, c.response().await) {
+                    (Ok(()), Ok(r)) if r.status == 200 => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        if r.header("connection") == Some("close") {
+                            conn = None;
+                        }
+                    }
+                    other => {
+                        eprintln!("lost: {other:?}");
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        conn = None;
+                    }
+                }
+            }
+        }));
+    }
+    wait_for("traffic", Duration::from_secs(10), || {
+        done.load(Ordering::SeqCst) > 500
+    })
+    .await;
+    let mut old = old;
+    let new = upgrade(&old);
+    new.wait_log(&["took over the listening sockets"]).await;
+    assert!(old.wait_exit(Duration::from_secs(15)).await.is_some());
+    let served = done.load(Ordering::SeqCst);
+    wait_for(
+        "traffic on the new process",
+        Duration::from_secs(10),
+        || done.load(Ordering::SeqCst) > served + 500,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        lost.load(Ordering::SeqCst),
+        0,
+        "keep-alive requests lost across the upgrade"
+    );
+}
+
 #[tokio::test]
 async fn an_upgrade_with_nothing_running_is_a_clear_error() {
     let (listen, admin) = vigil_tests::free_ports();
