@@ -1229,6 +1229,9 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
                           'wrk.headers["Content-Type"] = "application/octet-stream"\n')
     shapes = [("GET", False, ()), ("GET, access log on", True, ()), ("POST 1 KiB", False, ("-s", post))]
     only = os.environ.get("THREADS")
+    # SHAPES=log keeps the shapes whose name contains "log" (ROUNDS=n: more rounds).
+    shapes = [s for s in shapes if os.environ.get("SHAPES", "") in s[0]]
+    rounds = int(os.environ.get("ROUNDS", rounds))
     for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
         for shape, logging, extra in shapes:
             vtop = f"threads: {threads}\n"

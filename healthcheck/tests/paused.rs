@@ -340,19 +340,12 @@ async fn first_backends_are_spread_later_ones_checked_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn passive_ejection_doubles_ends_on_time_and_respects_the_pool_share() {
-    let (c, _script, last) = checker(16);
-    let mut p = policy(5);
-    p.passive = PassivePolicy {
+    let (c, _script, last) = two_up_with(PassivePolicy {
         consecutive_failures: 3,
         ejection_time: Duration::from_millis(300),
         max_ejection_time: Duration::from_secs(2),
         max_ejected_percent: 50.0,
         ..PassivePolicy::default()
-    };
-    let p = Arc::new(p);
-    c.apply(vec![spec(0, &p), spec(1, &p)]);
-    until("both up", Duration::from_secs(1), || {
-        c.status().iter().all(|s| s.health == Health::Up)
     })
     .await;
     let endpoint = |i: usize| {
@@ -596,22 +589,29 @@ async fn a_backend_owned_elsewhere_is_not_probed_and_takes_shared_results() {
     assert!(c.shutdown(Duration::from_secs(1)).await);
 }
 
+/// Two backends of pool "p" checked every 5 ms with `passive`, once both are up.
+async fn two_up_with(passive: PassivePolicy) -> (Checker, Arc<Script>, Arc<Last>) {
+    let (c, script, last) = checker(16);
+    let mut p = policy(5);
+    p.passive = passive;
+    let p = Arc::new(p);
+    c.apply(vec![spec(0, &p), spec(1, &p)]);
+    until("both up", Duration::from_secs(1), || {
+        c.status().iter().all(|s| s.health == Health::Up)
+    })
+    .await;
+    (c, script, last)
+}
+
 /// Issue #24: an ejection never leaves a pool without a backend that passes its checks.
 #[tokio::test(start_paused = true)]
 async fn held_out_backends_are_routed_while_nothing_else_is_and_their_ejection_runs_on() {
-    let (c, script, last) = checker(16);
-    let mut p = policy(5);
-    p.passive = PassivePolicy {
+    let (c, script, last) = two_up_with(PassivePolicy {
         consecutive_failures: 3,
         ejection_time: Duration::from_secs(10),
         max_ejection_time: Duration::from_secs(60),
         max_ejected_percent: 50.0,
         ..PassivePolicy::default()
-    };
-    let p = Arc::new(p);
-    c.apply(vec![spec(0, &p), spec(1, &p)]);
-    until("both up", Duration::from_secs(1), || {
-        c.status().iter().all(|s| s.health == Health::Up)
     })
     .await;
     let members = || {
@@ -699,17 +699,10 @@ async fn held_out_backends_are_routed_while_nothing_else_is_and_their_ejection_r
 /// Issue #24: `max_ejected_percent` counts what the pool has lost, not ejections alone.
 #[tokio::test(start_paused = true)]
 async fn max_ejected_percent_counts_backends_down_by_their_checks() {
-    let (c, script, last) = checker(16);
-    let mut p = policy(5);
-    p.passive = PassivePolicy {
+    let (c, script, last) = two_up_with(PassivePolicy {
         consecutive_failures: 3,
         max_ejected_percent: 50.0,
         ..PassivePolicy::default()
-    };
-    let p = Arc::new(p);
-    c.apply(vec![spec(0, &p), spec(1, &p)]);
-    until("both up", Duration::from_secs(1), || {
-        c.status().iter().all(|s| s.health == Health::Up)
     })
     .await;
     script.set(addr(0), Reply::Status(503));

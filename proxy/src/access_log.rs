@@ -36,8 +36,9 @@ pub struct Entry {
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub duration: Duration,
-    pub pool: String,
-    pub backend: String,
+    /// Shared with the routing snapshot: no copy per request.
+    pub pool: Arc<str>,
+    pub backend: Arc<str>,
     pub attempts: usize,
     /// 0 when no backend answered.
     pub upstream_status: u16,

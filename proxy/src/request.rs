@@ -390,10 +390,10 @@ impl Ctx {
             time: Some(SystemTime::now()),
             status,
             duration: self.started.elapsed(),
-            pool: pool.map(|p| p.config.name.clone()).unwrap_or_default(),
+            pool: pool.map(|p| p.name.clone()).unwrap_or_default(),
             backend: pool
                 .zip(self.tried.last())
-                .map(|(p, &i)| p.members[i].endpoint.address.to_string())
+                .map(|(p, &i)| p.members[i].endpoint.address.clone())
                 .unwrap_or_default(),
             attempts: self.tried.len(),
             upstream_status: self.upstream_status,

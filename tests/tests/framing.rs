@@ -170,14 +170,15 @@ async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
 /// vigil's own request loop, and Pingora's proxy for every request.
 const ON_BOTH_PATHS: [&str; 2] = ["request loop", "VIGIL_FAST_PATH=off"];
 
-/// vigil in front of `b` with `path` one of [`ON_BOTH_PATHS`].
-async fn on_path(b: &Scripted, path: &str) -> vigil_tests::Vigil {
+/// vigil in front of `b` with `path` one of [`ON_BOTH_PATHS`]; `top` is more top-level
+/// YAML.
+async fn on_path(b: &Scripted, path: &str, top: &str) -> vigil_tests::Vigil {
     let env: &[(&str, &str)] = match path {
         "VIGIL_FAST_PATH=off" => &[("VIGIL_FAST_PATH", "off")],
         _ => &[],
     };
     let (listen, admin) = vigil_tests::free_ports();
-    let cfg = vigil_tests::config::config(listen, admin, "", &[b.pool()]);
+    let cfg = vigil_tests::config::config(listen, admin, top, &[b.pool()]);
     let mut v = vigil_tests::Vigil::start_with_env(&cfg, listen, admin, env);
     v.wait_ready().await;
     v
@@ -280,7 +281,7 @@ async fn broken_answers_are_502_or_a_closed_connection() {
 async fn both_paths_drop_what_connection_names_and_end_tunnels_quietly() {
     let b = Scripted::start().await;
     for top in ON_BOTH_PATHS {
-        let v = on_path(&b, top).await;
+        let v = on_path(&b, top, "").await;
         let mut c = RawConn::connect(v.listen).await;
         c.send(&get("/named")).await.unwrap();
         let r = c.response().await.unwrap();
@@ -331,7 +332,7 @@ async fn a_reused_connection_closed_as_the_request_arrives_is_resent_on_a_new_on
     // request arrives. The only backend of its pool answers on a new connection.
     let b = Scripted::start().await;
     for top in ON_BOTH_PATHS {
-        let v = on_path(&b, top).await;
+        let v = on_path(&b, top, "").await;
         let mut c = RawConn::connect(v.listen).await;
         for _ in 0..3 {
             c.send(&get("/stale-next")).await.unwrap();
@@ -352,19 +353,7 @@ async fn a_client_that_stops_reading_its_answer_is_cut() {
     // does not read it is cut within the timeout of the write that blocks.
     let b = Scripted::start().await;
     for path in ON_BOTH_PATHS {
-        let env: &[(&str, &str)] = match path {
-            "VIGIL_FAST_PATH=off" => &[("VIGIL_FAST_PATH", "off")],
-            _ => &[],
-        };
-        let (listen, admin) = vigil_tests::free_ports();
-        let cfg = vigil_tests::config::config(
-            listen,
-            admin,
-            "limits:\n  client_write_timeout: 300ms\n",
-            &[b.pool()],
-        );
-        let mut v = vigil_tests::Vigil::start_with_env(&cfg, listen, admin, env);
-        v.wait_ready().await;
+        let v = on_path(&b, path, "limits:\n  client_write_timeout: 300ms\n").await;
         let mut c = RawConn::connect(v.listen).await;
         c.send(&get("/huge")).await.unwrap();
         // A client that reads nothing for a while (well past the timeout)...
