@@ -232,6 +232,12 @@ async fn expect_100_continue_is_answered_at_once() {
         None,
         "Expect went upstream: {seen:?}"
     );
+    // Issue #25 (pingora-core patch 10): the connection carries the next request.
+    assert_eq!(r.header("connection"), Some("keep-alive"), "{r:?}");
+    c.send(b"GET /next HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.response().await.unwrap().status, 200);
 
     // Over the body limit the final status comes instead of 100, and nothing goes upstream.
     let mut c = RawConn::connect(v.listen).await;
@@ -241,7 +247,7 @@ async fn expect_100_continue_is_answered_at_once() {
     .await
     .unwrap();
     assert_eq!(c.head().await.unwrap().status, 413);
-    assert_eq!(traffic(&a), 1);
+    assert_eq!(traffic(&a), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

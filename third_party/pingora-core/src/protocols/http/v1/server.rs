@@ -959,7 +959,10 @@ impl HttpSession {
         }
 
         // if body unfinished, or request header was not finished reading
+        // (vigil patch 10: a final response only: a `100 Continue` is sent precisely
+        // before the body is read, and says nothing about whether it will be)
         if self.close_on_response_before_downstream_finish
+            && !header.status.is_informational()
             && (self.request_header.is_none() || !self.is_body_done())
         {
             debug!("set connection close before downstream finish");
