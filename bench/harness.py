@@ -188,6 +188,12 @@ def fleet(count, name, flap=None, delay_ms=None):
     return p, out, open(out).read().split()
 
 
+def fleet_again(name, addr):
+    """A killed one-backend `fleet` started again on its address (`fleet(1, name)` first)."""
+    out = os.path.join(WORK, name + ".txt")
+    return start([os.path.join(BIN, "fleet"), "--count", "1", "--out", out, "--bind", addr], name + "-again")
+
+
 def fleet_stats(file):
     # The fleet rewrites the file once a second: read again if caught mid-write.
     for _ in range(50):
@@ -1373,8 +1379,7 @@ def three_steps(binary, clients=8, rate=25, seconds=16):
         procs[0].kill()
         procs[0].wait()
         wait_for("A ejected and down", lambda: backend(0)["ejected"] and backend(0)["health"] == "down")
-        out = os.path.join(WORK, "steps-0.txt")
-        procs[0] = start([os.path.join(BIN, "fleet"), "--count", "1", "--out", out, "--bind", addrs[0]], "steps-0-again")
+        procs[0] = fleet_again("steps-0", addrs[0])
         wait_for("A up by its checks", lambda: backend(0)["health"] == "up")
         passed.append(time.monotonic())
         procs[1].kill()
@@ -1432,9 +1437,7 @@ def bench_chaos(seconds=90, seeds=(1, 2, 3), clients=8, rate=25):
                     procs[i].kill()
                     procs[i].wait()
                 elif kind == "restart":
-                    out = os.path.join(WORK, f"chaos{seed}-{i}.txt")
-                    procs[i] = start([os.path.join(BIN, "fleet"), "--count", "1", "--out", out,
-                                      "--bind", addrs[i]], f"chaos{seed}-{i}-again")
+                    procs[i] = fleet_again(f"chaos{seed}-{i}", addrs[i])
                 elif kind == "freeze":
                     procs[i].send_signal(signal.SIGSTOP)
                     threading.Timer(arg, procs[i].send_signal, (signal.SIGCONT,)).start()

@@ -832,10 +832,6 @@ const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 /// be sent again after a failed attempt; longer ones take Pingora's proxy.
 const RETRY_BUFFER: usize = 64 * 1024;
 
-fn idempotent_method(m: &str) -> bool {
-    matches!(m, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
-}
-
 /// Request headers not copied upstream: the hop-by-hop `Connection` (only `keep-alive`
 /// and `close` reach here) and the three vigil writes itself.
 const FORWARDED_BY_US: [&str; 4] = [

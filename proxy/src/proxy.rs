@@ -165,16 +165,15 @@ impl ProxyHttp for VigilProxy {
         // A stale pooled connection never carried the request: safe for any method.
         let mut reused_only = e.retry;
         reused_only.decide_reuse(client_reused);
-        let safe = (idempotent(&session.req_header().method) || reused_only.retry())
-            && !session.as_ref().retry_buffer_truncated();
+        let untruncated = !session.as_ref().retry_buffer_truncated();
+        let repeatable = idempotent(&session.req_header().method) && untruncated;
         // Pingora marks errors on a reused connection before any answer `ReusedOnly`;
         // sent again to the same backend only if it may be sent twice, as on the loop.
-        let again =
-            idempotent(&session.req_header().method) && !session.as_ref().retry_buffer_truncated();
-        if reused_only.retry() && ctx.stale_connection(&e, again) {
+        if reused_only.retry() && ctx.stale_connection(&e, repeatable) {
             e.set_retry(true);
             return e;
         }
+        let safe = repeatable || (reused_only.retry() && untruncated);
         let retry = ctx.attempt_failed(&e, safe);
         e.set_retry(retry);
         e

@@ -68,10 +68,12 @@ pub(crate) fn new_request_id() -> String {
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
 pub(crate) fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+    idempotent_method(m.as_str())
+}
+
+/// [`idempotent`] for a method's name as it came (the request loop has no `Method`).
+pub(crate) fn idempotent_method(m: &str) -> bool {
+    matches!(m, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1). Transfer-Encoding is

@@ -70,7 +70,13 @@ impl PoolRoute {
 /// [`PoolRoute::fallback`]: held-out members, then (with `fail_open`) the last resort,
 /// each group by fewest recent failures.
 fn fallback(config: &PoolConfig, members: &[Member], candidates: &[usize]) -> Vec<usize> {
-    let rest = || (0..members.len()).filter(|i| !candidates.contains(i));
+    // A flag per member, not a search of `candidates` per member: pools can hold
+    // thousands of backends, and this runs on every rebuild of the snapshot.
+    let mut candidate = vec![false; members.len()];
+    for &i in candidates {
+        candidate[i] = true;
+    }
+    let rest = || (0..members.len()).filter(|&i| !candidate[i]);
     let by_failures = |mut v: Vec<usize>| {
         v.sort_by_key(|&i| members[i].recent_failures);
         v
