@@ -24,6 +24,10 @@ use tokio::time::Instant;
 /// Idle connections kept per backend on each worker thread; the oldest goes first.
 const MAX_IDLE: usize = 128;
 
+/// What an idle connection is kept under: the backend's address, and 0 for plain
+/// connections or the pool's TLS settings and name (`PoolTls::connection_key`).
+pub type Key = (SocketAddr, u64);
+
 /// How often a thread's sweeper looks at its idle connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -34,7 +38,7 @@ struct Idle {
 
 #[derive(Default)]
 struct Lists {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    idle: HashMap<Key, Vec<Idle>>,
     swept: bool,
 }
 
@@ -44,10 +48,10 @@ thread_local! {
 
 /// The most recently released connection to `addr` on this thread that is still open,
 /// quiet and within its idle timeout.
-pub fn take(addr: SocketAddr) -> Option<Stream> {
+pub fn take(key: Key) -> Option<Stream> {
     LISTS.with(|l| {
         let mut l = l.borrow_mut();
-        let list = l.idle.get_mut(&addr)?;
+        let list = l.idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(mut c) = list.pop() {
             if c.until > now && quiet(&mut c.stream) {
@@ -60,10 +64,10 @@ pub fn take(addr: SocketAddr) -> Option<Stream> {
 
 /// Keeps `stream`, a connection to `addr` that can carry another request, for at most
 /// `idle_timeout`.
-pub fn put(addr: SocketAddr, stream: Stream, idle_timeout: Duration) {
+pub fn put(key: Key, stream: Stream, idle_timeout: Duration) {
     let start_sweeper = LISTS.with(|l| {
         let mut l = l.borrow_mut();
-        let list = l.idle.entry(addr).or_default();
+        let list = l.idle.entry(key).or_default();
         if list.len() >= MAX_IDLE {
             list.remove(0);
         }

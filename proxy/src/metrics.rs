@@ -22,6 +22,7 @@ pub mod names {
     pub const CLIENT_CONNECTIONS: &str = "vigil_client_connections";
     pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
     pub const TLS_HANDSHAKES: &str = "vigil_tls_handshakes_total";
+    pub const CLIENT_TIMEOUTS: &str = "vigil_client_timeouts_total";
     pub const TLS_EXPIRY: &str = "vigil_tls_certificate_expiry_timestamp_seconds";
     pub const POOL_LATENCY: &str = "vigil_pool_latency_estimate_seconds";
 }
@@ -67,6 +68,7 @@ pub struct ProxyMetrics {
     client_connections: IntGaugeVec,
     client_refused: IntCounterVec,
     tls_handshakes: IntCounterVec,
+    client_timeouts: IntCounterVec,
     pub tls_expiry: IntGaugeVec,
     pool_latency: prometheus::GaugeVec,
     per_backend: bool,
@@ -173,6 +175,13 @@ impl ProxyMetrics {
                 ),
                 &["listener", "result"],
             )?,
+            client_timeouts: IntCounterVec::new(
+                Opts::new(
+                    names::CLIENT_TIMEOUTS,
+                    "Clients cut for being too slow, by listener and kind (write: taking a write of the answer; body: sending the request body)",
+                ),
+                &["listener", "kind"],
+            )?,
             tls_expiry: IntGaugeVec::new(
                 Opts::new(
                     names::TLS_EXPIRY,
@@ -191,6 +200,7 @@ impl ProxyMetrics {
         };
         registry.register(Box::new(m.pool_latency.clone()))?;
         registry.register(Box::new(m.tls_handshakes.clone()))?;
+        registry.register(Box::new(m.client_timeouts.clone()))?;
         registry.register(Box::new(m.tls_expiry.clone()))?;
         registry.register(Box::new(m.client_connections.clone()))?;
         registry.register(Box::new(m.client_refused.clone()))?;
@@ -209,6 +219,13 @@ impl ProxyMetrics {
             m.reloads.with_label_values(&[r]);
         }
         Ok(m)
+    }
+
+    /// Counts a client cut for being too slow (`kind`: `write` or `body`).
+    pub fn client_timeout(&self, listener: &str, kind: &str) {
+        self.client_timeouts
+            .with_label_values(&[listener, kind])
+            .inc();
     }
 
     /// A listener's open-connections gauge and refusals counter.

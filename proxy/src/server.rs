@@ -242,7 +242,8 @@ pub fn run(
         options.head_limits = Some(app.edge.clone());
         options.h2c = h2c;
         proxy.server_options = Some(options);
-        FastPath::new(app.clone(), proxy, &server.configuration)
+        let listeners = config.listeners.iter().map(|l| l.address).collect();
+        FastPath::new(app.clone(), proxy, &server.configuration, listeners)
     };
     let proxy = proxy_app(false);
     // Plain listeners with `http2: true` hand connections that open with HTTP/2's

@@ -32,6 +32,16 @@ impl PoolTls {
             .unwrap_or_else(|| crate::routing::host_of(address).to_string())
     }
 
+    /// Tells idle connections to `address` apart by their TLS settings and name: one
+    /// is reused only for requests that would have made the same handshake.
+    pub fn connection_key(&self, address: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.id.hash(&mut h);
+        self.server_name(address).hash(&mut h);
+        h.finish() | 1
+    }
+
     /// The checker's TLS settings for one backend.
     pub fn check_client(&self, address: &str) -> Option<TlsClient> {
         let name = self.server_name(address);

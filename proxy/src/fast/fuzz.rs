@@ -4,7 +4,8 @@
 //! speed, says it ends (or both must call it malformed). Runs a bounded number of cases
 //! in `make test`; `make fuzz` runs many more (`PROPTEST_CASES`).
 
-use super::*;
+use super::framing::*;
+use super::MAX_HEADERS;
 use proptest::prelude::*;
 
 /// The reference's verdict on a whole answer: where its body ends (the offset just
@@ -169,7 +170,13 @@ fn incremental(b: &[u8], cuts: &[usize], head_req: bool) -> Verdict {
         have = have.max(end);
         loop {
             match &mut body {
-                None => match parse_response(&b[at..have], head_req, false) {
+                None => match parse_response(
+                    &b[at..have],
+                    Asked {
+                        head: head_req,
+                        ..Asked::default()
+                    },
+                ) {
                     Err(_) => return Verdict::Malformed,
                     Ok(None) => break,
                     Ok(Some(r)) if r.status < 200 => at += r.len,
