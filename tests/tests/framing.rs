@@ -373,5 +373,12 @@ async fn a_client_that_stops_reading_its_answer_is_cut() {
             .await
             .unwrap_or_else(|_| panic!("{path}: the stalled client was never cut"));
         assert!(got < HUGE, "{path}: the whole answer arrived ({got} bytes)");
+        if path == ON_BOTH_PATHS[0] {
+            let series = format!(
+                "vigil_client_timeouts_total{{kind=\"write\",listener=\"{}\"}}",
+                v.listen
+            );
+            v.wait_metric(&series, 1.0).await;
+        }
     }
 }

@@ -426,3 +426,51 @@ async fn tls_and_h2_connections_at_two_threads_are_served() {
     assert_eq!(posts, 8);
     v.assert_quiet();
 }
+
+/// Issue #25: HTTPS pools are carried by the request loop, which keeps their idle
+/// connections apart by TLS settings and name: two pools reaching the same backend
+/// with different SNI never share a connection, and each reuses its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_pools_keep_their_connections_apart_by_tls_name() {
+    let ca = TestCa::new("apart");
+    let leaf = ca.leaf("backend", &["127.0.0.1", "backend.test"]);
+    let b = FakeBackend::start_tls("secure", &leaf).await;
+    let (listen, admin) = free_ports();
+    let checks = FAST_CHECKS.replace("      jitter: 0\n", "      jitter: 0\n      type: tcp\n");
+    let named = pool(
+        "named",
+        &[(&b, 1)],
+        &format!(
+            "    routes:\n      - path_prefix: /named\n    tls: {{ca: {}, sni: backend.test}}\n{checks}",
+            ca.cert.display()
+        ),
+    );
+    let by_ip = pool(
+        "by-ip",
+        &[(&b, 1)],
+        &format!(
+            "    routes:\n      - path_prefix: /ip\n    tls: {{ca: {}}}\n{checks}",
+            ca.cert.display()
+        ),
+    );
+    let mut v = Vigil::start(&config(listen, admin, "", &[named, by_ip]), listen, admin);
+    v.wait_ready().await;
+    let mut c = vigil_tests::raw::RawConn::connect(listen).await;
+    for path in ["/named", "/ip", "/named", "/ip", "/named"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
+        c.send(req.as_bytes()).await.unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "secure"), "{path}");
+    }
+    let seen = b.stats.seen.lock().unwrap().clone();
+    let conn = |prefix: &str| -> Vec<u64> {
+        seen.iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .map(|r| r.connection)
+            .collect()
+    };
+    let (named, ip) = (conn("/named"), conn("/ip"));
+    assert!(named.iter().all(|&c| c == named[0]), "{named:?}");
+    assert!(ip.iter().all(|&c| c == ip[0]), "{ip:?}");
+    assert_ne!(named[0], ip[0], "two TLS names shared one connection");
+}

@@ -240,9 +240,14 @@ impl FastPath {
             }
         }
         let mut first_wait = true;
+        // A body left unsent leaves the client's connection unusable: told so.
+        let asked = Asked {
+            close: out.asked.close || unfinished,
+            ..out.asked
+        };
         let resp = loop {
             if !buf.is_empty() {
-                match parse_response(&buf, out.asked)? {
+                match parse_response(&buf, asked)? {
                     Some(r) if r.status == 101 && out.asked.upgrade => break r,
                     // Nothing was asked to switch protocols.
                     Some(r) if r.status == 101 => {
