@@ -373,7 +373,8 @@ def bench_proxy(rounds=3, seconds=15):
     print(f"\nvigil CPU/request ÷ HAProxy's: {hv:.2f}; vigil p99 ÷ nginx p99: {nv:.2f}")
 
 
-def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme="http", extra=()):
+def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme="http", extra=(),
+                before_stop=None):
     """Runs every peer (name -> (port, start)) `rounds` times, in alternating order:
     started, warmed for 2 s, measured for `seconds` with `wrk -t1 -cCONNS`, stopped.
     Adds CPU µs per request to each wrk result and, given `totals` (connections and
@@ -404,6 +405,8 @@ def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme=
             log(f"{label} round {r} {name}: steal {w['steal'] * 100:.1f}% {w['rps']:.0f} req/s p99 {w['p99']:.3f} ms "
                 f"cpu {w['cpu_us_per_req']:.1f} us/req new conns/1k {w.get('new_conns_per_1k', float('nan')):.2f} "
                 f"errors {w['errors']}")
+            if before_stop:
+                before_stop(name)
             stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
             time.sleep(0.5)
     return results
@@ -551,11 +554,14 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
 
 
 def bench_memory(count=9900):
-    """Resident memory per idle keep-alive client connection: `count` clients each send
-    one request, read the answer and stay connected; RSS after minus RSS before. 9,900:
-    the hard fd limit here is 20,000 and HAProxy reserves two fds per `maxconn`."""
+    """Resident memory per idle keep-alive client connection, plain and over TLS (the
+    same ECDSA P-256 certificate for every proxy; MEMORY=plain or tls runs one): `count`
+    clients each send one request, read the answer and stay connected; RSS after minus
+    RSS before. 9,900: the hard fd limit here is 20,000 and HAProxy reserves two fds per
+    `maxconn`."""
     import resource
     import socket
+    import ssl
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = count * 4 + 1000  # HAProxy asks for two per maxconn; peers inherit this limit
     try:
@@ -564,57 +570,86 @@ def bench_memory(count=9900):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     backends = [fleet(1, f"memory-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
-    def v(threads):
+    cert, key, both = (os.path.join(WORK, f) for f in ("mem.pem", "mem.key", "mem-both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
+    open(both, "w").write(open(cert).read() + open(key).read())
+    client_tls = ssl.create_default_context()
+    client_tls.check_hostname = False
+    client_tls.verify_mode = ssl.CERT_NONE
+
+    def v(threads, tls):
         def run():
+            listener = f"  - address: 127.0.0.1:18990\n    max_connections: {count * 2}\n"
+            if tls:
+                listener += f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
             cfg = vigil_config("127.0.0.1:18990", "127.0.0.1:18991", pool_yaml("web", addrs),
-                               f"threads: {threads}\n").replace(
-                "  - address: 127.0.0.1:18990\n",
-                f"  - address: 127.0.0.1:18990\n    max_connections: {count * 2}\n")
+                               f"threads: {threads}\n").replace("  - address: 127.0.0.1:18990\n", listener)
             p = vigil(cfg, f"vigil-{threads}")[0]
             wait_for("vigil ready", lambda: http("http://127.0.0.1:18991/health/ready")[0] == 200)
             return p
         return run
-    peers = {
-        "vigil threads: 1": v(1),
-        "vigil threads: 2": v(2),
-        "haproxy nbthread 1": lambda: start_haproxy(haproxy_conf("127.0.0.1:18990", addrs, maxconn=count + 50)),
-        "nginx 1 worker": lambda: start_nginx(nginx_conf("127.0.0.1:18990", addrs, connections=count)),
-    }
+
+    def nginx(tls):
+        conf = nginx_conf("127.0.0.1:18990", addrs, connections=count)
+        if tls:
+            conf = conf.replace("listen 127.0.0.1:18990;", f"listen 127.0.0.1:18990 ssl;\n    "
+                                f"ssl_certificate {cert};\n    ssl_certificate_key {key};")
+        return start_nginx(conf)
+
+    def haproxy(tls):
+        bind = "127.0.0.1:18990" + (f" ssl crt {both}" if tls else "")
+        return start_haproxy(haproxy_conf(bind, addrs, maxconn=count + 50))
+
     request = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n"
-    rows = []
-    for name, run in peers.items():
-        p = run()
-        wait_port("127.0.0.1:18990")
-        wrk("http://127.0.0.1:18990/", 2)  # pools and caches warm
-        time.sleep(1)
-        before = rss_mib(p.pid)
-        socks = []
-        for _ in range(count):
-            s_ = socket.create_connection(("127.0.0.1", 18990))
-            s_.sendall(request)
-            got = b""
-            while b"\r\n\r\n" not in got or not got.endswith(got.split(b"\r\n\r\n", 1)[1][-1:] or b""):
-                chunk = s_.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-                if b"\r\n\r\n" in got:
-                    break
-            socks.append(s_)
-        time.sleep(2)
-        after = rss_mib(p.pid)
-        alive = sum(1 for s_ in socks if s_.fileno() >= 0)
-        rows.append((name, before, after, (after - before) * 1024 / count, alive))
-        log(f"{name}: {before:.1f} -> {after:.1f} MiB, {(after - before) * 1024 / count:.2f} KiB per connection")
-        for s_ in socks:
-            s_.close()
-        stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
-        time.sleep(1)
-    print(f"\n### Memory per idle keep-alive client ({count} connections, each after one request)\n")
-    print("| proxy | RSS before MiB | RSS with clients MiB | KiB per connection |")
-    print("|---|---|---|---|")
-    for name, before, after, per, _ in rows:
-        print(f"| {name} | {before:.1f} | {after:.1f} | {per:.2f} |")
+    kinds = [k for k in ("plain", "tls") if os.environ.get("MEMORY", k) == k]
+    for kind in kinds:
+        tls = kind == "tls"
+        peers = {
+            "vigil threads: 1": v(1, tls),
+            "vigil threads: 2": v(2, tls),
+            "haproxy nbthread 1": lambda: haproxy(tls),
+            "nginx 1 worker": lambda: nginx(tls),
+        }
+        rows = []
+        scheme = "https" if tls else "http"
+        for name, run in peers.items():
+            p = run()
+            wait_port("127.0.0.1:18990")
+            wrk(f"{scheme}://127.0.0.1:18990/", 2)  # pools and caches warm
+            time.sleep(1)
+            before = rss_mib(p.pid)
+            socks = []
+            for _ in range(count):
+                s_ = socket.create_connection(("127.0.0.1", 18990))
+                if tls:
+                    s_ = client_tls.wrap_socket(s_, server_hostname="bench.test")
+                s_.sendall(request)
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = s_.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                socks.append(s_)
+            time.sleep(2)
+            after = rss_mib(p.pid)
+            alive = sum(1 for s_ in socks if s_.fileno() >= 0)
+            rows.append((name, before, after, (after - before) * 1024 / count, alive))
+            log(f"{kind} {name}: {before:.1f} -> {after:.1f} MiB, {(after - before) * 1024 / count:.2f} KiB per connection")
+            for s_ in socks:
+                s_.close()
+            stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+            time.sleep(1)
+        title = "over TLS (rustls for vigil, OpenSSL for HAProxy and nginx)" if tls else "plain HTTP"
+        print(f"\n### Memory per idle keep-alive client, {title} ({count} connections, each after one request)\n")
+        print("| proxy | RSS before MiB | RSS with clients MiB | KiB per connection |")
+        print("|---|---|---|---|")
+        for name, before, after, per, _ in rows:
+            print(f"| {name} | {before:.1f} | {after:.1f} | {per:.2f} |")
+    for b in backends:
+        stop(b[0])
 
 
 def bench_checker(seconds=60, warmup=15, count=10000):
@@ -1233,7 +1268,11 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
     post = os.path.join(WORK, "post1k.lua")
     open(post, "w").write('wrk.method = "POST"\nwrk.body = string.rep("x", 1024)\n'
                           'wrk.headers["Content-Type"] = "application/octet-stream"\n')
-    shapes = [("GET", False, ()), ("GET, access log on", True, ()), ("POST 1 KiB", False, ("-s", post))]
+    post_mib = os.path.join(WORK, "post1m.lua")
+    open(post_mib, "w").write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
+                              'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    shapes = [("GET", False, ()), ("GET, access log on", True, ()), ("POST 1 KiB", False, ("-s", post)),
+              ("POST 1 MiB", False, ("-s", post_mib))]
     only = os.environ.get("THREADS")
     # SHAPES=log keeps the shapes whose name contains "log" (ROUNDS=n: more rounds).
     shapes = [s for s in shapes if os.environ.get("SHAPES", "") in s[0]]
@@ -1251,10 +1290,21 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
             peers = {
                 "vigil": (18930, lambda: vigil_ready(18930, addrs, vtop)),
                 "haproxy": (18940, lambda: start_haproxy(hconf, "haproxy-shapes")),
-                "nginx": (18950, lambda: start_nginx(nginx_conf("127.0.0.1:18950", addrs, workers=threads,
-                                                                access_log=nlog), "nginx-shapes")),
+                # Bodies streamed as they arrive, as vigil and HAProxy do (nginx would
+                # otherwise buffer each to a file first), and no body size limit.
+                "nginx": (18950, lambda: start_nginx(nginx_conf(
+                    "127.0.0.1:18950", addrs, workers=threads, access_log=nlog,
+                    extra_location="      proxy_request_buffering off;\n      client_max_body_size 0;\n"),
+                    "nginx-shapes")),
             }
-            results = interleaved(peers, rounds, seconds, conns=conns, label=f"{shape} threads {threads}", extra=extra)
+            dropped = []
+
+            def before_stop(name):
+                # vigil's access lines dropped by its writer, read as each run ends.
+                if name == "vigil" and logging:
+                    dropped.append(metrics("127.0.0.1:18931").get("vigil_access_log_dropped_total", 0))
+            results = interleaved(peers, rounds, seconds, conns=conns, label=f"{shape} threads {threads}",
+                                  extra=extra, before_stop=before_stop)
             med = lambda k, n: statistics.median(x[k] for x in results[n])
             print(f"\n### {shape}, {threads} worker(s) ({rounds} rounds of {seconds} s, medians; "
                   f"wrk -t1 -c{conns}, wrk and 3 backends on the same 2 cores)\n")
@@ -1264,6 +1314,11 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
                 print(f"| {n} | {med('rps', n):.0f} | {med('p99', n):.3f} | {med('cpu_us_per_req', n):.1f} | "
                       f"{med('cpu_us_per_req', n) / med('cpu_us_per_req', 'haproxy'):.2f} | "
                       f"{med('p99', n) / med('p99', 'nginx'):.2f} | {sum(x['errors'] for x in results[n])} |")
+            if "MiB" in shape:
+                print("\nMB/s of request body: " + ", ".join(
+                    f"{n} {med('rps', n) * 1.048576:.0f}" for n in peers))
+            if logging:
+                print(f"\nvigil_access_log_dropped_total at the end of each vigil run: {dropped}")
     for b in backends:
         stop(b[0])
 

@@ -70,8 +70,8 @@ pub struct FastPath {
 /// A client connection as the loop knows it.
 struct Conn {
     client: Option<SocketAddr>,
-    /// The listener it came in on, for metrics.
-    listener: String,
+    /// Its local address: the listener it came in on, for metrics.
+    local: Option<std::net::SocketAddr>,
 }
 
 impl FastPath {
@@ -95,12 +95,10 @@ impl FastPath {
         let digest = stream.get_socket_digest();
         let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
         let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let conn = Conn {
-            client,
-            listener: self.listener_of(local),
-        };
+        let conn = Conn { client, local };
         let https = stream.get_ssl_digest().is_some();
         let mut buf = BytesMut::new();
+
         let mut first = true;
         loop {
             if buf.is_empty() {
@@ -124,13 +122,17 @@ impl FastPath {
                 logging: self.app.access_log.enabled(),
                 body_bytes: self.app.edge.body_bytes(),
             };
-            let req = match self.read_head(&mut stream, &mut buf, &env).await {
+            // Boxed, as is all the work of a request: a connection held idle between two
+            // requests then holds only its socket and this loop's few fields.
+            // (Each boxed in a statement of its own: a future made in the statement
+            // that awaits it would still take room in this one's.)
+            let read = Box::pin(self.read_head(&mut stream, &mut buf, &env));
+            let req = match read.await {
                 Ok(Head::Request(req)) => req,
                 Ok(Head::Refused(refusal)) => {
-                    if self
-                        .refuse(&mut stream, &mut buf, refusal, &conn, shutdown)
-                        .await
-                    {
+                    let refuse =
+                        Box::pin(self.refuse(&mut stream, &mut buf, refusal, &conn, shutdown));
+                    if refuse.await {
                         continue;
                     }
                     return None;
@@ -145,15 +147,14 @@ impl FastPath {
                 }
                 Err(Some(status)) => {
                     self.app.edge.refused(status, conn.client.as_ref());
-                    Box::pin(refuse_request_head(&mut stream, status)).await;
+                    let refuse = Box::pin(refuse_request_head(&mut stream, status));
+                    refuse.await;
                     return None;
                 }
                 Err(None) => return None,
             };
-            if !self
-                .carry(&mut stream, &mut buf, req, &conn, shutdown)
-                .await
-            {
+            let carry = Box::pin(self.carry(&mut stream, &mut buf, req, &conn, shutdown));
+            if !carry.await {
                 return None;
             }
         }
@@ -197,7 +198,8 @@ impl FastPath {
                     if slow {
                         self.client_timeout(conn, "body");
                         self.app.edge.refused(408, conn.client.as_ref());
-                        Box::pin(refuse_request_head(stream, 408)).await;
+                        let refuse = Box::pin(refuse_request_head(stream, 408));
+                        refuse.await;
                     }
                     ctx.finished(&self.app, if slow { 408 } else { 0 });
                     return false;
@@ -343,6 +345,20 @@ impl FastPath {
         buf: &mut BytesMut,
         env: &Env<'_>,
     ) -> std::result::Result<Head, Option<u16>> {
+        if buf.is_empty() && env.https {
+            // A TLS stream cannot wait for its next request without reading it (`idle`
+            // returns at once): its first bytes are read small, so that a client idle
+            // between requests holds no 4 KiB buffer. The rest of the record is in
+            // rustls's buffer already, and the reads below take it without a system call.
+            let mut first = [0u8; 512];
+            match timeout(IDLE_KEEPALIVE, stream.read(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    buf.reserve(4096);
+                    buf.extend_from_slice(&first[..n]);
+                }
+                _ => return Err(None),
+            }
+        }
         // Until the first byte the keep-alive limit applies, then the head's own.
         let mut deadline = None;
         loop {
@@ -395,7 +411,9 @@ impl FastPath {
     }
 
     fn client_timeout(&self, conn: &Conn, kind: &str) {
-        self.app.metrics.client_timeout(&conn.listener, kind);
+        self.app
+            .metrics
+            .client_timeout(&self.listener_of(conn.local), kind);
     }
 }
 

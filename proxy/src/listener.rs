@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
-/// Plain HTTP listeners: no L4 read buffer, Pingora's MSS-sized write buffer.
-pub fn plain_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(
-        0,
-        pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
-    )
+/// Client connections, plain or TLS: no L4 buffers. The request loop writes whole heads
+/// and bodies, the h2 codec and rustls buffer their own frames and records, and each
+/// buffer would be held by every idle connection (a 64 KiB read buffer was most of what
+/// an idle TLS client cost).
+pub fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(0, 0)
 }
 
 /// One listener's bound and counters.
@@ -195,12 +195,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         slot.open_gauge.inc();
         let _held = Held(slot);
         let mut app = &self.inner;
+        // Boxed, each in a statement of its own: a TLS handshake's future is several
+        // KiB, which every connection would otherwise hold, TLS or not, for as long as it
+        // is open (a future made in the statement that awaits it keeps its room).
         let mut stream = match (&slot.tls, &self.h2c) {
-            // Boxed: a TLS handshake's future is several KiB, which every connection
-            // would otherwise hold, TLS or not, for as long as it is open.
-            (Some(tls), _) => Box::pin(self.handshake(tls, stream)).await?,
+            (Some(tls), _) => {
+                let handshake = Box::pin(self.handshake(tls, stream));
+                handshake.await?
+            }
             (None, Some(h2c)) if slot.h2c => {
-                let (h2, stream) = Box::pin(self.sniff_h2c(stream)).await?;
+                let sniff = Box::pin(self.sniff_h2c(stream));
+                let (h2, stream) = sniff.await?;
                 if h2 {
                     app = h2c;
                 }
@@ -217,5 +222,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// pingora-core patch 11: an open TLS stream holds one TLS connection, not room for
+    /// three (its handshake states, boxed). About 4.7 KB without the patch.
+    #[test]
+    fn an_open_tls_stream_holds_one_tls_connection() {
+        use pingora::protocols::l4::stream::Stream;
+        let size = std::mem::size_of::<pingora::protocols::tls::TlsStream<Stream>>();
+        assert!(size < 2500, "a TLS stream takes {size} bytes");
     }
 }

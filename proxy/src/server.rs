@@ -8,7 +8,7 @@ use crate::admin::AdminApp;
 use crate::app::App;
 pub use crate::error::StartError;
 use crate::fast::FastPath;
-use crate::listener::{plain_buffers, ConnectionLimit, Slot};
+use crate::listener::{client_buffers, ConnectionLimit, Slot};
 use crate::proxy::VigilProxy;
 use crate::upgrade::Handoff;
 use pingora::apps::{HttpServerOptions, ServerApp};
@@ -273,11 +273,9 @@ pub fn run(
     let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
     admin.threads = Some(1);
     let (stop_accepting, accepting) = watch::channel(false);
-    // TLS reads records through Pingora's L4 buffer; plain HTTP does better without one.
-    let buffers = |i: usize| match config.listeners[i].tls {
-        Some(_) => L4BufferSettings::default(),
-        None => plain_buffers(),
-    };
+    // No L4 buffers on any listener: rustls reads records into its own buffer, and a
+    // 64 KiB L4 read buffer was most of what an idle TLS client cost (bench/RESULTS.md).
+    let buffers = |_: usize| client_buffers();
     let proxy = PreBound::new(proxy, proxy_fds, buffers).stopped_by(accepting);
     let proxy = match config.cpu_affinity {
         CpuAffinity::Auto => proxy.pinned(config.threads),

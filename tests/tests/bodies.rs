@@ -68,7 +68,10 @@ async fn long_and_chunked_bodies_reach_the_backend_whole() {
         c.send(&body).await.unwrap();
         let r = c.response().await.unwrap();
         assert_eq!(r.status, 200, "{path}: {r:?}");
-        assert!(last_body(&b) == body, "{path}: the 1 MiB body arrived changed");
+        assert!(
+            last_body(&b) == body,
+            "{path}: the 1 MiB body arrived changed"
+        );
 
         // Chunked, on the same connection.
         let body = pattern(300_000);
@@ -78,7 +81,10 @@ async fn long_and_chunked_bodies_reach_the_backend_whole() {
         c.send(&chunked(&body)).await.unwrap();
         let r = c.response().await.unwrap();
         assert_eq!(r.status, 200, "{path}: {r:?}");
-        assert!(last_body(&b) == body, "{path}: the chunked body arrived changed");
+        assert!(
+            last_body(&b) == body,
+            "{path}: the chunked body arrived changed"
+        );
 
         // Expect: 100-continue: vigil says 100 before any body byte is sent, and the
         // connection carries the next request.
@@ -195,9 +201,7 @@ async fn a_backend_that_answers_before_the_body_ends_is_heard() {
         }
     });
     let (listen, admin) = free_ports();
-    let backend = format!(
-        "  - name: web\n    backends:\n      - address: {addr}\n{FAST_CHECKS}"
-    );
+    let backend = format!("  - name: web\n    backends:\n      - address: {addr}\n{FAST_CHECKS}");
     let cfg = config(listen, admin, "", &[backend]);
     let mut v = Vigil::start(&cfg, listen, admin);
     v.wait_ready().await;

@@ -254,7 +254,8 @@ fn rss_kib(pid: i32) -> u64 {
 /// task is held for as long as it is open, so a large future anywhere on its path (a TLS
 /// handshake's, a dial's) costs every client that much: one such regression took it to
 /// 26 KiB, and the handshake future in Pingora's accept task alone is worth 8 (15 KiB
-/// here without its box, in pingora-core patch 8). At most 12 KiB is allowed.
+/// here without its box, in pingora-core patch 8); about 3 KiB since the request loop boxes
+/// each request's work (issue #25, whose target is 4). At most 6 KiB is allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_client_holds_little_memory() {
     const CLIENTS: usize = 1500;
@@ -281,7 +282,7 @@ async fn an_idle_keepalive_client_holds_little_memory() {
     }
     let per_client = (rss_kib(v.pid()) - before) as f64 / CLIENTS as f64;
     assert!(
-        per_client <= 12.0,
+        per_client <= 6.0,
         "{per_client:.1} KiB per idle keep-alive client"
     );
     drop(clients);

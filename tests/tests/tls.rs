@@ -474,3 +474,57 @@ async fn https_pools_keep_their_connections_apart_by_tls_name() {
     assert!(ip.iter().all(|&c| c == ip[0]), "{ip:?}");
     assert_ne!(named[0], ip[0], "two TLS names shared one connection");
 }
+
+/// Issue #25: an idle TLS keep-alive client costs little more than its TLS state: no L4
+/// read buffer (64 KiB), no room for three TLS connections in its stream (pingora-core
+/// patch 11), no request buffer while it waits (the loop reads a TLS client's next
+/// request small first). ~11 KiB at 9,900 clients in bench/RESULTS.md, where HAProxy
+/// takes 15; 83 KiB before. At most 14 KiB is allowed here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_client_holds_little_memory() {
+    const CLIENTS: usize = 800;
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let want = (CLIENTS as u64 * 3).min(hard);
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    let ca = TestCa::new("idle");
+    let leaf = ca.leaf("a", &["a.test", "127.0.0.1"]);
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = tls_config(
+        listen,
+        admin,
+        &[&leaf],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let config = client_config(&ca.cert, &["http/1.1"]);
+    let rss = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    };
+    // Warm: allocator pools, the session cache and the backend connection exist.
+    for _ in 0..50 {
+        let mut s = connect(listen, "a.test", config.clone()).await.unwrap();
+        assert_eq!(get1(&mut s, "app", "/").await.unwrap().0, 200);
+    }
+    let before = rss(v.pid());
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut s = connect(listen, "a.test", config.clone()).await.unwrap();
+        assert_eq!(get1(&mut s, "app", "/").await.unwrap().0, 200);
+        clients.push(s);
+    }
+    let per_client = (rss(v.pid()) - before) as f64 / CLIENTS as f64;
+    assert!(
+        per_client <= 14.0,
+        "{per_client:.1} KiB per idle TLS keep-alive client"
+    );
+    drop(clients);
+}

@@ -273,31 +273,36 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     /// An accepted connection, on the thread that serves it: its handshake, then its
     /// requests; counted open on this thread meanwhile.
     async fn serve_accepted(
-        io: UninitializedStream,
+        io: Box<UninitializedStream>,
         app: Arc<A>,
         shutdown: ShutdownWatch,
         spread: Arc<Spread>,
     ) {
         let _open = spread.open_here();
+        // Boxed, in a statement of its own, so that the connection's task, kept while
+        // it is open, keeps no room for the handshake's state (vigil patch 8).
+        let handshake = Box::pin(Self::handshake_accepted(io));
+        if let Some(io) = handshake.await {
+            Self::handle_event(io, app, shutdown).await
+        }
+    }
+
+    async fn handshake_accepted(io: Box<UninitializedStream>) -> Option<Stream> {
         let peer_addr = io.peer_addr();
-        // Boxed, so that the connection's task, kept while it is open, does not keep
-        // room for a TLS handshake's state too.
-        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
-            Ok(handshake) => {
-                match handshake {
-                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                    Err(e) => {
-                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                        if let Some(addr) = peer_addr {
-                            error!("Downstream handshake error from {}: {e}", addr);
-                        } else {
-                            error!("Downstream handshake error: {e}");
-                        }
-                    }
+        match timeout(Duration::from_secs(60), io.handshake()).await {
+            Ok(Ok(io)) => Some(io),
+            Ok(Err(e)) => {
+                // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                if let Some(addr) = peer_addr {
+                    error!("Downstream handshake error from {}: {e}", addr);
+                } else {
+                    error!("Downstream handshake error: {e}");
                 }
+                None
             }
             Err(_) => {
                 error!("Downstream handshake timeout");
+                None
             }
         }
     }
@@ -331,6 +336,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    // Boxed: the task of a connection keeps what it captured for as long
+                    // as the connection is open (vigil patch 8).
+                    let io = Box::new(io);
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     let spread = spread.clone();

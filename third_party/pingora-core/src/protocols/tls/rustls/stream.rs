@@ -38,8 +38,10 @@ use x509_parser::nom::AsBytes;
 #[derive(Debug)]
 pub struct InnerStream<T> {
     pub(crate) stream: Option<RusTlsStream<T>>,
-    connect: NoDebug<Option<Connect<T>>>,
-    accept: NoDebug<Option<Accept<T>>>,
+    // Boxed (vigil patch 11): each holds a whole TLS connection until the handshake
+    // ends, and inline they made every open TLS stream three connections large.
+    connect: NoDebug<Option<Box<Connect<T>>>>,
+    accept: NoDebug<Option<Box<Accept<T>>>>,
 }
 
 /// The TLS connection
@@ -273,7 +275,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> InnerStream<T> {
         let connect = connector.connect(server.to_owned(), stream);
         Ok(InnerStream {
             accept: None.into(),
-            connect: Some(connect).into(),
+            connect: Some(Box::new(connect)).into(),
             stream: None,
         })
     }
@@ -282,7 +284,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> InnerStream<T> {
         let accept = acceptor.acceptor.accept(stream);
 
         Ok(InnerStream {
-            accept: Some(accept).into(),
+            accept: Some(Box::new(accept)).into(),
             connect: None.into(),
             stream: None,
         })
