@@ -24,6 +24,8 @@ mod tunnel;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod fuzz_head;
 
 use crate::app::App;
 use crate::proxy::VigilProxy;

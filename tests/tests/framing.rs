@@ -117,6 +117,14 @@ async fn serve(mut sock: TcpStream, proxied: Arc<AtomicU64>) {
                 let _ = sock.set_zero_linger();
                 return;
             }
+            "/reset-lengthless" => {
+                // An answer delimited by the close that the backend ends with a reset
+                // instead: cut short.
+                let _ = write_parts(&mut sock, &[b"HTTP/1.1 200 OK\r\n\r\npartial"]).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = sock.set_zero_linger();
+                return;
+            }
             "/informational" => write_parts(
                 &mut sock,
                 &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"],
@@ -381,4 +389,26 @@ async fn a_client_that_stops_reading_its_answer_is_cut() {
             v.wait_metric(&series, 1.0).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lengthless_answer_cut_by_a_reset_reaches_the_client_as_a_reset() {
+    // Issue #25: an answer delimited by the close of its connection cannot tell the
+    // client that it was cut short, except by how the connection ends: a backend's
+    // reset is passed on as a reset, never as a clean close that looks complete.
+    let b = Scripted::start().await;
+    let v = start_vigil("", &[b.pool()]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(&get("/reset-lengthless")).await.unwrap();
+    let r = c.head().await.unwrap();
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert_eq!(c.bytes(7).await.unwrap(), b"partial");
+    let mut rest = [0u8; 64];
+    let end = tokio::time::timeout(Duration::from_secs(5), c.stream.read(&mut rest))
+        .await
+        .expect("the connection neither closed nor reset");
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the cut answer ended as {end:?}, not as a reset"
+    );
 }

@@ -188,8 +188,10 @@ impl FastPath {
                 Err(e) => {
                     let e = e.more_context(format!("Peer: {addr}"));
                     if let Some(status) = sent {
-                        // The answer was cut short: the client can only see the
-                        // connection close.
+                        // The answer was cut short: the client can only see how its
+                        // connection ends, a reset and not a close (an answer delimited
+                        // by the close would look whole).
+                        reset_on_close(client.stream);
                         ctx.attempt_failed(&e, false);
                         tracing::error!(
                             "Fail to proxy: {e}, status: {status}, tries: {}, {}",
@@ -477,6 +479,11 @@ impl FastPath {
         }
         self.write_client(client, &out).await.is_ok()
     }
+}
+
+/// Makes the stream's close a reset (`SO_LINGER` 0; pingora-core patch 12).
+fn reset_on_close(stream: &Stream) {
+    let _ = pingora::protocols::l4::ext::set_reset_on_close(stream.id());
 }
 
 /// Writes to the backend, within `limit`.

@@ -143,8 +143,9 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Head::Other;
     };
-    // CONNECT, and absolute- or asterisk-form targets (a forward proxy's), are Pingora's.
-    if method == "CONNECT" || !target.starts_with('/') {
+    // CONNECT, absolute- or asterisk-form targets (a forward proxy's) and targets with
+    // bytes outside RFC 3986 are Pingora's.
+    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(uri_byte) {
         return Head::Other;
     }
     let head = method == "HEAD";
@@ -262,9 +263,6 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         (1, _) => return refused(400, r#"{"error":"invalid Host header"}"#, true, None),
         _ => return refused(400, r#"{"error":"more than one Host header"}"#, true, None),
     };
-    if !target.bytes().all(uri_byte) {
-        return Head::Other;
-    }
     let table = env.table.clone();
     let Some(pool) = table.route_index(&normalize_host(host), path) else {
         return refused(404, r#"{"error":"no route"}"#, unread, None);

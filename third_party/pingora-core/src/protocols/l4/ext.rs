@@ -303,6 +303,19 @@ pub fn set_recv_buf(_sock: RawSocket, _: usize) -> Result<()> {
     Ok(())
 }
 
+/// Make the socket's close a reset: `SO_LINGER` on with a time of 0 (vigil patch 12).
+/// A proxy that must tell its client an answer was cut short, where only the end of the
+/// connection delimits it, closes with a reset.
+#[cfg(target_os = "linux")]
+pub fn set_reset_on_close(fd: RawFd) -> Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    set_opt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
+        .or_err(ConnectError, "failed to set SO_LINGER")
+}
+
 /// Set the TCP send buffer size. See SO_SNDBUF.
 #[cfg(target_os = "linux")]
 pub fn set_snd_buf(fd: RawFd, val: usize) -> Result<()> {
