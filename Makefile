@@ -68,6 +68,7 @@ bench: bench-deps build
 	python3 bench/harness.py split
 	python3 bench/harness.py sched
 	python3 bench/harness.py chaos
+	python3 bench/harness.py shapes
 
 # Ten minutes: task count, fds and memory must stay flat.
 soak: bench-deps build

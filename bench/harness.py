@@ -1260,7 +1260,8 @@ def bench_ab(rounds=3, seconds=6):
 
 def bench_shapes(rounds=3, seconds=6, conns=64):
     """Issue #25's traffic shapes at 1 and 2 workers: plain GET; GET with each proxy
-    writing an access line per request to a file; POST of 1 KiB. vigil, HAProxy and
+    writing an access line per request to a file; POST of 1 KiB and of 1 MiB
+    (VIGIL_BEFORE=path runs an older vigil build beside). vigil, HAProxy and
     nginx alike in the same run, interleaved; wrk -t1 -c64 and three backends on the
     same 2 cores."""
     backends = [fleet(1, f"shapes-backend{i}") for i in range(3)]
@@ -1297,6 +1298,10 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
                     extra_location="      proxy_request_buffering off;\n      client_max_body_size 0;\n"),
                     "nginx-shapes")),
             }
+            before = os.environ.get("VIGIL_BEFORE")
+            if before:
+                # An older vigil build beside (VIGIL_BEFORE=path), for an A/B in the run.
+                peers["vigil before"] = (18960, lambda: vigil_ready(18960, addrs, vtop, before, "vigil-before"))
             dropped = []
 
             def before_stop(name):

@@ -91,7 +91,7 @@ pub(crate) const HOP_BY_HOP: [&str; 6] = [
 /// request loop's idle lists (`idle`).
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-// Both request paths (`fast` for plain requests, `proxy`'s hooks for the rest) take
+// Both request paths (`fast` for HTTP/1, `proxy`'s hooks for HTTP/2 and handed-over heads) take
 // every decision about a request through these methods, so they cannot disagree.
 impl Ctx {
     pub(crate) fn new() -> Ctx {

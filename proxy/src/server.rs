@@ -234,7 +234,7 @@ pub fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    // Plain requests take vigil's own loop; the rest Pingora's proxy (see `fast`).
+    // HTTP/1 takes vigil's own loop; HTTP/2 Pingora's proxy (see `fast`).
     let proxy_app = |h2c: bool| {
         let mut proxy =
             pingora::proxy::http_proxy(&server.configuration, VigilProxy { app: app.clone() });

@@ -279,6 +279,13 @@ async fn broken_answers_are_502_or_a_closed_connection() {
     assert_eq!(c.bytes(4).await.unwrap(), b"half");
     assert!(c.closed_within(Duration::from_secs(5)).await);
 
+    // Issue #25: a 101 to a request that asked for no upgrade is a broken answer, not a
+    // tunnel (the two HTTP/1 paths differed: 502 on the loop, a tunnel on Pingora's).
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(&get("/ws-reset")).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+
     // vigil still serves.
     let mut c = RawConn::connect(v.listen).await;
     c.send(&get("/fine")).await.unwrap();
