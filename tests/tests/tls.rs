@@ -528,3 +528,49 @@ async fn an_idle_tls_client_holds_little_memory() {
     );
     drop(clients);
 }
+
+/// Issue #26 (pingora#935): an HTTP/2 request without `content-length` whose body ends
+/// with an empty DATA frame carrying END_STREAM (Go's client, `curl -T -`, CDNs) reaches
+/// an HTTP/1.1 backend chunked with one terminator, not two: the second was read by the
+/// backend as a broken next request on the same connection (pingora-core patch 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_ended_by_an_empty_data_frame_is_chunked_once() {
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = config(
+        listen,
+        admin,
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    )
+    .replacen(
+        &format!("  - address: {listen}\n"),
+        &format!("  - address: {listen}\n    http2: true\n"),
+        1,
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..4 {
+        let req = http::Request::post("http://app/upload").body(()).unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        let data = format!("part {i}");
+        body.send_data(bytes::Bytes::from(data.clone()), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::new(), true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .unwrap_or_else(|_| panic!("request {i} got no answer"))
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "request {i}");
+        let seen = backend.stats.last_request.lock().unwrap().clone().unwrap();
+        assert_eq!(String::from_utf8_lossy(&seen.body), data, "request {i}");
+    }
+    assert_eq!(
+        backend.stats.requests() - backend.stats.health_requests(),
+        4,
+        "the backend read something else as a request"
+    );
+}

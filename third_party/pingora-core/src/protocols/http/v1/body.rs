@@ -1387,6 +1387,12 @@ impl BodyWriter {
         match self.body_mode {
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
+                // An empty chunk is the last chunk (`0\r\n\r\n`): written for an empty
+                // write (an HTTP/2 body ended by an empty DATA frame), `finish` would write
+                // a second one, read by the peer as a broken next request (vigil patch 13).
+                if chunk_size == 0 {
+                    return Ok(Some(0));
+                }
 
                 let chuck_size_buf = format!("{:X}\r\n", chunk_size);
                 let mut output_buf = Bytes::from(chuck_size_buf).chain(buf).chain(&b"\r\n"[..]);
