@@ -209,31 +209,50 @@ fn or_dash(s: &str) -> &str {
 
 fn text(e: &Entry, out: &mut String) {
     use std::fmt::Write as _;
+    // Pushed piece by piece: `write!` with a float and an allocated status per line
+    // was most of the writer's time.
+    push_rfc3339(e.time.unwrap_or_else(SystemTime::now), out);
+    out.push(' ');
+    out.push_str(or_dash(&e.client));
+    out.push_str(" \"");
+    out.push_str(or_dash(&e.method));
+    out.push(' ');
+    out.push_str(or_dash(&e.path));
+    out.push(' ');
+    out.push_str(e.protocol);
     let _ = write!(
         out,
-        "{} {} \"{} {} {}\" {} in={} out={} dur_ms={:.3} host={} pool={} backend={} attempts={} upstream_status={} id={}",
-        rfc3339(e.time.unwrap_or_else(SystemTime::now)),
-        or_dash(&e.client),
-        or_dash(&e.method),
-        or_dash(&e.path),
-        e.protocol,
-        e.status,
-        e.bytes_in,
-        e.bytes_out,
-        e.duration.as_secs_f64() * 1000.0,
-        or_dash(&e.host),
-        or_dash(&e.pool),
-        or_dash(&e.backend),
-        e.attempts,
-        if e.upstream_status == 0 { "-".to_string() } else { e.upstream_status.to_string() },
-        or_dash(&e.request_id),
+        "\" {} in={} out={} dur_ms=",
+        e.status, e.bytes_in, e.bytes_out
     );
+    push_millis(e.duration, out);
+    out.push_str(" host=");
+    out.push_str(or_dash(&e.host));
+    out.push_str(" pool=");
+    out.push_str(or_dash(&e.pool));
+    out.push_str(" backend=");
+    out.push_str(or_dash(&e.backend));
+    let _ = write!(out, " attempts={} upstream_status=", e.attempts);
+    if e.upstream_status == 0 {
+        out.push('-');
+    } else {
+        let _ = write!(out, "{}", e.upstream_status);
+    }
+    out.push_str(" id=");
+    out.push_str(or_dash(&e.request_id));
+}
+
+/// A duration in milliseconds with three decimals (`12.345`), without float formatting.
+fn push_millis(d: Duration, out: &mut String) {
+    use std::fmt::Write as _;
+    let micros = d.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
 }
 
 fn json(e: &Entry, out: &mut String) {
     use std::fmt::Write as _;
     out.push_str("{\"time\":\"");
-    out.push_str(&rfc3339(e.time.unwrap_or_else(SystemTime::now)));
+    push_rfc3339(e.time.unwrap_or_else(SystemTime::now), out);
     for (key, value) in [
         ("client", e.client.as_str()),
         ("method", &e.method),
@@ -246,12 +265,11 @@ fn json(e: &Entry, out: &mut String) {
     }
     let _ = write!(
         out,
-        "\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"pool\":\"",
-        e.status,
-        e.bytes_in,
-        e.bytes_out,
-        e.duration.as_secs_f64() * 1000.0
+        "\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":",
+        e.status, e.bytes_in, e.bytes_out
     );
+    push_millis(e.duration, out);
+    out.push_str(",\"pool\":\"");
     json_escape(&e.pool, out);
     out.push_str("\",\"backend\":\"");
     json_escape(&e.backend, out);
@@ -286,6 +304,14 @@ fn json_escape(s: &str, out: &mut String) {
 
 /// `2026-11-22T03:04:05.678Z`, UTC, milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = String::with_capacity(24);
+    push_rfc3339(t, &mut out);
+    out
+}
+
+/// [`rfc3339`], appended to `out`.
+fn push_rfc3339(t: SystemTime, out: &mut String) {
+    use std::fmt::Write as _;
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -299,13 +325,14 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
+    let _ = write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
         d.subsec_millis()
-    )
+    );
 }
 
 #[cfg(test)]

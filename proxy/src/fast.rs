@@ -72,6 +72,10 @@ pub struct FastPath {
 /// A client connection as the loop knows it.
 struct Conn {
     client: Option<SocketAddr>,
+    /// Its IP address and its address as text, formatted once (`X-Forwarded-For`,
+    /// the hash key, the access log).
+    client_ip: Option<Box<str>>,
+    client_text: String,
     /// Its local address: the listener it came in on, for metrics.
     local: Option<std::net::SocketAddr>,
 }
@@ -97,7 +101,15 @@ impl FastPath {
         let digest = stream.get_socket_digest();
         let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
         let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let conn = Conn { client, local };
+        let conn = Conn {
+            client_ip: client
+                .as_ref()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string().into_boxed_str()),
+            client_text: client.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            client,
+            local,
+        };
         let https = stream.get_ssl_digest().is_some();
         let mut buf = BytesMut::new();
 
@@ -115,11 +127,7 @@ impl FastPath {
             let env = Env {
                 limits: &limits,
                 table: self.app.table(),
-                client: conn
-                    .client
-                    .as_ref()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
+                client: conn.client_ip.as_deref(),
                 https,
                 logging: self.app.access_log.enabled(),
                 body_bytes: self.app.edge.body_bytes(),
@@ -243,7 +251,7 @@ impl FastPath {
             .await;
         if let Some(log) = req.log {
             let bytes_in = streamed.map_or(bytes_in as u64, |s| s.body.payload);
-            let entry = log_entry(*log, conn.client.as_ref(), bytes_in as usize, &ctx, status);
+            let entry = log_entry(*log, &conn.client_text, bytes_in as usize, &ctx, status);
             self.app.access_log.log(entry);
         }
         ctx.finished(&self.app, status);
@@ -270,7 +278,7 @@ impl FastPath {
             .respond(stream, r.status, &[], r.body, close, r.head)
             .await;
         if let Some(log) = r.log {
-            let entry = log_entry(*log, conn.client.as_ref(), 0, &ctx, r.status);
+            let entry = log_entry(*log, &conn.client_text, 0, &ctx, r.status);
             self.app.access_log.log(entry);
         }
         ctx.finished(&self.app, r.status);
@@ -428,13 +436,13 @@ pub(super) fn local_addr(stream: &Stream) -> Option<std::net::SocketAddr> {
 /// The access-log line of a request the loop carried.
 fn log_entry(
     head: LogHead,
-    client: Option<&SocketAddr>,
+    client: &str,
     bytes_in: usize,
     ctx: &Ctx,
     status: u16,
 ) -> crate::access_log::Entry {
     crate::access_log::Entry {
-        client: client.map(|a| a.to_string()).unwrap_or_default(),
+        client: client.to_string(),
         method: head.method,
         host: head.host,
         path: head.target,

@@ -170,7 +170,7 @@ fn incremental(b: &[u8], cuts: &[usize]) -> Decision {
     let env = Env {
         limits: &limits,
         table: table(),
-        client: Some([10, 0, 0, 1].into()),
+        client: Some("10.0.0.1"),
         https: false,
         logging: true,
         body_bytes: Some(BODY_BYTES),

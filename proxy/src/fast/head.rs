@@ -8,7 +8,6 @@ use crate::routing::{normalize_host, RoutingTable};
 use pingora::protocols::http::v1::server::HeadLimitValues;
 use std::io::Write;
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
 use std::sync::Arc;
 use vigil_conf::HashKey;
 
@@ -94,7 +93,8 @@ pub(super) struct Refusal {
 pub(super) struct Env<'a> {
     pub limits: &'a HeadLimitValues,
     pub table: Arc<RoutingTable>,
-    pub client: Option<IpAddr>,
+    /// The client's IP address as text (formatted once per connection).
+    pub client: Option<&'a str>,
     pub https: bool,
     pub logging: bool,
     pub body_bytes: Option<u64>,
@@ -290,7 +290,7 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         Some(HashKey::Path) => path.as_bytes().to_vec(),
         Some(HashKey::ClientIp) => env
             .client
-            .map(|ip| ip.to_string().into_bytes())
+            .map(|ip| ip.as_bytes().to_vec())
             .unwrap_or_default(),
     };
     // The same headers as `forward_headers` on Pingora's path.
@@ -331,7 +331,8 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
             up.extend_from_slice(prev);
             up.extend_from_slice(b", ");
         }
-        let _ = write!(up, "{ip}\r\n");
+        up.extend_from_slice(ip.as_bytes());
+        up.extend_from_slice(b"\r\n");
     }
     up.extend_from_slice(if env.https {
         b"x-forwarded-proto: https\r\n"
