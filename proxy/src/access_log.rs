@@ -302,14 +302,7 @@ fn json_escape(s: &str, out: &mut String) {
     }
 }
 
-/// `2026-11-22T03:04:05.678Z`, UTC, milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let mut out = String::with_capacity(24);
-    push_rfc3339(t, &mut out);
-    out
-}
-
-/// [`rfc3339`], appended to `out`.
+/// `2026-11-22T03:04:05.678Z` (UTC, milliseconds), appended to `out`.
 fn push_rfc3339(t: SystemTime, out: &mut String) {
     use std::fmt::Write as _;
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -342,6 +335,11 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_instants() {
         let at = |s: u64, ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(s * 1000 + ms);
+        let rfc3339 = |t| {
+            let mut out = String::new();
+            push_rfc3339(t, &mut out);
+            out
+        };
         assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(at(1_795_307_045, 678)), "2026-11-22T00:24:05.678Z");

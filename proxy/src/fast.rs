@@ -28,6 +28,7 @@ mod fuzz;
 mod fuzz_head;
 
 use crate::app::App;
+use crate::listener::{accepted_on, local_inet};
 use crate::proxy::VigilProxy;
 use crate::request::Ctx;
 use crate::rewound::Rewound;
@@ -76,8 +77,6 @@ struct Conn {
     /// the hash key, the access log).
     client_ip: Option<Box<str>>,
     client_text: String,
-    /// Its local address: the listener it came in on, for metrics.
-    local: Option<std::net::SocketAddr>,
 }
 
 impl FastPath {
@@ -100,7 +99,6 @@ impl FastPath {
     async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let digest = stream.get_socket_digest();
         let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
-        let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         let conn = Conn {
             client_ip: client
                 .as_ref()
@@ -108,7 +106,6 @@ impl FastPath {
                 .map(|a| a.ip().to_string().into_boxed_str()),
             client_text: client.as_ref().map(|a| a.to_string()).unwrap_or_default(),
             client,
-            local,
         };
         let https = stream.get_ssl_digest().is_some();
         let mut buf = BytesMut::new();
@@ -200,13 +197,13 @@ impl FastPath {
         // again if an attempt fails where that is safe.
         let mut upstream = req.upstream;
         let mut streamed = None;
-        let bytes_in = match req.body {
+        let held = match req.body {
             RequestBody::None => 0,
             RequestBody::Held(n) => {
                 let want = req.len + n;
                 if let Err(slow) = self.read_body(stream, buf, want, deadline).await {
                     if slow {
-                        self.client_timeout(conn, "body");
+                        self.timed_out(stream, "body");
                         self.app.edge.refused(408, conn.client.as_ref());
                         let refuse = Box::pin(refuse_request_head(stream, 408));
                         refuse.await;
@@ -221,10 +218,6 @@ impl FastPath {
                 streamed = Some(Streamed::new(framing, deadline, self.app.edge.body_bytes()));
                 0
             }
-        };
-        let held = match req.body {
-            RequestBody::Held(n) => n,
-            _ => 0,
         };
         buf.advance(req.len + held);
         // A draining vigil (SIGTERM, an upgrade) or a service shutting down answers
@@ -250,7 +243,7 @@ impl FastPath {
             .attempts(&mut client, &out, streamed.as_mut(), &mut ctx)
             .await;
         if let Some(log) = req.log {
-            let bytes_in = streamed.map_or(bytes_in as u64, |s| s.body.payload);
+            let bytes_in = streamed.map_or(held as u64, |s| s.body.payload);
             let entry = log_entry(*log, &conn.client_text, bytes_in as usize, &ctx, status);
             self.app.access_log.log(entry);
         }
@@ -292,9 +285,7 @@ impl FastPath {
         match timeout(limit, write_flushed(client, bytes)).await {
             Ok(written) => written,
             Err(_) => {
-                self.app
-                    .metrics
-                    .client_timeout(&self.listener_of(local_addr(client)), "write");
+                self.timed_out(client, "write");
                 Err(std::io::ErrorKind::TimedOut.into())
             }
         }
@@ -403,34 +394,18 @@ impl FastPath {
         }
     }
 
-    /// The configured listener a connection to `local` came in on (one bound to the
-    /// unspecified address takes any of its port).
-    pub(super) fn listener_of(&self, local: Option<std::net::SocketAddr>) -> String {
-        let found = local.and_then(|l| {
-            self.listeners.iter().find(|&&a| a == l).or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|a| a.port() == l.port() && a.ip().is_unspecified())
-            })
-        });
-        found
-            .copied()
+    /// Counts a client on `stream` cut for being too slow (`kind`: `write`, `body`),
+    /// under the configured listener it came in on.
+    pub(super) fn timed_out(&self, stream: &Stream, kind: &str) {
+        let local = local_inet(stream);
+        let listener = local
+            .and_then(|l| accepted_on(self.listeners.iter().copied(), l))
+            .map(|i| self.listeners[i])
             .or(local)
             .map(|a| a.to_string())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.app.metrics.client_timeout(&listener, kind);
     }
-
-    fn client_timeout(&self, conn: &Conn, kind: &str) {
-        self.app
-            .metrics
-            .client_timeout(&self.listener_of(conn.local), kind);
-    }
-}
-
-pub(super) fn local_addr(stream: &Stream) -> Option<std::net::SocketAddr> {
-    stream
-        .get_socket_digest()
-        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
 }
 
 /// The access-log line of a request the loop carried.

@@ -85,25 +85,35 @@ impl<A> ConnectionLimit<A> {
         }
     }
 
-    /// The listener `stream` was accepted on: its local address, or a listener bound to
-    /// the unspecified address on the same port.
+    /// The listener `stream` was accepted on (see [`accepted_on`]).
     fn slot(&self, stream: &Stream) -> &Slot {
         if self.slots.len() == 1 {
             return &self.slots[0];
         }
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        local
-            .and_then(|l| {
-                self.slots.iter().find(|s| s.address == l).or_else(|| {
-                    self.slots
-                        .iter()
-                        .find(|s| s.address.port() == l.port() && s.address.ip().is_unspecified())
-                })
-            })
-            .unwrap_or(&self.slots[0])
+        let addresses = self.slots.iter().map(|s| s.address);
+        let i = local_inet(stream).and_then(|l| accepted_on(addresses, l));
+        &self.slots[i.unwrap_or(0)]
     }
+}
+
+/// The local (inet) address of a connection.
+pub fn local_inet(stream: &Stream) -> Option<SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+}
+
+/// Which of the configured `listeners` a connection to `local` came in on: the one
+/// bound to that address, or one bound to the unspecified address on its port.
+pub fn accepted_on(
+    listeners: impl Iterator<Item = SocketAddr> + Clone,
+    local: SocketAddr,
+) -> Option<usize> {
+    let mut any_ip = listeners.clone();
+    listeners
+        .clone()
+        .position(|a| a == local)
+        .or_else(|| any_ip.position(|a| a.port() == local.port() && a.ip().is_unspecified()))
 }
 
 /// How long a new connection may stay silent: the keep-alive idle time of our pingora-core

@@ -32,6 +32,16 @@ pub async fn start_vigil(top: &str, pools: &[String]) -> Vigil {
 }
 
 /// Traffic (not health checks) a backend received.
+/// Raises this process's open-file limit (which vigil inherits) towards `want`, up to
+/// the hard limit: the limit set.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let want = want.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    want
+}
+
 pub fn traffic(b: &FakeBackend) -> u64 {
     b.stats.requests() - b.stats.health_requests()
 }

@@ -239,16 +239,6 @@ async fn connections_the_backend_closed_are_not_reused() {
     v.assert_quiet();
 }
 
-/// vigil's resident memory, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// An idle keep-alive client costs little (issue #8's target: 16 KiB; bench/RESULTS.md
 /// measures ~9 KiB at 9,900 clients, this test ~7 KiB at 1,500). Every connection's
 /// task is held for as long as it is open, so a large future anywhere on its path (a TLS
@@ -259,13 +249,10 @@ fn rss_kib(pid: i32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_client_holds_little_memory() {
     const CLIENTS: usize = 1500;
-    let (_, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    let want = (CLIENTS as u64 * 3).min(hard);
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    let limit = vigil_tests::raise_fd_limit(CLIENTS as u64 * 3);
     assert!(
-        want >= CLIENTS as u64 * 2 + 100,
-        "fd limit {hard} too low for the test"
+        limit >= CLIENTS as u64 * 2 + 100,
+        "fd limit {limit} too low for the test"
     );
     let a = FakeBackend::start("a").await;
     let (listen, admin) = free_ports();
@@ -274,13 +261,13 @@ async fn an_idle_keepalive_client_holds_little_memory() {
     v.wait_ready().await;
     // Warm: allocator pools, idle lists and the backend connection exist.
     keepalive_clients(listen, 4, 20, false).await;
-    let before = rss_kib(v.pid());
+    let before = v.rss_kib();
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         let c = RawConn::served(listen, "/").await;
         clients.push(c);
     }
-    let per_client = (rss_kib(v.pid()) - before) as f64 / CLIENTS as f64;
+    let per_client = (v.rss_kib() - before) as f64 / CLIENTS as f64;
     assert!(
         per_client <= 6.0,
         "{per_client:.1} KiB per idle keep-alive client"

@@ -305,15 +305,14 @@ async fn https_backends_are_verified_against_the_ca_and_checks_reuse_one_handsha
     let _ = Arc::clone(&good.stats);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_by_prior_knowledge_and_http1_share_a_plain_listener() {
-    let backend = FakeBackend::start("web").await;
+/// vigil in front of `backend` on a plain listener with `http2: true` (h2c).
+async fn h2c_vigil(backend: &FakeBackend) -> Vigil {
     let (listen, admin) = free_ports();
     let yaml = config(
         listen,
         admin,
         "",
-        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+        &[pool("web", &[(backend, 1)], FAST_CHECKS)],
     )
     .replacen(
         &format!("  - address: {listen}\n"),
@@ -322,6 +321,14 @@ async fn h2c_by_prior_knowledge_and_http1_share_a_plain_listener() {
     );
     let mut v = Vigil::start(&yaml, listen, admin);
     v.wait_ready().await;
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_by_prior_knowledge_and_http1_share_a_plain_listener() {
+    let backend = FakeBackend::start("web").await;
+    let v = h2c_vigil(&backend).await;
+    let listen = v.listen;
     let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
     let (status, body) = get2(tcp, "app", "/").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "web"));
@@ -483,10 +490,7 @@ async fn https_pools_keep_their_connections_apart_by_tls_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tls_client_holds_little_memory() {
     const CLIENTS: usize = 800;
-    let (_, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    let want = (CLIENTS as u64 * 3).min(hard);
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    vigil_tests::raise_fd_limit(CLIENTS as u64 * 3);
     let ca = TestCa::new("idle");
     let leaf = ca.leaf("a", &["a.test", "127.0.0.1"]);
     let backend = FakeBackend::start("web").await;
@@ -501,27 +505,19 @@ async fn an_idle_tls_client_holds_little_memory() {
     let mut v = Vigil::start(&yaml, listen, admin);
     v.wait_ready().await;
     let config = client_config(&ca.cert, &["http/1.1"]);
-    let rss = |pid: i32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    };
     // Warm: allocator pools, the session cache and the backend connection exist.
     for _ in 0..50 {
         let mut s = connect(listen, "a.test", config.clone()).await.unwrap();
         assert_eq!(get1(&mut s, "app", "/").await.unwrap().0, 200);
     }
-    let before = rss(v.pid());
+    let before = v.rss_kib();
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         let mut s = connect(listen, "a.test", config.clone()).await.unwrap();
         assert_eq!(get1(&mut s, "app", "/").await.unwrap().0, 200);
         clients.push(s);
     }
-    let per_client = (rss(v.pid()) - before) as f64 / CLIENTS as f64;
+    let per_client = (v.rss_kib() - before) as f64 / CLIENTS as f64;
     assert!(
         per_client <= 14.0,
         "{per_client:.1} KiB per idle TLS keep-alive client"
@@ -536,20 +532,8 @@ async fn an_idle_tls_client_holds_little_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_body_ended_by_an_empty_data_frame_is_chunked_once() {
     let backend = FakeBackend::start("web").await;
-    let (listen, admin) = free_ports();
-    let yaml = config(
-        listen,
-        admin,
-        "",
-        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
-    )
-    .replacen(
-        &format!("  - address: {listen}\n"),
-        &format!("  - address: {listen}\n    http2: true\n"),
-        1,
-    );
-    let mut v = Vigil::start(&yaml, listen, admin);
-    v.wait_ready().await;
+    let v = h2c_vigil(&backend).await;
+    let listen = v.listen;
     let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
     let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);

@@ -3,7 +3,7 @@
 //! the tunnel; retries where they are safe, and the client's answer when all failed.
 
 use super::framing::{parse_response, Asked, Body, Framing};
-use super::{local_addr, tunnel, write_flushed, FastPath};
+use super::{tunnel, write_flushed, FastPath};
 use crate::idle;
 use crate::request::*;
 use bytes::{Buf, BytesMut};
@@ -389,8 +389,7 @@ impl FastPath {
                         Ok(Ok(n)) if n > 0 => {}
                         Ok(_) => return Ok(None),
                         Err(_) => {
-                            let listener = self.listener_of(local_addr(client.stream));
-                            self.app.metrics.client_timeout(&listener, "body");
+                            self.timed_out(client.stream, "body");
                             return client_error(408, "request body timed out");
                         }
                     }

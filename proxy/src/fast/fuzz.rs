@@ -261,14 +261,22 @@ fn answer() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-proptest! {
-    // No regression files in the tree: a failure prints its minimal input.
-    #![proptest_config(ProptestConfig {
+/// The fuzz tests' settings: 2,000 cases unless `PROPTEST_CASES` says more (`make
+/// fuzz`), and no regression files in the tree (a failure prints its minimal input).
+pub(super) fn config() -> ProptestConfig {
+    ProptestConfig {
         failure_persistence: None,
         ..ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2_000),
         )
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
 
     #[test]
     fn answers_in_pieces_end_where_the_reference_says(

@@ -305,12 +305,7 @@ fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
-        )
-    })]
+    #![proptest_config(super::fuzz::config())]
 
     #[test]
     fn request_heads_in_pieces_are_decided_as_the_reference_says(

@@ -3,7 +3,7 @@
 
 use super::framing::Framing;
 use super::MAX_HEADERS;
-use crate::request::{idempotent_method, new_request_id, valid_host};
+use crate::request::{idempotent_method, new_request_id, valid_host, HOP_BY_HOP};
 use crate::routing::{normalize_host, RoutingTable};
 use pingora::protocols::http::v1::server::HeadLimitValues;
 use std::io::Write;
@@ -100,16 +100,11 @@ pub(super) struct Env<'a> {
     pub body_bytes: Option<u64>,
 }
 
-/// Request headers never copied upstream as they came: the hop-by-hop ones (an
-/// upgrade's own pair is written again), `Expect` (vigil answers `100 Continue`
-/// itself), and the three `x-forwarded-*` vigil writes itself.
-const NOT_FORWARDED: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
+/// Request headers never copied upstream as they came, besides the hop-by-hop ones
+/// (`HOP_BY_HOP`; an upgrade's own pair is written again): HTTP/2's upgrade settings,
+/// `Expect` (vigil answers `100 Continue` itself), and the three `x-forwarded-*` vigil
+/// writes itself.
+const NOT_FORWARDED: [&str; 5] = [
     "http2-settings",
     "expect",
     "x-forwarded-for",
@@ -305,7 +300,10 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         let empty_id =
             env.logging && request_id.is_none() && h.name.eq_ignore_ascii_case("x-request-id");
         let dropped = empty_id
-            || NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+            || HOP_BY_HOP
+                .iter()
+                .chain(&NOT_FORWARDED)
+                .any(|n| h.name.eq_ignore_ascii_case(n))
             || named.iter().any(|n| name.eq_ignore_ascii_case(n));
         if !dropped {
             up.extend_from_slice(name);
