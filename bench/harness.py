@@ -452,7 +452,8 @@ def bench_tls(rounds=3, seconds=8):
     """TLS at the edge, one worker each, the same ECDSA P-256 certificate: keep-alive
     HTTPS requests (CPU per request, p99), then a new TLS connection per request
     (`Connection: close`: CPU per handshake, handshakes per second). vigil (rustls),
-    HAProxy and nginx (OpenSSL)."""
+    HAProxy and nginx (OpenSSL). THREADS=n: n workers each (default 1)."""
+    threads = int(os.environ.get("THREADS", "1"))
     backends = [fleet(1, f"tls-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
     cert, key, both = (os.path.join(WORK, f) for f in ("tls.pem", "tls.key", "tls-both.pem"))
@@ -463,16 +464,17 @@ def bench_tls(rounds=3, seconds=8):
     tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
 
     def v(port):
-        cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs))
+        cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs),
+                           f"threads: {threads}\n")
         cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
         p = vigil(cfg)[0]
         wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
         return p
 
-    nginx = nginx_conf("127.0.0.1:19010", addrs).replace(
+    nginx = nginx_conf("127.0.0.1:19010", addrs, workers=threads).replace(
         "listen 127.0.0.1:19010;",
         f"listen 127.0.0.1:19010 ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};")
-    haproxy = haproxy_conf("127.0.0.1:19020 ssl crt " + both, addrs)
+    haproxy = haproxy_conf("127.0.0.1:19020 ssl crt " + both, addrs, threads=threads)
     peers = {
         "vigil (rustls)": (19000, lambda: v(19000)),
         "nginx (OpenSSL)": (19010, lambda: start_nginx(nginx)),
@@ -482,7 +484,7 @@ def bench_tls(rounds=3, seconds=8):
                          ("a new TLS connection per request", ("-H", "Connection: close"))):
         results = interleaved(peers, rounds, seconds, label=title, scheme="https", extra=extra)
         med = lambda k, n: statistics.median(x[k] for x in results[n])
-        print(f"\n### TLS: {title}, one worker each ({rounds} rounds of {seconds} s, medians; "
+        print(f"\n### TLS: {title}, {threads} worker(s) each ({rounds} rounds of {seconds} s, medians; "
               f"wrk -t1 -c32 on the same 2 cores)\n")
         print("| proxy | req/s | p99 ms | CPU µs/request | ÷ HAProxy | errors |")
         print("|---|---|---|---|---|---|")
