@@ -90,9 +90,10 @@ impl HeadLimits for EdgeLimits {
     fn refused(&self, status: u16, client: Option<&SocketAddr>) {
         self.count_unrouted(status);
         if self.access_log.enabled() {
-            self.access_log.log(Entry {
+            let client = client.map(|c| c.to_string());
+            self.access_log.log(&Entry {
                 time: Some(SystemTime::now()),
-                client: client.map(|c| c.to_string()).unwrap_or_default(),
+                client: client.as_deref().unwrap_or(""),
                 protocol: "HTTP/1.1",
                 status,
                 ..Entry::default()

@@ -244,8 +244,8 @@ impl FastPath {
             .await;
         if let Some(log) = req.log {
             let bytes_in = streamed.map_or(held as u64, |s| s.body.payload);
-            let entry = log_entry(*log, &conn.client_text, bytes_in as usize, &ctx, status);
-            self.app.access_log.log(entry);
+            let entry = log_entry(&log, &conn.client_text, bytes_in, &ctx, status);
+            self.app.access_log.log(&entry);
         }
         ctx.finished(&self.app, status);
         keep
@@ -271,8 +271,8 @@ impl FastPath {
             .respond(stream, r.status, &[], r.body, close, r.head)
             .await;
         if let Some(log) = r.log {
-            let entry = log_entry(*log, &conn.client_text, 0, &ctx, r.status);
-            self.app.access_log.log(entry);
+            let entry = log_entry(&log, &conn.client_text, 0, &ctx, r.status);
+            self.app.access_log.log(&entry);
         }
         ctx.finished(&self.app, r.status);
         ok && !close
@@ -409,22 +409,22 @@ impl FastPath {
 }
 
 /// The access-log line of a request the loop carried.
-fn log_entry(
-    head: LogHead,
-    client: &str,
-    bytes_in: usize,
-    ctx: &Ctx,
+fn log_entry<'a>(
+    head: &'a LogHead,
+    client: &'a str,
+    bytes_in: u64,
+    ctx: &'a Ctx,
     status: u16,
-) -> crate::access_log::Entry {
+) -> crate::access_log::Entry<'a> {
     crate::access_log::Entry {
-        client: client.to_string(),
-        method: head.method,
-        host: head.host,
-        path: head.target,
+        client,
+        method: &head.method,
+        host: &head.host,
+        path: &head.target,
         protocol: head.protocol,
         bytes_in,
-        bytes_out: ctx.bytes_out,
-        request_id: head.request_id,
+        bytes_out: ctx.bytes_out as u64,
+        request_id: &head.request_id,
         ..ctx.access_entry(status)
     }
 }

@@ -292,7 +292,7 @@ impl ProxyHttp for VigilProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(502);
         if self.app.access_log.enabled() {
-            self.app.access_log.log(access_entry(session, ctx, status));
+            log_access(&self.app.access_log, session, ctx, status);
         }
         ctx.finished(&self.app, status);
     }

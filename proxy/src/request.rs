@@ -1,7 +1,7 @@
 //! One request's context and the helpers that read the client's request: its Host,
 //! body length, `Expect`, hash key, and its access-log entry.
 
-use crate::access_log::Entry;
+use crate::access_log::{AccessLog, Entry};
 use crate::app::App;
 use crate::metrics::class_index;
 use crate::routing::{normalize_host, RoutingTable};
@@ -386,17 +386,16 @@ impl Ctx {
 
     /// The access-log fields the request's context knows (the time, its status, where
     /// it went and how long it took); the protocol's own are filled in by its path.
-    pub(crate) fn access_entry(&self, status: u16) -> Entry {
+    pub(crate) fn access_entry(&self, status: u16) -> Entry<'_> {
         let pool = self.pool();
         Entry {
             time: Some(SystemTime::now()),
             status,
             duration: self.started.elapsed(),
-            pool: pool.map(|p| p.name.clone()).unwrap_or_default(),
+            pool: pool.map_or("", |p| &p.name),
             backend: pool
                 .zip(self.tried.last())
-                .map(|(p, &i)| p.members[i].endpoint.address.clone())
-                .unwrap_or_default(),
+                .map_or("", |(p, &i)| &p.members[i].endpoint.address),
             attempts: self.tried.len(),
             upstream_status: self.upstream_status,
             ..Entry::default()
@@ -745,30 +744,24 @@ pub(crate) fn expects_continue(session: &Session) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-pub(crate) fn access_entry(session: &Session, ctx: &Ctx, status: u16) -> Entry {
+/// Writes the access-log line of a request Pingora's proxy carried.
+pub(crate) fn log_access(log: &AccessLog, session: &Session, ctx: &Ctx, status: u16) {
     let req = session.req_header();
-    Entry {
-        client: session
-            .client_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        method: req.method.as_str().to_string(),
-        host: request_host(req).unwrap_or_default().to_string(),
-        path: req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string(),
+    let client = session.client_addr().map(|a| a.to_string());
+    log.log(&Entry {
+        client: client.as_deref().unwrap_or(""),
+        method: req.method.as_str(),
+        host: request_host(req).unwrap_or(""),
+        path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
         protocol: match req.version {
             Version::HTTP_10 => "HTTP/1.0",
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_09 => "HTTP/0.9",
             _ => "HTTP/1.1",
         },
-        bytes_in: session.as_downstream().body_bytes_read(),
-        bytes_out: session.as_downstream().body_bytes_sent(),
-        request_id: ctx.request_id.clone(),
+        bytes_in: session.as_downstream().body_bytes_read() as u64,
+        bytes_out: session.as_downstream().body_bytes_sent() as u64,
+        request_id: &ctx.request_id,
         ..ctx.access_entry(status)
-    }
+    });
 }

@@ -287,6 +287,7 @@ pub fn run(
         PreBound::new(admin, admin_fds, |_| L4BufferSettings::default())
             .stopped_by(admin_accepting),
     );
+    let access_log = app.access_log.clone();
     let drain = Drain {
         app,
         upgraded,
@@ -300,6 +301,8 @@ pub fn run(
     });
     // Pingora's runtimes are down; the checker's tasks already ended in the drain.
     control.shutdown_timeout(Duration::from_secs(1));
+    // The lines of the last requests, not yet written by the log's writer.
+    access_log.flush();
     Ok(())
 }
 

@@ -451,3 +451,33 @@ async fn access_log_text_line_and_refused_heads() {
         .expect("a 431 line");
     assert!(refused.contains("pool=-"), "{refused}");
 }
+
+/// The writer writes every 10 ms; the lines of the last requests before a SIGINT (the
+/// quickest way out) are still written before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_access_line_is_lost_at_exit() {
+    let a = FakeBackend::start("a").await;
+    let path = Vigil::temp_path("access.exit.log");
+    let mut v = start_vigil(
+        &access_log_config("text", &path),
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let mut c = RawConn::connect(v.listen).await;
+    let requests = 300;
+    for i in 0..requests {
+        c.send(format!("GET /n/{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(c.response().await.unwrap().status, 200);
+    }
+    drop(c);
+    v.signal(libc::SIGINT);
+    assert!(v.wait_exit(Duration::from_secs(10)).await.is_some());
+    let lines = read_lines(&path);
+    for i in 0..requests {
+        let needle = format!("\"GET /n/{i} HTTP/1.1\" 200 ");
+        assert!(lines.iter().any(|l| l.contains(&needle)), "no line for /n/{i}");
+    }
+    assert_eq!(lines.len(), requests);
+}
