@@ -112,6 +112,7 @@ pub struct RawPool {
     pub retry_on_status: Option<Vec<i64>>,
     pub panic_threshold: Option<f64>,
     pub fail_open: Option<bool>,
+    pub forward_original_path: Option<bool>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub backends: Option<Vec<RawBackend>>,

@@ -248,6 +248,8 @@ pub struct PoolConfig {
     /// With no backend routable, a request is tried on the pool's other checked, ready
     /// backends (best first) before it is answered 503.
     pub fail_open: bool,
+    /// Route by the normalized path but send the client's own target upstream.
+    pub forward_original_path: bool,
     /// Connecting to a backend; a timeout is retried on another backend.
     pub connect_timeout: Duration,
     /// Waiting for each read from a backend (its response header, then each body chunk).

@@ -47,6 +47,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(p.passive.consecutive_failures, 5);
     assert_eq!(p.panic_threshold, 0.0);
     assert!(p.fail_open, "a pool fails open by default");
+    assert!(!p.forward_original_path);
     assert!(c.metrics.per_backend);
     assert_eq!(c.checker.max_concurrent_checks, 1024);
     assert_eq!(c.grace_period.as_secs(), 5);
@@ -79,6 +80,7 @@ pools:
     retry_on_status: [503]
     panic_threshold: 30
     fail_open: false
+    forward_original_path: true
     backends:
       - address: localhost:18081
         weight: 3
@@ -107,6 +109,7 @@ pools:
     assert_eq!(p.backends[0].socket_addr.to_string(), "127.0.0.1:18081");
     assert_eq!(p.passive.consecutive_failures, 0);
     assert!(!p.fail_open);
+    assert!(p.forward_original_path);
 }
 
 #[test]

@@ -29,6 +29,7 @@ pub mod idle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod request;
 pub mod rewound;

@@ -72,6 +72,22 @@ impl ProxyHttp for VigilProxy {
             respond(session, 400, &[], &body).await?;
             return Ok(true);
         }
+        // Routed by the normalized path, which the backend receives too (unless the
+        // pool forwards the client's own target), as on the request loop.
+        let original = match normalize_uri(&session.req_header().uri) {
+            Ok(None) => None,
+            Ok(Some(normal)) => {
+                let original = session.req_header().uri.clone();
+                session.req_header_mut().set_uri(normal);
+                Some(original)
+            }
+            Err(why) => {
+                session.set_keepalive(None);
+                let body = format!("{{\"error\":\"{why}\"}}");
+                respond(session, 400, &[], &body).await?;
+                return Ok(true);
+            }
+        };
         if !ctx.route(
             self.app.table(),
             session.req_header(),
@@ -79,6 +95,11 @@ impl ProxyHttp for VigilProxy {
         ) {
             respond(session, 404, &[], "{\"error\":\"no route\"}").await?;
             return Ok(true);
+        }
+        if let Some(original) = original {
+            if ctx.pool().is_some_and(|p| p.config.forward_original_path) {
+                session.req_header_mut().set_uri(original);
+            }
         }
         if let Some(max) = self.app.edge.body_bytes() {
             if content_length(session).is_some_and(|len| len > max) {

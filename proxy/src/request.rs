@@ -588,6 +588,21 @@ pub(crate) fn hash_key(key: &HashKey, req: &RequestHeader, client: Option<&Socke
     }
 }
 
+/// `uri` with its path normalized (`crate::path`); None when it is already normal.
+pub(crate) fn normalize_uri(uri: &http::Uri) -> std::result::Result<Option<http::Uri>, &'static str> {
+    let Some(target) = uri.path_and_query() else {
+        return Ok(None);
+    };
+    match crate::path::normalize_target(target.as_str())? {
+        std::borrow::Cow::Borrowed(_) => Ok(None),
+        std::borrow::Cow::Owned(normal) => {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(normal.parse().map_err(|_| "invalid path")?);
+            Ok(Some(http::Uri::from_parts(parts).map_err(|_| "invalid path")?))
+        }
+    }
+}
+
 /// The pool `req` routes to in `table`.
 pub(crate) fn route_index(table: &RoutingTable, req: &RequestHeader) -> Option<usize> {
     let host = request_host(req).map(normalize_host).unwrap_or_default();

@@ -181,6 +181,7 @@ impl Validator<'_> {
             retry_on_status,
             panic_threshold,
             fail_open: raw.fail_open.unwrap_or(true),
+            forward_original_path: raw.forward_original_path.unwrap_or(false),
             connect_timeout,
             read_timeout,
             backends,

@@ -145,6 +145,7 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     }
     let head = method == "HEAD";
     let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let raw_path_len = path.len();
     let mut host = None;
     let mut hosts = 0;
     let (mut close, mut keep_alive) = (false, false);
@@ -258,8 +259,21 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         (1, _) => return refused(400, r#"{"error":"invalid Host header"}"#, true, None),
         _ => return refused(400, r#"{"error":"more than one Host header"}"#, true, None),
     };
+    // Routed by the normalized path, which the backend receives too (unless the pool
+    // forwards the client's own target).
+    let path = match crate::path::normalize(path) {
+        Ok(p) => p,
+        Err(why) => {
+            let body = if why.starts_with("path above") {
+                r#"{"error":"path above the root"}"#
+            } else {
+                r#"{"error":"invalid path"}"#
+            };
+            return refused(400, body, unread, None);
+        }
+    };
     let table = env.table.clone();
-    let Some(pool) = table.route_index(&normalize_host(host), path) else {
+    let Some(pool) = table.route_index(&normalize_host(host), &path) else {
         return refused(404, r#"{"error":"no route"}"#, unread, None);
     };
     let config = &table.pools[pool].config;
@@ -292,7 +306,13 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     let mut up = Vec::with_capacity(len + 128);
     up.extend_from_slice(method.as_bytes());
     up.push(b' ');
-    up.extend_from_slice(target.as_bytes());
+    match path {
+        std::borrow::Cow::Owned(normal) if !config.forward_original_path => {
+            up.extend_from_slice(normal.as_bytes());
+            up.extend_from_slice(&target.as_bytes()[raw_path_len..]);
+        }
+        _ => up.extend_from_slice(target.as_bytes()),
+    }
     up.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
