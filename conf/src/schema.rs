@@ -90,6 +90,7 @@ pub struct RawUpstreamTls {
 pub struct RawAdmin {
     pub address: Option<String>,
     pub token: Option<String>,
+    pub allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -223,6 +223,8 @@ pub struct AdminConfig {
     pub address: SocketAddr,
     /// When set, `POST /admin/*` needs `Authorization: Bearer TOKEN`.
     pub token: Option<String>,
+    /// A non-loopback address without a token is refused unless this is set.
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -203,9 +203,21 @@ impl<'a> Validator<'a> {
                 "admin token is empty; remove the key to disable auth",
             );
         }
+        let allow_unauthenticated = raw_admin.allow_unauthenticated.unwrap_or(false);
+        if !admin_address.ip().is_loopback() && raw_admin.token.is_none() && !allow_unauthenticated {
+            self.error(
+                "admin.address",
+                format!(
+                    "admin address {admin_address} is not loopback and admin.token is not set: \
+                     anyone who reaches it could reload the config and change backend states; \
+                     set admin.token, or admin.allow_unauthenticated: true to run it open"
+                ),
+            );
+        }
         let admin = AdminConfig {
             address: admin_address,
             token: raw_admin.token,
+            allow_unauthenticated,
         };
 
         let raw_checker = raw.checker.unwrap_or_default();

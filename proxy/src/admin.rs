@@ -20,6 +20,38 @@ pub struct AdminApp {
     pub app: Arc<App>,
 }
 
+/// The most an admin request body may hold (the admin API takes none today).
+const ADMIN_BODY: usize = 64 * 1024;
+
+/// Whether `given` equals `secret`, in a time that depends on `given`'s length alone:
+/// neither how much of it matched nor the secret's length shows in the timing.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    if secret.is_empty() {
+        return given.is_empty();
+    }
+    let mut diff = u8::from(given.len() != secret.len());
+    for (i, g) in given.iter().enumerate() {
+        diff |= g ^ secret[i % secret.len()];
+    }
+    diff == 0
+}
+
+/// Admin request heads: at most 16 KiB and 64 headers, whole within 10 s.
+#[derive(Debug)]
+pub struct AdminHeadLimits;
+
+impl pingora::protocols::http::v1::server::HeadLimits for AdminHeadLimits {
+    fn limits(&self) -> pingora::protocols::http::v1::server::HeadLimitValues {
+        pingora::protocols::http::v1::server::HeadLimitValues {
+            max_bytes: 16 * 1024,
+            max_headers: 64,
+            timeout: Some(Duration::from_secs(10)),
+        }
+    }
+
+    fn refused(&self, _status: u16, _client: Option<&pingora::protocols::l4::socket::SocketAddr>) {}
+}
+
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
@@ -248,39 +280,51 @@ impl AdminApp {
         )
     }
 
-    /// Every `POST /admin/*`: reads the body (ignored, so the connection stays usable)
-    /// and checks the token; the `401` answer if it is missing or wrong.
+    /// Every `POST /admin/*`: checks the token, then reads the body (ignored, so the
+    /// connection stays usable; at most [`ADMIN_BODY`] bytes). The `401` answer if the
+    /// token is missing or wrong (counted, its value never logged), `413` for a body
+    /// past the bound (the connection then closes).
     async fn admin_post(&self, session: &mut ServerSession) -> Result<(), Response<Vec<u8>>> {
-        while let Ok(Some(_)) = session.read_request_body().await {}
-        if self.authorized(session) {
-            Ok(())
-        } else {
-            Err(json_reply(
-                401,
-                json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
-            ))
-        }
-    }
-
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = self.app.config().admin.token.clone() else {
-            return true;
-        };
+        let token = self.app.config().admin.token.clone();
         let given = session
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        // Compare without an early exit so timing does not reveal the prefix matched.
-        match given.and_then(|g| g.strip_prefix("Bearer ")) {
-            Some(g) if g.len() == token.len() => {
-                g.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
+            .map(|v| v.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default().to_vec());
+        if let Some(token) = token {
+            if !given.is_some_and(|g| same_secret(&g, token.as_bytes())) {
+                self.app.metrics.admin_unauthorized.inc();
+                session.set_keepalive(None);
+                return Err(json_reply(
+                    401,
+                    json!({"status": "error", "errors": ["missing or wrong bearer token"]}),
+                ));
             }
-            _ => false,
         }
+        let too_long = || {
+            json_reply(
+                413,
+                json!({"status": "error", "errors": [format!("request body over {ADMIN_BODY} bytes")]}),
+            )
+        };
+        let announced = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > ADMIN_BODY as u64) {
+            session.set_keepalive(None);
+            return Err(too_long());
+        }
+        let mut read = 0;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > ADMIN_BODY {
+                session.set_keepalive(None);
+                return Err(too_long());
+            }
+        }
+        Ok(())
     }
 
     async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -417,5 +461,20 @@ impl ServeHttp for AdminApp {
             }
             _ => json_reply(404, json!({"error": "not found"})),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        for given in [&b""[..], b"s3cre", b"s3cret!", b"S3cret", b"s3cres", b"s3crets3cret"] {
+            assert!(!same_secret(given, b"s3cret"), "{given:?}");
+        }
+        assert!(same_secret(b"", b""));
+        assert!(!same_secret(b"x", b""));
     }
 }

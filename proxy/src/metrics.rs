@@ -18,6 +18,7 @@ pub mod names {
     pub const RELOADS: &str = "vigil_config_reloads_total";
     pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
     pub const ACCESS_LOG_DROPPED: &str = "vigil_access_log_dropped_total";
+    pub const ADMIN_UNAUTHORIZED: &str = "vigil_admin_unauthorized_total";
     pub const UPSTREAM_CONNECTIONS: &str = "vigil_upstream_connections_opened_total";
     pub const CLIENT_CONNECTIONS: &str = "vigil_client_connections";
     pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
@@ -65,6 +66,7 @@ pub struct ProxyMetrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub access_log_dropped: IntCounter,
+    pub admin_unauthorized: IntCounter,
     client_connections: IntGaugeVec,
     client_refused: IntCounterVec,
     tls_handshakes: IntCounterVec,
@@ -157,6 +159,10 @@ impl ProxyMetrics {
                 names::ACCESS_LOG_DROPPED,
                 "Access log lines dropped because the writer fell behind",
             )?,
+            admin_unauthorized: IntCounter::new(
+                names::ADMIN_UNAUTHORIZED,
+                "Admin POSTs refused for a missing or wrong token",
+            )?,
             client_connections: IntGaugeVec::new(
                 Opts::new(names::CLIENT_CONNECTIONS, "Client connections open, by listener"),
                 &["listener"],
@@ -205,6 +211,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.client_connections.clone()))?;
         registry.register(Box::new(m.client_refused.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
+        registry.register(Box::new(m.admin_unauthorized.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;

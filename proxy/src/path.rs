@@ -16,6 +16,15 @@ use std::borrow::Cow;
 /// Why a path cannot be normalized: the 400's reason.
 pub type Invalid = &'static str;
 
+/// The JSON body of the 400 for `why`, the same on every protocol.
+pub fn error_body(why: Invalid) -> &'static str {
+    match why {
+        "path above the root" => r#"{"error":"path above the root"}"#,
+        "encoded slash in a dot-segment" => r#"{"error":"encoded slash in a dot-segment"}"#,
+        _ => r#"{"error":"invalid path"}"#,
+    }
+}
+
 /// The normalized form of `path` (the target without its query); borrowed when it is
 /// already normal, which is the usual case and costs one scan.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, Invalid> {

@@ -83,8 +83,7 @@ impl ProxyHttp for VigilProxy {
             }
             Err(why) => {
                 session.set_keepalive(None);
-                let body = format!("{{\"error\":\"{why}\"}}");
-                respond(session, 400, &[], &body).await?;
+                respond(session, 400, &[], crate::path::error_body(why)).await?;
                 return Ok(true);
             }
         };

@@ -270,7 +270,12 @@ pub fn run(
         "vigil proxy".to_string(),
         ConnectionLimit::new(proxy, h2c, slots, app.edge.clone()),
     );
-    let mut admin = Service::new("vigil admin".to_string(), AdminApp { app: app.clone() });
+    // Admin heads are bounded as the proxy's are (`AdminHeadLimits`).
+    let mut admin_http = pingora::apps::http_app::HttpServer::new_app(AdminApp { app: app.clone() });
+    let mut admin_options = HttpServerOptions::default();
+    admin_options.head_limits = Some(Arc::new(crate::admin::AdminHeadLimits));
+    admin_http.server_options = Some(admin_options);
+    let mut admin = Service::new("vigil admin".to_string(), admin_http);
     admin.threads = Some(1);
     let (stop_accepting, accepting) = watch::channel(false);
     // No L4 buffers on any listener: rustls reads records into its own buffer, and a

@@ -431,3 +431,89 @@ async fn the_grafana_dashboard_queries_metrics_vigil_exports() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue #28: an admin address others can reach needs a token, or the operator's
+/// explicit `allow_unauthenticated: true`. (Checked by `validate`: never bound here.)
+#[test]
+fn a_non_loopback_admin_needs_a_token_or_an_explicit_yes() {
+    let write = |name: &str, admin_extra: &str| {
+        let path = Vigil::temp_path(name);
+        std::fs::write(
+            &path,
+            format!("listeners:\n  - address: 127.0.0.1:8080\nadmin:\n  address: 0.0.0.0:9901\n{admin_extra}pools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n"),
+        )
+        .unwrap();
+        path
+    };
+    let open = write("admin-open.yaml", "");
+    let out = vigil_cmd(&["validate", open.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:4:12: admin address 0.0.0.0:9901 is not loopback and admin.token is not set",
+            open.display()
+        )),
+        "{err}"
+    );
+    let out = vigil_cmd(&["run", "-c", open.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "run started with an open admin");
+    for (name, extra) in [
+        ("admin-token.yaml", "  token: s3cret\n"),
+        ("admin-allowed.yaml", "  allow_unauthenticated: true\n"),
+    ] {
+        let path = write(name, extra);
+        let out = vigil_cmd(&["validate", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Issue #28: a wrong token is counted and never logged; admin bodies and heads are
+/// bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tokens_are_counted_never_logged_and_requests_bounded() {
+    let a = FakeBackend::start("a").await;
+    let v = start_vigil(
+        "  token: the-right-token\n",
+        &[pool("web", &[(&a, 1)], FAST_CHECKS)],
+    )
+    .await;
+    let post = |auth: Option<&'static str>, body: String| {
+        let admin = v.admin;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", *a)).collect();
+            request(admin, "POST", "admin", "/admin/reload", &headers, &body)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(post(Some("Bearer guessed-token-1"), String::new()).await, 401);
+    assert_eq!(post(Some("Bearer the-right-tokeX"), String::new()).await, 401);
+    assert_eq!(post(None, String::new()).await, 401);
+    v.wait_metric("vigil_admin_unauthorized_total", 3.0).await;
+    assert_eq!(post(Some("Bearer the-right-token"), String::new()).await, 200);
+    // A body past 64 KiB, announced or not.
+    let big = "x".repeat(100 * 1024);
+    assert_eq!(post(Some("Bearer the-right-token"), big).await, 413);
+    let mut c = vigil_tests::raw::RawConn::connect(v.admin).await;
+    c.send(b"POST /admin/reload HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer the-right-token\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.head().await.unwrap().status, 413);
+    // A head past 16 KiB.
+    let mut c = vigil_tests::raw::RawConn::connect(v.admin).await;
+    let filler = "y".repeat(20 * 1024);
+    c.send(format!("GET /health HTTP/1.1\r\nHost: admin\r\nX-Fill: {filler}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(c.head().await.unwrap().status, 431);
+    assert_eq!(v.metric("vigil_admin_unauthorized_total").await, Some(3.0));
+    let logs = v.logs().join("\n");
+    for secret in ["guessed-token-1", "the-right-tokeX", "the-right-token"] {
+        assert!(!logs.contains(secret), "a token in the log:\n{logs}");
+    }
+    // The admin still answers.
+    assert_eq!(v.admin_get("/health").await.status, 200);
+}
