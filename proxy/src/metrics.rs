@@ -212,6 +212,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.client_refused.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.admin_unauthorized.clone()))?;
+        registry.register(Box::new(crate::logging::TLS_WARNINGS.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;

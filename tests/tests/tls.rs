@@ -558,3 +558,39 @@ async fn an_h2_body_ended_by_an_empty_data_frame_is_chunked_once() {
         "the backend read something else as a request"
     );
 }
+
+/// Issue #28: a peer that sends an IP address as SNI (scanners do) makes rustls warn
+/// once per handshake; vigil counts those warnings and says so once, not once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_warnings_a_peer_causes_are_counted_not_logged_each() {
+    let ca = TestCa::new("ip-sni");
+    let leaf = ca.leaf("a", &["a.test"]);
+    let backend = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = tls_config(listen, admin, &[&leaf], "", &[pool("web", &[(&backend, 1)], FAST_CHECKS)]);
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let handshakes = 20;
+    for _ in 0..handshakes {
+        let out = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &listen.to_string(), "-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("openssl s_client");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"),
+            "no handshake: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let counted = v.metric("vigil_tls_warnings_total").await.unwrap_or(0.0);
+    assert!(counted >= handshakes as f64, "{counted} warnings counted");
+    let logs = v.logs();
+    let lines: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("SNI") || l.contains("rustls"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("Illegal SNI"), "{}", lines[0]);
+}
