@@ -20,6 +20,7 @@ pub mod apply;
 pub mod balance;
 pub mod convert;
 pub mod demo;
+pub mod descriptors;
 pub mod discovery;
 pub mod edge;
 pub mod error;

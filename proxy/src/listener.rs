@@ -185,6 +185,7 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
         self.0.open_gauge.dec();
+        crate::descriptors::CLIENTS.release();
     }
 }
 
@@ -200,6 +201,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
             slot.open.fetch_sub(1, Ordering::Relaxed);
             slot.refused.inc();
             // Dropping the stream closes it.
+            return None;
+        }
+        // The descriptors every listener's clients share (`descriptors`).
+        if !crate::descriptors::CLIENTS.admit() {
+            slot.open.fetch_sub(1, Ordering::Relaxed);
+            slot.refused.inc();
             return None;
         }
         slot.open_gauge.inc();

@@ -19,6 +19,7 @@ pub mod names {
     pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
     pub const ACCESS_LOG_DROPPED: &str = "vigil_access_log_dropped_total";
     pub const ADMIN_UNAUTHORIZED: &str = "vigil_admin_unauthorized_total";
+    pub const ACCEPT_ERRORS: &str = "vigil_accept_errors_total";
     pub const UPSTREAM_CONNECTIONS: &str = "vigil_upstream_connections_opened_total";
     pub const CLIENT_CONNECTIONS: &str = "vigil_client_connections";
     pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
@@ -67,6 +68,7 @@ pub struct ProxyMetrics {
     pub last_reload_success: Gauge,
     pub access_log_dropped: IntCounter,
     pub admin_unauthorized: IntCounter,
+    pub accept_errors: IntCounterVec,
     client_connections: IntGaugeVec,
     client_refused: IntCounterVec,
     tls_handshakes: IntCounterVec,
@@ -159,6 +161,10 @@ impl ProxyMetrics {
                 names::ACCESS_LOG_DROPPED,
                 "Access log lines dropped because the writer fell behind",
             )?,
+            accept_errors: IntCounterVec::new(
+                Opts::new(names::ACCEPT_ERRORS, "Failed accept() calls, by listener and reason"),
+                &["listener", "reason"],
+            )?,
             admin_unauthorized: IntCounter::new(
                 names::ADMIN_UNAUTHORIZED,
                 "Admin POSTs refused for a missing or wrong token",
@@ -212,6 +218,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.client_refused.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.admin_unauthorized.clone()))?;
+        registry.register(Box::new(m.accept_errors.clone()))?;
         registry.register(Box::new(crate::logging::TLS_WARNINGS.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream.clone()))?;

@@ -220,6 +220,13 @@ pub fn run(
         backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>(),
         "vigil started"
     );
+    // Clients never take the descriptors the checks and the admin listener need.
+    let backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>();
+    let max_connections = config.listeners.iter().map(|l| l.max_connections).sum();
+    crate::descriptors::set_budget(backends, max_connections);
+    pingora::services::listening::set_accept_errors(Box::new(
+        crate::descriptors::AcceptErrors::new(app.metrics.accept_errors.clone()),
+    ));
 
     let conf = ServerConf {
         threads: config.threads,

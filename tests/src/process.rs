@@ -88,7 +88,16 @@ impl Vigil {
         let path = Self::temp_path("vigil.yaml");
         std::fs::write(&path, config).unwrap();
         let args = ["run", "-c", path.to_str().unwrap(), "--log-format", "json"];
-        Self::spawn_with_env(&args, listen, admin, path.clone(), env)
+        Self::spawn_with_env(&args, listen, admin, path.clone(), env, None)
+    }
+
+    /// [`Self::start`] with at most `nofile` open descriptors (soft and hard limit), as
+    /// `prlimit --nofile=N:N` would.
+    pub fn start_with_nofile(config: &str, listen: SocketAddr, admin: SocketAddr, nofile: u64) -> Vigil {
+        let path = Self::temp_path("vigil.yaml");
+        std::fs::write(&path, config).unwrap();
+        let args = ["run", "-c", path.to_str().unwrap(), "--log-format", "json"];
+        Self::spawn_with_env(&args, listen, admin, path.clone(), &[], Some(nofile))
     }
 
     pub fn spawn(
@@ -97,7 +106,7 @@ impl Vigil {
         admin: SocketAddr,
         config_path: PathBuf,
     ) -> Vigil {
-        Self::spawn_with_env(args, listen, admin, config_path, &[])
+        Self::spawn_with_env(args, listen, admin, config_path, &[], None)
     }
 
     fn spawn_with_env(
@@ -106,16 +115,24 @@ impl Vigil {
         admin: SocketAddr,
         config_path: PathBuf,
         env: &[(&str, &str)],
+        nofile: Option<u64>,
     ) -> Vigil {
-        let mut child = Command::new(Self::binary())
-            .args(args)
+        // `prlimit` (util-linux) sets the limit and execs vigil: the child is vigil.
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(Self::binary());
+                c
+            }
+            None => Command::new(Self::binary()),
+        };
+        cmd.args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vigil");
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start vigil");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         for pipe in [
@@ -192,6 +209,8 @@ impl Vigil {
                 let m = l["fields"]["message"].as_str().unwrap_or_default();
                 m != "vigil started"
                     && !m.starts_with("proxy worker threads pinned")
+                    && m != "descriptor limit"
+                    && !m.starts_with("the descriptor limit bounds")
                     && m != "configuration reloaded"
                     && !m.starts_with("backend is ")
             })

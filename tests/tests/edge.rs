@@ -5,7 +5,8 @@
 use std::time::Duration;
 use vigil_tests::config::{pool, FAST_CHECKS};
 use vigil_tests::raw::RawConn;
-use vigil_tests::{get, start_vigil, traffic, wait_for, FakeBackend, Vigil};
+use tokio::io::AsyncReadExt;
+use vigil_tests::{get, start_vigil, traffic, wait_for, wait_for_async, FakeBackend, Vigil};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
@@ -480,4 +481,100 @@ async fn no_access_line_is_lost_at_exit() {
         assert!(lines.iter().any(|l| l.contains(&needle)), "no line for /n/{i}");
     }
     assert_eq!(lines.len(), requests);
+}
+
+/// The sum of every series of `family` in vigil's metrics.
+async fn metric_sum(v: &Vigil, family: &str) -> f64 {
+    let text = v.admin_get("/metrics").await.body;
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue #28: with few descriptors and more clients than they allow, vigil keeps the
+/// clients it has, its checks and its admin listener, says so once, and recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
+    vigil_tests::raise_fd_limit(4096);
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = vigil_tests::free_ports();
+    let cfg = vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
+    let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
+    v.wait_ready().await;
+    v.wait_log(&["descriptor limit bounds client connections", "\"client_connections\":31"])
+        .await;
+    let mut kept = RawConn::served(listen, "/before").await;
+    let mut others = Vec::new();
+    for _ in 0..300 {
+        others.push(tokio::net::TcpStream::connect(listen).await.unwrap());
+    }
+    wait_for_async("clients refused", Duration::from_secs(10), || async {
+        metric_sum(&v, "vigil_client_connections_refused_total").await >= 200.0
+    })
+    .await;
+    // The client it had, the admin listener and the checks go on.
+    kept.send(b"GET /kept HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    assert_eq!(kept.response().await.unwrap().status, 200);
+    assert_eq!(v.admin_get("/health").await.status, 200);
+    let checks = a.stats.health_requests();
+    wait_for("a check after the flood", Duration::from_secs(5), || {
+        a.stats.health_requests() > checks
+    })
+    .await;
+    // Refused clients are closed at once: they read end of stream, not an answer.
+    let mut buf = [0u8; 1];
+    let last = others.last_mut().unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), last.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    // Descriptors freed: new clients are served again.
+    drop(others);
+    wait_for_async("a new client served", Duration::from_secs(10), || async {
+        get(listen, "app", "/after").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    v.wait_log(&["under the descriptor budget again"]).await;
+    let logs = v.logs();
+    let episodes = logs.iter().filter(|l| l.contains("at the descriptor budget")).count();
+    assert_eq!(episodes, 1, "one line per episode");
+    assert!(
+        !logs.iter().any(|l| l.contains("Too many open files") || l.contains("Accept() failed")),
+        "{logs:#?}"
+    );
+}
+
+/// Issue #28 (pingora-core patch 14): when `accept()` itself fails for want of
+/// descriptors — here, the admin listener, which has no client budget, flooded — the
+/// failures are counted and said once an episode, not once each, and accepting resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_failures_are_counted_and_said_once_an_episode() {
+    vigil_tests::raise_fd_limit(4096);
+    let a = FakeBackend::start("a").await;
+    let (listen, admin) = vigil_tests::free_ports();
+    let cfg = vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
+    let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
+    v.wait_ready().await;
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    v.wait_log(&["accepting connections fails", "descriptors"]).await;
+    // A few more rounds of failing accepts (one each 100 ms) within the episode.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(flood);
+    wait_for_async("accept errors counted", Duration::from_secs(10), || async {
+        metric_sum(&v, "vigil_accept_errors_total").await >= 2.0
+    })
+    .await;
+    // The episode ends at the first accept a second after the last failure.
+    wait_for_async("the episode's end said", Duration::from_secs(10), || async {
+        let _ = v.admin_get("/health/live").await;
+        v.logs().iter().any(|l| l.contains("accepting connections again"))
+    })
+    .await;
+    let logs = v.logs();
+    let began = logs.iter().filter(|l| l.contains("accepting connections fails")).count();
+    assert_eq!(began, 1, "{logs:#?}");
+    assert!(!logs.iter().any(|l| l.contains("Accept() failed")), "{logs:#?}");
+    assert_eq!(get(listen, "app", "/").await.unwrap().status, 200);
 }

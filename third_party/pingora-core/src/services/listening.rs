@@ -258,6 +258,23 @@ impl<A> Service<A> {
     }
 }
 
+/// What the accept loop does with a failed `accept()` (vigil patch 14): without a hook
+/// set, an ERROR line per failure, as upstream.
+pub trait AcceptErrors: Send + Sync {
+    /// `accept()` on `listener` failed with `e`.
+    fn failed(&self, listener: &str, e: &std::io::Error);
+    /// `accept()` on `listener` succeeded after failing: true when the episode is over
+    /// (the loop asks again at each success until it is).
+    fn recovered(&self, listener: &str) -> bool;
+}
+
+static ACCEPT_ERRORS: std::sync::OnceLock<Box<dyn AcceptErrors>> = std::sync::OnceLock::new();
+
+/// Sets the process's [`AcceptErrors`] hook (once; later calls are ignored).
+pub fn set_accept_errors(hook: Box<dyn AcceptErrors>) {
+    let _ = ACCEPT_ERRORS.set(hook);
+}
+
 impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     pub async fn handle_event(event: Stream, app_logic: Arc<A>, shutdown: ShutdownWatch) {
         debug!("new event!");
@@ -313,6 +330,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut shutdown: ShutdownWatch,
         spread: Arc<Spread>,
     ) {
+        // The last accept() failed (vigil patch 14).
+        let mut failing = false;
         // the accept loop, until the system is shutting down
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
@@ -336,6 +355,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    if failing {
+                        failing = !ACCEPT_ERRORS
+                            .get()
+                            .is_none_or(|hook| hook.recovered(stack.as_str()));
+                    }
                     // Boxed: the task of a connection keeps what it captured for as long
                     // as the connection is open (vigil patch 8).
                     let io = Box::new(io);
@@ -354,19 +378,23 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     });
                 }
                 Err(e) => {
-                    error!("Accept() failed {e}");
-                    if let Some(io_error) = e
-                        .root_cause()
-                        .downcast_ref::<std::io::Error>()
-                        .and_then(|e| e.raw_os_error())
-                    {
-                        // 24: too many open files. In this case accept() will continue return this
-                        // error without blocking, which could use up all the resources
-                        if io_error == 24 {
-                            // call sleep to calm the thread down and wait for others to release
-                            // some resources
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
+                    let io_error = e.root_cause().downcast_ref::<std::io::Error>();
+                    // vigil patch 14: handed to the hook (counted, one line per
+                    // episode) instead of an ERROR line per failed accept().
+                    match (ACCEPT_ERRORS.get(), io_error) {
+                        (Some(hook), Some(io_error)) => hook.failed(stack.as_str(), io_error),
+                        _ => error!("Accept() failed {e}"),
+                    }
+                    failing = true;
+                    // Out of descriptors (EMFILE, ENFILE) or memory (ENOBUFS, ENOMEM):
+                    // accept() fails again at once until something is freed, so wait a
+                    // moment instead of spinning (vigil patch 14: 100 ms, not 1 s, and
+                    // for all four).
+                    if matches!(
+                        io_error.and_then(|e| e.raw_os_error()),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                 }
             }
