@@ -49,6 +49,7 @@ test: test-deps
 # The fuzz tests (proptest) with many more cases than make test runs: a few minutes.
 fuzz: deps
 	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-proxy fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-conf --test fuzz
 
 # Results go to bench/RESULTS.md by hand, beside the command that produced them.
 bench: bench-deps build
