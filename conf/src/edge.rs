@@ -1,7 +1,7 @@
 //! Validation of the edge settings: `limits` and `access_log`.
 
-use crate::schema::{RawAccessLog, RawLimits};
-use crate::types::{AccessLogConfig, AccessLogFormat, LimitsConfig};
+use crate::schema::{RawAccessLog, RawHttp2, RawLimits};
+use crate::types::{AccessLogConfig, AccessLogFormat, Http2Config, LimitsConfig};
 use crate::validate::Validator;
 
 /// httparse, under Pingora, parses at most this many headers.
@@ -58,6 +58,70 @@ impl Validator<'_> {
             body_timeout,
             client_write_timeout,
         }
+    }
+
+    /// `http2`: every bound within what HTTP/2 (RFC 9113 §6.5.2, §6.9.1) allows.
+    pub(crate) fn http2(&mut self, raw: RawHttp2) -> Http2Config {
+        let d = Http2Config::default();
+        let int = |v: &mut Self, key: &str, raw: Option<i64>, default: u64, min: i64, max: i64| {
+            v.int(&format!("http2.{key}"), raw, default as i64, min, max) as u64
+        };
+        let window_max = (1i64 << 31) - 1;
+        let config = Http2Config {
+            max_concurrent_streams: int(
+                self,
+                "max_concurrent_streams",
+                raw.max_concurrent_streams,
+                d.max_concurrent_streams.into(),
+                1,
+                10_000,
+            ) as u32,
+            max_header_list_bytes: int(
+                self,
+                "max_header_list_bytes",
+                raw.max_header_list_bytes,
+                d.max_header_list_bytes.into(),
+                1024,
+                16 << 20,
+            ) as u32,
+            initial_stream_window: int(
+                self,
+                "initial_stream_window",
+                raw.initial_stream_window,
+                d.initial_stream_window.into(),
+                65_535,
+                window_max,
+            ) as u32,
+            initial_connection_window: int(
+                self,
+                "initial_connection_window",
+                raw.initial_connection_window,
+                d.initial_connection_window.into(),
+                65_535,
+                window_max,
+            ) as u32,
+            max_pending_resets: int(
+                self,
+                "max_pending_resets",
+                raw.max_pending_resets,
+                d.max_pending_resets as u64,
+                1,
+                10_000,
+            ) as usize,
+            max_error_resets: int(
+                self,
+                "max_error_resets",
+                raw.max_error_resets,
+                d.max_error_resets as u64,
+                1,
+                100_000,
+            ) as usize,
+            idle_timeout: self.duration("http2.idle_timeout", &raw.idle_timeout, d.idle_timeout),
+        };
+        if config.idle_timeout.is_zero() {
+            self.error("http2.idle_timeout", "idle_timeout must be greater than 0");
+        }
+        config
     }
 
     pub(crate) fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub checker: Option<RawChecker>,
     pub metrics: Option<RawMetrics>,
     pub limits: Option<RawLimits>,
+    pub http2: Option<RawHttp2>,
     pub access_log: Option<RawAccessLog>,
     pub upgrade_socket: Option<String>,
     pub dns: Option<RawDns>,
@@ -51,6 +52,17 @@ pub struct RawLimits {
     pub body_bytes: Option<i64>,
     pub body_timeout: Option<String>,
     pub client_write_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<i64>,
+    pub max_header_list_bytes: Option<i64>,
+    pub initial_stream_window: Option<i64>,
+    pub initial_connection_window: Option<i64>,
+    pub max_pending_resets: Option<i64>,
+    pub max_error_resets: Option<i64>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,6 +18,7 @@ pub struct Config {
     pub checker: CheckerConfig,
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
+    pub http2: Http2Config,
     pub access_log: AccessLogConfig,
     /// Where a running vigil hands its listening sockets to `vigil run --upgrade`.
     pub upgrade_socket: std::path::PathBuf,
@@ -104,6 +105,40 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
     /// A client that takes longer than this to take a write of its answer is cut.
     pub client_write_timeout: Duration,
+}
+
+/// HTTP/2 from clients (h2 and h2c): what one connection may hold and do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Config {
+    /// Streams open at once per connection; more are refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// A request's decoded header list; over it the stream is refused.
+    pub max_header_list_bytes: u32,
+    /// Flow-control window each stream starts with.
+    pub initial_stream_window: u32,
+    /// Flow-control window of the whole connection.
+    pub initial_connection_window: u32,
+    /// Streams the client resets before vigil has taken them (rapid reset); past it
+    /// the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    pub max_pending_resets: usize,
+    /// Streams vigil resets for the client's protocol errors; past it GOAWAY.
+    pub max_error_resets: usize,
+    /// A connection with no stream open is closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            max_header_list_bytes: 64 * 1024,
+            initial_stream_window: 65_535,
+            initial_connection_window: 1024 * 1024,
+            max_pending_resets: 20,
+            max_error_resets: 1024,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for LimitsConfig {

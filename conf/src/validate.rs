@@ -204,7 +204,8 @@ impl<'a> Validator<'a> {
             );
         }
         let allow_unauthenticated = raw_admin.allow_unauthenticated.unwrap_or(false);
-        if !admin_address.ip().is_loopback() && raw_admin.token.is_none() && !allow_unauthenticated {
+        if !admin_address.ip().is_loopback() && raw_admin.token.is_none() && !allow_unauthenticated
+        {
             self.error(
                 "admin.address",
                 format!(
@@ -244,6 +245,7 @@ impl<'a> Validator<'a> {
         }
         self.cross_pool(&pools);
         let limits = self.limits(raw.limits.unwrap_or_default());
+        let http2 = self.http2(raw.http2.unwrap_or_default());
         let access_log = self.access_log(raw.access_log.unwrap_or_default());
 
         let upgrade_socket = match raw.upgrade_socket {
@@ -278,6 +280,7 @@ impl<'a> Validator<'a> {
             },
             metrics,
             limits,
+            http2,
             access_log,
             pools: pools.into_iter().map(Arc::new).collect(),
         }

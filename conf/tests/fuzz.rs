@@ -72,19 +72,84 @@ pools:
 
 /// Values that are wrong somewhere: other types, bounds, huge, empty, unicode, YAML oddities.
 const VALUES: &[&str] = &[
-    "0", "-1", "1", "65535", "65536", "4294967296", "99999999999999999999999999", "1e309",
-    "-1e309", ".nan", ".inf", "0.5", "-0.0", "true", "false", "null", "~", "\"\"", "''",
-    "[]", "{}", "[1, [2, [3]]]", "{a: {b: {c: 1}}}", "0s", "1ms", "25h", "-5s", "1h1h",
-    "999999999999h", "5", "abc", "ünïcødé 🦀", "\"\\u0000\"", "127.0.0.1:0",
-    "127.0.0.1:99999", "[::1]:80", "localhost", ":80", "*", "/", "header:", "&a 1", "*a",
-    "!!binary aGVsbG8=", "|\n  multi\n  line", "'it''s'", "0x10", "0o17", "1_000",
+    "0",
+    "-1",
+    "1",
+    "65535",
+    "65536",
+    "4294967296",
+    "99999999999999999999999999",
+    "1e309",
+    "-1e309",
+    ".nan",
+    ".inf",
+    "0.5",
+    "-0.0",
+    "true",
+    "false",
+    "null",
+    "~",
+    "\"\"",
+    "''",
+    "[]",
+    "{}",
+    "[1, [2, [3]]]",
+    "{a: {b: {c: 1}}}",
+    "0s",
+    "1ms",
+    "25h",
+    "-5s",
+    "1h1h",
+    "999999999999h",
+    "5",
+    "abc",
+    "ünïcødé 🦀",
+    "\"\\u0000\"",
+    "127.0.0.1:0",
+    "127.0.0.1:99999",
+    "[::1]:80",
+    "localhost",
+    ":80",
+    "*",
+    "/",
+    "header:",
+    "&a 1",
+    "*a",
+    "!!binary aGVsbG8=",
+    "|\n  multi\n  line",
+    "'it''s'",
+    "0x10",
+    "0o17",
+    "1_000",
 ];
 
 /// Keys spelt wrong, and keys from other places.
 const KEYS: &[&str] = &[
-    "thread", "listener", "pool", "backend", "adress", "wieght", "health", "helth_check",
-    "intervall", "name ", "NAME", "pools", "routes", "weight", "token", "tls", "cert",
-    "discovery", "fleet", "max_requests", "queue", "retry_budget", "ünï", "a.b", "\"\"",
+    "thread",
+    "listener",
+    "pool",
+    "backend",
+    "adress",
+    "wieght",
+    "health",
+    "helth_check",
+    "intervall",
+    "name ",
+    "NAME",
+    "pools",
+    "routes",
+    "weight",
+    "token",
+    "tls",
+    "cert",
+    "discovery",
+    "fleet",
+    "max_requests",
+    "queue",
+    "retry_budget",
+    "ünï",
+    "a.b",
+    "\"\"",
 ];
 
 #[derive(Debug, Clone)]
@@ -176,11 +241,19 @@ fn apply(text: &str, m: &Mutation) -> String {
 fn check(text: &str) -> Result<(), TestCaseError> {
     // YAML breaks lines at `\r\n`, `\n` and a lone `\r`; an error may point just past
     // the last line (the end of the file).
-    let lines = text.replace("\r\n", "\n").replace('\r', "\n").matches('\n').count() + 2;
+    let lines = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .matches('\n')
+        .count()
+        + 2;
     if let Err(errors) = from_str(text, "f.yaml") {
         prop_assert!(!errors.is_empty());
         for e in errors.iter() {
-            prop_assert!(e.line >= 1 && e.line <= lines, "{e} ({lines} lines)\n{text:?}");
+            prop_assert!(
+                e.line >= 1 && e.line <= lines,
+                "{e} ({lines} lines)\n{text:?}"
+            );
             prop_assert!(e.col >= 1, "{e}");
             prop_assert!(!e.message.trim().is_empty(), "{e}");
             let shown = e.to_string();

@@ -537,7 +537,11 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..2_000 {
                         let id = format!("{t}-{i}");
-                        log.log(&Entry { request_id: &id, status: 200, ..Entry::default() });
+                        log.log(&Entry {
+                            request_id: &id,
+                            status: 200,
+                            ..Entry::default()
+                        });
                     }
                 });
             }
@@ -545,7 +549,10 @@ mod tests {
         // The threads have ended: their shards are written and then forgotten.
         log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut ids: Vec<&str> = text.lines().map(|l| l.rsplit_once(" id=").unwrap().1).collect();
+        let mut ids: Vec<&str> = text
+            .lines()
+            .map(|l| l.rsplit_once(" id=").unwrap().1)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 8_000);
@@ -563,7 +570,10 @@ mod tests {
         let long = "x".repeat(64 * 1024);
         let lines = SHARD_LIMIT / long.len() + 10;
         for _ in 0..lines {
-            log.log(&Entry { path: &long, ..Entry::default() });
+            log.log(&Entry {
+                path: &long,
+                ..Entry::default()
+            });
         }
         let held = log.shared.shards.lock().unwrap()[0].lock().len();
         assert!(held >= SHARD_LIMIT && held < SHARD_LIMIT + long.len() + 512);

@@ -290,7 +290,12 @@ impl AdminApp {
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default().to_vec());
+            .map(|v| {
+                v.as_bytes()
+                    .strip_prefix(b"Bearer ")
+                    .unwrap_or_default()
+                    .to_vec()
+            });
         if let Some(token) = token {
             if !given.is_some_and(|g| same_secret(&g, token.as_bytes())) {
                 self.app.metrics.admin_unauthorized.inc();
@@ -471,7 +476,14 @@ mod tests {
     #[test]
     fn secrets_compare_equal_only_when_equal() {
         assert!(same_secret(b"s3cret", b"s3cret"));
-        for given in [&b""[..], b"s3cre", b"s3cret!", b"S3cret", b"s3cres", b"s3crets3cret"] {
+        for given in [
+            &b""[..],
+            b"s3cre",
+            b"s3cret!",
+            b"S3cret",
+            b"s3cres",
+            b"s3crets3cret",
+        ] {
             assert!(!same_secret(given, b"s3cret"), "{given:?}");
         }
         assert!(same_secret(b"", b""));

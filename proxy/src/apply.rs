@@ -78,6 +78,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     if old.fleet != new.fleet {
         out.push("fleet".to_string());
     }
+    if old.http2 != new.http2 {
+        out.push("http2".to_string());
+    }
     out
 }
 

@@ -12,9 +12,9 @@
 
 use prometheus::IntCounterVec;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Descriptors kept besides two per client: listeners, the admin listener and its
 /// clients, DNS, etcd, the log files, the runtime's own.
@@ -93,7 +93,10 @@ impl Budget {
     pub fn release(&self) {
         let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
         let cap = self.cap.load(Ordering::Relaxed);
-        if open.saturating_mul(10) < cap.saturating_mul(9) && self.over.load(Ordering::Relaxed) && self.over.swap(false, Ordering::Relaxed) {
+        if open.saturating_mul(10) < cap.saturating_mul(9)
+            && self.over.load(Ordering::Relaxed)
+            && self.over.swap(false, Ordering::Relaxed)
+        {
             tracing::info!(open, "client connections under the descriptor budget again");
         }
     }
@@ -217,10 +220,19 @@ mod tests {
         assert!(!hook.begins("a", last), "still one episode");
         assert_eq!(counter.with_label_values(&["a", "descriptors"]).get(), 5);
         // A success soon after a failure does not end the episode; one a second later does.
-        assert_eq!(hook.ends("a", last + Duration::from_millis(100)), (false, false));
+        assert_eq!(
+            hook.ends("a", last + Duration::from_millis(100)),
+            (false, false)
+        );
         assert_eq!(hook.ends("a", last + QUIET), (true, true));
         assert_eq!(hook.ends("a", last + QUIET), (true, false));
-        assert_eq!(AcceptErrors::reason(&std::io::Error::from_raw_os_error(105)), "memory");
-        assert_eq!(AcceptErrors::reason(&std::io::Error::from_raw_os_error(103)), "other");
+        assert_eq!(
+            AcceptErrors::reason(&std::io::Error::from_raw_os_error(105)),
+            "memory"
+        );
+        assert_eq!(
+            AcceptErrors::reason(&std::io::Error::from_raw_os_error(103)),
+            "other"
+        );
     }
 }

@@ -115,7 +115,9 @@ fn hides_dot_segment(segment: &[u8]) -> bool {
     if !segment.contains(&b'%') {
         return false;
     }
-    let text = String::from_utf8_lossy(segment).replace("%2F", "/").replace("%5C", "/");
+    let text = String::from_utf8_lossy(segment)
+        .replace("%2F", "/")
+        .replace("%5C", "/");
     text.split('/').any(|s| s == "." || s == "..")
 }
 
@@ -187,10 +189,7 @@ mod tests {
 
     #[test]
     fn query_is_kept_and_unchanged_targets_are_borrowed() {
-        assert_eq!(
-            normalize_target("/a/../b?x=/../y").unwrap(),
-            "/b?x=/../y"
-        );
+        assert_eq!(normalize_target("/a/../b?x=/../y").unwrap(), "/b?x=/../y");
         assert!(matches!(normalize_target("/a/b?c"), Ok(Cow::Borrowed(_))));
         assert!(matches!(normalize_target("/a/%41"), Ok(Cow::Owned(_))));
     }

@@ -589,7 +589,9 @@ pub(crate) fn hash_key(key: &HashKey, req: &RequestHeader, client: Option<&Socke
 }
 
 /// `uri` with its path normalized (`crate::path`); None when it is already normal.
-pub(crate) fn normalize_uri(uri: &http::Uri) -> std::result::Result<Option<http::Uri>, &'static str> {
+pub(crate) fn normalize_uri(
+    uri: &http::Uri,
+) -> std::result::Result<Option<http::Uri>, &'static str> {
     let Some(target) = uri.path_and_query() else {
         return Ok(None);
     };
@@ -598,7 +600,9 @@ pub(crate) fn normalize_uri(uri: &http::Uri) -> std::result::Result<Option<http:
         std::borrow::Cow::Owned(normal) => {
             let mut parts = uri.clone().into_parts();
             parts.path_and_query = Some(normal.parse().map_err(|_| "invalid path")?);
-            Ok(Some(http::Uri::from_parts(parts).map_err(|_| "invalid path")?))
+            Ok(Some(
+                http::Uri::from_parts(parts).map_err(|_| "invalid path")?,
+            ))
         }
     }
 }

@@ -248,7 +248,9 @@ pub fn run(
         let mut options = HttpServerOptions::default();
         options.head_limits = Some(app.edge.clone());
         options.h2c = h2c;
+        options.h2_idle_timeout = Some(config.http2.idle_timeout);
         proxy.server_options = Some(options);
+        proxy.h2_options = Some(h2_options(&config.http2));
         let listeners = config.listeners.iter().map(|l| l.address).collect();
         FastPath::new(app.clone(), proxy, &server.configuration, listeners)
     };
@@ -278,7 +280,8 @@ pub fn run(
         ConnectionLimit::new(proxy, h2c, slots, app.edge.clone()),
     );
     // Admin heads are bounded as the proxy's are (`AdminHeadLimits`).
-    let mut admin_http = pingora::apps::http_app::HttpServer::new_app(AdminApp { app: app.clone() });
+    let mut admin_http =
+        pingora::apps::http_app::HttpServer::new_app(AdminApp { app: app.clone() });
     let mut admin_options = HttpServerOptions::default();
     admin_options.head_limits = Some(Arc::new(crate::admin::AdminHeadLimits));
     admin_http.server_options = Some(admin_options);
@@ -316,6 +319,18 @@ pub fn run(
     // The lines of the last requests, not yet written by the log's writer.
     access_log.flush();
     Ok(())
+}
+
+/// The HTTP/2 server settings of `http2` (h2 and h2c alike).
+fn h2_options(http2: &vigil_conf::Http2Config) -> pingora::protocols::http::v2::server::H2Options {
+    let mut b = pingora::protocols::http::v2::server::default_h2_options();
+    b.max_concurrent_streams(http2.max_concurrent_streams)
+        .max_header_list_size(http2.max_header_list_bytes)
+        .initial_window_size(http2.initial_stream_window)
+        .initial_connection_window_size(http2.initial_connection_window)
+        .max_pending_accept_reset_streams(http2.max_pending_resets)
+        .max_local_error_reset_streams(Some(http2.max_error_resets));
+    b
 }
 
 /// Pins the worker threads called `name` (see `affinity`). Pingora has created them

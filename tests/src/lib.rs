@@ -11,6 +11,7 @@ pub mod config;
 pub mod dns;
 pub mod etcd;
 pub mod grpc;
+pub mod h2raw;
 mod process;
 pub mod raw;
 pub mod stream;

@@ -93,7 +93,12 @@ impl Vigil {
 
     /// [`Self::start`] with at most `nofile` open descriptors (soft and hard limit), as
     /// `prlimit --nofile=N:N` would.
-    pub fn start_with_nofile(config: &str, listen: SocketAddr, admin: SocketAddr, nofile: u64) -> Vigil {
+    pub fn start_with_nofile(
+        config: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        nofile: u64,
+    ) -> Vigil {
         let path = Self::temp_path("vigil.yaml");
         std::fs::write(&path, config).unwrap();
         let args = ["run", "-c", path.to_str().unwrap(), "--log-format", "json"];

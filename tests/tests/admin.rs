@@ -464,7 +464,12 @@ fn a_non_loopback_admin_needs_a_token_or_an_explicit_yes() {
     ] {
         let path = write(name, extra);
         let out = vigil_cmd(&["validate", path.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -481,19 +486,27 @@ async fn admin_tokens_are_counted_never_logged_and_requests_bounded() {
     let post = |auth: Option<&'static str>, body: String| {
         let admin = v.admin;
         async move {
-            let headers: Vec<(&str, &str)> =
-                auth.iter().map(|a| ("authorization", *a)).collect();
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
             request(admin, "POST", "admin", "/admin/reload", &headers, &body)
                 .await
                 .unwrap()
                 .status
         }
     };
-    assert_eq!(post(Some("Bearer guessed-token-1"), String::new()).await, 401);
-    assert_eq!(post(Some("Bearer the-right-tokeX"), String::new()).await, 401);
+    assert_eq!(
+        post(Some("Bearer guessed-token-1"), String::new()).await,
+        401
+    );
+    assert_eq!(
+        post(Some("Bearer the-right-tokeX"), String::new()).await,
+        401
+    );
     assert_eq!(post(None, String::new()).await, 401);
     v.wait_metric("vigil_admin_unauthorized_total", 3.0).await;
-    assert_eq!(post(Some("Bearer the-right-token"), String::new()).await, 200);
+    assert_eq!(
+        post(Some("Bearer the-right-token"), String::new()).await,
+        200
+    );
     // A body past 64 KiB, announced or not.
     let big = "x".repeat(100 * 1024);
     assert_eq!(post(Some("Bearer the-right-token"), big).await, 413);

@@ -3,9 +3,9 @@
 //! the access log. Everything refused must never reach a backend.
 
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use vigil_tests::config::{pool, FAST_CHECKS};
 use vigil_tests::raw::RawConn;
-use tokio::io::AsyncReadExt;
 use vigil_tests::{get, start_vigil, traffic, wait_for, wait_for_async, FakeBackend, Vigil};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,7 +478,10 @@ async fn no_access_line_is_lost_at_exit() {
     let lines = read_lines(&path);
     for i in 0..requests {
         let needle = format!("\"GET /n/{i} HTTP/1.1\" 200 ");
-        assert!(lines.iter().any(|l| l.contains(&needle)), "no line for /n/{i}");
+        assert!(
+            lines.iter().any(|l| l.contains(&needle)),
+            "no line for /n/{i}"
+        );
     }
     assert_eq!(lines.len(), requests);
 }
@@ -499,11 +502,15 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
     vigil_tests::raise_fd_limit(4096);
     let a = FakeBackend::start("a").await;
     let (listen, admin) = vigil_tests::free_ports();
-    let cfg = vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
+    let cfg =
+        vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
     let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
     v.wait_ready().await;
-    v.wait_log(&["descriptor limit bounds client connections", "\"client_connections\":31"])
-        .await;
+    v.wait_log(&[
+        "descriptor limit bounds client connections",
+        "\"client_connections\":31",
+    ])
+    .await;
     let mut kept = RawConn::served(listen, "/before").await;
     let mut others = Vec::new();
     for _ in 0..300 {
@@ -514,7 +521,9 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
     })
     .await;
     // The client it had, the admin listener and the checks go on.
-    kept.send(b"GET /kept HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    kept.send(b"GET /kept HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(kept.response().await.unwrap().status, 200);
     assert_eq!(v.admin_get("/health").await.status, 200);
     let checks = a.stats.health_requests();
@@ -530,15 +539,22 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
     // Descriptors freed: new clients are served again.
     drop(others);
     wait_for_async("a new client served", Duration::from_secs(10), || async {
-        get(listen, "app", "/after").await.is_ok_and(|r| r.status == 200)
+        get(listen, "app", "/after")
+            .await
+            .is_ok_and(|r| r.status == 200)
     })
     .await;
     v.wait_log(&["under the descriptor budget again"]).await;
     let logs = v.logs();
-    let episodes = logs.iter().filter(|l| l.contains("at the descriptor budget")).count();
+    let episodes = logs
+        .iter()
+        .filter(|l| l.contains("at the descriptor budget"))
+        .count();
     assert_eq!(episodes, 1, "one line per episode");
     assert!(
-        !logs.iter().any(|l| l.contains("Too many open files") || l.contains("Accept() failed")),
+        !logs
+            .iter()
+            .any(|l| l.contains("Too many open files") || l.contains("Accept() failed")),
         "{logs:#?}"
     );
 }
@@ -551,14 +567,16 @@ async fn accept_failures_are_counted_and_said_once_an_episode() {
     vigil_tests::raise_fd_limit(4096);
     let a = FakeBackend::start("a").await;
     let (listen, admin) = vigil_tests::free_ports();
-    let cfg = vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
+    let cfg =
+        vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
     let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
     v.wait_ready().await;
     let mut flood = Vec::new();
     for _ in 0..300 {
         flood.push(tokio::net::TcpStream::connect(admin).await.unwrap());
     }
-    v.wait_log(&["accepting connections fails", "descriptors"]).await;
+    v.wait_log(&["accepting connections fails", "descriptors"])
+        .await;
     // A few more rounds of failing accepts (one each 100 ms) within the episode.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(flood);
@@ -567,14 +585,26 @@ async fn accept_failures_are_counted_and_said_once_an_episode() {
     })
     .await;
     // The episode ends at the first accept a second after the last failure.
-    wait_for_async("the episode's end said", Duration::from_secs(10), || async {
-        let _ = v.admin_get("/health/live").await;
-        v.logs().iter().any(|l| l.contains("accepting connections again"))
-    })
+    wait_for_async(
+        "the episode's end said",
+        Duration::from_secs(10),
+        || async {
+            let _ = v.admin_get("/health/live").await;
+            v.logs()
+                .iter()
+                .any(|l| l.contains("accepting connections again"))
+        },
+    )
     .await;
     let logs = v.logs();
-    let began = logs.iter().filter(|l| l.contains("accepting connections fails")).count();
+    let began = logs
+        .iter()
+        .filter(|l| l.contains("accepting connections fails"))
+        .count();
     assert_eq!(began, 1, "{logs:#?}");
-    assert!(!logs.iter().any(|l| l.contains("Accept() failed")), "{logs:#?}");
+    assert!(
+        !logs.iter().any(|l| l.contains("Accept() failed")),
+        "{logs:#?}"
+    );
     assert_eq!(get(listen, "app", "/").await.unwrap().status, 200);
 }

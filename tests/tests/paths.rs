@@ -66,7 +66,9 @@ fn last_path(b: &FakeBackend) -> String {
 /// The status and body of `GET target` over HTTP/1.1 (`h2: false`) or h2c.
 async fn get(s: &Setup, target: &str, h2: bool) -> (u16, String) {
     if h2 {
-        let tcp = tokio::net::TcpStream::connect(s.vigil.listen).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(s.vigil.listen)
+            .await
+            .unwrap();
         return get2(tcp, "app", target).await.unwrap();
     }
     let mut c = RawConn::connect(s.vigil.listen).await;
@@ -85,7 +87,11 @@ async fn routing_and_the_backend_see_the_normalized_path() {
         for (target, backend, sent) in [
             ("/public/../internal/x", "internal", "/internal/x"),
             ("/public/%2e%2e/internal/x", "internal", "/internal/x"),
-            ("/internal/../public/x?q=/../y", "public", "/public/x?q=/../y"),
+            (
+                "/internal/../public/x?q=/../y",
+                "public",
+                "/public/x?q=/../y",
+            ),
             ("//internal//./a/", "internal", "/internal/a/"),
             ("/%70ublic/%7Euser", "public", "/public/~user"),
             ("/public/a%2Fb", "public", "/public/a%2Fb"),
@@ -93,7 +99,11 @@ async fn routing_and_the_backend_see_the_normalized_path() {
         ] {
             let (status, body) = get(&s, target, h2).await;
             assert_eq!((status, body.as_str()), (200, backend), "{how} {target}");
-            let b = if backend == "public" { &s.public } else { &s.internal };
+            let b = if backend == "public" {
+                &s.public
+            } else {
+                &s.internal
+            };
             assert_eq!(last_path(b), sent, "{how} {target}");
         }
         // Routed by the normalized path, sent as the client wrote it.

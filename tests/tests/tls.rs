@@ -567,13 +567,25 @@ async fn tls_warnings_a_peer_causes_are_counted_not_logged_each() {
     let leaf = ca.leaf("a", &["a.test"]);
     let backend = FakeBackend::start("web").await;
     let (listen, admin) = free_ports();
-    let yaml = tls_config(listen, admin, &[&leaf], "", &[pool("web", &[(&backend, 1)], FAST_CHECKS)]);
+    let yaml = tls_config(
+        listen,
+        admin,
+        &[&leaf],
+        "",
+        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
+    );
     let mut v = Vigil::start(&yaml, listen, admin);
     v.wait_ready().await;
     let handshakes = 20;
     for _ in 0..handshakes {
         let out = tokio::process::Command::new("openssl")
-            .args(["s_client", "-connect", &listen.to_string(), "-servername", "127.0.0.1"])
+            .args([
+                "s_client",
+                "-connect",
+                &listen.to_string(),
+                "-servername",
+                "127.0.0.1",
+            ])
             .stdin(std::process::Stdio::null())
             .output()
             .await
