@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 VIGIL := target/release/vigil
 
-.PHONY: all deps test-deps bench-deps build run test fuzz bench soak lint fmt
+.PHONY: all deps test-deps bench-deps build run test fuzz bench soak chaos lint fmt
 
 all: build
 
@@ -25,6 +25,7 @@ test-deps: deps
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
 # Benchmarks measure vigil beside nginx and HAProxy, with wrk as the client; `harness.py
@@ -45,6 +46,13 @@ run: build
 test: test-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
+	CHAOS_SECONDS=60 python3 bench/harness.py chaos-soak
+
+# Issue #28's chaos soak, ten minutes: two vigils on etcd, every fault at once, traffic of
+# every kind; exits 1 if anything was lost or grew (`make test` runs one minute of it).
+chaos: test-deps
+	$(CARGO) build --release --workspace --bins
+	CHAOS_SECONDS=600 python3 bench/harness.py chaos-soak
 
 # The fuzz tests (proptest) with many more cases than make test runs: a few minutes.
 fuzz: deps

@@ -16,6 +16,7 @@
     bench/harness.py split     # user and system CPU per request, and syscalls per request (strace): vigil vs HAProxy
     bench/harness.py sched     # two workers' waits for a CPU (perf sched): vigil pinned and not, HAProxy, nginx
     bench/harness.py shapes    # CPU per request and p99 for GET, GET with every proxy's access log on, POST 1 KiB: vigil, HAProxy, nginx
+    bench/harness.py chaos-soak # issue #28: two vigils on etcd, every fault at once, 10 min (CHAOS_SECONDS)
     bench/harness.py chaos     # 90 s of kills, freezes, restarts and reloads under 200 req/s: requests lost (issue #24)
     bench/harness.py ab A=PATH B=PATH  # interleaved A/B of vigil builds beside HAProxy: user/system CPU per request
 
@@ -1547,6 +1548,354 @@ def bench_chaos(seconds=90, seeds=(1, 2, 3), clients=8, rate=25):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]} | {r[5]} | {r[6]} | {r[7]} | {r[8]} | {r[9]} |")
 
 
+def start_dnsmasq(port, records):
+    """dnsmasq on 127.0.0.1:port serving `records` [(name, ip)] for `.test`, once it answers."""
+    binary = "/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else "dnsmasq"
+    args = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            "--no-poll", "--bind-interfaces", "--pid-file=", "--user=root", "--local=/test/",
+            "--local-ttl=0", "--log-facility=/dev/null", "--listen-address=127.0.0.1", f"--port={port}"]
+    args += [f"--host-record={n},{ip}" for n, ip in records]
+    p = start(args, "dnsmasq")
+
+    def up():
+        import socket
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    wait_for("dnsmasq", up, 10)
+    return p
+
+
+def open_loop(name, connect, method, paths, body, rate, seconds, results, kills=None):
+    """One client on keep-alive connections from `connect()`, `rate` requests a second
+    for `seconds` on a fixed clock (a late answer does not slow the next one down much:
+    they are due at fixed times). Appends (name, method, start, end, status, error)."""
+    import http.client
+    t0 = time.monotonic()
+    conn = None
+    for j in range(int(rate * seconds)):
+        delay = t0 + j / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        start_t = time.monotonic()
+        status, error = 0, ""
+        try:
+            if conn is None:
+                conn = connect()
+            headers = {"Host": "app"}
+            if body is not None:
+                headers["Content-Type"] = "application/octet-stream"
+            conn.request(method, paths[j % len(paths)], body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            status = r.status
+            if r.getheader("connection", "").lower() == "close":
+                conn.close()
+                conn = None
+        except Exception as e:
+            error = type(e).__name__
+            if conn is not None:
+                conn.close()
+            conn = None
+        results.append((name, method, start_t, time.monotonic(), status, error))
+
+
+def h2_bursts(name, url, seconds, results):
+    """h2load bursts (40 requests, 2 connections x 4 streams) every 2 s for `seconds`.
+    Appends (name, start, end, succeeded, failed)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.monotonic()
+        out = subprocess.run(["h2load", "-n", "40", "-c", "2", "-m", "4", url],
+                             capture_output=True, text=True, timeout=60).stdout
+        m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+        ok, bad = (int(m.group(1)), int(m.group(2)) + int(m.group(3))) if m else (0, 40)
+        results.append((name, t, time.monotonic(), ok, bad))
+        time.sleep(max(0.0, 2 - (time.monotonic() - t)))
+
+
+def ws_client(name, addr, seconds, results):
+    """A WebSocket through vigil, a message echoed every 0.5 s, opened again whenever it
+    closes. Appends (name, kind, start, end, ok, error), kind "open" or "echo"."""
+    import socket
+    end = time.monotonic() + seconds
+    sock = None
+    while time.monotonic() < end:
+        t = time.monotonic()
+        kind = "open" if sock is None else "echo"
+        try:
+            if sock is None:
+                sock = socket.create_connection(addr, timeout=10)
+                sock.sendall(b"GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise ConnectionError("closed before 101")
+                    head += chunk
+                if not head.startswith(b"HTTP/1.1 101"):
+                    raise ConnectionError(head.split(b"\r\n")[0].decode(errors="replace"))
+                results.append((name, "open", t, time.monotonic(), True, ""))
+                kind = "echo"
+            msg = os.urandom(16).hex().encode()
+            sock.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("tunnel closed")
+                got += chunk
+            results.append((name, "echo", t, time.monotonic(), got == msg, ""))
+        except Exception as e:
+            results.append((name, kind, t, time.monotonic(), False, type(e).__name__))
+            if sock is not None:
+                sock.close()
+            sock = None
+        time.sleep(0.5)
+
+
+def bench_chaos_soak(seconds=None, seed=7):
+    """Issue #28's chaos soak: open-loop traffic (GET and POST with bodies, HTTP/1.1 and
+    h2, plain and TLS) through two vigils sharing a fleet on etcd, while backends are
+    killed, frozen and restarted (one always healthy per pool), both configs reloaded,
+    DNS records change, etcd restarts and one vigil is upgraded in place. CHAOS_SECONDS
+    (default 600; `make test` runs 60). Exits 1 when something was lost: an idempotent
+    request that failed with no backend killed while it was in flight, a non-idempotent
+    one that failed other than with a clean 502/503/504, a panic, or descriptors, tasks
+    or memory that grew across the run."""
+    import ssl
+    import threading
+    import http.client as hc
+    seconds = int(os.environ.get("CHAOS_SECONDS", seconds or 600))
+    etcd, url = start_etcd("chaos-etcd")
+    crt, key = os.path.join(WORK, "chaos.crt"), os.path.join(WORK, "chaos.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=app", "-addext",
+                    "subjectAltName=DNS:app"], check=True, capture_output=True)
+    n = 3
+    procs = [fleet(1, f"soakc-{i}") for i in range(n)]
+    addrs = [p[2][0] for p in procs]
+    procs = [p[0] for p in procs]
+    # The discovered pool: two backends on one port, two loopback addresses.
+    dport, dns_port = 18990, 18995
+    dips = ["127.0.0.2", "127.0.0.3"]
+    dprocs = [start([os.path.join(BIN, "fleet"), "--count", "1", "--out", os.path.join(WORK, f"soakd-{i}.txt"),
+                     "--bind", f"{ip}:{dport}"], f"soakd-{i}") for i, ip in enumerate(dips)]
+    dns_sets = [dips, dips[:1], dips, dips[1:]]  # always overlapping: a checked backend stays
+    dns = [start_dnsmasq(dns_port, [("chaos.test", ip) for ip in dns_sets[0]])]
+    checks = ("    health_check:\n      interval: 500ms\n      fast_interval: 250ms\n      down_interval: 500ms\n"
+              "      max_down_interval: 2s\n      timeout: 500ms\n      rise: 2\n      fall: 2\n")
+    members = {"a": (18970, 18971, 18972), "b": (18980, 18981, 18982)}
+
+    def cfg(node, backends, weights=None):
+        listen, admin, tls = members[node]
+        web = "  - name: web\n    backends:\n" + "".join(
+            f"      - address: {addrs[i]}\n        weight: {(weights or {}).get(i, 1)}\n" for i in backends) + checks
+        disc = (f"  - name: dns\n    routes:\n      - path_prefix: /dns\n    discovery:\n      a: chaos.test:{dport}\n"
+                f"      refresh: 1s\n" + checks)
+        # Longer than any freeze (5 s): a request on a frozen backend outlives no drain.
+        return (f"grace_period: 10s\nupgrade_socket: {WORK}/chaos-{node}.sock\n"
+                f"listeners:\n  - address: 127.0.0.1:{listen}\n    http2: true\n"
+                f"  - address: 127.0.0.1:{tls}\n    tls:\n      certificates:\n        - cert: {crt}\n          key: {key}\n"
+                f"admin:\n  address: 127.0.0.1:{admin}\n"
+                f"fleet:\n  etcd: [\"{url}\"]\n  prefix: /chaos\n  node: {node}\n"
+                f"dns:\n  nameservers: [\"127.0.0.1:{dns_port}\"]\n"
+                f"pools:\n{web}{disc}")
+
+    vig, paths = {}, {}
+    for node in members:
+        vig[node], _, paths[node] = vigil(cfg(node, range(n)), f"vigil-soak-{node}")
+        wait_for(f"{node} ready", lambda: http(f"http://127.0.0.1:{members[node][1]}/health/ready")[0] == 200)
+    pids = {node: [vig[node].pid] for node in members}
+
+    def sample(node):
+        admin = f"127.0.0.1:{members[node][1]}"
+        pid = pids[node][-1]
+        _, body = http(f"http://{admin}/health/detailed", timeout=10)
+        d = json.loads(body)["checker"]
+        return {"t": time.monotonic(), "node": node, "pid": pid, "tasks": d["runtime_tasks"],
+                "fds": open_fds(pid), "rss": rss_mib(pid)}
+
+    samples = [sample(node) for node in members]
+    every = 60 if seconds >= 300 else max(10, seconds // 4)
+    events = chaos_schedule(seed, seconds, n)
+    extra = [(seconds * f, "dns", None, k) for k, f in enumerate((0.15, 0.35, 0.55, 0.8), start=1)]
+    extra += [(seconds * 0.4, "etcd", None, None), (seconds * 0.6, "upgrade", None, None)]
+    events = sorted(events + extra, key=lambda e: e[0])
+    kills, log_lines = [], []
+    t0 = time.monotonic()
+
+    def run_events():
+        for t, kind, i, arg in events:
+            delay = t0 + t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if kind == "kill":
+                kills.append(time.monotonic())
+                procs[i].kill()
+                procs[i].wait()
+            elif kind == "restart":
+                procs[i] = fleet_again(f"soakc-{i}", addrs[i])
+            elif kind == "freeze":
+                procs[i].send_signal(signal.SIGSTOP)
+                threading.Timer(arg, procs[i].send_signal, (signal.SIGCONT,)).start()
+            elif kind == "reload":
+                for node in members:
+                    open(paths[node], "w").write(cfg(node, sorted(arg), arg))
+                    status, body = http(f"http://127.0.0.1:{members[node][1]}/admin/reload", data=b"", timeout=10)
+                    if status != 200:
+                        log_lines.append(f"reload of {node} failed: {status} {body}")
+            elif kind == "dns":
+                stop(dns[-1], signal.SIGKILL)
+                dns.append(start_dnsmasq(dns_port, [("chaos.test", ip) for ip in dns_sets[arg % len(dns_sets)]]))
+            elif kind == "etcd":
+                stop(etcd[0] if isinstance(etcd, tuple) else etcd, signal.SIGKILL)
+                time.sleep(3)
+                restarted = start(["etcd", "--name=b", f"--data-dir={os.path.join(WORK, 'chaos-etcd')}",
+                                   "--listen-client-urls=http://127.0.0.1:18950",
+                                   "--advertise-client-urls=http://127.0.0.1:18950",
+                                   "--listen-peer-urls=http://127.0.0.1:18951",
+                                   "--initial-advertise-peer-urls=http://127.0.0.1:18951",
+                                   "--initial-cluster=b=http://127.0.0.1:18951", "--log-level=error"], "chaos-etcd-2")
+                wait_for("etcd back", lambda: '"health":"true"' in http("http://127.0.0.1:18950/health")[1])
+                etcd_now.append(restarted)
+            elif kind == "upgrade":
+                # The new process takes the sockets and the health; the old one drains.
+                new = start([os.path.join(BIN, "vigil"), "run", "-c", paths["b"], "--upgrade"], "vigil-soak-b-new")
+                wait_for("upgrade done", lambda: vig["b"].poll() is not None, 30)
+                pids["b"].append(new.pid)
+                samples.append(sample("b"))
+
+    def run_samples():
+        k = 1
+        while time.monotonic() < t0 + seconds:
+            time.sleep(max(0.0, t0 + k * every - time.monotonic()))
+            k += 1
+            if time.monotonic() < t0 + seconds + 1:
+                for node in members:
+                    try:
+                        samples.append(sample(node))
+                    except Exception as e:
+                        log_lines.append(f"sample of {node} failed: {e!r}")
+
+    etcd_now = [etcd[0] if isinstance(etcd, tuple) else etcd]
+    tls_ctx = ssl.create_default_context()
+    tls_ctx.check_hostname = False
+    tls_ctx.verify_mode = ssl.CERT_NONE
+    results, h2 = [], []
+    body = b"x" * 1024
+    clients = []
+    for node, (listen, _, tls) in members.items():
+        plain = lambda listen=listen: hc.HTTPConnection("127.0.0.1", listen, timeout=15)
+        secure = lambda tls=tls: hc.HTTPSConnection("127.0.0.1", tls, timeout=15, context=tls_ctx)
+        clients += [(f"{node} GET", plain, "GET", ["/", "/dns/x"], None, 20) for _ in range(2)]
+        clients += [(f"{node} GET tls", secure, "GET", ["/", "/dns/y"], None, 10)]
+        clients += [(f"{node} POST", plain, "POST", ["/", "/dns/p"], body, 5)]
+        clients += [(f"{node} POST tls", secure, "POST", ["/"], body, 5)]
+    threads = [threading.Thread(target=open_loop, args=(c[0], c[1], c[2], c[3], c[4], c[5], seconds, results))
+               for c in clients]
+    threads += [threading.Thread(target=h2_bursts, args=("a h2 tls", "https://127.0.0.1:18972/", seconds, h2)),
+                threading.Thread(target=h2_bursts, args=("b h2c", "http://127.0.0.1:18980/dns/h2", seconds, h2))]
+    ws = []
+    threads += [threading.Thread(target=ws_client, args=(f"{node} websocket", ("127.0.0.1", members[node][0]), seconds, ws))
+                for node in members for _ in range(2)]
+    threads += [threading.Thread(target=run_events), threading.Thread(target=run_samples)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for node in members:
+        samples.append(sample(node))
+
+    in_flight_kill = lambda a, b: any(a - 0.01 <= k <= b + 0.01 for k in kills)
+    gets = [r for r in results if r[1] == "GET"]
+    posts = [r for r in results if r[1] == "POST"]
+    get_lost = [r for r in gets if r[4] != 200 and not in_flight_kill(r[2], r[3])]
+    post_failed = [r for r in posts if r[4] != 200]
+    post_unclean = [r for r in post_failed if r[4] not in (502, 503, 504)]
+    h2_lost = [r for r in h2 if r[4] and not in_flight_kill(r[1], r[2])]
+    # A tunnel ends with its backend or its vigil (killed, upgraded); opening one must not fail.
+    ws_lost = [r for r in ws if r[1] == "open" and not r[4] and not in_flight_kill(r[2], r[3])]
+    if os.environ.get("CHAOS_DEBUG"):
+        for r in ws:
+            if not r[4]:
+                log("ws", r[0], r[1], f"{r[2] - t0:.2f}-{r[3] - t0:.2f}", r[5])
+        log("events", [(round(t, 1), k, i) for t, k, i, _ in events])
+    logs = ""
+    for name in ("vigil-soak-a", "vigil-soak-b", "vigil-soak-b-new"):
+        f = os.path.join(WORK, name + ".log")
+        if os.path.exists(f):
+            logs += open(f).read()
+    panics = logs.count("panicked")
+    kinds = {k: sum(1 for e in events if e[1] == k) for k in ("kill", "restart", "freeze", "reload", "dns", "etcd", "upgrade")}
+
+    def growth(node):
+        # The process alive at the end, from its first sample to its last.
+        pid = pids[node][-1]
+        mine = [s for s in samples if s["node"] == node and s["pid"] == pid]
+        first, last = mine[0], mine[-1]
+        return first, last
+
+    flat = True
+    print(f"\n### Chaos soak: {seconds} s, two vigils sharing a fleet on etcd (seed {seed})\n")
+    print("Faults: " + ", ".join(f"{v} {k}" for k, v in kinds.items() if v) + ".\n")
+    print("| traffic | requests | failed | failed with no kill in flight | statuses of failures |")
+    print("|---|---|---|---|---|")
+    for name in sorted({r[0] for r in results}):
+        rs = [r for r in results if r[0] == name]
+        bad = [r for r in rs if r[4] != 200]
+        lost = [r for r in bad if not in_flight_kill(r[2], r[3])]
+        print(f"| {name} | {len(rs)} | {len(bad)} | {len(lost)} | {', '.join(sorted({str(r[4] or r[5]) for r in bad})) or '-'} |")
+    for name in sorted({r[0] for r in h2}):
+        rs = [r for r in h2 if r[0] == name]
+        print(f"| {name} (h2load bursts) | {sum(r[3] + r[4] for r in rs)} | {sum(r[4] for r in rs)} | "
+              f"{sum(r[4] for r in rs if not in_flight_kill(r[1], r[2]))} | - |")
+    for name in sorted({r[0] for r in ws}):
+        rs = [r for r in ws if r[0] == name]
+        opens = [r for r in rs if r[1] == "open"]
+        echoes = [r for r in rs if r[1] == "echo"]
+        print(f"| {name} (tunnels opened; echoes) | {len(opens)}; {len(echoes)} | "
+              f"{sum(not r[4] for r in opens)} opens; {sum(not r[4] for r in echoes)} echoes (tunnel ended) | "
+              f"{sum(1 for r in ws_lost if r[0] == name)} opens | "
+              f"{', '.join(sorted({r[5] for r in rs if not r[4]})) or '-'} |")
+    print("\n| vigil | pid | seconds in | runtime tasks | open fds | RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    for s in samples:
+        print(f"| {s['node']} | {s['pid']} | {s['t'] - t0:.0f} | {s['tasks']} | {s['fds']} | {s['rss']:.1f} |")
+    for node in members:
+        first, last = growth(node)
+        grew = (last["fds"] > first["fds"] + 64 or last["tasks"] > first["tasks"] + 64
+                or last["rss"] > first["rss"] * 1.5 + 16)
+        if grew:
+            flat = False
+            log_lines.append(f"{node} grew: {first} -> {last}")
+    upgrade_at = next((t for t, k, _, _ in events if k == "upgrade"), None)
+    for r in get_lost + post_unclean:
+        log_lines.append(f"lost: {r[0]} {r[1]} at {r[2] - t0:.2f} s ({r[4] or r[5]}; upgrade at {upgrade_at:.1f} s)")
+    print(f"\nPanics in the logs: {panics}.")
+    for line in log_lines:
+        print(f"- {line}")
+    stop(vig["a"], signal.SIGINT)
+    for p in PROCS:
+        if p.poll() is None and p.pid in pids["b"]:
+            stop(p, signal.SIGINT)
+    for q in procs + dprocs:
+        if q.poll() is None:
+            q.send_signal(signal.SIGCONT)
+        stop(q)
+    for d in dns:
+        stop(d)
+    for e in etcd_now:
+        stop(e)
+    ok = not get_lost and not post_unclean and not h2_lost and not ws_lost and panics == 0 and flat and not any(
+        l.startswith("reload") for l in log_lines)
+    print(f"\nVerdict: {'nothing lost' if ok else 'FAILED'} (idempotent lost {len(get_lost)}, "
+          f"h2 lost {sum(r[4] for r in h2_lost)}, tunnels not opened {len(ws_lost)}, non-idempotent unclean "
+          f"{len(post_unclean)}, panics {panics}, flat {flat}).")
+    if not ok:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
@@ -1554,7 +1903,8 @@ if __name__ == "__main__":
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
          "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
-         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes}[what]()
+         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes,
+         "chaos-soak": bench_chaos_soak}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()

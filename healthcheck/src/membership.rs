@@ -22,6 +22,8 @@ pub struct Endpoint {
     pub address: Arc<str>,
     pub socket_addr: SocketAddr,
     in_flight: AtomicU64,
+    /// Of those, tunnels (answered 101): load, but no request waiting for an answer.
+    tunnels: AtomicU64,
     /// Requests ever sent to it (the retry budget grows with them).
     started: AtomicU64,
     passive_failures: AtomicU32,
@@ -84,6 +86,7 @@ impl Endpoint {
             address: address.into(),
             socket_addr,
             in_flight: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
             started: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             passive_threshold: AtomicU32::new(passive_threshold),
@@ -142,9 +145,21 @@ impl Endpoint {
         self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
-    /// How long requests to it have waited without any answer, if any are in flight.
+    /// One of its requests became a tunnel (a `101`): still load, as long as it is
+    /// open, but nothing waits for an answer on it: its silence is no stall.
+    pub fn tunnel_opened(&self) {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A tunnel of [`Self::tunnel_opened`] ended (before its `request_finished`).
+    pub fn tunnel_closed(&self) {
+        self.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long requests to it have waited without any answer, if any are in flight
+    /// (tunnels aside).
     pub fn stalled_for(&self, now_ms: u64) -> Option<std::time::Duration> {
-        (self.in_flight() > 0).then(|| {
+        (self.in_flight() > self.tunnels.load(Ordering::Relaxed)).then(|| {
             let since = self.progress_ms.load(Ordering::Relaxed);
             std::time::Duration::from_millis(now_ms.saturating_sub(since))
         })

@@ -210,7 +210,8 @@ impl ProxyHttp for VigilProxy {
             // Returned before the hop-by-hop headers are stripped: a 101 keeps its
             // Connection and Upgrade headers, which are the handshake.
             if status == 101 {
-                ctx.upstream_status = status;
+                // Answered: the tunnel's silence is no stuck request (as on the loop).
+                ctx.answered(status, false);
             }
             return Ok(());
         }

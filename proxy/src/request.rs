@@ -52,6 +52,8 @@ pub struct Ctx {
     pub(crate) cut: Option<Cut>,
     /// Status of the last response header a backend sent; 0 when none did.
     pub(crate) upstream_status: u16,
+    /// The current attempt became a tunnel (`Endpoint::tunnel_opened`).
+    pub(crate) tunnel: bool,
     /// Body bytes the client got (the request loop counts them for the access log;
     /// Pingora's session counts its own).
     pub(crate) bytes_out: usize,
@@ -113,6 +115,7 @@ impl Ctx {
             stale_resent: false,
             cut: None,
             upstream_status: 0,
+            tunnel: false,
             bytes_out: 0,
             request_id: String::new(),
             request_id_generated: false,
@@ -355,11 +358,19 @@ impl Ctx {
         }
         let backend = &pool.members[i].endpoint;
         backend.answered(self.attempt_started.elapsed(), status < 500);
+        let opened = status == 101 && !self.tunnel;
+        if opened {
+            backend.tunnel_opened();
+        }
         if status >= 500 {
             backend.report_failure();
         } else {
             backend.report_success();
         }
+        self.tunnel |= opened;
+        let Some(pool) = self.pool() else {
+            return false;
+        };
         if pool.config.retry_on_status.contains(&status) && idempotent && self.can_retry() {
             self.take_retry();
             self.status_retry = true;
@@ -430,6 +441,9 @@ impl Ctx {
             self.current.take(),
             self.table.as_ref().map(|t| &t.pools[self.pool]),
         ) {
+            if std::mem::take(&mut self.tunnel) {
+                p.members[i].endpoint.tunnel_closed();
+            }
             p.members[i].endpoint.request_finished();
         }
     }

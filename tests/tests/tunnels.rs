@@ -142,3 +142,29 @@ async fn open_tunnel_drains_on_sigterm_then_vigil_exits() {
         .expect("vigil did not exit once the tunnel closed");
     assert!(status.success());
 }
+
+/// Found by the chaos soak (issue #28): a tunnel is answered (101), not a request
+/// waiting for its answer. A quiet one, while the pool's other backend answers, made
+/// the stall watcher call its backend suspect and cut it after a few hundred ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tunnel_is_no_stuck_request() {
+    let (a, b) = (FakeBackend::start("a").await, FakeBackend::start("b").await);
+    let extra = format!("    balance: least_requests\n{FAST_CHECKS}");
+    let v = start_vigil("", &[pool("web", &[(&a, 1), (&b, 1)], &extra)]).await;
+    let mut c = RawConn::connect(v.listen).await;
+    c.send(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(c.head().await.unwrap().status, 101);
+    // Well past the stall threshold (at least 50 ms), with the other backend answering.
+    for _ in 0..40 {
+        assert_eq!(get(v.listen, "app", "/").await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let frame = client_frame("still there");
+    c.send(&frame).await.unwrap();
+    assert_eq!(c.bytes(frame.len()).await.unwrap(), frame);
+    assert!(
+        !v.logs().iter().any(|l| l.contains("backend is suspect")),
+        "{:#?}",
+        v.logs()
+    );
+}

@@ -2,7 +2,8 @@
 //! backends on loopback (ports from 127.0.0.1:0, or the first on ADDR: a backend brought
 //! back on its port), their addresses written to FILE one per line. Health
 //! paths answer `200 ok`; anything else answers the backend's name. With `--flap`,
-//! the first backend fails (503 everywhere) every other SECS seconds.
+//! the first backend fails (503 everywhere) every other SECS seconds. A request with
+//! `Upgrade: websocket` is switched (101), then every byte is echoed.
 //! Every second FILE.stats gets `connections REQUESTS requests N`.
 
 #![forbid(unsafe_code)]
@@ -88,6 +89,27 @@ fn main() {
                                 }
                                 let end = end + len;
                                 c.requests.fetch_add(1, Ordering::Relaxed);
+                                if is_websocket(&buf[..end]) {
+                                    // A WebSocket: switched, then every byte echoed.
+                                    let switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+                                    if sock.write_all(switched).await.is_err() {
+                                        return;
+                                    }
+                                    let rest = buf[end + 4..have].to_vec();
+                                    if sock.write_all(&rest).await.is_err() {
+                                        return;
+                                    }
+                                    loop {
+                                        match sock.read(&mut buf).await {
+                                            Ok(0) | Err(_) => return,
+                                            Ok(n) => {
+                                                if sock.write_all(&buf[..n]).await.is_err() {
+                                                    return;
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
                                 let failing = flapping
                                     .is_some_and(|s| (born.elapsed().as_secs() / s) % 2 == 1);
                                 let health = buf.starts_with(b"GET /health");
@@ -139,6 +161,15 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+}
+
+/// A request head asking for a WebSocket (`Upgrade: websocket`).
+fn is_websocket(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').any(|line| {
+        std::str::from_utf8(line).ok().and_then(|l| l.split_once(':')).is_some_and(|(n, v)| {
+            n.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket")
+        })
+    })
 }
 
 /// The `Content-Length` of a request head (0 without one).

@@ -286,7 +286,9 @@ impl FastPath {
         }
         buf.advance(resp.len);
         if resp.status == 101 {
-            ctx.upstream_status = 101;
+            // Answered: the tunnel is no longer a request waiting for its answer (the
+            // stall watcher would otherwise take its silence for a stuck backend).
+            ctx.answered(101, false);
             let mut head = resp.client_head;
             head.extend_from_slice(&buf);
             if self.write_client(client.stream, &head).await.is_err() {
