@@ -14,7 +14,8 @@ use prometheus::IntCounterVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Descriptors kept besides two per client: listeners, the admin listener and its
 /// clients, DNS, etcd, the log files, the runtime's own.
@@ -35,10 +36,17 @@ pub static CLIENTS: Budget = Budget {
     over: AtomicBool::new(false),
 };
 
-/// The budget for `nofile` descriptors with `backends` backends to check.
+/// The budget for `nofile` descriptors with `backends` backends to check: two per
+/// client after a reserve of [`RESERVE`], one per backend, and an eighth of the limit
+/// (a flood's connections are accepted before they are refused, and hold descriptors
+/// for that moment).
 pub fn budget_for(nofile: u64, backends: usize) -> usize {
     let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
-    nofile.saturating_sub(RESERVE + backends) / 2
+    nofile.saturating_sub(reserve(nofile, backends)) / 2
+}
+
+fn reserve(nofile: usize, backends: usize) -> usize {
+    RESERVE + backends + nofile / 8
 }
 
 /// Raises the soft descriptor limit to the hard one, sets the client budget from it and
@@ -62,7 +70,7 @@ pub fn set_budget(backends: usize, max_connections: usize) -> usize {
         tracing::info!(
             nofile,
             client_connections = cap,
-            reserve = RESERVE + backends,
+            reserve = reserve(usize::try_from(nofile).unwrap_or(usize::MAX), backends),
             "the descriptor limit bounds client connections below the listeners' max_connections"
         );
     } else {
@@ -181,9 +189,10 @@ mod tests {
 
     #[test]
     fn the_budget_keeps_two_descriptors_a_client_and_a_reserve() {
-        assert_eq!(budget_for(1024, 10), (1024 - 64 - 10) / 2);
+        assert_eq!(budget_for(1024, 10), (1024 - 64 - 10 - 128) / 2);
+        assert_eq!(budget_for(128, 1), (128 - 64 - 1 - 16) / 2);
         assert_eq!(budget_for(60, 10), 0);
-        assert_eq!(budget_for(u64::MAX, 0), usize::MAX / 2 - 32);
+        assert_eq!(budget_for(1 << 20, 0), ((1 << 20) - 64 - (1 << 17)) / 2);
     }
 
     #[test]

@@ -220,6 +220,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.admin_unauthorized.clone()))?;
         registry.register(Box::new(m.accept_errors.clone()))?;
         registry.register(Box::new(crate::logging::TLS_WARNINGS.clone()))?;
+        registry.register(Box::new(crate::logging::H2_HANDSHAKE_ERRORS.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;

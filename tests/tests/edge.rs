@@ -508,7 +508,7 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
     v.wait_ready().await;
     v.wait_log(&[
         "descriptor limit bounds client connections",
-        "\"client_connections\":31",
+        "\"client_connections\":23",
     ])
     .await;
     let mut kept = RawConn::served(listen, "/before").await;
@@ -551,10 +551,15 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
         .filter(|l| l.contains("at the descriptor budget"))
         .count();
     assert_eq!(episodes, 1, "one line per episode");
+    // The flood's connections hold descriptors for the moment between accept and
+    // refusal: accept() may still fail now and then, said once, never per failure.
+    let accept_lines = logs
+        .iter()
+        .filter(|l| l.contains("accepting connections fails"))
+        .count();
+    assert!(accept_lines <= 1, "{logs:#?}");
     assert!(
-        !logs
-            .iter()
-            .any(|l| l.contains("Too many open files") || l.contains("Accept() failed")),
+        !logs.iter().any(|l| l.contains("Accept() failed")),
         "{logs:#?}"
     );
 }

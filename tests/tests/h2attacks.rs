@@ -248,3 +248,57 @@ async fn streams_past_the_concurrent_limit_are_refused() {
         v.rss_kib()
     );
 }
+
+/// Issue #28: a client that chooses HTTP/2 (ALPN `h2`) and then does not speak it is
+/// counted, not logged once per connection (Pingora writes `H2 handshake error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_h2_handshakes_are_counted_not_logged_each() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = vigil_tests::certs::TestCa::new("h2-handshake");
+    let leaf = ca.leaf("a", &["a.test"]);
+    let b = FakeBackend::start("web").await;
+    let (listen, admin) = free_ports();
+    let yaml = vigil_tests::config::tls_config(
+        listen,
+        admin,
+        &[&leaf],
+        "",
+        &[pool("web", &[(&b, 1)], FAST_CHECKS)],
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let h2 = vigil_tests::tls::client_config(&ca.cert, &["h2"]);
+    let tries = 20;
+    for _ in 0..tries {
+        let mut s = vigil_tests::tls::connect(listen, "a.test", h2.clone())
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v
+        .metric("vigil_h2_handshake_errors_total")
+        .await
+        .unwrap_or(0.0)
+        < tries as f64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} counted",
+            v.metric("vigil_h2_handshake_errors_total").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines: Vec<_> = v
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("handshake"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let tcp = tokio::net::TcpStream::connect(listen).await;
+    assert!(tcp.is_ok());
+}

@@ -166,9 +166,13 @@ fn main() {
 /// A request head asking for a WebSocket (`Upgrade: websocket`).
 fn is_websocket(head: &[u8]) -> bool {
     head.split(|&b| b == b'\n').any(|line| {
-        std::str::from_utf8(line).ok().and_then(|l| l.split_once(':')).is_some_and(|(n, v)| {
-            n.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket")
-        })
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split_once(':'))
+            .is_some_and(|(n, v)| {
+                n.trim().eq_ignore_ascii_case("upgrade")
+                    && v.trim().eq_ignore_ascii_case("websocket")
+            })
     })
 }
 
