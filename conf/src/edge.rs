@@ -116,6 +116,30 @@ impl Validator<'_> {
                 1,
                 100_000,
             ) as usize,
+            max_pings_per_second: int(
+                self,
+                "max_pings_per_second",
+                raw.max_pings_per_second,
+                d.max_pings_per_second.into(),
+                0,
+                100_000,
+            ) as u32,
+            max_settings_per_second: int(
+                self,
+                "max_settings_per_second",
+                raw.max_settings_per_second,
+                d.max_settings_per_second.into(),
+                0,
+                100_000,
+            ) as u32,
+            max_resets_per_second: int(
+                self,
+                "max_resets_per_second",
+                raw.max_resets_per_second,
+                d.max_resets_per_second.into(),
+                0,
+                100_000,
+            ) as u32,
             idle_timeout: self.duration("http2.idle_timeout", &raw.idle_timeout, d.idle_timeout),
         };
         if config.idle_timeout.is_zero() {

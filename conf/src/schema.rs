@@ -62,6 +62,9 @@ pub struct RawHttp2 {
     pub initial_connection_window: Option<i64>,
     pub max_pending_resets: Option<i64>,
     pub max_error_resets: Option<i64>,
+    pub max_pings_per_second: Option<i64>,
+    pub max_settings_per_second: Option<i64>,
+    pub max_resets_per_second: Option<i64>,
     pub idle_timeout: Option<String>,
 }
 

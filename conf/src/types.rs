@@ -123,6 +123,11 @@ pub struct Http2Config {
     pub max_pending_resets: usize,
     /// Streams vigil resets for the client's protocol errors; past it GOAWAY.
     pub max_error_resets: usize,
+    /// PING, SETTINGS and RST_STREAM frames a client may send in one second; past one,
+    /// GOAWAY ENHANCE_YOUR_CALM. 0: no limit.
+    pub max_pings_per_second: u32,
+    pub max_settings_per_second: u32,
+    pub max_resets_per_second: u32,
     /// A connection with no stream open is closed after this.
     pub idle_timeout: Duration,
 }
@@ -136,6 +141,9 @@ impl Default for Http2Config {
             initial_connection_window: 1024 * 1024,
             max_pending_resets: 20,
             max_error_resets: 1024,
+            max_pings_per_second: 50,
+            max_settings_per_second: 20,
+            max_resets_per_second: 200,
             idle_timeout: Duration::from_secs(60),
         }
     }

@@ -30,6 +30,12 @@ limits:
   body_bytes: 1048576
   client_write_timeout: 30s
   body_timeout: 30s
+http2:
+  max_concurrent_streams: 100
+  max_header_list_bytes: 65536
+  max_pings_per_second: 50
+  max_resets_per_second: 0
+  idle_timeout: 60s
 access_log:
   format: json
 pools:

@@ -329,7 +329,13 @@ fn h2_options(http2: &vigil_conf::Http2Config) -> pingora::protocols::http::v2::
         .initial_window_size(http2.initial_stream_window)
         .initial_connection_window_size(http2.initial_connection_window)
         .max_pending_accept_reset_streams(http2.max_pending_resets)
-        .max_local_error_reset_streams(Some(http2.max_error_resets));
+        .max_local_error_reset_streams(Some(http2.max_error_resets))
+        // Our patch on the h2 crate (third_party/README.md).
+        .max_control_frames_per_second(
+            http2.max_pings_per_second,
+            http2.max_settings_per_second,
+            http2.max_resets_per_second,
+        );
     b
 }
 
