@@ -520,6 +520,21 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
         metric_sum(&v, "vigil_client_connections_refused_total").await >= 200.0
     })
     .await;
+    // Out of room, vigil does not spin: under a fifth of a core while the flood holds on.
+    let ticks = |pid: i32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11..13)
+            .map_or(0, |f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum())
+    };
+    let before = ticks(v.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = ticks(v.pid()) - before;
+    assert!(
+        used < 20,
+        "vigil used {used} ticks of 100 in a second with the flood held"
+    );
     // The client it had, the admin listener and the checks go on.
     kept.send(b"GET /kept HTTP/1.1\r\nHost: app\r\n\r\n")
         .await
