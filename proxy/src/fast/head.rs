@@ -296,7 +296,12 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
             .unwrap_or_default(),
     };
     // The same headers as `forward_headers` on Pingora's path.
-    let mut up = Vec::with_capacity(len + 128);
+    // Room for a body held whole too: it is appended to this head, once read.
+    let held = match body {
+        RequestBody::Held(n) => n,
+        _ => 0,
+    };
+    let mut up = Vec::with_capacity(len + 128 + held);
     up.extend_from_slice(method.as_bytes());
     up.push(b' ');
     match path {
