@@ -259,7 +259,20 @@ fn validate_reads_the_tls_files_and_warns_when_backends_are_not_verified() {
 fn version_and_help() {
     let out = vigil_cmd(&["--version"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("vigil "));
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(version.starts_with("vigil "), "{version}");
+    // Issue #29: the commit it was built from (this checkout's, when it is one).
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let want = head.unwrap_or_else(|| "unknown".to_string());
+    assert!(
+        version.contains(&format!("(commit {want})")),
+        "{version} lacks {want}"
+    );
     let out = vigil_cmd(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "demo", "validate"] {
