@@ -348,9 +348,15 @@ async fn per_backend_metrics_can_be_turned_off() {
 #[test]
 fn a_taken_port_is_a_clear_error_at_start() {
     for taken in ["admin", "proxy"] {
-        let (listen, admin) = vigil_tests::free_ports();
-        let squat = if taken == "admin" { admin } else { listen };
-        let _squatter = std::net::TcpListener::bind(squat).unwrap();
+        // Ports are free when handed out, but another process may take one before this
+        // test does: then another pair.
+        let (listen, admin, squat, _squatter) = loop {
+            let (listen, admin) = vigil_tests::free_ports();
+            let squat = if taken == "admin" { admin } else { listen };
+            if let Ok(l) = std::net::TcpListener::bind(squat) {
+                break (listen, admin, squat, l);
+            }
+        };
         let path = Vigil::temp_path("taken.yaml");
         std::fs::write(&path, format!("listeners:\n  - address: {listen}\nadmin:\n  address: {admin}\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:1\n")).unwrap();
         let out = vigil_cmd(&["run", "-c", path.to_str().unwrap()]);

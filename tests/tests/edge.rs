@@ -495,17 +495,25 @@ async fn metric_sum(v: &Vigil, family: &str) -> f64 {
         .sum()
 }
 
+/// vigil in front of `a` with at most 128 open descriptors (`prlimit`), this test
+/// process allowed many more.
+async fn vigil_with_128_descriptors(a: &FakeBackend) -> Vigil {
+    vigil_tests::raise_fd_limit(4096);
+    let (listen, admin) = vigil_tests::free_ports();
+    let cfg =
+        vigil_tests::config::config(listen, admin, "", &[pool("web", &[(a, 1)], FAST_CHECKS)]);
+    let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
+    v.wait_ready().await;
+    v
+}
+
 /// Issue #28: with few descriptors and more clients than they allow, vigil keeps the
 /// clients it has, its checks and its admin listener, says so once, and recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
-    vigil_tests::raise_fd_limit(4096);
     let a = FakeBackend::start("a").await;
-    let (listen, admin) = vigil_tests::free_ports();
-    let cfg =
-        vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
-    let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
-    v.wait_ready().await;
+    let v = vigil_with_128_descriptors(&a).await;
+    let listen = v.listen;
     v.wait_log(&[
         "descriptor limit bounds client connections",
         "\"client_connections\":23",
@@ -584,13 +592,9 @@ async fn out_of_descriptors_vigil_keeps_its_clients_checks_and_admin() {
 /// failures are counted and said once an episode, not once each, and accepting resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_failures_are_counted_and_said_once_an_episode() {
-    vigil_tests::raise_fd_limit(4096);
     let a = FakeBackend::start("a").await;
-    let (listen, admin) = vigil_tests::free_ports();
-    let cfg =
-        vigil_tests::config::config(listen, admin, "", &[pool("web", &[(&a, 1)], FAST_CHECKS)]);
-    let mut v = Vigil::start_with_nofile(&cfg, listen, admin, 128);
-    v.wait_ready().await;
+    let v = vigil_with_128_descriptors(&a).await;
+    let (listen, admin) = (v.listen, v.admin);
     let mut flood = Vec::new();
     for _ in 0..300 {
         flood.push(tokio::net::TcpStream::connect(admin).await.unwrap());
