@@ -1375,46 +1375,22 @@ def chaos_schedule(seed, seconds, n):
 
 
 def chaos_client(addr, clients, rate, seconds, timeout=15.0):
-    """`clients` keep-alive clients, each sending `rate` GETs a second for `seconds`.
-    Returns [(start, end, status, error)] with times from time.monotonic()."""
+    """`clients` keep-alive clients, each sending `rate` GETs a second for `seconds`,
+    spread over each second ([`keepalive_client`]). Returns [(start, end, status, error)] with
+    times from time.monotonic()."""
     import http.client
     import threading
     host, port = addr.rsplit(":", 1)
-    results, lock = [], threading.Lock()
-    t0 = time.monotonic()
-
-    def client(k):
-        conn = None
-        for j in range(int(rate * seconds)):
-            due = t0 + (j + k / clients) / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            start = time.monotonic()
-            status, error = 0, ""
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-                conn.request("GET", "/", headers={"Host": "app"})
-                r = conn.getresponse()
-                r.read()
-                status = r.status
-                if r.getheader("connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except Exception as e:
-                error = type(e).__name__
-                conn.close()
-                conn = None
-            with lock:
-                results.append((start, time.monotonic(), status, error))
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    connect = lambda: http.client.HTTPConnection(host, int(port), timeout=timeout)
+    results = []
+    threads = [threading.Thread(target=keepalive_client, args=("chaos", connect, "GET", ["/"], None, rate, seconds,
+                                                         results, k / clients / rate))
+               for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results
+    return [r[2:] for r in results]
 
 
 def three_steps(binary, clients=8, rate=25, seconds=16):
@@ -1565,12 +1541,12 @@ def start_dnsmasq(port, records):
     return p
 
 
-def open_loop(name, connect, method, paths, body, rate, seconds, results, kills=None):
+def keepalive_client(name, connect, method, paths, body, rate, seconds, results, offset=0.0):
     """One client on keep-alive connections from `connect()`, `rate` requests a second
-    for `seconds` on a fixed clock (a late answer does not slow the next one down much:
-    they are due at fixed times). Appends (name, method, start, end, status, error)."""
-    import http.client
-    t0 = time.monotonic()
+    for `seconds` on a fixed clock, the first `offset` seconds in (a late answer does not
+    slow the next one down: they are due at fixed times). Appends (name, method, start,
+    end, status, error)."""
+    t0 = time.monotonic() + offset
     conn = None
     for j in range(int(rate * seconds)):
         delay = t0 + j / rate - time.monotonic()
@@ -1792,7 +1768,7 @@ def bench_chaos_soak(seconds=None, seed=7):
         clients += [(f"{node} GET tls", secure, "GET", ["/", "/dns/y"], None, 10)]
         clients += [(f"{node} POST", plain, "POST", ["/", "/dns/p"], body, 5)]
         clients += [(f"{node} POST tls", secure, "POST", ["/"], body, 5)]
-    threads = [threading.Thread(target=open_loop, args=(c[0], c[1], c[2], c[3], c[4], c[5], seconds, results))
+    threads = [threading.Thread(target=keepalive_client, args=(c[0], c[1], c[2], c[3], c[4], c[5], seconds, results))
                for c in clients]
     threads += [threading.Thread(target=h2_bursts, args=("a h2 tls", "https://127.0.0.1:18972/", seconds, h2)),
                 threading.Thread(target=h2_bursts, args=("b h2c", "http://127.0.0.1:18980/dns/h2", seconds, h2))]

@@ -167,21 +167,22 @@ impl AccessLog {
     }
 
     fn with_shard<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        // The thread's list stays borrowed while the line is formatted (nothing in `f`
+        // logs again): no reference count is touched per line.
         SHARDS.with(|shards| {
             let mut shards = shards.borrow_mut();
             let me = Arc::as_ptr(&self.shared);
-            let shard = match shards.iter().find(|(log, _)| log.as_ptr() == me) {
-                Some((_, shard)) => shard.clone(),
+            let i = match shards.iter().position(|(log, _)| log.as_ptr() == me) {
+                Some(i) => i,
                 None => {
                     shards.retain(|(log, _)| log.strong_count() > 0);
                     let shard = Arc::new(Shard::default());
                     self.shared.shards.lock().unwrap().push(shard.clone());
-                    shards.push((Arc::downgrade(&self.shared), shard.clone()));
-                    shard
+                    shards.push((Arc::downgrade(&self.shared), shard));
+                    shards.len() - 1
                 }
             };
-            drop(shards);
-            let mut buf = shard.lock();
+            let mut buf = shards[i].1.lock();
             f(&mut buf)
         })
     }

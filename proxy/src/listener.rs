@@ -197,16 +197,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let slot = self.slot(&stream);
-        if slot.open.fetch_add(1, Ordering::Relaxed) >= slot.max {
+        // Over the listener's bound, or the descriptors every listener's clients share
+        // (`descriptors`, asked only under the bound): refused.
+        if slot.open.fetch_add(1, Ordering::Relaxed) >= slot.max
+            || !crate::descriptors::CLIENTS.admit()
+        {
             slot.open.fetch_sub(1, Ordering::Relaxed);
             slot.refused.inc();
             // Dropping the stream closes it.
-            return None;
-        }
-        // The descriptors every listener's clients share (`descriptors`).
-        if !crate::descriptors::CLIENTS.admit() {
-            slot.open.fetch_sub(1, Ordering::Relaxed);
-            slot.refused.inc();
             return None;
         }
         slot.open_gauge.inc();

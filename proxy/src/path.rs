@@ -14,14 +14,24 @@
 use std::borrow::Cow;
 
 /// Why a path cannot be normalized: the 400's reason.
-pub type Invalid = &'static str;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// A dot-segment that would climb above `/`.
+    AboveRoot,
+    /// `..` or `.` behind an encoded slash (`..%2F..`).
+    HiddenDotSegment,
+    /// A `%` not followed by two hex digits, or bytes that are no path.
+    Malformed,
+}
 
-/// The JSON body of the 400 for `why`, the same on every protocol.
-pub fn error_body(why: Invalid) -> &'static str {
-    match why {
-        "path above the root" => r#"{"error":"path above the root"}"#,
-        "encoded slash in a dot-segment" => r#"{"error":"encoded slash in a dot-segment"}"#,
-        _ => r#"{"error":"invalid path"}"#,
+impl Invalid {
+    /// The JSON body of its 400, the same on every protocol.
+    pub fn body(self) -> &'static str {
+        match self {
+            Invalid::AboveRoot => r#"{"error":"path above the root"}"#,
+            Invalid::HiddenDotSegment => r#"{"error":"encoded slash in a dot-segment"}"#,
+            Invalid::Malformed => r#"{"error":"invalid path"}"#,
+        }
     }
 }
 
@@ -43,10 +53,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Invalid> {
             b"" | b"." => {}
             b".." => {
                 if segments.pop().is_none() {
-                    return Err("path above the root");
+                    return Err(Invalid::AboveRoot);
                 }
             }
-            s if hides_dot_segment(s) => return Err("encoded slash in a dot-segment"),
+            s if hides_dot_segment(s) => return Err(Invalid::HiddenDotSegment),
             s => segments.push(s),
         }
     }
@@ -59,7 +69,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, Invalid> {
         out.push(b'/');
     }
     // Only ASCII was written or kept (decoding yields unreserved ASCII alone).
-    let out = String::from_utf8(out).map_err(|_| "path is not text")?;
+    let out = String::from_utf8(out).map_err(|_| Invalid::Malformed)?;
     Ok(if out == path {
         Cow::Borrowed(path)
     } else {
@@ -95,7 +105,7 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, Invalid> {
             path.get(i + 1).copied().and_then(hex),
             path.get(i + 2).copied().and_then(hex),
         ) else {
-            return Err("invalid percent-encoding in the path");
+            return Err(Invalid::Malformed);
         };
         let value = hi << 4 | lo;
         if unreserved(value) {

@@ -83,7 +83,7 @@ impl ProxyHttp for VigilProxy {
             }
             Err(why) => {
                 session.set_keepalive(None);
-                respond(session, 400, &[], crate::path::error_body(why)).await?;
+                respond(session, 400, &[], why.body()).await?;
                 return Ok(true);
             }
         };

@@ -350,6 +350,10 @@ impl Ctx {
         self.got_header = true;
         self.upstream_status = status;
         self.done_waiting();
+        // A 101 makes the attempt a tunnel: load still, no longer waiting (`tunnel_opened`).
+        let opened =
+            status == 101 && !self.tunnel && self.current.is_some() && self.table.is_some();
+        self.tunnel |= opened;
         let (Some(i), Some(pool)) = (self.current, self.pool()) else {
             return false;
         };
@@ -358,7 +362,6 @@ impl Ctx {
         }
         let backend = &pool.members[i].endpoint;
         backend.answered(self.attempt_started.elapsed(), status < 500);
-        let opened = status == 101 && !self.tunnel;
         if opened {
             backend.tunnel_opened();
         }
@@ -367,10 +370,6 @@ impl Ctx {
         } else {
             backend.report_success();
         }
-        self.tunnel |= opened;
-        let Some(pool) = self.pool() else {
-            return false;
-        };
         if pool.config.retry_on_status.contains(&status) && idempotent && self.can_retry() {
             self.take_retry();
             self.status_retry = true;
@@ -605,7 +604,7 @@ pub(crate) fn hash_key(key: &HashKey, req: &RequestHeader, client: Option<&Socke
 /// `uri` with its path normalized (`crate::path`); None when it is already normal.
 pub(crate) fn normalize_uri(
     uri: &http::Uri,
-) -> std::result::Result<Option<http::Uri>, &'static str> {
+) -> std::result::Result<Option<http::Uri>, crate::path::Invalid> {
     let Some(target) = uri.path_and_query() else {
         return Ok(None);
     };
@@ -613,9 +612,13 @@ pub(crate) fn normalize_uri(
         std::borrow::Cow::Borrowed(_) => Ok(None),
         std::borrow::Cow::Owned(normal) => {
             let mut parts = uri.clone().into_parts();
-            parts.path_and_query = Some(normal.parse().map_err(|_| "invalid path")?);
+            parts.path_and_query = Some(
+                normal
+                    .parse()
+                    .map_err(|_| crate::path::Invalid::Malformed)?,
+            );
             Ok(Some(
-                http::Uri::from_parts(parts).map_err(|_| "invalid path")?,
+                http::Uri::from_parts(parts).map_err(|_| crate::path::Invalid::Malformed)?,
             ))
         }
     }

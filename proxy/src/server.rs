@@ -213,15 +213,15 @@ pub fn run(
             );
         }
     }
+    let backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>();
     tracing::info!(
         listeners = ?addresses,
         admin = %config.admin.address,
         pools = config.pools.len(),
-        backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>(),
+        backends,
         "vigil started"
     );
     // Clients never take the descriptors the checks and the admin listener need.
-    let backends = config.pools.iter().map(|p| p.backends.len()).sum::<usize>();
     let max_connections = config.listeners.iter().map(|l| l.max_connections).sum();
     crate::descriptors::set_budget(backends, max_connections);
     pingora::services::listening::set_accept_errors(Box::new(

@@ -32,6 +32,28 @@ pub async fn start_vigil(top: &str, pools: &[String]) -> Vigil {
     v
 }
 
+/// vigil with one TLS listener serving `leaves` in front of `pools`, once ready.
+pub async fn start_tls_vigil(leaves: &[&certs::Leaf], pools: &[String]) -> Vigil {
+    let (listen, admin) = free_ports();
+    let yaml = config::tls_config(listen, admin, leaves, "", pools);
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    v
+}
+
+/// [`start_vigil`] with its listener speaking h2c as well (`http2: true`).
+pub async fn start_h2c_vigil(pools: &[String]) -> Vigil {
+    let (listen, admin) = free_ports();
+    let yaml = config::config(listen, admin, "", pools).replacen(
+        &format!("  - address: {listen}\n"),
+        &format!("  - address: {listen}\n    http2: true\n"),
+        1,
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    v
+}
+
 /// Traffic (not health checks) a backend received.
 /// Raises this process's open-file limit (which vigil inherits) towards `want`, up to
 /// the hard limit: the limit set.

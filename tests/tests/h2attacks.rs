@@ -5,27 +5,19 @@
 
 use std::time::Duration;
 use tokio::time::Instant;
-use vigil_tests::config::{config, pool, FAST_CHECKS};
+use vigil_tests::config::{pool, FAST_CHECKS};
 use vigil_tests::h2raw::{
     frame, get_block, H2Raw, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, PING, RST_STREAM,
     SETTINGS,
 };
 use vigil_tests::tls::get2;
-use vigil_tests::{free_ports, traffic, FakeBackend, Vigil};
+use vigil_tests::{traffic, FakeBackend, Vigil};
 
 /// ENHANCE_YOUR_CALM.
 const CALM: u32 = 0xb;
 
 async fn h2c_vigil(b: &FakeBackend) -> Vigil {
-    let (listen, admin) = free_ports();
-    let yaml = config(listen, admin, "", &[pool("web", &[(b, 1)], FAST_CHECKS)]).replacen(
-        &format!("  - address: {listen}\n"),
-        &format!("  - address: {listen}\n    http2: true\n"),
-        1,
-    );
-    let mut v = Vigil::start(&yaml, listen, admin);
-    v.wait_ready().await;
-    v
+    vigil_tests::start_h2c_vigil(&[pool("web", &[(b, 1)], FAST_CHECKS)]).await
 }
 
 /// vigil's CPU time so far, in milliseconds (utime + stime from /proc), for the report.
@@ -253,16 +245,8 @@ async fn failed_h2_handshakes_are_counted_not_logged_each() {
     let ca = vigil_tests::certs::TestCa::new("h2-handshake");
     let leaf = ca.leaf("a", &["a.test"]);
     let b = FakeBackend::start("web").await;
-    let (listen, admin) = free_ports();
-    let yaml = vigil_tests::config::tls_config(
-        listen,
-        admin,
-        &[&leaf],
-        "",
-        &[pool("web", &[(&b, 1)], FAST_CHECKS)],
-    );
-    let mut v = Vigil::start(&yaml, listen, admin);
-    v.wait_ready().await;
+    let v = vigil_tests::start_tls_vigil(&[&leaf], &[pool("web", &[(&b, 1)], FAST_CHECKS)]).await;
+    let listen = v.listen;
     let h2 = vigil_tests::tls::client_config(&ca.cert, &["h2"]);
     let tries = 20;
     for _ in 0..tries {

@@ -2,10 +2,10 @@
 //! segments, `//`, encoded unreserved characters) before a pool is chosen, on HTTP/1
 //! and HTTP/2 alike; a path that cannot be normalized is 400 without a backend.
 
-use vigil_tests::config::{config, pool, FAST_CHECKS};
+use vigil_tests::config::{pool, FAST_CHECKS};
 use vigil_tests::raw::RawConn;
 use vigil_tests::tls::get2;
-use vigil_tests::{free_ports, traffic, FakeBackend, Vigil};
+use vigil_tests::{traffic, FakeBackend, Vigil};
 
 struct Setup {
     vigil: Vigil,
@@ -20,31 +20,19 @@ async fn setup() -> Setup {
     let public = FakeBackend::start("public").await;
     let internal = FakeBackend::start("internal").await;
     let original = FakeBackend::start("original").await;
-    let (listen, admin) = free_ports();
     let route = |prefix: &str, extra: &str| {
         format!("    routes:\n      - path_prefix: {prefix}\n    fail_open: false\n{extra}{FAST_CHECKS}")
     };
-    let yaml = config(
-        listen,
-        admin,
-        "",
-        &[
-            pool("public", &[(&public, 1)], &route("/public", "")),
-            pool("internal", &[(&internal, 1)], &route("/internal", "")),
-            pool(
-                "raw",
-                &[(&original, 1)],
-                &route("/raw", "    forward_original_path: true\n"),
-            ),
-        ],
-    )
-    .replacen(
-        &format!("  - address: {listen}\n"),
-        &format!("  - address: {listen}\n    http2: true\n"),
-        1,
-    );
-    let mut vigil = Vigil::start(&yaml, listen, admin);
-    vigil.wait_ready().await;
+    let vigil = vigil_tests::start_h2c_vigil(&[
+        pool("public", &[(&public, 1)], &route("/public", "")),
+        pool("internal", &[(&internal, 1)], &route("/internal", "")),
+        pool(
+            "raw",
+            &[(&original, 1)],
+            &route("/raw", "    forward_original_path: true\n"),
+        ),
+    ])
+    .await;
     Setup {
         vigil,
         public,

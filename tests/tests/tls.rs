@@ -307,21 +307,7 @@ async fn https_backends_are_verified_against_the_ca_and_checks_reuse_one_handsha
 
 /// vigil in front of `backend` on a plain listener with `http2: true` (h2c).
 async fn h2c_vigil(backend: &FakeBackend) -> Vigil {
-    let (listen, admin) = free_ports();
-    let yaml = config(
-        listen,
-        admin,
-        "",
-        &[pool("web", &[(backend, 1)], FAST_CHECKS)],
-    )
-    .replacen(
-        &format!("  - address: {listen}\n"),
-        &format!("  - address: {listen}\n    http2: true\n"),
-        1,
-    );
-    let mut v = Vigil::start(&yaml, listen, admin);
-    v.wait_ready().await;
-    v
+    vigil_tests::start_h2c_vigil(&[pool("web", &[(backend, 1)], FAST_CHECKS)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,16 +552,9 @@ async fn tls_warnings_a_peer_causes_are_counted_not_logged_each() {
     let ca = TestCa::new("ip-sni");
     let leaf = ca.leaf("a", &["a.test"]);
     let backend = FakeBackend::start("web").await;
-    let (listen, admin) = free_ports();
-    let yaml = tls_config(
-        listen,
-        admin,
-        &[&leaf],
-        "",
-        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
-    );
-    let mut v = Vigil::start(&yaml, listen, admin);
-    v.wait_ready().await;
+    let v =
+        vigil_tests::start_tls_vigil(&[&leaf], &[pool("web", &[(&backend, 1)], FAST_CHECKS)]).await;
+    let listen = v.listen;
     let handshakes = 20;
     for _ in 0..handshakes {
         let out = tokio::process::Command::new("openssl")

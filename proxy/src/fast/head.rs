@@ -263,7 +263,7 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     // forwards the client's own target).
     let path = match crate::path::normalize(path) {
         Ok(p) => p,
-        Err(why) => return refused(400, crate::path::error_body(why), unread, None),
+        Err(why) => return refused(400, why.body(), unread, None),
     };
     let table = env.table.clone();
     let Some(pool) = table.route_index(&normalize_host(host), &path) else {
