@@ -563,7 +563,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !log.shared.shards.lock().unwrap().is_empty() {
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "ended threads' shards kept"
             );
             std::thread::yield_now();
