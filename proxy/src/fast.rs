@@ -19,6 +19,7 @@
 
 mod attempt;
 mod framing;
+mod h2;
 mod head;
 mod tunnel;
 
@@ -37,7 +38,7 @@ use attempt::{Client, Outgoing, Streamed};
 use bytes::{Buf, BytesMut};
 use framing::Asked;
 use head::{Env, Head, LogHead, Refusal, Request, RequestBody};
-use pingora::apps::{ServerApp, IDLE_KEEPALIVE};
+use pingora::apps::{HttpServerApp, ServerApp, IDLE_KEEPALIVE};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::server::{refuse_request_head, HeadLimits};
@@ -50,6 +51,9 @@ use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What an HTTP/2 connection by prior knowledge (h2c) opens with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Headers a head may have at most (Pingora's own limit).
 const MAX_HEADERS: usize = 256;
@@ -96,7 +100,13 @@ impl FastPath {
     }
 
     /// Serves the connection's requests until it closes, or hands it to Pingora's proxy.
-    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    /// `h2`: the stream is one HTTP/2 stream's request (`h2::H2Client`).
+    async fn serve(
+        &self,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+        h2: bool,
+    ) -> Option<Stream> {
         let digest = stream.get_socket_digest();
         let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
         let conn = Conn {
@@ -128,6 +138,7 @@ impl FastPath {
                 https,
                 logging: self.app.access_log.enabled(),
                 body_bytes: self.app.edge.body_bytes(),
+                h2,
             };
             // Boxed, as is all the work of a request: a connection held idle between two
             // requests then holds only its socket and this loop's few fields.
@@ -142,6 +153,14 @@ impl FastPath {
                     if refuse.await {
                         continue;
                     }
+                    return None;
+                }
+                Ok(_) if h2 => {
+                    // Its stream back to Pingora's proxy, the body unread.
+                    let client = stream.into_any().downcast::<h2::H2Client>().ok()?;
+                    let session = client.into_session()?;
+                    let session = pingora::protocols::http::ServerSession::new_http2(session);
+                    self.pingora.process_new_http(session, shutdown).await;
                     return None;
                 }
                 Ok(_) => {
@@ -438,15 +457,34 @@ async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()>
 impl ServerApp for FastPath {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let h2c = self.pingora.server_options.as_ref().is_some_and(|o| o.h2c);
-        let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
-        if !self.enabled || h2c || !h1 {
+        if !self.enabled {
             return self.pingora.process_new(stream, shutdown).await;
         }
-        self.serve(stream, shutdown).await
+        let h2c = self.pingora.server_options.as_ref().is_some_and(|o| o.h2c);
+        let h2 = match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => true,
+            None | Some(ALPN::H1) if h2c && stream.get_ssl_digest().is_none() => {
+                // HTTP/2 by prior knowledge on a plain listener: it opens with the
+                // preface (read by Pingora's HTTP/2 server; only looked at here).
+                let mut preface = [0u8; H2_PREFACE.len()];
+                match stream.try_peek(&mut preface).await {
+                    Ok(true) => preface == *H2_PREFACE,
+                    Ok(false) => return self.pingora.process_new(stream, shutdown).await,
+                    Err(_) => return None,
+                }
+            }
+            None | Some(ALPN::H1) => false,
+            _ => return self.pingora.process_new(stream, shutdown).await,
+        };
+        if h2 {
+            // Pingora's HTTP/2 server: each stream's request back here (`H2Front`).
+            let front = Arc::new(h2::H2Front { fast: self.clone() });
+            return front.process_new(stream, shutdown).await;
+        }
+        self.serve(stream, shutdown, false).await
     }
 
     async fn cleanup(&self) {

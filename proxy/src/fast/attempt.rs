@@ -435,7 +435,8 @@ impl FastPath {
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("");
             let out = format!(
-                "HTTP/1.1 {code} {reason}\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                date()
             );
             let _ = self.write_client(client, out.as_bytes()).await;
         }
@@ -466,7 +467,8 @@ impl FastPath {
         let mut out = Vec::with_capacity(256);
         let _ = write!(
             out,
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            "HTTP/1.1 {status} {reason}\r\nDate: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            date(),
             body.len()
         );
         for (k, v) in extra {
@@ -482,8 +484,18 @@ impl FastPath {
     }
 }
 
-/// Makes the stream's close a reset (`SO_LINGER` 0; pingora-core patch 12).
+/// The current date, for an answer's `Date` (RFC 9110 §6.6.1).
+fn date() -> String {
+    let date = pingora::protocols::http::date::get_cached_date();
+    String::from_utf8_lossy(date.as_bytes()).into_owned()
+}
+
+/// Makes the stream's close a reset (`SO_LINGER` 0; pingora-core patch 12; an HTTP/2
+/// stream's `RST_STREAM`).
 fn reset_on_close(stream: &Stream) {
+    if let Some(h2) = stream.as_any().downcast_ref::<super::h2::H2Client>() {
+        return h2.cut();
+    }
     let _ = pingora::protocols::l4::ext::set_reset_on_close(stream.id());
 }
 

@@ -151,7 +151,9 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
     let keep = !close && framing != Framing::Close && !dechunk;
     let mut out = Vec::with_capacity(len + 32);
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", r.reason.unwrap_or(""));
+    let mut dated = false;
     for h in r.headers.iter() {
+        dated |= h.name.eq_ignore_ascii_case("date");
         let skip = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
             || (http10 && h.name.eq_ignore_ascii_case("transfer-encoding"))
             || named.iter().any(|n| h.name.as_bytes().eq_ignore_ascii_case(n))
@@ -163,6 +165,13 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if !dated {
+        // A recipient with a clock adds the Date an answer forwarded lacks (RFC 9110
+        // §6.6.1), as Pingora's HTTP/2 server does.
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(if keep {
         b"Connection: keep-alive\r\n\r\n"
@@ -187,6 +196,8 @@ pub(super) struct Body {
     state: State,
     /// Payload bytes seen so far.
     pub payload: u64,
+    /// A chunked body's trailer lines, when kept (`keep_trailers`).
+    trailers: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -231,7 +242,21 @@ impl Body {
             }),
             Framing::Close => State::Close,
         };
-        Body { state, payload: 0 }
+        Body {
+            state,
+            payload: 0,
+            trailers: None,
+        }
+    }
+
+    /// Keeps a chunked body's trailer lines (up to 64 KiB), for `trailers`.
+    pub(super) fn keep_trailers(&mut self) {
+        self.trailers = Some(Vec::new());
+    }
+
+    /// The trailer lines seen so far (each with its line end), when kept.
+    pub(super) fn trailers(&self) -> Option<&[u8]> {
+        self.trailers.as_deref()
     }
 
     /// Of `bytes`, how many belong to the body, and whether it ended with them.
@@ -286,6 +311,7 @@ impl Body {
                     }
                     let b = bytes[i];
                     i += 1;
+                    let before = *state;
                     *state = match (*state, b) {
                         (
                             Chunk::Size {
@@ -337,6 +363,13 @@ impl Body {
                         (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
                         _ => return bad_response("invalid chunked body"),
                     };
+                    if let Some(t) = self.trailers.as_mut() {
+                        let in_line = *state == Chunk::TrailerLine
+                            || (before == Chunk::TrailerLine && b == b'\n');
+                        if in_line && t.len() < 64 * 1024 {
+                            t.push(b);
+                        }
+                    }
                 }
                 Ok((bytes.len(), false))
             }
@@ -492,18 +525,19 @@ mod tests {
     #[test]
     fn the_client_gets_the_head_without_hop_by_hop_headers() {
         let r = parsed(
-            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nConnection: keep-alive, x-a\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nConnection: keep-alive, x-a\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
             false,
             false,
         );
         assert_eq!(
             String::from_utf8(r.client_head).unwrap(),
-            "HTTP/1.1 200 Fine\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+            "HTTP/1.1 200 Fine\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
             "X-A is named by Connection: the backend's connection's own"
         );
         let r = parsed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
-        assert!(String::from_utf8(r.client_head)
-            .unwrap()
-            .ends_with("Connection: close\r\n\r\n"));
+        let head = String::from_utf8(r.client_head).unwrap();
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+        // An answer without a Date gets one (RFC 9110 §6.6.1).
+        assert!(head.contains("\r\nDate: "), "{head}");
     }
 }

@@ -174,6 +174,7 @@ fn incremental(b: &[u8], cuts: &[usize]) -> Decision {
         https: false,
         logging: true,
         body_bytes: Some(BODY_BYTES),
+        h2: false,
     };
     let mut bounds: Vec<usize> = cuts.iter().map(|&c| c % (b.len() + 1)).collect();
     bounds.push(b.len());

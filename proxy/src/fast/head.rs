@@ -98,6 +98,8 @@ pub(super) struct Env<'a> {
     pub https: bool,
     pub logging: bool,
     pub body_bytes: Option<u64>,
+    /// The head is an HTTP/2 stream's (written as HTTP/1.1 by `h2::H2Client`).
+    pub h2: bool,
 }
 
 /// Request headers never copied upstream as they came, besides the hop-by-hop ones
@@ -229,7 +231,11 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
                 .unwrap_or_default(),
             target: target.to_string(),
             request_id: request_id.map_or_else(new_request_id, str::to_string),
-            protocol: if http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+            protocol: match (env.h2, http10) {
+                (true, _) => "HTTP/2.0",
+                (false, true) => "HTTP/1.0",
+                (false, false) => "HTTP/1.1",
+            },
         })
     });
     let asked_close = close;
