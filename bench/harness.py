@@ -1331,6 +1331,103 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
         stop(b[0])
 
 
+def h2load(url, seconds, clients, streams):
+    """h2load -t1 for `seconds`: req/s, mean and p99 latency (ms, from its per-request
+    log), requests done and failed."""
+    logf = os.path.join(WORK, "h2load-requests.log")
+    out = subprocess.run(["h2load", "-t1", "-c", str(clients), "-m", str(streams), "-D", str(seconds),
+                          "--log-file", logf, url], capture_output=True, text=True).stdout
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+                     out)
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+    lat = sorted(int(l.split("\t")[2]) for l in open(logf) if l.count("\t") >= 2 and not l.startswith("-"))
+    return {"rps": rps, "requests": int(done.group(3)), "errors": int(done.group(4)) + int(done.group(5)),
+            "mean": statistics.mean(lat) / 1000 if lat else float("nan"),
+            "p99": lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan")}
+
+
+def bench_h2(rounds=3, seconds=6):
+    """Issue #26: HTTP/2 over TLS (ALPN h2) from h2load to vigil, HAProxy and nginx, each
+    in front of the same three HTTP/1.1 backends, at 1 and 2 workers (THREADS=n: only
+    n), with 16 connections x 10 streams and 1 x 100 (SHAPES=c16 or c1: only that one).
+    CPU per request, req/s, mean and p99 latency; h2load and the backends on the same
+    2 cores. VIGIL_BEFORE=path runs an older vigil build beside."""
+    rounds = int(os.environ.get("ROUNDS", rounds))
+    backends = [fleet(1, f"h2-backend{i}") for i in range(3)]
+    addrs = [b[2][0] for b in backends]
+    cert, key, both = (os.path.join(WORK, f) for f in ("h2.pem", "h2.key", "h2-both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
+    open(both, "w").write(open(cert).read() + open(key).read())
+    tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
+    only = os.environ.get("THREADS")
+    shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", "") in f"c{s[0]}"]
+    for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
+        def v(port, binary=None, name="vigil"):
+            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs),
+                               f"threads: {threads}\n")
+            cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
+            p = vigil(cfg, name, binary)[0]
+            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+            return p
+        nginx = nginx_conf("127.0.0.1:19110", addrs, workers=threads).replace(
+            "listen 127.0.0.1:19110;",
+            f"listen 127.0.0.1:19110 ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+            # Not 1,000 requests a connection (nginx's default): h2load does not reconnect.
+            "    keepalive_requests 100000000;")
+        haproxy = haproxy_conf(f"127.0.0.1:19120 ssl crt {both} alpn h2,http/1.1", addrs, threads=threads)
+        peers = {
+            "vigil": (19100, lambda: v(19100)),
+            "haproxy": (19120, lambda: start_haproxy(haproxy, "haproxy-h2")),
+            "nginx": (19110, lambda: start_nginx(nginx, "nginx-h2")),
+        }
+        before = os.environ.get("VIGIL_BEFORE")
+        if before:
+            peers["vigil before"] = (19130, lambda: v(19130, before, "vigil-before"))
+        if os.environ.get("PINGORA_PATH"):
+            # HTTP/2 as vigil carried it before it took the request loop (and as it
+            # still does with VIGIL_FAST_PATH=off): Pingora's proxy.
+            peers["vigil, Pingora's proxy"] = (19140, lambda: pingora_path(lambda: v(19140, name="vigil-pingora")))
+        for clients, streams in shapes:
+            label = f"h2 c{clients} m{streams} threads {threads}"
+            results = {k: [] for k in peers}
+            for r in range(rounds):
+                order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
+                for name in order:
+                    port, run = peers[name]
+                    p = run()
+                    wait_port(f"127.0.0.1:{port}")
+                    url = f"https://127.0.0.1:{port}/"
+                    h2load(url, 2, clients, streams)
+                    for attempt in range(STEAL_TRIES):
+                        c0, s0 = cpu_seconds(p.pid), cpu_stat()
+                        w = h2load(url, seconds, clients, streams)
+                        w["cpu_us_per_req"] = (cpu_seconds(p.pid) - c0) / max(w["requests"], 1) * 1e6
+                        w["steal"] = steal_since(s0)
+                        if w["steal"] <= MAX_STEAL:
+                            break
+                    results[name].append(w)
+                    log(f"{label} round {r} {name}: steal {w['steal'] * 100:.1f}% {w['rps']:.0f} req/s "
+                        f"mean {w['mean']:.3f} ms p99 {w['p99']:.3f} ms cpu {w['cpu_us_per_req']:.1f} us/req "
+                        f"errors {w['errors']}")
+                    stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+                    time.sleep(0.5)
+            med = lambda k, n: statistics.median(x[k] for x in results[n])
+            print(f"\n### HTTP/2 over TLS, h2load -c{clients} -m{streams}, {threads} worker(s) ({rounds} rounds "
+                  f"of {seconds} s, medians; h2load -t1 and 3 backends on the same 2 cores)\n")
+            print("| proxy | req/s | mean ms | p99 ms | CPU µs/request | ÷ HAProxy CPU | mean ÷ nginx | p99 ÷ nginx | errors |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for n in peers:
+                print(f"| {n} | {med('rps', n):.0f} | {med('mean', n):.3f} | {med('p99', n):.3f} | "
+                      f"{med('cpu_us_per_req', n):.1f} | "
+                      f"{med('cpu_us_per_req', n) / med('cpu_us_per_req', 'haproxy'):.2f} | "
+                      f"{med('mean', n) / med('mean', 'nginx'):.2f} | {med('p99', n) / med('p99', 'nginx'):.2f} | "
+                      f"{sum(x['errors'] for x in results[n])} |")
+    for b in backends:
+        stop(b[0])
+
+
 def chaos_schedule(seed, seconds, n):
     """A fixed random schedule of faults over `n` backends for `seconds`: kills,
     restarts on the same port, freezes (SIGSTOP for 1-5 s) and reloads that change
@@ -1879,7 +1976,7 @@ if __name__ == "__main__":
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
          "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
-         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes,
+         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes, "h2": bench_h2,
          "chaos-soak": bench_chaos_soak}[what]()
         log(f"logs in {WORK}")
     finally:

@@ -489,3 +489,50 @@ async fn the_same_request_over_http1_and_http2_is_the_same_request() {
         assert_eq!(a, b, "the same request logged differently");
     }
 }
+
+/// A connection's streams are served on its worker thread: requests one after the
+/// other over one HTTP/2 connection reuse one upstream connection (each worker thread
+/// keeps its own idle ones). Pingora spawned each stream on a random worker thread
+/// (pingora-core patch 16): with two, about every other request found no idle
+/// connection on its thread and the streams shared the codec across threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_s_streams_stay_on_its_thread() {
+    let b = vigil_tests::FakeBackend::start("b").await;
+    let (listen, admin) = free_ports();
+    let yaml = vigil_tests::config::config(
+        listen,
+        admin,
+        "",
+        &[vigil_tests::config::pool("web", &[(&b, 1)], FAST_CHECKS)],
+    )
+    .replacen("threads: 1", "threads: 2", 1)
+    .replacen(
+        &format!("  - address: {listen}\n"),
+        &format!("  - address: {listen}\n    http2: true\n"),
+        1,
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let s = TcpStream::connect(listen).await.unwrap();
+    let (client, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let before = b.stats.connections();
+    for i in 0..100 {
+        let req = http::Request::get(format!("http://app/x{i}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        vigil_tests::tls::read_body(&mut resp.into_body())
+            .await
+            .unwrap();
+        client = client.ready().await.unwrap();
+    }
+    assert_eq!(
+        b.stats.connections() - before,
+        1,
+        "100 requests one after the other over one HTTP/2 connection opened more than one upstream connection"
+    );
+}
