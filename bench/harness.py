@@ -594,26 +594,26 @@ def bench_memory(count=9900):
             return p
         return run
 
-    def nginx(tls):
+    def nginx(tls, h2=False):
         conf = nginx_conf("127.0.0.1:18990", addrs, connections=count)
         if tls:
-            conf = conf.replace("listen 127.0.0.1:18990;", f"listen 127.0.0.1:18990 ssl;\n    "
+            conf = conf.replace("listen 127.0.0.1:18990;", f"listen 127.0.0.1:18990 ssl{' http2' if h2 else ''};\n    "
                                 f"ssl_certificate {cert};\n    ssl_certificate_key {key};")
         return start_nginx(conf)
 
-    def haproxy(tls):
-        bind = "127.0.0.1:18990" + (f" ssl crt {both}" if tls else "")
+    def haproxy(tls, h2=False):
+        bind = "127.0.0.1:18990" + (f" ssl crt {both}" if tls else "") + (" alpn h2,http/1.1" if h2 else "")
         return start_haproxy(haproxy_conf(bind, addrs, maxconn=count + 50))
 
     request = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n"
-    kinds = [k for k in ("plain", "tls") if os.environ.get("MEMORY", k) == k]
+    kinds = [k for k in ("plain", "tls", "h2") if os.environ.get("MEMORY", k) == k]
     for kind in kinds:
-        tls = kind == "tls"
+        tls, h2 = kind in ("tls", "h2"), kind == "h2"
         peers = {
             "vigil threads: 1": v(1, tls),
             "vigil threads: 2": v(2, tls),
-            "haproxy nbthread 1": lambda: haproxy(tls),
-            "nginx 1 worker": lambda: nginx(tls),
+            "haproxy nbthread 1": lambda: haproxy(tls, h2),
+            "nginx 1 worker": lambda: nginx(tls, h2),
         }
         rows = []
         scheme = "https" if tls else "http"
@@ -624,6 +624,23 @@ def bench_memory(count=9900):
             time.sleep(1)
             before = rss_mib(p.pid)
             socks = []
+            if h2:
+                # Browser-like HTTP/2 clients (bench/src/bin/h2idle.rs): TLS, ALPN h2,
+                # one GET answered on each connection, then quiet.
+                idle = subprocess.Popen([os.path.join(BIN, "h2idle"), "127.0.0.1:18990", str(count)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                ready = idle.stdout.readline().split()
+                time.sleep(2)
+                after = rss_mib(p.pid)
+                alive = int(ready[1]) if len(ready) == 2 else 0
+                rows.append((name, before, after, (after - before) * 1024 / count, alive))
+                log(f"{kind} {name}: {before:.1f} -> {after:.1f} MiB, {(after - before) * 1024 / count:.2f} KiB "
+                    f"per connection, {alive} answered")
+                idle.stdin.close()
+                idle.wait()
+                stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
+                time.sleep(1)
+                continue
             for _ in range(count):
                 s_ = socket.create_connection(("127.0.0.1", 18990))
                 if tls:
@@ -646,11 +663,13 @@ def bench_memory(count=9900):
             stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
             time.sleep(1)
         title = "over TLS (rustls for vigil, OpenSSL for HAProxy and nginx)" if tls else "plain HTTP"
+        if h2:
+            title = "HTTP/2 over TLS (ALPN h2; rustls for vigil, OpenSSL for HAProxy and nginx)"
         print(f"\n### Memory per idle keep-alive client, {title} ({count} connections, each after one request)\n")
-        print("| proxy | RSS before MiB | RSS with clients MiB | KiB per connection |")
-        print("|---|---|---|---|")
-        for name, before, after, per, _ in rows:
-            print(f"| {name} | {before:.1f} | {after:.1f} | {per:.2f} |")
+        print("| proxy | RSS before MiB | RSS with clients MiB | KiB per connection | connections answered |")
+        print("|---|---|---|---|---|")
+        for name, before, after, per, alive in rows:
+            print(f"| {name} | {before:.1f} | {after:.1f} | {per:.2f} | {alive} |")
     for b in backends:
         stop(b[0])
 

@@ -122,7 +122,11 @@ impl FastPath {
 
         let mut first = true;
         loop {
-            if buf.is_empty() {
+            if h2 && !first {
+                // An HTTP/2 stream carries one request.
+                return None;
+            }
+            if buf.is_empty() && !h2 {
                 // Between requests the connection holds only its socket.
                 buf = BytesMut::new();
                 if !self.idle(&mut stream, shutdown, first).await {
@@ -365,7 +369,7 @@ impl FastPath {
         buf: &mut BytesMut,
         env: &Env<'_>,
     ) -> std::result::Result<Head, Option<u16>> {
-        if buf.is_empty() && env.https {
+        if buf.is_empty() && env.https && !env.h2 {
             // A TLS stream cannot wait for its next request without reading it (`idle`
             // returns at once): its first bytes are read small, so that a client idle
             // between requests holds no 4 KiB buffer. The rest of the record is in
@@ -401,6 +405,8 @@ impl FastPath {
                         Err(_) => return Err(Some(408)),
                     }
                 }
+                // An HTTP/2 stream's head is at hand (`h2::H2Client`).
+                None if env.h2 => stream.read_buf(buf).await,
                 None => match timeout(IDLE_KEEPALIVE, stream.read_buf(buf)).await {
                     Ok(read) => read,
                     Err(_) => return Err(None),

@@ -429,8 +429,9 @@ fn parse_answer(
     if status < 200 {
         return Ok(Some((len, None, Framing::Empty)));
     }
-    let mut resp =
-        ResponseHeader::build(status, Some(r.headers.len())).map_err(|e| other(e.to_string()))?;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status).map_err(other)?;
+    parts.headers.reserve(r.headers.len());
     let (mut chunked, mut length) = (false, None);
     for h in r.headers.iter() {
         let name = h.name;
@@ -450,9 +451,11 @@ fn parse_answer(
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok());
         }
-        resp.append_header(name.to_string(), h.value)
-            .map_err(|e| other(e.to_string()))?;
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(other)?;
+        let value = http::HeaderValue::from_bytes(h.value).map_err(other)?;
+        parts.headers.append(name, value);
     }
+    let resp = ResponseHeader::from(parts);
     let framing = if head_request || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
