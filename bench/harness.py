@@ -558,13 +558,15 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
 
 def bench_memory(count=9900):
     """Resident memory per idle keep-alive client connection, plain and over TLS (the
-    same ECDSA P-256 certificate for every proxy; MEMORY=plain or tls runs one): `count`
+    same ECDSA P-256 certificate for every proxy; MEMORY=plain, tls or h2 runs one, h2
+    being browser-like HTTP/2 clients over TLS; COUNT=n: n clients): `count`
     clients each send one request, read the answer and stay connected; RSS after minus
     RSS before. 9,900: the hard fd limit here is 20,000 and HAProxy reserves two fds per
     `maxconn`."""
     import resource
     import socket
     import ssl
+    count = int(os.environ.get("COUNT", count))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = count * 4 + 1000  # HAProxy asks for two per maxconn; peers inherit this limit
     try:

@@ -4,6 +4,7 @@ use crate::frame::{
 };
 use crate::proto::Error;
 
+use crate::codec::framed_write::FramedWrite;
 use crate::hpack;
 
 use futures_core::Stream;
@@ -17,6 +18,10 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
+
+/// The read buffer taken when bytes come after it was released (vigil patch 2): tokio-util's
+/// own initial capacity.
+const READ_BUFFER: usize = 8 * 1024;
 
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
@@ -410,7 +415,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
     Ok(Some(frame))
 }
 
-impl<T> Stream for FramedRead<T>
+impl<T, B> Stream for FramedRead<FramedWrite<T, B>>
 where
     T: AsyncRead + Unpin,
 {
@@ -421,6 +426,16 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            if self.inner.read_buffer().is_empty() {
+                // Nothing buffered: an idle connection holds no read buffer. Its next
+                // bytes are awaited with a small read; a buffer is taken once they
+                // come (vigil patch 2).
+                if self.inner.read_buffer().capacity() > 0 {
+                    *self.inner.read_buffer_mut() = BytesMut::new();
+                }
+                ready!(self.inner.get_mut().poll_read_ahead(cx)).map_err(Error::from)?;
+                self.inner.read_buffer_mut().reserve(READ_BUFFER);
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),

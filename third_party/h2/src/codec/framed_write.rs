@@ -26,7 +26,14 @@ pub struct FramedWrite<T, B> {
     final_flush_done: bool,
 
     encoder: Encoder<B>,
+
+    /// Bytes read while the connection's read buffer was released (`poll_read_ahead`),
+    /// returned by the next reads first (vigil patch 2).
+    read_ahead: BytesMut,
 }
+
+/// How much `poll_read_ahead` reads at most: enough for most frames' heads.
+const READ_AHEAD: usize = 512;
 
 #[derive(Debug)]
 struct Encoder<B> {
@@ -100,8 +107,10 @@ where
                 chain_threshold,
                 min_buffer_capacity: chain_threshold + frame::HEADER_LEN,
             },
+            read_ahead: BytesMut::new(),
         }
     }
+
 
     /// Returns `Ready` when `send` is able to accept a frame
     ///
@@ -206,6 +215,7 @@ where
             Some(Next::Data(frame)) => {
                 self.last_data_frame = Some(frame);
                 debug_assert!(self.is_empty());
+                self.release();
                 ControlFlow::Break
             }
             Some(Next::Continuation(frame)) => {
@@ -216,13 +226,25 @@ where
                 }
                 ControlFlow::Continue
             }
-            None => ControlFlow::Break,
+            None => {
+                self.release();
+                ControlFlow::Break
+            }
         }
+    }
+
+    /// All written: the buffer is given back, so that an idle connection holds none
+    /// (vigil patch 2). `buffer` takes one again for the next frame.
+    fn release(&mut self) {
+        *self.buf.get_mut() = BytesMut::new();
     }
 
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +329,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (capacity 0) is taken again by `buffer`.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
@@ -353,12 +377,38 @@ impl<T, B> FramedWrite<T, B> {
     }
 }
 
+impl<T: AsyncRead + Unpin, B> FramedWrite<T, B> {
+    /// Waits until the connection has bytes to read (or its end, or an error) without
+    /// a buffer of its own: up to `READ_AHEAD` of them are read into a small one, and
+    /// given to the next reads first (vigil patch 2). Idle connections then hold no
+    /// read buffer.
+    pub(crate) fn poll_read_ahead(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut first = [0u8; READ_AHEAD];
+        let mut buf = ReadBuf::new(&mut first);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        self.read_ahead = BytesMut::from(buf.filled());
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<T: AsyncRead + Unpin, B> AsyncRead for FramedWrite<T, B> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf,
     ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead[..n]);
+            self.read_ahead.advance(n);
+            if self.read_ahead.is_empty() {
+                self.read_ahead = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

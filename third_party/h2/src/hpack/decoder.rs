@@ -158,7 +158,8 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Taken when a header block needs it, given back after it (vigil patch 2).
+            buffer: BytesMut::new(),
         }
     }
 
@@ -256,6 +257,9 @@ impl Decoder {
             }
         }
 
+        // An idle connection keeps no string buffer (vigil patch 2): the strings decoded
+        // from it hold what they use.
+        self.buffer = BytesMut::new();
         Ok(())
     }
 
@@ -335,6 +339,9 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
+                if self.buffer.capacity() == 0 {
+                    self.buffer.reserve(4096);
+                }
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
                     offset,
                     len,

@@ -406,6 +406,13 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        if self.store.slab.is_empty() {
+            // No stream left: an idle connection keeps no room for them (vigil patch 2).
+            self.store.slab = slab::Slab::new();
+            if self.store.ids.is_empty() {
+                self.store.ids = IndexMap::new();
+            }
+        }
         stream.id
     }
 

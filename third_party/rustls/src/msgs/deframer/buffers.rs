@@ -205,7 +205,15 @@ impl DeframerVecBuffer {
         // we get a message with a length field out of range here,
         // we do a zero length read.  That looks like an EOF to
         // the next layer up, which is fine.
-        let new_bytes = rd.read(&mut self.buf[self.used..])?;
+        let new_bytes = match rd.read(&mut self.buf[self.used..]) {
+            // Nothing to read and nothing held: an idle connection keeps no read
+            // buffer (vigil patch 1); the next read takes one again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.used == 0 => {
+                self.buf = Vec::new();
+                return Err(e);
+            }
+            read => read?,
+        };
         self.used += new_bytes;
         Ok(new_bytes)
     }
