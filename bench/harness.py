@@ -556,13 +556,13 @@ def bench_threads(rounds=3, seconds=8, conns=(1, 32)):
             sys.stdout.flush()
 
 
-def bench_memory(count=9900):
+def bench_memory(count=8000):
     """Resident memory per idle keep-alive client connection, plain and over TLS (the
     same ECDSA P-256 certificate for every proxy; MEMORY=plain, tls or h2 runs one, h2
     being browser-like HTTP/2 clients over TLS; COUNT=n: n clients): `count`
     clients each send one request, read the answer and stay connected; RSS after minus
-    RSS before. 9,900: the hard fd limit here is 20,000 and HAProxy reserves two fds per
-    `maxconn`."""
+    RSS before. 8,000: the hard fd limit here is 20,000, HAProxy reserves two fds per
+    `maxconn`, and vigil's descriptor budget at 20,000 is 8,716 client connections."""
     import resource
     import socket
     import ssl
