@@ -449,6 +449,17 @@ def bench_edge(rounds=3, seconds=10):
                   f"{med('cpu_us_per_req', n) / base:.2f} | {sum(x['errors'] for x in results[n])} |")
 
 
+def bench_cert(name):
+    """A self-signed ECDSA P-256 certificate for bench.test and 127.0.0.1 in WORK: the
+    paths of its certificate, its key, and both in one file (HAProxy's form)."""
+    cert, key, both = (os.path.join(WORK, f) for f in (f"{name}.pem", f"{name}.key", f"{name}-both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
+    open(both, "w").write(open(cert).read() + open(key).read())
+    return cert, key, both
+
+
 def bench_tls(rounds=3, seconds=8):
     """TLS at the edge, one worker each, the same ECDSA P-256 certificate: keep-alive
     HTTPS requests (CPU per request, p99), then a new TLS connection per request
@@ -457,11 +468,7 @@ def bench_tls(rounds=3, seconds=8):
     threads = int(os.environ.get("THREADS", "1"))
     backends = [fleet(1, f"tls-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
-    cert, key, both = (os.path.join(WORK, f) for f in ("tls.pem", "tls.key", "tls-both.pem"))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
-                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
-    open(both, "w").write(open(cert).read() + open(key).read())
+    cert, key, both = bench_cert("tls")
     tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
 
     def v(port):
@@ -575,11 +582,7 @@ def bench_memory(count=8000):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     backends = [fleet(1, f"memory-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
-    cert, key, both = (os.path.join(WORK, f) for f in ("mem.pem", "mem.key", "mem-both.pem"))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
-                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
-    open(both, "w").write(open(cert).read() + open(key).read())
+    cert, key, both = bench_cert("mem")
     client_tls = ssl.create_default_context()
     client_tls.check_hostname = False
     client_tls.verify_mode = ssl.CERT_NONE
@@ -1376,11 +1379,7 @@ def bench_h2(rounds=3, seconds=6):
     rounds = int(os.environ.get("ROUNDS", rounds))
     backends = [fleet(1, f"h2-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
-    cert, key, both = (os.path.join(WORK, f) for f in ("h2.pem", "h2.key", "h2-both.pem"))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=bench.test",
-                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
-    open(both, "w").write(open(cert).read() + open(key).read())
+    cert, key, both = bench_cert("h2")
     tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
     only = os.environ.get("THREADS")
     shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", "") in f"c{s[0]}"]

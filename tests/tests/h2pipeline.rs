@@ -339,6 +339,15 @@ async fn over_h2(
     }
 }
 
+/// A request sent both ways: method, target, headers, body (in parts; one part is sent
+/// with a length, several as chunks or DATA frames without one).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<Vec<&'a [u8]>>,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_over_http1_and_http2_is_the_same_request() {
     let (backend, seen) = recorder().await;
@@ -360,7 +369,7 @@ async fn the_same_request_over_http1_and_http2_is_the_same_request() {
         ("x-request-id", "r1"),
         ("user-agent", "both/1"),
     ];
-    let cases: Vec<(&str, &str, &[(&str, &str)], Option<Vec<&[u8]>>)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "/t/plain?q=1", with_headers, None),
         (
             "POST",

@@ -479,41 +479,17 @@ async fn https_pools_keep_their_connections_apart_by_tls_name() {
 /// most 9.5 KiB is allowed here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tls_client_holds_little_memory() {
-    const CLIENTS: usize = 800;
-    vigil_tests::raise_fd_limit(CLIENTS as u64 * 3);
-    let ca = TestCa::new("idle");
-    let leaf = ca.leaf("a", &["a.test", "127.0.0.1"]);
-    let backend = FakeBackend::start("web").await;
-    let (listen, admin) = free_ports();
-    let yaml = tls_config(
-        listen,
-        admin,
-        &[&leaf],
-        "",
-        &[pool("web", &[(&backend, 1)], FAST_CHECKS)],
-    );
-    let mut v = Vigil::start(&yaml, listen, admin);
-    v.wait_ready().await;
-    let config = client_config(&ca.cert, &["http/1.1"]);
-    // Warm: allocator pools, the session cache and the backend connection exist.
-    for _ in 0..50 {
-        let mut s = connect(listen, "a.test", config.clone()).await.unwrap();
+    let per_client = idle_kib("idle", "http/1.1", 800, |listen, config| async move {
+        let mut s = connect(listen, "a.test", config).await.unwrap();
         assert_eq!(get1(&mut s, "app", "/").await.unwrap().0, 200);
-    }
-    let before = v.rss_kib();
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        let mut s = connect(listen, "a.test", config.clone()).await.unwrap();
-        assert_eq!(get1(&mut s, "app", "/").await.unwrap().0, 200);
-        clients.push(s);
-    }
-    let per_client = (v.rss_kib() - before) as f64 / CLIENTS as f64;
+        s
+    })
+    .await;
     eprintln!("{per_client:.1} KiB per idle TLS keep-alive client");
     assert!(
         per_client <= 9.5,
         "{per_client:.1} KiB per idle TLS keep-alive client"
     );
-    drop(clients);
 }
 
 /// Issue #26: an idle browser-like HTTP/2 client (TLS, one request answered, then
@@ -525,9 +501,36 @@ async fn an_idle_tls_client_holds_little_memory() {
 /// codec). At most 30 KiB is allowed here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_h2_client_holds_little_memory() {
-    const CLIENTS: usize = 600;
-    vigil_tests::raise_fd_limit(CLIENTS as u64 * 3);
-    let ca = TestCa::new("idle-h2");
+    let per_client = idle_kib("idle-h2", "h2", 600, |listen, config| async move {
+        let s = connect(listen, "a.test", config).await.unwrap();
+        let (client, conn) = h2::client::handshake(s).await.unwrap();
+        let task = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get("https://a.test/").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        read_body(&mut resp.into_body()).await.unwrap();
+        (client, task)
+    })
+    .await;
+    eprintln!("{per_client:.1} KiB per idle HTTP/2 client");
+    assert!(
+        per_client <= 30.0,
+        "{per_client:.1} KiB per idle HTTP/2 client"
+    );
+}
+
+/// vigil's resident memory per client left idle after one request: `clients` of them,
+/// each opened (TLS offering `alpn`, its request answered) by `open`, after 50 opened
+/// and closed to warm allocator pools, the session cache and the backend connection.
+async fn idle_kib<T, F, Fut>(name: &str, alpn: &str, clients: usize, open: F) -> f64
+where
+    F: Fn(std::net::SocketAddr, Arc<rustls::ClientConfig>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    vigil_tests::raise_fd_limit(clients as u64 * 3);
+    let ca = TestCa::new(name);
     let leaf = ca.leaf("a", &["a.test", "127.0.0.1"]);
     let backend = FakeBackend::start("web").await;
     let (listen, admin) = free_ports();
@@ -540,35 +543,16 @@ async fn an_idle_h2_client_holds_little_memory() {
     );
     let mut v = Vigil::start(&yaml, listen, admin);
     v.wait_ready().await;
-    let config = client_config(&ca.cert, &["h2"]);
-    let open = || async {
-        let s = connect(listen, "a.test", config.clone()).await.unwrap();
-        let (client, conn) = h2::client::handshake(s).await.unwrap();
-        let task = tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let req = http::Request::get("https://a.test/").body(()).unwrap();
-        let (resp, _) = client.send_request(req, true).unwrap();
-        let resp = resp.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        read_body(&mut resp.into_body()).await.unwrap();
-        (client, task)
-    };
-    // Warm: allocator pools, the session cache and the backend connection exist.
+    let config = client_config(&ca.cert, &[alpn]);
     for _ in 0..50 {
-        drop(open().await);
+        drop(open(listen, config.clone()).await);
     }
     let before = v.rss_kib();
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        clients.push(open().await);
+    let mut held = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        held.push(open(listen, config.clone()).await);
     }
-    let per_client = (v.rss_kib() - before) as f64 / CLIENTS as f64;
-    eprintln!("{per_client:.1} KiB per idle HTTP/2 client");
-    assert!(
-        per_client <= 30.0,
-        "{per_client:.1} KiB per idle HTTP/2 client"
-    );
-    drop(clients);
+    (v.rss_kib() - before) as f64 / clients as f64
 }
 
 /// Issue #26 (pingora#935): an HTTP/2 request without `content-length` whose body ends
