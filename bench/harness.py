@@ -375,11 +375,14 @@ def bench_proxy(rounds=3, seconds=15):
 
 
 def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme="http", extra=(),
-                before_stop=None):
+                before_stop=None, load=None):
     """Runs every peer (name -> (port, start)) `rounds` times, in alternating order:
-    started, warmed for 2 s, measured for `seconds` with `wrk -t1 -cCONNS`, stopped.
-    Adds CPU µs per request to each wrk result and, given `totals` (connections and
-    requests counted at the backends), new backend connections per 1,000 requests."""
+    started, warmed for 2 s, measured for `seconds` with `wrk -t1 -cCONNS` (or
+    `load(url, seconds)`, which returns what `wrk` does), stopped. Adds CPU µs per
+    request to each result and, given `totals` (connections and requests counted at the
+    backends), new backend connections per 1,000 requests."""
+    if load is None:
+        load = lambda url, s: wrk(url, s, conns=conns, extra=extra)
     results = {k: [] for k in peers}
     for r in range(rounds):
         order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
@@ -388,11 +391,11 @@ def interleaved(peers, rounds, seconds, conns=32, label="", totals=None, scheme=
             p = run()
             wait_port(f"127.0.0.1:{port}")
             url = f"{scheme}://127.0.0.1:{port}/"
-            wrk(url, 2, conns=conns, extra=extra)
+            load(url, 2)
             for attempt in range(STEAL_TRIES):
                 k0, q0 = totals() if totals else (0, 0)
                 c0, s0 = cpu_seconds(p.pid), cpu_stat()
-                w = wrk(url, seconds, conns=conns, extra=extra)
+                w = load(url, seconds)
                 cpu = cpu_seconds(p.pid) - c0
                 w["steal"] = steal_since(s0)
                 if w["steal"] <= MAX_STEAL:
@@ -1410,29 +1413,9 @@ def bench_h2(rounds=3, seconds=6):
             # still does with VIGIL_FAST_PATH=off): Pingora's proxy.
             peers["vigil, Pingora's proxy"] = (19140, lambda: pingora_path(lambda: v(19140, name="vigil-pingora")))
         for clients, streams in shapes:
-            label = f"h2 c{clients} m{streams} threads {threads}"
-            results = {k: [] for k in peers}
-            for r in range(rounds):
-                order = list(peers) if r % 2 == 0 else list(reversed(list(peers)))
-                for name in order:
-                    port, run = peers[name]
-                    p = run()
-                    wait_port(f"127.0.0.1:{port}")
-                    url = f"https://127.0.0.1:{port}/"
-                    h2load(url, 2, clients, streams)
-                    for attempt in range(STEAL_TRIES):
-                        c0, s0 = cpu_seconds(p.pid), cpu_stat()
-                        w = h2load(url, seconds, clients, streams)
-                        w["cpu_us_per_req"] = (cpu_seconds(p.pid) - c0) / max(w["requests"], 1) * 1e6
-                        w["steal"] = steal_since(s0)
-                        if w["steal"] <= MAX_STEAL:
-                            break
-                    results[name].append(w)
-                    log(f"{label} round {r} {name}: steal {w['steal'] * 100:.1f}% {w['rps']:.0f} req/s "
-                        f"mean {w['mean']:.3f} ms p99 {w['p99']:.3f} ms cpu {w['cpu_us_per_req']:.1f} us/req "
-                        f"errors {w['errors']}")
-                    stop(p, signal.SIGINT if name.startswith("vigil") else signal.SIGTERM)
-                    time.sleep(0.5)
+            results = interleaved(peers, rounds, seconds, label=f"h2 c{clients} m{streams} threads {threads}",
+                                  scheme="https",
+                                  load=lambda url, s, c=clients, m=streams: h2load(url, s, c, m))
             med = lambda k, n: statistics.median(x[k] for x in results[n])
             print(f"\n### HTTP/2 over TLS, h2load -c{clients} -m{streams}, {threads} worker(s) ({rounds} rounds "
                   f"of {seconds} s, medians; h2load -t1 and 3 backends on the same 2 cores)\n")

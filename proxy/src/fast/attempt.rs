@@ -8,6 +8,7 @@ use crate::idle;
 use crate::request::*;
 use bytes::{Buf, BytesMut};
 use pingora::prelude::*;
+use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::Stream;
 use std::io::Write;
 use std::time::Duration;
@@ -436,7 +437,7 @@ impl FastPath {
                 .unwrap_or("");
             let out = format!(
                 "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                date()
+                get_cached_date().to_str().unwrap_or_default()
             );
             let _ = self.write_client(client, out.as_bytes()).await;
         }
@@ -468,7 +469,7 @@ impl FastPath {
         let _ = write!(
             out,
             "HTTP/1.1 {status} {reason}\r\nDate: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-            date(),
+            get_cached_date().to_str().unwrap_or_default(),
             body.len()
         );
         for (k, v) in extra {
@@ -482,12 +483,6 @@ impl FastPath {
         }
         self.write_client(client, &out).await.is_ok()
     }
-}
-
-/// The current date, for an answer's `Date` (RFC 9110 §6.6.1).
-fn date() -> String {
-    let date = pingora::protocols::http::date::get_cached_date();
-    String::from_utf8_lossy(date.as_bytes()).into_owned()
 }
 
 /// Makes the stream's close a reset (`SO_LINGER` 0; pingora-core patch 12; an HTTP/2

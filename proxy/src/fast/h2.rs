@@ -14,6 +14,7 @@
 
 use super::framing::{Body, Framing};
 use super::{FastPath, MAX_HEADERS};
+use crate::request::HOP_BY_HOP;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -435,11 +436,9 @@ fn parse_answer(
     let (mut chunked, mut length) = (false, None);
     for h in r.headers.iter() {
         let name = h.name;
-        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2).
-        if ["connection", "keep-alive", "proxy-connection", "upgrade"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-        {
+        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2); the
+        // loop left only its own `Connection` of them.
+        if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)) {
             continue;
         }
         if name.eq_ignore_ascii_case("transfer-encoding") {
