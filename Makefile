@@ -86,6 +86,7 @@ soak: bench-deps build
 
 lint: deps
 	$(CARGO) fmt --all -- --check
+	python3 scripts/import_cycles.py proxy/src healthcheck/src conf/src
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:

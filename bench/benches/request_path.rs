@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vigil_conf::Config;
 use vigil_healthcheck::{Endpoint, Health, Member, MemberState, Membership};
-use vigil_proxy::metrics::ProxyMetrics;
-use vigil_proxy::routing::RoutingTable;
+use vigil_proxy::dataplane::routing::RoutingTable;
+use vigil_proxy::observe::metrics::ProxyMetrics;
 
 fn config(balance: &str, backends: usize) -> Config {
     let mut y = String::from("listeners:\n  - address: 127.0.0.1:1\npools:\n  - name: web\n    routes:\n      - host: \"*.example.com\"\n        path_prefix: /api\n");

@@ -151,6 +151,11 @@ impl Endpoint {
         self.tunnels.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Tunnels open to it now.
+    pub fn tunnels(&self) -> u64 {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
     /// A tunnel of [`Self::tunnel_opened`] ended (before its `request_finished`).
     pub fn tunnel_closed(&self) {
         self.tunnels.fetch_sub(1, Ordering::Relaxed);

@@ -1,41 +1,25 @@
 //! The `vigil` proxy: configuration wired to a running Pingora server.
 //!
-//! - [`app`]: shared state; the routing snapshot is one `ArcSwap<RoutingTable>`.
-//! - [`routing`] and [`balance`]: Host/path routing and lock-free backend selection.
-//! - [`proxy`]: the `ProxyHttp` implementation (retries, 404/503, forwarded headers).
-//! - [`edge`] and [`access_log`]: limits on client requests; one log line per request.
-//! - [`admin`]: `/metrics`, `/health/*`, `POST /admin/reload`.
-//! - [`apply`]: the one path from a configuration to the running state (start, reload,
-//!   discovery); [`discovery`]: pools' backends from DNS.
-//! - [`server`]: process wiring, signals, drain; [`upgrade`]: `vigil run --upgrade`;
-//!   [`demo`]: `vigil demo`.
+//! Four layers, each using only the ones below it:
+//! - [`process`]: the running process — start, signals, drain, upgrade, CPU affinity,
+//!   the admin listener, and [`process::app::App`], which wires the layers together.
+//! - [`control`]: what is in force and the one task that changes it — reload, apply,
+//!   discovery from DNS, the fleet on etcd.
+//! - [`dataplane`]: the request path — one pipeline (HTTP/1 and HTTP/2 codecs), the
+//!   shared request policy, routing snapshots and balancing, upstream connections, and
+//!   Pingora's proxy for what the pipeline hands on. It reads snapshots only.
+//! - [`edge`]: listeners, client TLS, client limits, descriptor budget.
+//! - [`observe`]: metrics, the access log, process logs.
+//!
+//! A request: `edge::listener` → `dataplane::pipeline` (head, policy, route, attempts)
+//! → backend → answer → `observe::access_log`. A health change: the checker
+//! (`vigil-healthcheck`) → `control::InForce` rebuilds the routing table → the next
+//! request's snapshot.
 
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod affinity;
-pub mod app;
-pub mod apply;
-pub mod balance;
-pub mod convert;
-pub mod demo;
-pub mod descriptors;
-pub mod discovery;
+pub mod control;
+pub mod dataplane;
 pub mod edge;
-pub mod error;
-pub mod fast;
-pub mod fleet;
-pub mod idle;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
-pub mod path;
-pub mod proxy;
-pub mod request;
-pub mod rewound;
-pub mod routing;
-pub mod server;
-pub mod tls;
-pub mod upgrade;
-pub mod upstream_tls;
+pub mod observe;
+pub mod process;

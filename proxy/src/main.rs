@@ -5,8 +5,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vigil_proxy::logging::{self, LogFormat};
-use vigil_proxy::{demo, server};
+use vigil_proxy::observe::logging::{self, LogFormat};
+use vigil_proxy::process::{demo, server};
 
 // glibc malloc was a tenth of the proxy's CPU per request (bench/RESULTS.md).
 #[global_allocator]
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match vigil_proxy::admin::set_backend_state(&config, &pool, &address, &state) {
+            match vigil_proxy::process::admin::set_backend_state(&config, &pool, &address, &state) {
                 Ok((200, body)) => {
                     println!("{body}");
                     ExitCode::SUCCESS
@@ -156,11 +156,11 @@ fn validate(file: &std::path::Path) -> ExitCode {
     match load(file) {
         Ok(config) => {
             // The files the config names are part of it: certificates, keys, CA files.
-            if let Err(errors) = vigil_proxy::tls::check_files(&config) {
+            if let Err(errors) = vigil_proxy::control::certs::check_files(&config) {
                 eprintln!("{errors}");
                 return ExitCode::from(1);
             }
-            for warning in vigil_proxy::tls::warnings(&config) {
+            for warning in vigil_proxy::control::certs::warnings(&config) {
                 eprintln!("warning: {warning}");
             }
             for p in &config.pools {

@@ -9,7 +9,7 @@ use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use vigil_proxy::upstream_tls::NoVerify;
+use vigil_proxy::dataplane::upstream_tls::NoVerify;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

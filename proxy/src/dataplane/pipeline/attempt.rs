@@ -1,0 +1,498 @@
+//! One request's attempts on the loop: a backend chosen, the request sent (its body
+//! held whole or streamed as it arrives), the answer copied back or, after a `101`,
+//! the tunnel; retries where they are safe, and the client's answer when all failed.
+
+use super::client::Client;
+use super::framing::{parse_response, Asked, Body, Framing};
+use super::{tunnel, write_flushed, FastPath};
+use crate::dataplane::idle;
+use crate::dataplane::request::*;
+use bytes::{Buf, BytesMut};
+use pingora::prelude::*;
+use pingora::protocols::http::date::get_cached_date;
+use pingora::protocols::Stream;
+use std::io::Write;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+/// A request as the loop sends it upstream.
+#[derive(Clone, Copy)]
+pub(super) struct Outgoing<'a> {
+    /// Its head, and its body when held whole, as sent.
+    pub bytes: &'a [u8],
+    /// What the answer's framing depends on.
+    pub asked: Asked,
+    /// It may be sent twice (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+}
+
+/// A body streamed from the client as it arrives (a long or a chunked one).
+pub(super) struct Streamed {
+    pub body: Body,
+    /// Some of it was taken from the client: the request cannot be sent again.
+    pub started: bool,
+    /// The whole body within `limits.body_timeout`.
+    pub deadline: Instant,
+    /// `limits.body_bytes`, for a chunked body.
+    pub max: Option<u64>,
+}
+
+impl Streamed {
+    pub(super) fn new(framing: Framing, deadline: Instant, max: Option<u64>) -> Streamed {
+        Streamed {
+            body: Body::new(framing),
+            started: false,
+            deadline,
+            max,
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Exchange {
+    /// The client has its answer (`status`); `keep` when its connection can carry
+    /// another request, `reusable` when the backend's can.
+    Answered {
+        status: u16,
+        keep: bool,
+        reusable: bool,
+    },
+    /// The client went away during the request or its answer.
+    ClientGone,
+    /// The pool retries the backend's status elsewhere.
+    StatusRetry,
+}
+
+/// A failure of the client's, while its body streams: the status it gets.
+fn client_error<T>(status: u16, why: &'static str) -> Result<T> {
+    Error::e_explain(HTTPStatus(status), why).map_err(|e| e.into_down())
+}
+
+impl FastPath {
+    /// Tries backends until one answers or none is left: the status the client got and
+    /// whether its connection can carry another request.
+    pub(super) async fn attempts(
+        &self,
+        client: &mut Client<'_>,
+        out: &Outgoing<'_>,
+        mut streamed: Option<&mut Streamed>,
+        ctx: &mut Ctx,
+    ) -> (u16, bool) {
+        let close = out.asked.close;
+        loop {
+            // A streamed body, once begun, cannot be sent again.
+            let repeatable = out.idempotent && !streamed.as_ref().is_some_and(|s| s.started);
+            let i = match ctx.next_member() {
+                Ok(i) => i,
+                Err(e) => return self.failed(client.stream, ctx, e, out, close).await,
+            };
+            let pool = ctx.pool().expect("routed");
+            let member = &pool.members[i];
+            let addr = member.endpoint.socket_addr;
+            let key = match &pool.tls {
+                None => (addr, 0),
+                Some(tls) => (addr, tls.connection_key(&member.endpoint.address)),
+            };
+            let read_timeout = pool.config.read_timeout;
+            // After a stale idle connection, a new one.
+            let idle = if ctx.stale_resent {
+                None
+            } else {
+                idle::take(key)
+            };
+            let (mut up, reused) = match idle {
+                Some(stream) => (stream, true),
+                None => {
+                    let peer = peer_for(pool, i);
+                    // Boxed: dialling is rare, and its future would otherwise make every
+                    // connection's (held while idle) several KiB larger.
+                    match Box::pin(self.dial.new_stream(&peer)).await {
+                        Ok(stream) => (stream, false),
+                        Err(e) => {
+                            if ctx.connect_failed() {
+                                continue;
+                            }
+                            let e = e.into_up();
+                            return self.failed(client.stream, ctx, e, out, close).await;
+                        }
+                    }
+                }
+            };
+            let local = up
+                .get_socket_digest()
+                .and_then(|s| s.local_addr().and_then(|a| a.as_inet()).copied());
+            ctx.connected(reused, up.id(), local, repeatable);
+            let mut sent = None;
+            let exchange = self
+                .exchange(
+                    client,
+                    &mut up,
+                    out,
+                    streamed.as_deref_mut(),
+                    read_timeout,
+                    ctx,
+                    &mut sent,
+                )
+                .await;
+            let repeatable = out.idempotent && !streamed.as_ref().is_some_and(|s| s.started);
+            match exchange {
+                Ok(Exchange::Answered {
+                    status,
+                    keep,
+                    reusable,
+                }) => {
+                    if reusable {
+                        idle::put(key, up, UPSTREAM_IDLE_TIMEOUT);
+                    }
+                    return (status, keep);
+                }
+                Ok(Exchange::ClientGone) => return (sent.unwrap_or(502), false),
+                // `answered` took the retry; the flag is for Pingora's path, whose
+                // retry goes through `attempt_failed`.
+                Ok(Exchange::StatusRetry) => ctx.status_retry = false,
+                Err(e) if matches!(e.esource(), ErrorSource::Downstream) => {
+                    // The client's own failure (its body): not the backend's.
+                    return self.failed(client.stream, ctx, e, out, true).await;
+                }
+                Err(e) => {
+                    let e = e.more_context(format!("Peer: {addr}"));
+                    if let Some(status) = sent {
+                        // The answer was cut short: the client can only see how its
+                        // connection ends, a reset and not a close (an answer delimited
+                        // by the close would look whole).
+                        reset_on_close(client.stream);
+                        ctx.attempt_failed(&e, false);
+                        tracing::error!(
+                            "Fail to proxy: {e}, status: {status}, tries: {}, {}",
+                            ctx.tried.len(),
+                            summary(out.bytes)
+                        );
+                        return (status, false);
+                    }
+                    // The whole request is at hand: an idempotent one may go again.
+                    if reused && ctx.stale_connection(&e, repeatable) {
+                        continue;
+                    }
+                    if !ctx.attempt_failed(&e, repeatable) {
+                        return self.failed(client.stream, ctx, e, out, close).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt on `up`: the request out, the answer back. `sent` is set once the
+    /// client has the answer's head.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        client: &mut Client<'_>,
+        up: &mut Stream,
+        out: &Outgoing<'_>,
+        streamed: Option<&mut Streamed>,
+        read_timeout: Duration,
+        ctx: &mut Ctx,
+        sent: &mut Option<u16>,
+    ) -> Result<Exchange> {
+        write_up(up, out.bytes, read_timeout).await?;
+        let mut buf = BytesMut::with_capacity(8192);
+        // The body left unsent when the backend answered early: the client's
+        // connection cannot carry another request.
+        let mut unfinished = false;
+        let mut repeatable = out.idempotent;
+        if let Some(streamed) = streamed {
+            let sending = self
+                .stream_body(client, up, streamed, &mut buf, read_timeout)
+                .await;
+            repeatable &= !streamed.started;
+            match sending? {
+                Some(done) => unfinished = !done,
+                None => return Ok(Exchange::ClientGone),
+            }
+        }
+        let mut first_wait = true;
+        // A body left unsent leaves the client's connection unusable: told so.
+        let asked = Asked {
+            close: out.asked.close || unfinished,
+            ..out.asked
+        };
+        let resp = loop {
+            if !buf.is_empty() {
+                match parse_response(&buf, asked)? {
+                    Some(r) if r.status == 101 && out.asked.upgrade => break r,
+                    // Nothing was asked to switch protocols.
+                    Some(r) if r.status == 101 => {
+                        return Error::e_explain(InvalidHTTPHeader, "101 to a plain request")
+                            .map_err(|e| e.into_up())
+                    }
+                    // Informational answers are not passed on (vigil answered any
+                    // `Expect` itself).
+                    Some(r) if r.status < 200 => {
+                        buf.advance(r.len);
+                        continue;
+                    }
+                    Some(r) => break r,
+                    None => {}
+                }
+            }
+            // A client that leaves while its request waits cancels it: the backend's
+            // connection closes, and the request's slot and in-flight count are freed.
+            let read = tokio::select! {
+                biased;
+                read = read_some(up, &mut buf, read_timeout) => read?,
+                gone = client.gone(std::mem::replace(&mut first_wait, false)), if !unfinished => match gone {
+                    true => return Ok(Exchange::ClientGone),
+                    false => continue,
+                },
+            };
+            if read == 0 {
+                return Error::e_explain(ConnectionClosed, "before the response head")
+                    .map_err(|e| e.into_up());
+            }
+        };
+        if resp.status != 101 && ctx.answered(resp.status, repeatable) && !unfinished {
+            return Ok(Exchange::StatusRetry);
+        }
+        buf.advance(resp.len);
+        if resp.status == 101 {
+            // Answered: the tunnel is no longer a request waiting for its answer (the
+            // stall watcher would otherwise take its silence for a stuck backend).
+            ctx.answered(101, false);
+            let mut head = resp.client_head;
+            head.extend_from_slice(&buf);
+            if self.write_client(client.stream, &head).await.is_err() {
+                return Ok(Exchange::ClientGone);
+            }
+            *sent = Some(101);
+            tunnel::run(
+                client,
+                up,
+                read_timeout,
+                self.plane.edge.client_write_timeout(),
+            )
+            .await;
+            return Ok(Exchange::Answered {
+                status: 101,
+                keep: false,
+                reusable: false,
+            });
+        }
+        let mut body = Body::new(resp.framing);
+        let mut decoded = resp.dechunk.then(Vec::new);
+        let (take, mut done) = body.feed_to(&buf, decoded.as_mut())?;
+        let mut first = resp.client_head;
+        match decoded.as_mut() {
+            Some(d) => first.append(d),
+            None => first.extend_from_slice(&buf[..take]),
+        }
+        buf.advance(take);
+        if self.write_client(client.stream, &first).await.is_err() {
+            return Ok(Exchange::ClientGone);
+        }
+        *sent = Some(resp.status);
+        drop(first);
+        while !done {
+            buf.clear();
+            if read_some(up, &mut buf, read_timeout).await? == 0 {
+                if resp.framing == Framing::Close {
+                    break;
+                }
+                return Error::e_explain(ConnectionClosed, "before the response body ended")
+                    .map_err(|e| e.into_up());
+            }
+            let (take, end) = body.feed_to(&buf, decoded.as_mut())?;
+            done = end;
+            let bytes = match decoded.as_mut() {
+                Some(d) => &d[..],
+                None => &buf[..take],
+            };
+            if self.write_client(client.stream, bytes).await.is_err() {
+                return Ok(Exchange::ClientGone);
+            }
+            if let Some(d) = decoded.as_mut() {
+                d.clear();
+            }
+            buf.advance(take);
+        }
+        ctx.bytes_out = body.payload as usize;
+        Ok(Exchange::Answered {
+            status: resp.status,
+            keep: resp.keep && !unfinished,
+            // Bytes past the answer mean the backend is out of step.
+            reusable: resp.reusable && buf.is_empty() && !unfinished,
+        })
+    }
+
+    /// Copies a streamed body from the client to the backend as it arrives, each write
+    /// within the pool's `read_timeout` (a backend that does not take it is cut). Ends
+    /// with `Some(true)` when all of it is sent, `Some(false)` when the backend
+    /// answered first (its answer's start is in `answer`), None when the client left.
+    async fn stream_body(
+        &self,
+        client: &mut Client<'_>,
+        up: &mut Stream,
+        s: &mut Streamed,
+        answer: &mut BytesMut,
+        write_timeout: Duration,
+    ) -> Result<Option<bool>> {
+        loop {
+            if !client.pending.is_empty() {
+                let (take, done) = match s.body.feed(client.pending) {
+                    Ok(fed) => fed,
+                    Err(_) => return client_error(400, "invalid chunked request body"),
+                };
+                if s.max.is_some_and(|max| s.body.payload > max) {
+                    return client_error(413, "request body too large");
+                }
+                s.started = true;
+                write_up(up, &client.pending[..take], write_timeout).await?;
+                client.pending.advance(take);
+                if done {
+                    return Ok(Some(true));
+                }
+            }
+            if client.pending.capacity() < 16 * 1024 {
+                client.pending.reserve(16 * 1024);
+            }
+            tokio::select! {
+                read = tokio::time::timeout_at(s.deadline, client.stream.read_buf(client.pending)) => {
+                    match read {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Ok(None),
+                        Err(_) => {
+                            self.timed_out(client.stream, "body");
+                            return client_error(408, "request body timed out");
+                        }
+                    }
+                }
+                // The backend answers before the body is all sent (a 413, a 401...).
+                read = up.read_buf(answer) => match read {
+                    Ok(n) if n > 0 => return Ok(Some(false)),
+                    Ok(_) => return Error::e_explain(ConnectionClosed, "while sending the request body")
+                        .map_err(|e| e.into_up()),
+                    Err(e) => return Error::e_because(ReadError, "while sending the request body", e)
+                        .map_err(|e| e.into_up()),
+                },
+            }
+        }
+    }
+
+    /// The request failed with `e` before the client had an answer: it gets its
+    /// status, as on Pingora's path (`VigilProxy::fail_to_proxy`).
+    async fn failed(
+        &self,
+        client: &mut Stream,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+        out: &Outgoing<'_>,
+        close: bool,
+    ) -> (u16, bool) {
+        if ctx.no_backend {
+            if let Some(p) = ctx.pool() {
+                p.metrics.no_healthy.inc();
+            }
+            let (status, extra, body) = NO_HEALTHY_BACKEND;
+            let ok = self
+                .respond(client, status, &extra, body, close, out.asked.head)
+                .await;
+            return (status, ok && !close);
+        }
+        let code = error_status(&e);
+        if code > 0 {
+            let reason = http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            let out = format!(
+                "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                get_cached_date().to_str().unwrap_or_default()
+            );
+            let _ = self.write_client(client, out.as_bytes()).await;
+        }
+        if !matches!(e.esource(), ErrorSource::Downstream) {
+            tracing::error!(
+                "Fail to proxy: {e}, status: {code}, tries: {}, {}",
+                ctx.tried.len(),
+                summary(out.bytes)
+            );
+        }
+        (if code > 0 { code } else { 502 }, false)
+    }
+
+    /// Writes a small JSON answer: true when the client took it.
+    pub(super) async fn respond(
+        &self,
+        client: &mut Stream,
+        status: u16,
+        extra: &[(&str, &str)],
+        body: &str,
+        close: bool,
+        head: bool,
+    ) -> bool {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut out = Vec::with_capacity(256);
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status} {reason}\r\nDate: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            get_cached_date().to_str().unwrap_or_default(),
+            body.len()
+        );
+        for (k, v) in extra {
+            let _ = write!(out, "{k}: {v}\r\n");
+        }
+        let connection = if close { "close" } else { "keep-alive" };
+        let _ = write!(out, "Connection: {connection}\r\n\r\n");
+        // An answer to HEAD has its length and no body.
+        if !head {
+            out.extend_from_slice(body.as_bytes());
+        }
+        self.write_client(client, &out).await.is_ok()
+    }
+}
+
+/// Makes the stream's close a reset (`SO_LINGER` 0; pingora-core patch 12; an HTTP/2
+/// stream's `RST_STREAM`).
+fn reset_on_close(stream: &Stream) {
+    if let Some(h2) = stream.as_any().downcast_ref::<super::h2::H2Client>() {
+        return h2.cut();
+    }
+    let _ = pingora::protocols::l4::ext::set_reset_on_close(stream.id());
+}
+
+/// Writes to the backend, within `limit`.
+async fn write_up(up: &mut Stream, bytes: &[u8], limit: Duration) -> Result<()> {
+    match timeout(limit, write_flushed(up, bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            Error::e_because(WriteError, "writing the request upstream", e).map_err(|e| e.into_up())
+        }
+        Err(_) => {
+            Error::e_explain(WriteTimedout, format!("timeout: {limit:?}")).map_err(|e| e.into_up())
+        }
+    }
+}
+
+/// Reads more of the backend's answer into `buf`, within `read_timeout`.
+async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) -> Result<usize> {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(16 * 1024);
+    }
+    match timeout(read_timeout, up.read_buf(buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => {
+            Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())
+        }
+        Err(_) => Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}"))
+            .map_err(|e| e.into_up()),
+    }
+}
+
+/// The request line, for the error log.
+fn summary(req: &[u8]) -> String {
+    let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
+    String::from_utf8_lossy(line).into_owned()
+}

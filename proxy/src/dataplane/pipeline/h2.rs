@@ -1,0 +1,620 @@
+//! HTTP/2 clients on the request loop. Pingora's HTTP/2 server (the `h2` crate, its
+//! handshake, limits, stream acceptance and GOAWAY on shutdown) turns a connection into
+//! streams; each stream's request is then carried by the same loop as an HTTP/1
+//! request, through `H2Client`: a codec that shows the stream to the loop as an HTTP/1.1
+//! connection carrying that one request. Its reads give the request's head written as
+//! HTTP/1.1 (`:authority` as `Host`, cookies joined) and then its body (chunked when
+//! the client gave no length, so that a body ending with an empty DATA frame is framed
+//! once); its writes take the loop's answer, HTTP/1.1 as an HTTP/1.1 client would get
+//! it, and send it as HEADERS, DATA and trailers, within the stream's flow control.
+//! The head's policy, routing, the attempts, retries, stall registration, the access
+//! log and the metrics are the loop's own: one pipeline, two codecs (as HAProxy's
+//! muxes feed one HTTP analyser). A request the loop does not carry (a `protocol: h2`
+//! pool, `CONNECT`) is handed back to Pingora's proxy as the stream it came on.
+
+use super::framing::{Body, Framing};
+use super::{FastPath, MAX_HEADERS};
+use crate::dataplane::request::HOP_BY_HOP;
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::v2::server::{H2Options, HttpSession};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, ALPN};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The longest answer head the codec holds while it waits for its end (the loop's own
+/// bound on a backend's head).
+const MAX_ANSWER_HEAD: usize = 1 << 20;
+
+/// An HTTP/2 connection's application: Pingora's HTTP/2 server accepts its streams and
+/// gives each here, to be carried by the loop.
+pub(super) struct H2Front {
+    pub fast: Arc<FastPath>,
+}
+
+#[async_trait]
+impl HttpServerApp for H2Front {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session {
+            ServerSession::H2(session) => {
+                let client = Box::new(H2Client::new(session));
+                self.fast.serve(client, shutdown, true).await;
+            }
+            // An h2c listener's HTTP/1 client (FastPath sends those to the loop before
+            // this; kept for any other way in).
+            ServerSession::H1(session) => {
+                self.fast.serve(session.into_inner(), shutdown, false).await;
+            }
+            other => {
+                self.fast.pingora.process_new_http(other, shutdown).await;
+            }
+        }
+        None
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.fast.pingora.h2_options.clone()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.fast.pingora.server_options.as_ref()
+    }
+}
+
+/// One HTTP/2 stream, shown to the loop as an HTTP/1.1 connection carrying its request.
+pub(super) struct H2Client {
+    session: Option<HttpSession>,
+    socket: Option<Arc<SocketDigest>>,
+    ssl: Option<Arc<SslDigest>>,
+    read: Reading,
+    write: Writing,
+    /// A `HEAD` request: its answer has no body, whatever its head says.
+    head_request: bool,
+    /// The loop cut the answer short (`reset_on_close`): the stream ends with a reset.
+    cut: AtomicBool,
+}
+
+enum Reading {
+    /// The request head as HTTP/1.1, not all read yet.
+    Head(Bytes),
+    /// Its body, `chunked` when it has no length; `pending` of it not read yet;
+    /// `ended` once the stream said it ended.
+    Body {
+        chunked: bool,
+        pending: Bytes,
+        ended: bool,
+    },
+    /// All read.
+    Done,
+}
+
+enum Writing {
+    /// The answer's head, as far as it came.
+    Head(BytesMut),
+    /// Its body: the payload decoded and not yet sent (`out`), within flow control.
+    Body {
+        body: Body,
+        framing: Framing,
+        sender: h2::SendStream<Bytes>,
+        out: BytesMut,
+        done: bool,
+    },
+    /// Sent, END_STREAM included.
+    Ended,
+}
+
+impl std::fmt::Debug for H2Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2Client")
+    }
+}
+
+fn other(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::other(why)
+}
+
+impl H2Client {
+    pub(super) fn new(session: HttpSession) -> H2Client {
+        let digest = session.digest();
+        let socket = digest.and_then(|d| d.socket_digest.clone());
+        let ssl = digest.and_then(|d| d.ssl_digest.clone());
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let head = request_head(&session);
+        H2Client {
+            session: Some(session),
+            socket,
+            ssl,
+            read: Reading::Head(head),
+            write: Writing::Head(BytesMut::new()),
+            head_request,
+            cut: AtomicBool::new(false),
+        }
+    }
+
+    /// The stream back, for Pingora's proxy: only before any of its body was read.
+    pub(super) fn into_session(mut self) -> Option<HttpSession> {
+        self.session.take()
+    }
+
+    /// The answer was cut short: the stream is reset, not ended, when the loop drops it.
+    pub(super) fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    fn session(&mut self) -> io::Result<&mut HttpSession> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| other("stream handed over"))
+    }
+
+    /// Reads the next DATA of the request body into `pending` (framed as a chunk when
+    /// `chunked`), or marks its end (with the chunked terminator).
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let session = self.session()?;
+            let data = match ready!(session.poll_read_body_bytes(cx)) {
+                Some(Ok(data)) => Some(data),
+                Some(Err(e)) => return Poll::Ready(Err(other(e))),
+                None => None,
+            };
+            let Reading::Body {
+                chunked,
+                pending,
+                ended,
+            } = &mut self.read
+            else {
+                return Poll::Ready(Ok(()));
+            };
+            match data {
+                // An empty DATA frame (one that only carries END_STREAM) is no chunk:
+                // the body's end is written once, when the stream says it ended.
+                Some(data) if data.is_empty() => continue,
+                Some(data) if *chunked => {
+                    let mut framed = BytesMut::with_capacity(data.len() + 20);
+                    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    framed.extend_from_slice(&data);
+                    framed.extend_from_slice(b"\r\n");
+                    *pending = framed.freeze();
+                }
+                Some(data) => *pending = data,
+                None => {
+                    *ended = true;
+                    if *chunked {
+                        *pending = Bytes::from_static(b"0\r\n\r\n");
+                    }
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+
+    /// Waits until the client resets the stream (or the connection ends): an error.
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let reason = match &mut self.write {
+            Writing::Body { sender, .. } => ready!(sender.poll_reset(cx)).map_err(other)?,
+            _ => {
+                let session = self.session()?;
+                let mut idle = session.idle();
+                ready!(Pin::new(&mut idle).poll(cx)).map_err(|e| other(e.to_string()))?
+            }
+        };
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("stream reset by the client: {reason}"),
+        )))
+    }
+
+    /// Takes the loop's answer bytes: its head (informational ones skipped), then its
+    /// body, decoded into `out`.
+    fn take(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        loop {
+            match &mut self.write {
+                Writing::Head(head) => {
+                    head.extend_from_slice(bytes);
+                    bytes = &[];
+                    let Some((len, resp, framing)) = parse_answer(head, self.head_request)? else {
+                        if head.len() > MAX_ANSWER_HEAD {
+                            return Err(other("answer head too large"));
+                        }
+                        return Ok(());
+                    };
+                    let mut rest = std::mem::take(head);
+                    rest.advance(len);
+                    let Some(resp) = resp else {
+                        // Informational: not passed on (as on HTTP/1).
+                        self.write = Writing::Head(rest);
+                        continue;
+                    };
+                    let end = framing == Framing::Empty;
+                    let session = self.session()?;
+                    session
+                        .write_response_header(Box::new(resp), end)
+                        .map_err(|e| other(e.to_string()))?;
+                    if end {
+                        self.write = Writing::Ended;
+                        return Ok(());
+                    }
+                    let sender = session
+                        .take_response_body_writer()
+                        .ok_or_else(|| other("no body writer"))?;
+                    let mut body = Body::new(framing);
+                    if framing == Framing::Chunked {
+                        body.keep_trailers();
+                    }
+                    self.write = Writing::Body {
+                        body,
+                        framing,
+                        sender,
+                        out: BytesMut::new(),
+                        done: false,
+                    };
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                    return self.take(&rest);
+                }
+                Writing::Body {
+                    body, out, done, ..
+                } => {
+                    if *done || bytes.is_empty() {
+                        return Ok(());
+                    }
+                    let mut payload = Vec::new();
+                    let (_, end) = body
+                        .feed_to(bytes, Some(&mut payload))
+                        .map_err(|e| other(e.to_string()))?;
+                    out.extend_from_slice(&payload);
+                    *done = end;
+                    return Ok(());
+                }
+                Writing::Ended => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends what `out` holds as the stream's flow control allows, and the stream's end
+    /// (or its trailers) once the body has ended: ready when nothing is left to send.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Writing::Body {
+            body,
+            sender,
+            out,
+            done,
+            ..
+        } = &mut self.write
+        else {
+            return Poll::Ready(Ok(()));
+        };
+        while !out.is_empty() {
+            let mut room = sender.capacity();
+            if room == 0 {
+                sender.reserve_capacity(out.len());
+                room = match ready!(sender.poll_capacity(cx)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => return Poll::Ready(Err(other(e))),
+                    None => return Poll::Ready(Err(other("stream closed"))),
+                };
+                if room == 0 {
+                    continue;
+                }
+            }
+            let n = room.min(out.len());
+            let last = *done && n == out.len() && body.trailers().is_none_or(|t| t.is_empty());
+            let chunk = out.split_to(n).freeze();
+            sender.send_data(chunk, last).map_err(other)?;
+            if last {
+                self.write = Writing::Ended;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if *done {
+            match body.trailers().filter(|t| !t.is_empty()) {
+                Some(t) => {
+                    let trailers = parse_trailers(t);
+                    sender.send_trailers(trailers).map_err(other)?;
+                }
+                None => sender.send_data(Bytes::new(), true).map_err(other)?,
+            }
+            self.write = Writing::Ended;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for H2Client {
+    fn drop(&mut self) {
+        if let Writing::Body {
+            framing,
+            sender,
+            out,
+            done,
+            ..
+        } = &mut self.write
+        {
+            if *done {
+                // Whole: what flow control held back goes when it can (h2 queues it).
+                let _ = sender.send_data(out.split().freeze(), true);
+            } else if *framing == Framing::Close && !*self.cut.get_mut() {
+                // An answer delimited by its backend's close ended with it.
+                let _ = sender.send_data(out.split().freeze(), true);
+            } else {
+                sender.send_reset(h2::Reason::INTERNAL_ERROR);
+            }
+        }
+    }
+}
+
+/// The request head of `session` written as HTTP/1.1.
+fn request_head(session: &HttpSession) -> Bytes {
+    let req = session.req_header();
+    let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // `:authority` is the Host (RFC 9113 §8.3.1); Pingora refused a conflicting `host`.
+    let authority = req.uri.authority();
+    if let Some(a) = authority {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    let mut length = false;
+    for (name, value) in req.headers.iter() {
+        if name == http::header::HOST && authority.is_some() {
+            continue;
+        }
+        if name == http::header::COOKIE {
+            // Split across fields in HTTP/2, one field in HTTP/1.1 (RFC 9113 §8.2.3).
+            cookies.push(value.as_bytes());
+            continue;
+        }
+        length |= name == http::header::CONTENT_LENGTH;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !cookies.is_empty() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(&cookies.join(&b"; "[..]));
+        out.extend_from_slice(b"\r\n");
+    }
+    // A body without a length is chunked on HTTP/1.1.
+    if !length && !session.is_body_done() {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The answer head at the start of `buf`, as the loop wrote it for an HTTP/1.1 client:
+/// None while incomplete; its length, the response for HTTP/2 (None for an
+/// informational one), and how its body is framed.
+#[allow(clippy::type_complexity)]
+fn parse_answer(
+    buf: &[u8],
+    head_request: bool,
+) -> io::Result<Option<(usize, Option<ResponseHeader>, Framing)>> {
+    let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(other(format!("answer head: {e}"))),
+    };
+    let status = r.code.unwrap_or(0);
+    if status < 200 {
+        return Ok(Some((len, None, Framing::Empty)));
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status).map_err(other)?;
+    parts.headers.reserve(r.headers.len());
+    let (mut chunked, mut length) = (false, None);
+    for h in r.headers.iter() {
+        let name = h.name;
+        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2); the
+        // loop left only its own `Connection` of them.
+        if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+        }
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(other)?;
+        let value = http::HeaderValue::from_bytes(h.value).map_err(other)?;
+        parts.headers.append(name, value);
+    }
+    let resp = ResponseHeader::from(parts);
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    Ok(Some((len, Some(resp), framing)))
+}
+
+/// A chunked body's trailer lines as HTTP/2 trailers (malformed lines left out).
+fn parse_trailers(lines: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        // Not fields a trailer may carry on HTTP/2.
+        if name == http::header::CONNECTION || name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        map.append(name, value);
+    }
+    map
+}
+
+impl AsyncRead for H2Client {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        loop {
+            match &mut me.read {
+                Reading::Head(head) => {
+                    let n = head.len().min(buf.remaining());
+                    buf.put_slice(&head[..n]);
+                    head.advance(n);
+                    if head.is_empty() {
+                        let done = me.session()?.is_body_done();
+                        me.read = if done {
+                            Reading::Done
+                        } else {
+                            let length = me
+                                .session()?
+                                .req_header()
+                                .headers
+                                .contains_key(http::header::CONTENT_LENGTH);
+                            Reading::Body {
+                                chunked: !length,
+                                pending: Bytes::new(),
+                                ended: false,
+                            }
+                        };
+                    }
+                    // Only the head in this read: a request the loop does not carry
+                    // goes back to Pingora with its body unread.
+                    return Poll::Ready(Ok(()));
+                }
+                Reading::Body { pending, .. } if !pending.is_empty() => {
+                    let n = pending.len().min(buf.remaining());
+                    buf.put_slice(&pending[..n]);
+                    pending.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Reading::Body { ended: true, .. } => me.read = Reading::Done,
+                Reading::Body { .. } => ready!(me.poll_body(cx))?,
+                Reading::Done => {
+                    // The request is all read: the client is quiet until it resets the
+                    // stream; once the answer is sent, the "connection" ends.
+                    if matches!(me.write, Writing::Ended) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return me.poll_reset(cx);
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Client {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // What an earlier write left is sent first: back-pressure from the client's
+        // flow control.
+        ready!(self.poll_send(cx))?;
+        self.take(buf)?;
+        // Sent as far as the window allows now; the rest on the next write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for H2Client {
+    async fn shutdown(&mut self) {}
+}
+
+impl UniqueID for H2Client {
+    fn id(&self) -> UniqueIDType {
+        // No socket of its own (`reset_on_close` must not touch the connection's).
+        -1
+    }
+}
+
+impl Ssl for H2Client {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.ssl.clone()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        Some(ALPN::H2)
+    }
+}
+
+impl GetTimingDigest for H2Client {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for H2Client {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for H2Client {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.socket.clone()
+    }
+
+    fn set_socket_digest(&mut self, _digest: SocketDigest) {}
+}
+
+#[async_trait]
+impl Peek for H2Client {}

@@ -1,0 +1,339 @@
+//! The proxy's Prometheus families (CONTRACT §7). Per-pool and per-backend handles are
+//! resolved when a routing snapshot is built, so the request path only increments.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+use std::time::Duration;
+use vigil_healthcheck::Member;
+
+pub mod names {
+    pub const REQUESTS: &str = "vigil_requests_total";
+    pub const UPSTREAM_REQUESTS: &str = "vigil_upstream_requests_total";
+    pub const REQUEST_DURATION: &str = "vigil_request_duration_seconds";
+    pub const RETRIES: &str = "vigil_upstream_retries_total";
+    pub const NO_HEALTHY: &str = "vigil_no_healthy_backend_total";
+    pub const PANIC: &str = "vigil_panic_routed_requests_total";
+    pub const FALLBACK: &str = "vigil_upstream_fallback_attempts_total";
+    pub const RELOADS: &str = "vigil_config_reloads_total";
+    pub const LAST_RELOAD: &str = "vigil_config_last_reload_success_timestamp_seconds";
+    pub const ACCESS_LOG_DROPPED: &str = "vigil_access_log_dropped_total";
+    pub const ADMIN_UNAUTHORIZED: &str = "vigil_admin_unauthorized_total";
+    pub const ACCEPT_ERRORS: &str = "vigil_accept_errors_total";
+    pub const UPSTREAM_CONNECTIONS: &str = "vigil_upstream_connections_opened_total";
+    pub const CLIENT_CONNECTIONS: &str = "vigil_client_connections";
+    pub const CLIENT_REFUSED: &str = "vigil_client_connections_refused_total";
+    pub const TLS_HANDSHAKES: &str = "vigil_tls_handshakes_total";
+    pub const CLIENT_TIMEOUTS: &str = "vigil_client_timeouts_total";
+    pub const TLS_EXPIRY: &str = "vigil_tls_certificate_expiry_timestamp_seconds";
+    pub const POOL_LATENCY: &str = "vigil_pool_latency_estimate_seconds";
+}
+
+/// Seconds since the epoch, as the `*_timestamp_seconds` gauges and the admin API
+/// give times.
+pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The `pool` label of requests answered before they were routed (no route, a refused
+/// head, a request without Host): pool names never contain `-` alone.
+pub const UNROUTED: &str = "-";
+
+/// The `kind` of a fallback attempt: to a held-out backend, or failing open.
+pub const FALLBACK_KINDS: [&str; 2] = ["held_out", "fail_open"];
+
+pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CLASSES`]; informational and odd codes count with their neighbours.
+pub fn class_index(status: u16) -> usize {
+    match status {
+        0..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    upstream: IntCounterVec,
+    duration: HistogramVec,
+    retries: IntCounterVec,
+    connections: IntCounterVec,
+    no_healthy: IntCounterVec,
+    panic: IntCounterVec,
+    fallback: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub access_log_dropped: IntCounter,
+    pub admin_unauthorized: IntCounter,
+    pub accept_errors: IntCounterVec,
+    client_connections: IntGaugeVec,
+    client_refused: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    client_timeouts: IntCounterVec,
+    pub tls_expiry: IntGaugeVec,
+    pool_latency: prometheus::GaugeVec,
+    per_backend: bool,
+}
+
+/// Handles of one pool, resolved off the request path.
+pub struct PoolHandles {
+    pub requests: [IntCounter; 4],
+    pub duration: Histogram,
+    pub retries: IntCounter,
+    pub connections_opened: IntCounter,
+    pub no_healthy: IntCounter,
+    pub panic: IntCounter,
+    /// Attempts outside the candidates, by [`FALLBACK_KINDS`].
+    pub fallback: [IntCounter; 2],
+    /// Per member, in member order; empty when per-backend metrics are off.
+    pub upstream: Vec<[IntCounter; 4]>,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &Registry, per_backend: bool) -> prometheus::Result<Self> {
+        let m = ProxyMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    names::REQUESTS,
+                    "Requests answered, by pool and status class",
+                ),
+                &["pool", "status_class"],
+            )?,
+            upstream: IntCounterVec::new(
+                Opts::new(names::UPSTREAM_REQUESTS, "Responses received from backends"),
+                &["pool", "backend", "status_class"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    names::REQUEST_DURATION,
+                    "Time from request to the end of the response",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["pool"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(names::RETRIES, "Requests retried on another backend"),
+                &["pool"],
+            )?,
+            connections: IntCounterVec::new(
+                Opts::new(
+                    names::UPSTREAM_CONNECTIONS,
+                    "Connections opened to backends for requests (not reused from the keep-alive pool)",
+                ),
+                &["pool"],
+            )?,
+            no_healthy: IntCounterVec::new(
+                Opts::new(
+                    names::NO_HEALTHY,
+                    "Requests answered 503 for want of an alive backend",
+                ),
+                &["pool"],
+            )?,
+            panic: IntCounterVec::new(
+                Opts::new(
+                    names::PANIC,
+                    "Requests routed to all backends because the pool was below panic_threshold",
+                ),
+                &["pool"],
+            )?,
+            fallback: IntCounterVec::new(
+                Opts::new(
+                    names::FALLBACK,
+                    "Attempts sent to a backend that is not routable because no routable one was left to try: held out (ejected or suspect, passing its checks) or, failing open, down",
+                ),
+                &["pool", "kind"],
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new(names::RELOADS, "Configuration reloads by result"),
+                &["result"],
+            )?,
+            last_reload_success: Gauge::new(
+                names::LAST_RELOAD,
+                "Unix time of the last successful configuration load",
+            )?,
+            access_log_dropped: IntCounter::new(
+                names::ACCESS_LOG_DROPPED,
+                "Access log lines dropped because the writer fell behind",
+            )?,
+            accept_errors: IntCounterVec::new(
+                Opts::new(names::ACCEPT_ERRORS, "Failed accept() calls, by listener and reason"),
+                &["listener", "reason"],
+            )?,
+            admin_unauthorized: IntCounter::new(
+                names::ADMIN_UNAUTHORIZED,
+                "Admin POSTs refused for a missing or wrong token",
+            )?,
+            client_connections: IntGaugeVec::new(
+                Opts::new(names::CLIENT_CONNECTIONS, "Client connections open, by listener"),
+                &["listener"],
+            )?,
+            client_refused: IntCounterVec::new(
+                Opts::new(
+                    names::CLIENT_REFUSED,
+                    "Client connections closed at once because the listener had max_connections open",
+                ),
+                &["listener"],
+            )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    names::TLS_HANDSHAKES,
+                    "TLS handshakes with clients, by listener and result (success, failure, timeout)",
+                ),
+                &["listener", "result"],
+            )?,
+            client_timeouts: IntCounterVec::new(
+                Opts::new(
+                    names::CLIENT_TIMEOUTS,
+                    "Clients cut for being too slow, by listener and kind (write: taking a write of the answer; body: sending the request body)",
+                ),
+                &["listener", "kind"],
+            )?,
+            tls_expiry: IntGaugeVec::new(
+                Opts::new(
+                    names::TLS_EXPIRY,
+                    "Unix time at which each served certificate expires",
+                ),
+                &["listener", "name"],
+            )?,
+            pool_latency: prometheus::GaugeVec::new(
+                Opts::new(
+                    names::POOL_LATENCY,
+                    "What the pool usually takes to answer (median of its backends' decaying averages); stuck requests are judged against it",
+                ),
+                &["pool"],
+            )?,
+            per_backend,
+        };
+        registry.register(Box::new(m.pool_latency.clone()))?;
+        registry.register(Box::new(m.tls_handshakes.clone()))?;
+        registry.register(Box::new(m.client_timeouts.clone()))?;
+        registry.register(Box::new(m.tls_expiry.clone()))?;
+        registry.register(Box::new(m.client_connections.clone()))?;
+        registry.register(Box::new(m.client_refused.clone()))?;
+        registry.register(Box::new(m.access_log_dropped.clone()))?;
+        registry.register(Box::new(m.admin_unauthorized.clone()))?;
+        registry.register(Box::new(m.accept_errors.clone()))?;
+        registry.register(Box::new(crate::observe::logging::TLS_WARNINGS.clone()))?;
+        registry.register(Box::new(
+            crate::observe::logging::H2_HANDSHAKE_ERRORS.clone(),
+        ))?;
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.upstream.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.no_healthy.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.panic.clone()))?;
+        registry.register(Box::new(m.fallback.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.last_reload_success.clone()))?;
+        for r in ["success", "failure"] {
+            m.reloads.with_label_values(&[r]);
+        }
+        Ok(m)
+    }
+
+    /// Counts a client cut for being too slow (`kind`: `write` or `body`).
+    pub fn client_timeout(&self, listener: &str, kind: &str) {
+        self.client_timeouts
+            .with_label_values(&[listener, kind])
+            .inc();
+    }
+
+    /// A listener's open-connections gauge and refusals counter.
+    pub fn listener(&self, address: &str) -> (IntGauge, IntCounter) {
+        (
+            self.client_connections.with_label_values(&[address]),
+            self.client_refused.with_label_values(&[address]),
+        )
+    }
+
+    /// Sets each pool's usual answer time from its members (at scrape time); pools with
+    /// no answer yet have no series.
+    pub fn set_pool_latency<'a>(&self, medians: impl IntoIterator<Item = (&'a str, Duration)>) {
+        self.pool_latency.reset();
+        for (pool, median) in medians {
+            self.pool_latency
+                .with_label_values(&[pool])
+                .set(median.as_secs_f64());
+        }
+    }
+
+    /// A TLS listener's handshake counters: success, failure, timeout.
+    pub fn handshakes(&self, address: &str) -> [IntCounter; 3] {
+        ["success", "failure", "timeout"]
+            .map(|r| self.tls_handshakes.with_label_values(&[address, r]))
+    }
+
+    /// `vigil_requests_total{pool="-"}` by class, present from start.
+    pub fn unrouted(&self) -> [IntCounter; 4] {
+        CLASSES.map(|c| self.requests.with_label_values(&[UNROUTED, c]))
+    }
+
+    pub fn pool(&self, pool: &str, members: &[Member]) -> PoolHandles {
+        PoolHandles {
+            requests: CLASSES.map(|c| self.requests.with_label_values(&[pool, c])),
+            duration: self.duration.with_label_values(&[pool]),
+            retries: self.retries.with_label_values(&[pool]),
+            connections_opened: self.connections.with_label_values(&[pool]),
+            no_healthy: self.no_healthy.with_label_values(&[pool]),
+            panic: self.panic.with_label_values(&[pool]),
+            fallback: FALLBACK_KINDS.map(|k| self.fallback.with_label_values(&[pool, k])),
+            upstream: if self.per_backend {
+                members
+                    .iter()
+                    .map(|m| {
+                        CLASSES.map(|c| {
+                            self.upstream
+                                .with_label_values(&[pool, &m.endpoint.address, c])
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub fn remove_pool(&self, pool: &str) {
+        for c in CLASSES {
+            let _ = self.requests.remove_label_values(&[pool, c]);
+        }
+        let _ = self.duration.remove_label_values(&[pool]);
+        let _ = self.retries.remove_label_values(&[pool]);
+        let _ = self.connections.remove_label_values(&[pool]);
+        let _ = self.no_healthy.remove_label_values(&[pool]);
+        let _ = self.panic.remove_label_values(&[pool]);
+        for k in FALLBACK_KINDS {
+            let _ = self.fallback.remove_label_values(&[pool, k]);
+        }
+    }
+
+    pub fn remove_backend(&self, pool: &str, backend: &str) {
+        for c in CLASSES {
+            let _ = self.upstream.remove_label_values(&[pool, backend, c]);
+        }
+    }
+
+    pub fn reload_succeeded(&self) {
+        self.reloads.with_label_values(&["success"]).inc();
+        self.mark_loaded();
+    }
+
+    /// A configuration was loaded (at start or by reload).
+    pub fn mark_loaded(&self) {
+        self.last_reload_success
+            .set(unix_seconds(std::time::SystemTime::now()));
+    }
+
+    pub fn reload_failed(&self) {
+        self.reloads.with_label_values(&["failure"]).inc();
+    }
+}
