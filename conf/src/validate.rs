@@ -8,6 +8,7 @@ use crate::schema::*;
 use crate::types::*;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,99 +133,13 @@ impl<'a> Validator<'a> {
             .map(|n| n.get())
             .unwrap_or(1) as i64;
         let threads = self.int("threads", raw.threads, cores, 1, 1024) as usize;
-        let cpu_affinity = match raw.cpu_affinity.as_deref() {
-            None | Some("auto") => CpuAffinity::Auto,
-            Some("off") => CpuAffinity::Off,
-            Some(other) => {
-                self.error(
-                    "cpu_affinity",
-                    format!("cpu_affinity must be auto or off, got {other:?}"),
-                );
-                CpuAffinity::Auto
-            }
-        };
+        let cpu_affinity = self.cpu_affinity(raw.cpu_affinity.as_deref());
         let grace_period = self.duration("grace_period", &raw.grace_period, Duration::from_secs(5));
-
-        let mut listeners = Vec::new();
-        match raw.listeners {
-            None => self.error(
-                "",
-                "`listeners` is required: at least one address to accept requests on",
-            ),
-            Some(list) if list.is_empty() => {
-                self.error("listeners", "`listeners` needs at least one address")
-            }
-            Some(list) => {
-                for (i, mut l) in list.into_iter().enumerate() {
-                    let path = format!("listeners.{i}");
-                    match &l.address {
-                        None => self.error(&path, "listener needs an `address`"),
-                        Some(a) => {
-                            let max_connections = self.int(
-                                &format!("{path}.max_connections"),
-                                l.max_connections,
-                                ListenerConfig::DEFAULT_MAX_CONNECTIONS as i64,
-                                1,
-                                10_000_000,
-                            ) as usize;
-                            let tls = l
-                                .tls
-                                .take()
-                                .map(|t| self.listener_tls(&format!("{path}.tls"), t));
-                            let http2 = l.http2.unwrap_or(tls.is_some());
-                            if let Some(address) = self.socket(&format!("{path}.address"), a) {
-                                listeners.push(ListenerConfig {
-                                    address,
-                                    max_connections,
-                                    tls: tls.flatten(),
-                                    http2,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        let raw_admin = raw.admin.unwrap_or_default();
-        let admin_text = raw_admin.address.as_deref().unwrap_or("127.0.0.1:9901");
-        let admin_address = self
-            .socket("admin.address", admin_text)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
-        if listeners.iter().any(|l| l.address == admin_address) {
-            self.error(
-                "admin.address",
-                format!("admin address {admin_address} is also a listener"),
-            );
-        }
-        if raw_admin.token.as_deref() == Some("") {
-            self.error(
-                "admin.token",
-                "admin token is empty; remove the key to disable auth",
-            );
-        }
-        let allow_unauthenticated = raw_admin.allow_unauthenticated.unwrap_or(false);
-        if !admin_address.ip().is_loopback() && raw_admin.token.is_none() && !allow_unauthenticated
-        {
-            self.error(
-                "admin.address",
-                format!(
-                    "admin address {admin_address} is not loopback and admin.token is not set: \
-                     anyone who reaches it could reload the config and change backend states; \
-                     set admin.token, or admin.allow_unauthenticated: true to run it open"
-                ),
-            );
-        }
-        let admin = AdminConfig {
-            address: admin_address,
-            token: raw_admin.token,
-            allow_unauthenticated,
-        };
-
-        let raw_checker = raw.checker.unwrap_or_default();
+        let listeners = self.listeners(raw.listeners);
+        let admin = self.admin(raw.admin.unwrap_or_default(), &listeners);
         let max_concurrent_checks = self.int(
             "checker.max_concurrent_checks",
-            raw_checker.max_concurrent_checks,
+            raw.checker.unwrap_or_default().max_concurrent_checks,
             1024,
             1,
             1_000_000,
@@ -232,38 +147,12 @@ impl<'a> Validator<'a> {
         let metrics = MetricsConfig {
             per_backend: raw.metrics.and_then(|m| m.per_backend).unwrap_or(true),
         };
-
-        let mut pools = Vec::new();
-        match raw.pools {
-            None => self.error("", "`pools` is required: at least one pool of backends"),
-            Some(list) if list.is_empty() => self.error("pools", "`pools` needs at least one pool"),
-            Some(list) => {
-                for (i, p) in list.into_iter().enumerate() {
-                    pools.push(self.pool(&format!("pools.{i}"), p));
-                }
-            }
-        }
+        let pools = self.pools(raw.pools);
         self.cross_pool(&pools);
         let limits = self.limits(raw.limits.unwrap_or_default());
         let http2 = self.http2(raw.http2.unwrap_or_default());
         let access_log = self.access_log(raw.access_log.unwrap_or_default());
-
-        let upgrade_socket = match raw.upgrade_socket {
-            Some(p) if p.is_empty() => {
-                self.error(
-                    "upgrade_socket",
-                    "upgrade_socket is empty; remove the key for the default",
-                );
-                std::path::PathBuf::new()
-            }
-            Some(p) => std::path::PathBuf::from(p),
-            // Unique per host: no two processes hold the same admin address.
-            None => std::env::temp_dir().join(format!(
-                "vigil-{}-{}.upgrade.sock",
-                admin.address.ip(),
-                admin.address.port()
-            )),
-        };
+        let upgrade_socket = self.upgrade_socket(raw.upgrade_socket, &admin);
         let dns = self.dns(raw.dns.unwrap_or_default());
         let fleet = raw.fleet.map(|f| self.fleet(f));
         Config {
@@ -283,6 +172,140 @@ impl<'a> Validator<'a> {
             http2,
             access_log,
             pools: pools.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    fn cpu_affinity(&mut self, raw: Option<&str>) -> CpuAffinity {
+        match raw {
+            None | Some("auto") => CpuAffinity::Auto,
+            Some("off") => CpuAffinity::Off,
+            Some(other) => {
+                self.error(
+                    "cpu_affinity",
+                    format!("cpu_affinity must be auto or off, got {other:?}"),
+                );
+                CpuAffinity::Auto
+            }
+        }
+    }
+
+    fn listeners(&mut self, raw: Option<Vec<RawListener>>) -> Vec<ListenerConfig> {
+        match raw {
+            None => {
+                self.error(
+                    "",
+                    "`listeners` is required: at least one address to accept requests on",
+                );
+                Vec::new()
+            }
+            Some(list) if list.is_empty() => {
+                self.error("listeners", "`listeners` needs at least one address");
+                Vec::new()
+            }
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, l)| self.listener(&format!("listeners.{i}"), l))
+                .collect(),
+        }
+    }
+
+    fn listener(&mut self, path: &str, raw: RawListener) -> Option<ListenerConfig> {
+        let Some(a) = &raw.address else {
+            self.error(path, "listener needs an `address`");
+            return None;
+        };
+        let max_connections = self.int(
+            &format!("{path}.max_connections"),
+            raw.max_connections,
+            ListenerConfig::DEFAULT_MAX_CONNECTIONS as i64,
+            1,
+            10_000_000,
+        ) as usize;
+        let tls = raw
+            .tls
+            .map(|t| self.listener_tls(&format!("{path}.tls"), t));
+        let http2 = raw.http2.unwrap_or(tls.is_some());
+        let address = self.socket(&format!("{path}.address"), a)?;
+        Some(ListenerConfig {
+            address,
+            max_connections,
+            tls: tls.flatten(),
+            http2,
+        })
+    }
+
+    /// The admin API's address, off every listener, and its authentication: a token, or
+    /// a loopback address, or an explicit choice to run it open.
+    fn admin(&mut self, raw: RawAdmin, listeners: &[ListenerConfig]) -> AdminConfig {
+        let text = raw.address.as_deref().unwrap_or("127.0.0.1:9901");
+        let address = self
+            .socket("admin.address", text)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+        if listeners.iter().any(|l| l.address == address) {
+            self.error(
+                "admin.address",
+                format!("admin address {address} is also a listener"),
+            );
+        }
+        if raw.token.as_deref() == Some("") {
+            self.error(
+                "admin.token",
+                "admin token is empty; remove the key to disable auth",
+            );
+        }
+        let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
+        if !address.ip().is_loopback() && raw.token.is_none() && !allow_unauthenticated {
+            self.error(
+                "admin.address",
+                format!(
+                    "admin address {address} is not loopback and admin.token is not set: \
+                     anyone who reaches it could reload the config and change backend states; \
+                     set admin.token, or admin.allow_unauthenticated: true to run it open"
+                ),
+            );
+        }
+        AdminConfig {
+            address,
+            token: raw.token,
+            allow_unauthenticated,
+        }
+    }
+
+    fn pools(&mut self, raw: Option<Vec<RawPool>>) -> Vec<PoolConfig> {
+        match raw {
+            None => {
+                self.error("", "`pools` is required: at least one pool of backends");
+                Vec::new()
+            }
+            Some(list) if list.is_empty() => {
+                self.error("pools", "`pools` needs at least one pool");
+                Vec::new()
+            }
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| self.pool(&format!("pools.{i}"), p))
+                .collect(),
+        }
+    }
+
+    fn upgrade_socket(&mut self, raw: Option<String>, admin: &AdminConfig) -> PathBuf {
+        match raw {
+            Some(p) if p.is_empty() => {
+                self.error(
+                    "upgrade_socket",
+                    "upgrade_socket is empty; remove the key for the default",
+                );
+                PathBuf::new()
+            }
+            Some(p) => PathBuf::from(p),
+            // Unique per host: no two processes hold the same admin address.
+            None => std::env::temp_dir().join(format!(
+                "vigil-{}-{}.upgrade.sock",
+                admin.address.ip(),
+                admin.address.port()
+            )),
         }
     }
 

@@ -2,6 +2,7 @@
 //! handles are created when a backend is added and their series removed with it.
 
 use crate::membership::AdminState;
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -33,23 +34,36 @@ const TRANSITION_TARGETS: [&str; 4] = ["up", "down", "ejected", "suspect"];
 
 #[derive(Clone)]
 pub struct CheckerMetrics {
-    backend_up: IntGaugeVec,
-    backend_state: IntGaugeVec,
-    checks: IntCounterVec,
-    duration: HistogramVec,
-    connections: IntCounterVec,
+    backends: BackendFamilies,
+    pools: PoolFamilies,
     pub(crate) in_flight: IntGauge,
     pub(crate) lag: Histogram,
+    per_backend: bool,
+}
+
+/// The families labelled by pool and backend: registered always, with series only
+/// when per-backend metrics are on.
+#[derive(Clone)]
+struct BackendFamilies {
+    up: IntGaugeVec,
+    state: IntGaugeVec,
+    checks: IntCounterVec,
     transitions: IntCounterVec,
-    pool_backends: IntGaugeVec,
     ejections: IntCounterVec,
     suspect: IntCounterVec,
-    stall_retries: IntCounterVec,
     admin_state: IntGaugeVec,
     skipped: IntCounterVec,
+}
+
+/// The families labelled by pool.
+#[derive(Clone)]
+struct PoolFamilies {
+    duration: HistogramVec,
+    connections: IntCounterVec,
+    backends: IntGaugeVec,
+    stall_retries: IntCounterVec,
     held_out_routing: IntGaugeVec,
     held_out_episodes: IntCounterVec,
-    per_backend: bool,
 }
 
 /// Series of one backend (absent when per-backend metrics are off).
@@ -89,141 +103,51 @@ pub const STALL_REASONS: [&str; 2] = ["suspect", "slow"];
 
 impl CheckerMetrics {
     pub fn new(registry: &Registry, per_backend: bool) -> prometheus::Result<Self> {
-        let pb = &["pool", "backend"];
-        let m = CheckerMetrics {
-            backend_up: IntGaugeVec::new(
-                Opts::new(
-                    names::BACKEND_UP,
-                    "1 when the backend receives traffic (up and not ejected)",
-                ),
-                pb,
+        Ok(CheckerMetrics {
+            backends: BackendFamilies::register(registry)?,
+            pools: PoolFamilies::register(registry)?,
+            in_flight: register(
+                registry,
+                IntGauge::new(names::IN_FLIGHT, "Health checks in flight")?,
             )?,
-            backend_state: IntGaugeVec::new(
-                Opts::new(names::BACKEND_STATE, "1 for the backend's current state"),
-                &["pool", "backend", "state"],
-            )?,
-            checks: IntCounterVec::new(
-                Opts::new(names::CHECKS, "Active health checks by result"),
-                &["pool", "backend", "result"],
-            )?,
-            duration: HistogramVec::new(
-                HistogramOpts::new(names::CHECK_DURATION, "Duration of active health checks")
-                    .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0,
-                    ]),
-                &["pool"],
-            )?,
-            connections: IntCounterVec::new(
-                Opts::new(
-                    names::CONNECTIONS_OPENED,
-                    "Connections opened by health checks",
-                ),
-                &["pool"],
-            )?,
-            in_flight: IntGauge::new(names::IN_FLIGHT, "Health checks in flight")?,
-            lag: Histogram::with_opts(
-                HistogramOpts::new(names::LAG, "How late checks start against their schedule")
-                    .buckets(vec![
-                        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                        1.0, 5.0,
-                    ]),
-            )?,
-            transitions: IntCounterVec::new(
-                Opts::new(names::TRANSITIONS, "Backend state changes by target state"),
-                &["pool", "backend", "to"],
-            )?,
-            pool_backends: IntGaugeVec::new(
-                Opts::new(names::POOL_BACKENDS, "Backends of a pool by state"),
-                &["pool", "state"],
-            )?,
-            ejections: IntCounterVec::new(Opts::new(names::EJECTIONS, "Passive ejections"), pb)?,
-            suspect: IntCounterVec::new(
-                Opts::new(
-                    names::SUSPECT,
-                    "Times the backend became suspect: requests stuck far beyond the pool's usual answer time",
-                ),
-                pb,
-            )?,
-            stall_retries: IntCounterVec::new(
-                Opts::new(
-                    names::STALL_RETRIES,
-                    "Requests cut while waiting on a stuck backend and retried on another, by reason",
-                ),
-                &["pool", "reason"],
-            )?,
-            admin_state: IntGaugeVec::new(
-                Opts::new(
-                    names::ADMIN_STATE,
-                    "1 for the backend's admin state (POST /admin/backend)",
-                ),
-                &["pool", "backend", "state"],
-            )?,
-            skipped: IntCounterVec::new(
-                Opts::new(
-                    names::SKIPPED,
-                    "Active checks skipped because live requests succeeded (skip_while_serving)",
-                ),
-                pb,
-            )?,
-            held_out_routing: IntGaugeVec::new(
-                Opts::new(
-                    names::HELD_OUT_ROUTING,
-                    "1 while the pool routes to ejected or suspect backends that pass their checks, because no other backend is routable",
-                ),
-                &["pool"],
-            )?,
-            held_out_episodes: IntCounterVec::new(
-                Opts::new(
-                    names::HELD_OUT_EPISODES,
-                    "Times the pool began routing to ejected or suspect backends because no other backend was routable",
-                ),
-                &["pool"],
+            lag: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(names::LAG, "How late checks start against their schedule")
+                        .buckets(vec![
+                            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                            0.5, 1.0, 5.0,
+                        ]),
+                )?,
             )?,
             per_backend,
-        };
-        registry.register(Box::new(m.backend_up.clone()))?;
-        registry.register(Box::new(m.backend_state.clone()))?;
-        registry.register(Box::new(m.checks.clone()))?;
-        registry.register(Box::new(m.duration.clone()))?;
-        registry.register(Box::new(m.connections.clone()))?;
-        registry.register(Box::new(m.in_flight.clone()))?;
-        registry.register(Box::new(m.lag.clone()))?;
-        registry.register(Box::new(m.transitions.clone()))?;
-        registry.register(Box::new(m.pool_backends.clone()))?;
-        registry.register(Box::new(m.ejections.clone()))?;
-        registry.register(Box::new(m.suspect.clone()))?;
-        registry.register(Box::new(m.stall_retries.clone()))?;
-        registry.register(Box::new(m.admin_state.clone()))?;
-        registry.register(Box::new(m.skipped.clone()))?;
-        registry.register(Box::new(m.held_out_routing.clone()))?;
-        registry.register(Box::new(m.held_out_episodes.clone()))?;
-        Ok(m)
+        })
     }
 
     pub(crate) fn backend(&self, pool: &str, backend: &str) -> Option<BackendMetrics> {
         if !self.per_backend {
             return None;
         }
-        let state = STATES.map(|s| self.backend_state.with_label_values(&[pool, backend, s]));
+        let f = &self.backends;
+        let state = STATES.map(|s| f.state.with_label_values(&[pool, backend, s]));
         state[0].set(1);
         Some(BackendMetrics {
-            up: self.backend_up.with_label_values(&[pool, backend]),
+            up: f.up.with_label_values(&[pool, backend]),
             state,
-            checks: RESULTS.map(|r| self.checks.with_label_values(&[pool, backend, r])),
+            checks: RESULTS.map(|r| f.checks.with_label_values(&[pool, backend, r])),
             transitions: TRANSITION_TARGETS
-                .map(|t| self.transitions.with_label_values(&[pool, backend, t])),
-            ejections: self.ejections.with_label_values(&[pool, backend]),
-            suspect: self.suspect.with_label_values(&[pool, backend]),
+                .map(|t| f.transitions.with_label_values(&[pool, backend, t])),
+            ejections: f.ejections.with_label_values(&[pool, backend]),
+            suspect: f.suspect.with_label_values(&[pool, backend]),
             admin: {
                 let a = AdminState::ALL.map(|s| {
-                    self.admin_state
+                    f.admin_state
                         .with_label_values(&[pool, backend, s.as_str()])
                 });
                 a[0].set(1);
                 a
             },
-            skipped: self.skipped.with_label_values(&[pool, backend]),
+            skipped: f.skipped.with_label_values(&[pool, backend]),
         })
     }
 
@@ -231,66 +155,173 @@ impl CheckerMetrics {
         if !self.per_backend {
             return;
         }
-        let _ = self.backend_up.remove_label_values(&[pool, backend]);
-        let _ = self.ejections.remove_label_values(&[pool, backend]);
-        let _ = self.suspect.remove_label_values(&[pool, backend]);
-        let _ = self.skipped.remove_label_values(&[pool, backend]);
+        let f = &self.backends;
+        let _ = f.up.remove_label_values(&[pool, backend]);
+        let _ = f.ejections.remove_label_values(&[pool, backend]);
+        let _ = f.suspect.remove_label_values(&[pool, backend]);
+        let _ = f.skipped.remove_label_values(&[pool, backend]);
         for s in AdminState::ALL {
-            let _ = self
+            let _ = f
                 .admin_state
                 .remove_label_values(&[pool, backend, s.as_str()]);
         }
         for s in STATES {
-            let _ = self.backend_state.remove_label_values(&[pool, backend, s]);
+            let _ = f.state.remove_label_values(&[pool, backend, s]);
         }
         for r in RESULTS {
-            let _ = self.checks.remove_label_values(&[pool, backend, r]);
+            let _ = f.checks.remove_label_values(&[pool, backend, r]);
         }
         for t in TRANSITION_TARGETS {
-            let _ = self.transitions.remove_label_values(&[pool, backend, t]);
+            let _ = f.transitions.remove_label_values(&[pool, backend, t]);
         }
     }
 
     pub(crate) fn pool(&self, pool: &str) -> PoolMetrics {
+        let f = &self.pools;
         for s in STATES {
-            self.pool_backends.with_label_values(&[pool, s]);
+            f.backends.with_label_values(&[pool, s]);
         }
-        self.held_out_routing.with_label_values(&[pool]);
-        self.held_out_episodes.with_label_values(&[pool]);
+        f.held_out_routing.with_label_values(&[pool]);
+        f.held_out_episodes.with_label_values(&[pool]);
         PoolMetrics {
-            duration: self.duration.with_label_values(&[pool]),
-            connections: self.connections.with_label_values(&[pool]),
-            stall_retries: STALL_REASONS.map(|r| self.stall_retries.with_label_values(&[pool, r])),
+            duration: f.duration.with_label_values(&[pool]),
+            connections: f.connections.with_label_values(&[pool]),
+            stall_retries: STALL_REASONS.map(|r| f.stall_retries.with_label_values(&[pool, r])),
         }
     }
 
     pub(crate) fn remove_pool(&self, pool: &str) {
-        let _ = self.duration.remove_label_values(&[pool]);
-        let _ = self.connections.remove_label_values(&[pool]);
+        let f = &self.pools;
+        let _ = f.duration.remove_label_values(&[pool]);
+        let _ = f.connections.remove_label_values(&[pool]);
         for r in STALL_REASONS {
-            let _ = self.stall_retries.remove_label_values(&[pool, r]);
+            let _ = f.stall_retries.remove_label_values(&[pool, r]);
         }
         for s in STATES {
-            let _ = self.pool_backends.remove_label_values(&[pool, s]);
+            let _ = f.backends.remove_label_values(&[pool, s]);
         }
-        let _ = self.held_out_routing.remove_label_values(&[pool]);
-        let _ = self.held_out_episodes.remove_label_values(&[pool]);
+        let _ = f.held_out_routing.remove_label_values(&[pool]);
+        let _ = f.held_out_episodes.remove_label_values(&[pool]);
     }
 
     /// The pool starts (`on`) or stops routing to held-out backends.
     pub(crate) fn set_rescue(&self, pool: &str, on: bool) {
-        self.held_out_routing
+        self.pools
+            .held_out_routing
             .with_label_values(&[pool])
             .set(on as i64);
         if on {
-            self.held_out_episodes.with_label_values(&[pool]).inc();
+            self.pools
+                .held_out_episodes
+                .with_label_values(&[pool])
+                .inc();
         }
     }
 
     pub(crate) fn set_pool_counts(&self, pool: &str, counts: [i64; STATES.len()]) {
         for (s, n) in STATES.iter().zip(counts) {
-            self.pool_backends.with_label_values(&[pool, s]).set(n);
+            self.pools.backends.with_label_values(&[pool, s]).set(n);
         }
+    }
+}
+
+impl BackendFamilies {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        let pb = &["pool", "backend"];
+        let pbs = &["pool", "backend", "state"];
+        Ok(BackendFamilies {
+            up: gauges(
+                r,
+                names::BACKEND_UP,
+                "1 when the backend receives traffic (up and not ejected)",
+                pb,
+            )?,
+            state: gauges(
+                r,
+                names::BACKEND_STATE,
+                "1 for the backend's current state",
+                pbs,
+            )?,
+            checks: counters(
+                r,
+                names::CHECKS,
+                "Active health checks by result",
+                &["pool", "backend", "result"],
+            )?,
+            transitions: counters(
+                r,
+                names::TRANSITIONS,
+                "Backend state changes by target state",
+                &["pool", "backend", "to"],
+            )?,
+            ejections: counters(r, names::EJECTIONS, "Passive ejections", pb)?,
+            suspect: counters(
+                r,
+                names::SUSPECT,
+                "Times the backend became suspect: requests stuck far beyond the pool's usual answer time",
+                pb,
+            )?,
+            admin_state: gauges(
+                r,
+                names::ADMIN_STATE,
+                "1 for the backend's admin state (POST /admin/backend)",
+                pbs,
+            )?,
+            skipped: counters(
+                r,
+                names::SKIPPED,
+                "Active checks skipped because live requests succeeded (skip_while_serving)",
+                pb,
+            )?,
+        })
+    }
+}
+
+impl PoolFamilies {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(PoolFamilies {
+            duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(names::CHECK_DURATION, "Duration of active health checks")
+                        .buckets(vec![
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            2.5, 5.0, 10.0,
+                        ]),
+                    &["pool"],
+                )?,
+            )?,
+            connections: counters(
+                r,
+                names::CONNECTIONS_OPENED,
+                "Connections opened by health checks",
+                &["pool"],
+            )?,
+            backends: gauges(
+                r,
+                names::POOL_BACKENDS,
+                "Backends of a pool by state",
+                &["pool", "state"],
+            )?,
+            stall_retries: counters(
+                r,
+                names::STALL_RETRIES,
+                "Requests cut while waiting on a stuck backend and retried on another, by reason",
+                &["pool", "reason"],
+            )?,
+            held_out_routing: gauges(
+                r,
+                names::HELD_OUT_ROUTING,
+                "1 while the pool routes to ejected or suspect backends that pass their checks, because no other backend is routable",
+                &["pool"],
+            )?,
+            held_out_episodes: counters(
+                r,
+                names::HELD_OUT_EPISODES,
+                "Times the pool began routing to ejected or suspect backends because no other backend was routable",
+                &["pool"],
+            )?,
+        })
     }
 }
 
@@ -332,4 +363,31 @@ impl BackendMetrics {
     pub(crate) fn record_skip(&self) {
         self.skipped.inc();
     }
+}
+
+/// Registers `family` and hands it back.
+fn register<F: Collector + Clone + 'static>(
+    registry: &Registry,
+    family: F,
+) -> prometheus::Result<F> {
+    registry.register(Box::new(family.clone()))?;
+    Ok(family)
+}
+
+fn counters(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauges(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }

@@ -10,16 +10,16 @@ use crate::metrics::CheckerMetrics;
 use crate::outcome::Outcome;
 use crate::probe::Probes;
 use crate::schedule::{base_delay, initial_delay, next_delay};
-use crate::shared::{ProbeRegistry, SharedProbe};
+use crate::shared::{ProbeRegistry, ProbeState, SharedProbe};
 use crate::spec::BackendSpec;
-use crate::state::Health;
+use crate::state::{Health, Transition};
 use crate::table::{BackendTable, Slot};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, MutexGuard, Notify, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 /// Checker-wide counts, for tests and the admin API.
@@ -149,212 +149,319 @@ pub(crate) fn spawn(
     runtime.spawn(run(alive, slot, start));
 }
 
+/// Each pass: wait for the check to fall due, run it (or take a fresh enough shared
+/// result), apply its outcome.
 async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
-    let shared = &*alive.0;
-    let mut stop = slot.stopped();
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut rng = StdRng::from_entropy();
-    let mut spec = slot.spec();
-    // The probe is taken on the first pass that probes (not for a backend owned
-    // elsewhere).
-    let mut held: Option<Arc<SharedProbe>> = None;
-    // The shared probe's result this backend took last (never take one twice).
-    let mut seen = 0u64;
-    // Checks asked for at once take no result that started before they were asked.
-    let mut forced = false;
-    let mut owned = slot.owned();
-    let mut deadline = Instant::now()
-        + match start {
-            Start::Spread => initial_delay(&spec.policy.schedule, &mut rng),
-            Start::Now => Duration::ZERO,
-        };
-
+    let mut task = Task::new(&alive.0, slot, start);
     loop {
-        if *stop.borrow() || *shutdown.borrow() {
-            return;
-        }
-        if slot.admin() == AdminState::Maintenance {
-            // No checks, and no hold on the check connection.
-            held = None;
-            slot.set_probe_id(0);
-            slot.scheduled_none();
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = shutdown.changed() => return,
-                _ = slot.changed().notified() => {}
-            }
-            spec = slot.spec();
-            deadline = Instant::now();
-            forced = true;
+        let probe = match task.wait().await {
+            Pass::Stop => return,
+            Pass::Again => continue,
+            Pass::Check(probe) => probe,
+        };
+        if task.skip() {
             continue;
         }
+        let Some((outcome, latency, ended)) = task.check(&probe).await else {
+            return;
+        };
+        task.apply(&outcome, latency, ended);
+    }
+}
+
+/// How a wait for the next check ended.
+enum Pass {
+    /// The backend was removed, or the checker shut down: the task ends.
+    Stop,
+    /// Woken for something else (maintenance, a spec change, an ejection); wait again.
+    Again,
+    /// The check is due, through this probe.
+    Check(Arc<SharedProbe>),
+}
+
+/// What a backend's task keeps from one pass to the next.
+struct Task<'a> {
+    shared: &'a Shared,
+    slot: Arc<Slot>,
+    stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    rng: StdRng,
+    spec: Arc<BackendSpec>,
+    /// The probe is taken on the first pass that probes (not for a backend owned
+    /// elsewhere).
+    held: Option<Arc<SharedProbe>>,
+    /// The shared probe's result this backend took last (never take one twice).
+    seen: u64,
+    /// Checks asked for at once take no result that started before they were asked.
+    forced: bool,
+    owned: bool,
+    deadline: Instant,
+}
+
+impl<'a> Task<'a> {
+    fn new(shared: &'a Shared, slot: Arc<Slot>, start: Start) -> Self {
+        let mut rng = StdRng::from_entropy();
+        let spec = slot.spec();
+        let deadline = Instant::now()
+            + match start {
+                Start::Spread => initial_delay(&spec.policy.schedule, &mut rng),
+                Start::Now => Duration::ZERO,
+            };
+        Task {
+            shared,
+            stop: slot.stopped(),
+            shutdown: shared.shutdown.subscribe(),
+            rng,
+            spec,
+            held: None,
+            seen: 0,
+            forced: false,
+            owned: slot.owned(),
+            deadline,
+            slot,
+        }
+    }
+
+    /// Waits until the check falls due, or something else happens first.
+    async fn wait(&mut self) -> Pass {
+        if *self.stop.borrow() || *self.shutdown.borrow() {
+            return Pass::Stop;
+        }
+        if self.slot.admin() == AdminState::Maintenance {
+            return self.pause().await;
+        }
+        let probing = self.probing();
+        let ejected_until = if probing {
+            self.slot.scheduled(self.deadline)
+        } else {
+            self.slot.scheduled_none();
+            self.slot.ejected_until()
+        };
+        let slot = &*self.slot;
+        tokio::select! {
+            _ = self.stop.changed() => Pass::Stop,
+            _ = self.shutdown.changed() => Pass::Stop,
+            _ = slot.changed().notified() => self.reread_spec(),
+            _ = slot.check_now().notified() => {
+                self.deadline = Instant::now();
+                self.forced = true;
+                Pass::Again
+            }
+            _ = slot.endpoint().wake.notified() => {
+                if self.shared.table.consider_ejection(slot) {
+                    self.shared.changed.notify_one();
+                }
+                Pass::Again
+            }
+            _ = sleep_until(ejected_until.unwrap_or(self.deadline)), if ejected_until.is_some() => {
+                if slot.end_ejection(Instant::now()) {
+                    self.shared.changed.notify_one();
+                }
+                Pass::Again
+            }
+            _ = sleep_until(self.deadline), if probing => {
+                self.held.clone().map_or(Pass::Again, Pass::Check)
+            }
+        }
+    }
+
+    /// Maintenance: no checks, and no hold on the check connection, until the operator
+    /// changes it (or anything else about the backend).
+    async fn pause(&mut self) -> Pass {
+        self.held = None;
+        self.slot.set_probe_id(0);
+        self.slot.scheduled_none();
+        tokio::select! {
+            _ = self.stop.changed() => return Pass::Stop,
+            _ = self.shutdown.changed() => return Pass::Stop,
+            _ = self.slot.changed().notified() => {}
+        }
+        self.spec = self.slot.spec();
+        self.deadline = Instant::now();
+        self.forced = true;
+        Pass::Again
+    }
+
+    /// Whether this pass probes the backend; takes the probe, or lets it go.
+    fn probing(&mut self) -> bool {
         // Ownership is read on every pass: a wake-up that told of it may have been taken
         // by another branch (maintenance, a spec change).
-        let now_owned = slot.owned();
-        if now_owned && !owned {
+        let owned = self.slot.owned();
+        if owned && !self.owned {
             // Taken over from a fleet member: probed at once, from the last shared state.
-            deadline = Instant::now();
-            forced = true;
+            self.deadline = Instant::now();
+            self.forced = true;
         }
-        owned = now_owned;
+        self.owned = owned;
         // A backend owned elsewhere is still probed here while it is suspect: only a
         // check can end a suspicion that keeps requests away (its health stays the
         // owner's).
         // (Not while the owner says it is down: suspicion could never end, and nothing is
         // routed to it anyway.)
-        let probing = owned || (slot.is_suspect() && slot.tracker().health == Health::Up);
+        let probing = owned || (self.slot.is_suspect() && self.slot.tracker().health == Health::Up);
         if !probing {
             // A fleet member probes it: no checks, no check connection; passive
             // ejection still runs here.
-            held = None;
-            slot.set_probe_id(0);
-        } else if held.is_none() {
-            held = Some(probe_for(shared, &slot, &spec));
+            self.held = None;
+            self.slot.set_probe_id(0);
+        } else if self.held.is_none() {
+            self.held = Some(probe_for(self.shared, &self.slot, &self.spec));
         }
-        let probe = held.clone();
-        let ejected_until = if probing {
-            slot.scheduled(deadline)
-        } else {
-            slot.scheduled_none();
-            slot.ejected_until()
-        };
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = shutdown.changed() => return,
-            _ = slot.changed().notified() => {
-                if slot.admin() == AdminState::Maintenance {
-                    continue;
-                }
-                let new = slot.spec();
-                if new.policy.probe != spec.policy.probe
-                    || new.socket_addr != spec.socket_addr
-                    || new.policy.timeout != spec.policy.timeout
-                {
-                    // Taken again on the next pass that probes.
-                    held = None;
-                }
-                if new.policy.schedule != spec.policy.schedule {
-                    // Keep the state; only the spacing changes, from now.
-                    let t = slot.tracker();
-                    deadline = deadline.min(Instant::now() + next_delay(&t, &new.policy.schedule, &mut rng));
-                }
-                spec = new;
-                continue;
-            }
-            _ = slot.check_now().notified() => {
-                deadline = Instant::now();
-                forced = true;
-                continue;
-            }
-            _ = slot.endpoint().wake.notified() => {
-                if shared.table.consider_ejection(&slot) {
-                    shared.changed.notify_one();
-                }
-                continue;
-            }
-            _ = sleep_until(ejected_until.unwrap_or(deadline)), if ejected_until.is_some() => {
-                if slot.end_ejection(Instant::now()) {
-                    shared.changed.notify_one();
-                }
-                continue;
-            }
-            _ = sleep_until(deadline), if probing => {}
-        }
-        let Some(probe) = probe else { continue };
-        if spec.policy.skip_while_serving && slot.skip_check() {
-            deadline =
-                Instant::now() + next_delay(&slot.tracker(), &spec.policy.schedule, &mut rng);
-            continue;
-        }
+        probing
+    }
 
-        // A result another pool's check of the same backend took recently enough
-        // (less than half this backend's interval before it fell due) is taken as is.
-        let not_before = if std::mem::take(&mut forced) {
-            deadline
+    /// The spec changed: the probe is let go if it no longer fits, and the schedule
+    /// follows.
+    fn reread_spec(&mut self) -> Pass {
+        if self.slot.admin() == AdminState::Maintenance {
+            return Pass::Again;
+        }
+        let new = self.slot.spec();
+        if new.policy.probe != self.spec.policy.probe
+            || new.socket_addr != self.spec.socket_addr
+            || new.policy.timeout != self.spec.policy.timeout
+        {
+            // Taken again on the next pass that probes.
+            self.held = None;
+        }
+        if new.policy.schedule != self.spec.policy.schedule {
+            // Keep the state; only the spacing changes, from now.
+            let t = self.slot.tracker();
+            self.deadline = self
+                .deadline
+                .min(Instant::now() + next_delay(&t, &new.policy.schedule, &mut self.rng));
+        }
+        self.spec = new;
+        Pass::Again
+    }
+
+    /// `skip_while_serving`: true if live traffic stands in for the check due, which
+    /// is then scheduled anew.
+    fn skip(&mut self) -> bool {
+        if !(self.spec.policy.skip_while_serving && self.slot.skip_check()) {
+            return false;
+        }
+        self.deadline = Instant::now()
+            + next_delay(
+                &self.slot.tracker(),
+                &self.spec.policy.schedule,
+                &mut self.rng,
+            );
+        true
+    }
+
+    /// The check's outcome, its latency and when it ended: a result another pool's
+    /// check of the same backend took recently enough (less than half this backend's
+    /// interval before it fell due) is taken as is. None if the task is to end.
+    async fn check(&mut self, probe: &SharedProbe) -> Option<(Outcome, Duration, Instant)> {
+        let not_before = if std::mem::take(&mut self.forced) {
+            self.deadline
         } else {
-            let fresh = base_delay(&slot.tracker(), &spec.policy.schedule) / 2;
-            deadline.checked_sub(fresh).unwrap_or(deadline)
+            let fresh = base_delay(&self.slot.tracker(), &self.spec.policy.schedule) / 2;
+            self.deadline.checked_sub(fresh).unwrap_or(self.deadline)
         };
-        let mut state = tokio::select! {
+        let state = tokio::select! {
             s = probe.state.lock() => s,
-            _ = stop.changed() => return,
-            _ = shutdown.changed() => return,
+            _ = self.stop.changed() => return None,
+            _ = self.shutdown.changed() => return None,
         };
-        let (outcome, latency, ended) = match state.reusable(not_before, seen) {
+        match state.reusable(not_before, self.seen) {
             Some(shot) => {
                 drop(state);
-                seen = shot.seq;
-                slot.count_check(&shot.outcome, shot.ended - shot.started, 0);
-                (shot.outcome, shot.ended - shot.started, shot.ended)
+                self.seen = shot.seq;
+                self.slot
+                    .count_check(&shot.outcome, shot.ended - shot.started, 0);
+                Some((shot.outcome, shot.ended - shot.started, shot.ended))
             }
-            None => {
-                // Stopping comes first: a permit freed by a check that shutdown just
-                // cancelled must not start a new one while the backend still answers
-                // the old (the bound holds at the backends too).
-                let permit = tokio::select! {
-                    biased;
-                    _ = stop.changed() => return,
-                    _ = shutdown.changed() => return,
-                    p = shared.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return, // closed: the checker is gone
-                    },
-                };
-                let started = Instant::now();
-                shared
-                    .metrics
-                    .lag
-                    .observe(started.duration_since(deadline).as_secs_f64());
-                let in_flight = InFlight::new(shared);
-                let opened_before = state.probe.connections_opened();
-                let outcome = tokio::select! {
-                    o = tokio::time::timeout(spec.policy.timeout, state.probe.check(&spec.policy.probe)) => {
-                        o.unwrap_or(Outcome::Timeout)
-                    }
-                    _ = stop.changed() => return,
-                    _ = shutdown.changed() => return,
-                };
-                let ended = Instant::now();
-                drop(in_flight);
-                drop(permit);
-                let opened = state.probe.connections_opened() - opened_before;
-                seen = state.keep(started, ended, outcome.clone());
-                drop(state);
-                shared
-                    .stats
-                    .connections_opened
-                    .fetch_add(opened, Ordering::Relaxed);
-                shared.stats.checks_done.fetch_add(1, Ordering::Relaxed);
-                let latency = ended.duration_since(started);
-                slot.count_check(&outcome, latency, opened);
-                (outcome, latency, ended)
-            }
+            None => self.probe(state).await,
+        }
+    }
+
+    /// Probes the backend under the global bound on checks in flight, and keeps the
+    /// result for the other pools that share the probe.
+    async fn probe(
+        &mut self,
+        mut state: MutexGuard<'_, ProbeState>,
+    ) -> Option<(Outcome, Duration, Instant)> {
+        let shared = self.shared;
+        // Stopping comes first: a permit freed by a check that shutdown just cancelled
+        // must not start a new one while the backend still answers the old (the bound
+        // holds at the backends too).
+        let permit = tokio::select! {
+            biased;
+            _ = self.stop.changed() => return None,
+            _ = self.shutdown.changed() => return None,
+            p = shared.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return None, // closed: the checker is gone
+            },
         };
-        owned = slot.owned();
-        if !owned {
-            // Owned elsewhere (or no longer ours since the check began): the owner's
-            // word is the health; a pass only ends a local suspicion.
-            if outcome.is_success() && slot.unsuspect() {
+        let started = Instant::now();
+        shared
+            .metrics
+            .lag
+            .observe(started.duration_since(self.deadline).as_secs_f64());
+        let in_flight = InFlight::new(shared);
+        let opened_before = state.probe.connections_opened();
+        let spec = &self.spec;
+        let outcome = tokio::select! {
+            o = tokio::time::timeout(spec.policy.timeout, state.probe.check(&spec.policy.probe)) => {
+                o.unwrap_or(Outcome::Timeout)
+            }
+            _ = self.stop.changed() => return None,
+            _ = self.shutdown.changed() => return None,
+        };
+        let ended = Instant::now();
+        drop(in_flight);
+        drop(permit);
+        let opened = state.probe.connections_opened() - opened_before;
+        self.seen = state.keep(started, ended, outcome.clone());
+        drop(state);
+        shared
+            .stats
+            .connections_opened
+            .fetch_add(opened, Ordering::Relaxed);
+        shared.stats.checks_done.fetch_add(1, Ordering::Relaxed);
+        let latency = ended.duration_since(started);
+        self.slot.count_check(&outcome, latency, opened);
+        Some((outcome, latency, ended))
+    }
+
+    /// Records the outcome, publishes a transition to the fleet, and schedules the
+    /// next check from the end of this one. For a backend owned elsewhere (or no longer
+    /// ours since the check began) the owner's word is the health: a pass only ends a
+    /// local suspicion.
+    fn apply(&mut self, outcome: &Outcome, latency: Duration, ended: Instant) {
+        let shared = self.shared;
+        self.owned = self.slot.owned();
+        let tracker = if self.owned {
+            let (tracker, changed, transition) = self.slot.record(outcome, latency, ended);
+            if changed {
                 shared.changed.notify_one();
             }
-            deadline = ended + next_delay(&slot.tracker(), &spec.policy.schedule, &mut rng);
-            continue;
-        }
-        let (tracker, changed, transition) = slot.record(&outcome, latency, ended);
-        if changed {
-            shared.changed.notify_one();
-        }
-        if let Some(t) = transition {
-            if let Some(tx) = shared.transitions.lock().unwrap().as_ref() {
-                let _ = tx.send(HealthEvent {
-                    pool: slot.key().0.to_string(),
-                    address: slot.key().1.to_string(),
-                    health: t.to,
-                    reason: t.reason,
-                });
+            if let Some(t) = transition {
+                self.publish(t);
             }
+            tracker
+        } else {
+            if outcome.is_success() && self.slot.unsuspect() {
+                shared.changed.notify_one();
+            }
+            self.slot.tracker()
+        };
+        self.deadline = ended + next_delay(&tracker, &self.spec.policy.schedule, &mut self.rng);
+    }
+
+    /// Sends a health transition to the fleet, if this process is in one.
+    fn publish(&self, t: Transition) {
+        if let Some(tx) = self.shared.transitions.lock().unwrap().as_ref() {
+            let _ = tx.send(HealthEvent {
+                pool: self.slot.key().0.to_string(),
+                address: self.slot.key().1.to_string(),
+                health: t.to,
+                reason: t.reason,
+            });
         }
-        deadline = ended + next_delay(&tracker, &spec.policy.schedule, &mut rng);
     }
 }
 

@@ -4,6 +4,7 @@
 //! on. It reads what is in force through [`DataPlane`]'s snapshots, never a lock.
 
 pub mod balance;
+pub mod context;
 pub mod idle;
 pub mod path;
 pub mod pipeline;
@@ -130,7 +131,7 @@ impl Drop for Flight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::request::Ctx;
+    use crate::dataplane::context::Ctx;
     use std::time::Duration;
     use vigil_healthcheck::{Endpoint, Health, Member, MemberState, Membership};
 

@@ -67,6 +67,28 @@ impl Etcd {
         }
     }
 
+    /// Whether `key` exists (etcd's JSON gateway, `POST /v3/kv/range`).
+    pub async fn has_key(&self, key: &str) -> bool {
+        let body = format!(
+            "{{\"key\":\"{}\",\"count_only\":true}}",
+            base64(key.as_bytes())
+        );
+        let r = crate::request(
+            self.client,
+            "POST",
+            "etcd",
+            "/v3/kv/range",
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .await
+        .expect("etcd answers");
+        assert_eq!(r.status, 200, "{}", r.body);
+        // proto3 JSON leaves a zero count out.
+        let count = r.json()["count"].as_str().unwrap_or("0").to_string();
+        count != "0"
+    }
+
     fn healthy(&self) -> bool {
         let Ok(mut s) = TcpStream::connect_timeout(&self.client, Duration::from_millis(200)) else {
             return false;
@@ -97,5 +119,45 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Standard base64 with padding (what etcd's JSON gateway takes for bytes).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(plain.as_bytes()), coded);
+        }
     }
 }

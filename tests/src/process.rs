@@ -195,6 +195,31 @@ impl Vigil {
         }
     }
 
+    /// Makes vigil write one more line now and waits until it is here: then every line
+    /// it wrote before is here too (its log lines share one pipe, read in order). For a
+    /// check that a line is absent. The line is `configuration reloaded`, from a reload
+    /// of the unchanged file (`POST /admin/reload`, with `token` if the admin API has
+    /// one), which changes nothing.
+    pub async fn sync_logs(&self, token: Option<&str>) {
+        let reloads = |logs: &[String]| {
+            logs.iter()
+                .filter(|l| l.contains("configuration reloaded"))
+                .count()
+        };
+        let before = reloads(&self.logs());
+        let r = self.post_reload(token).await;
+        assert_eq!(r.status, 200, "reload for a log marker: {}", r.body);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads(&self.logs()) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the reload's log line never came; logs:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Log lines parsed as JSON (non-JSON lines skipped).
     pub fn json_logs(&self) -> Vec<serde_json::Value> {
         self.logs()

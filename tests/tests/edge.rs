@@ -198,8 +198,12 @@ async fn http11_without_host_is_400_and_smuggling_is_not_two_requests() {
     let r = c.response().await.unwrap();
     assert!(r.status == 200 || r.status == 400, "{r:?}");
     let _ = c.closed_within(Duration::from_secs(2)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A later request, on a connection of its own, that the backend has seen: a
+    // smuggled request, forwarded as soon as the first was answered, came before it.
+    let after = get(v.listen, "app", "/after-smuggling").await.unwrap();
+    assert_eq!(after.status, 200);
     let paths = a.stats.paths.lock().unwrap().clone();
+    assert!(paths.iter().any(|p| p == "/after-smuggling"), "{paths:?}");
     assert!(
         !paths.iter().any(|p| p == "/smuggled"),
         "a smuggled request reached the backend: {paths:?}"
@@ -338,6 +342,8 @@ async fn access_log_json_has_every_field_and_reopens_on_sigusr1() {
         &[pool("web", &[(&a, 1)], FAST_CHECKS)],
     )
     .await;
+    a.ctl.set_delay(Duration::from_millis(100));
+    let sent = tokio::time::Instant::now();
     let r = vigil_tests::request(
         v.listen,
         "POST",
@@ -348,6 +354,8 @@ async fn access_log_json_has_every_field_and_reopens_on_sigusr1() {
     )
     .await
     .unwrap();
+    let around = sent.elapsed();
+    a.ctl.set_delay(Duration::ZERO);
     assert_eq!(r.status, 200);
     wait_for("one access line", Duration::from_secs(5), || {
         !read_lines(&path).is_empty()
@@ -368,7 +376,16 @@ async fn access_log_json_has_every_field_and_reopens_on_sigusr1() {
     assert_eq!(line["request_id"], "req-42");
     assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
-    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+    // From the request's first byte to its answer's last: the backend's 100 ms are in
+    // it, and it is within what the client measured around the whole exchange.
+    let duration = line["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    let around_ms = around.as_secs_f64() * 1e3;
+    assert!(
+        (100.0..=around_ms).contains(&duration),
+        "duration_ms {duration}, the client measured {around_ms:.3} ms"
+    );
 
     // logrotate: rename, then SIGUSR1; the next line lands in a new file at the old path.
     let rotated = path.with_extension("1");

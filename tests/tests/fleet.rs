@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use vigil_tests::config::config;
 use vigil_tests::etcd::Etcd;
-use vigil_tests::{free_ports, get, wait_for_async, FakeBackend, Vigil};
+use vigil_tests::{free_ports, get, wait_for, wait_for_async, FakeBackend, Vigil};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -13,6 +13,8 @@ const LEASE_TTL: Duration = Duration::from_secs(2);
 struct Fleet {
     backends: Vec<FakeBackend>,
     members: Vec<Vigil>,
+    /// The members' `fleet.prefix` in etcd.
+    prefix: String,
 }
 
 /// `n` members named m0.. over `backends` fake backends, all checked every 200 ms.
@@ -42,6 +44,7 @@ async fn fleet(etcd: &Etcd, n: usize, backends: usize, copies: usize) -> Fleet {
     Fleet {
         backends: list,
         members,
+        prefix,
     }
 }
 
@@ -64,19 +67,112 @@ async fn joined(f: &Fleet, members: &[usize]) {
     .await;
 }
 
-/// Probes each backend received over `window`, after a short settling time.
-async fn probes_per_backend(f: &Fleet, window: Duration) -> Vec<u64> {
-    let before: Vec<u64> = f
-        .backends
+/// Checks member `v` has made of the backend at `addr`, whatever their result.
+async fn checks_by(v: &Vigil, addr: &str) -> u64 {
+    let label = format!("backend=\"{addr}\"");
+    let text = v.admin_get("/metrics").await.body;
+    text.lines()
+        .filter(|l| l.starts_with("vigil_health_checks_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits (polling) until each of `backends` has received `n` more probes.
+async fn probed(backends: &[&FakeBackend], n: u64, limit: Duration) {
+    let before: Vec<u64> = backends.iter().map(|b| b.stats.health_requests()).collect();
+    wait_for(&format!("{n} more probes of each backend"), limit, || {
+        backends
+            .iter()
+            .zip(&before)
+            .all(|(b, was)| b.stats.health_requests() >= was + n)
+    })
+    .await;
+}
+
+/// Probes of `backends` over a window that ends, not after a fixed time, but once each
+/// has received `min` more (polled, for at most `limit`: the one bound left on the
+/// wall clock, loose); `members` are the live members.
+struct Window {
+    took: Duration,
+    /// Probes each backend received.
+    probes: Vec<u64>,
+    /// For each backend, the members whose checks of it were counted meanwhile.
+    probers: Vec<Vec<usize>>,
+}
+
+async fn probe_window(
+    f: &Fleet,
+    members: &[usize],
+    backends: &[&FakeBackend],
+    min: u64,
+    limit: Duration,
+) -> Window {
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let mut checks = Vec::new();
+    for &m in members {
+        for a in &addrs {
+            checks.push(checks_by(&f.members[m], a).await);
+        }
+    }
+    let before: Vec<u64> = backends.iter().map(|b| b.stats.health_requests()).collect();
+    let start = Instant::now();
+    wait_for(&format!("{min} probes of each backend"), limit, || {
+        backends
+            .iter()
+            .zip(&before)
+            .all(|(b, was)| b.stats.health_requests() >= was + min)
+    })
+    .await;
+    let probes = backends
         .iter()
-        .map(|b| b.stats.health_requests())
+        .zip(&before)
+        .map(|(b, was)| b.stats.health_requests() - was)
         .collect();
-    tokio::time::sleep(window).await;
-    f.backends
-        .iter()
-        .zip(before)
-        .map(|(b, n)| b.stats.health_requests() - n)
-        .collect()
+    let took = start.elapsed();
+    let mut probers = vec![Vec::new(); backends.len()];
+    let mut was = checks.into_iter();
+    for &m in members {
+        for (j, a) in addrs.iter().enumerate() {
+            if checks_by(&f.members[m], a).await > was.next().unwrap() {
+                probers[j].push(m);
+            }
+        }
+    }
+    Window {
+        took,
+        probes,
+        probers,
+    }
+}
+
+impl Window {
+    /// Each backend was probed by exactly `copies` of the members, and received no more
+    /// probes than `copies` members can send in the time the window took: checks of one
+    /// member are at least 0.9 interval apart (the default jitter, 0.1), plus one at
+    /// either edge of the window. (No fixed window, so a slow machine stretches `took`
+    /// and the bound with it, never the count past it.)
+    fn assert_probed_by(&self, copies: usize, what: &str) {
+        let spacing = INTERVAL.as_secs_f64() * 0.9;
+        let most = (copies as f64 * (self.took.as_secs_f64() / spacing + 1.0)) as u64 + 1;
+        eprintln!(
+            "{what}: probes per backend in {:?}: {:?} (at most {most}); probed by {:?}",
+            self.took, self.probes, self.probers
+        );
+        for (i, (n, by)) in self.probes.iter().zip(&self.probers).enumerate() {
+            assert_eq!(
+                by.len(),
+                copies,
+                "{what}: backend {i} probed by members {by:?}"
+            );
+            assert!(
+                *n <= most,
+                "{what}: backend {i}: {n} probes in {:?}, at most {most} from {copies} \
+                 member(s) ({:?})",
+                self.took,
+                self.probes
+            );
+        }
+    }
 }
 
 /// One backend of pool `api` in a `/health/detailed` answer.
@@ -106,16 +202,13 @@ async fn three_members_probe_each_backend_about_copies_times_per_interval_and_ag
     }
     assert_eq!(total, 6.0, "each backend owned once");
 
-    // 3 s at 200 ms: 15 probes a backend with one copy; 45 if every member probed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let probes = probes_per_backend(&f, Duration::from_secs(3)).await;
-    eprintln!("probes per backend in 3 s, 3 members, copies 1: {probes:?}");
-    for (i, n) in probes.iter().enumerate() {
-        assert!(
-            (10..=24).contains(n),
-            "backend {i}: {n} probes in 3 s ({probes:?})"
-        );
-    }
+    // At 200 ms, one copy: about one probe a backend per interval, by its one owner;
+    // three if every member probed. Settled first: a check a member began before the
+    // fleet formed has ended once each backend had four more.
+    let all: Vec<&FakeBackend> = f.backends.iter().collect();
+    probed(&all, 4, Duration::from_secs(10)).await;
+    let w = probe_window(&f, &[0, 1, 2], &all, 10, Duration::from_secs(15)).await;
+    w.assert_probed_by(1, "3 members, copies 1");
 
     // Every member shows the same owner for each backend, and routes to all six.
     let d0 = detailed(&f.members[0]).await;
@@ -193,11 +286,10 @@ async fn members_that_die_freeze_or_lose_etcd_hand_over_without_a_503() {
         "re-owned after {took:?}"
     );
     joined(&f, &[0, 1]).await;
-    let probes = probes_per_backend(&f, Duration::from_secs(2)).await;
-    assert!(
-        probes.iter().all(|n| (6..=16).contains(n)),
-        "after m2 died: {probes:?}"
-    );
+    let all: Vec<&FakeBackend> = f.backends.iter().collect();
+    probed(&all, 4, Duration::from_secs(10)).await;
+    let w = probe_window(&f, &[0, 1], &all, 6, Duration::from_secs(15)).await;
+    w.assert_probed_by(1, "after m2 died");
 
     // m1 frozen: m0 stops trusting it within the freshness bound (2 x 200 ms + 1 s)
     // and probes everything itself.
@@ -234,11 +326,9 @@ async fn members_that_die_freeze_or_lose_etcd_hand_over_without_a_503() {
             assert_eq!(r.status, 200, "while etcd is down: {}", r.body);
         }
     }
-    let probes = probes_per_backend(&f, Duration::from_secs(2)).await;
-    assert!(
-        probes.iter().all(|n| *n >= 14),
-        "local: both members probe all: {probes:?}"
-    );
+    probed(&all, 4, Duration::from_secs(10)).await;
+    let w = probe_window(&f, &[0, 1], &all, 14, Duration::from_secs(15)).await;
+    w.assert_probed_by(2, "local: both members probe all");
     let d = detailed(&f.members[0]).await;
     assert!(
         d["pools"]["api"]["backends"]
@@ -252,12 +342,9 @@ async fn members_that_die_freeze_or_lose_etcd_hand_over_without_a_503() {
     // etcd back: shared again, and each backend probed by one member again.
     etcd.restart();
     joined(&f, &[0, 1]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let probes = probes_per_backend(&f, Duration::from_secs(2)).await;
-    assert!(
-        probes.iter().all(|n| (6..=16).contains(n)),
-        "after etcd came back: {probes:?}"
-    );
+    probed(&all, 4, Duration::from_secs(10)).await;
+    let w = probe_window(&f, &[0, 1], &all, 6, Duration::from_secs(15)).await;
+    w.assert_probed_by(1, "after etcd came back");
     let warned = f.members[0]
         .logs()
         .iter()
@@ -270,12 +357,12 @@ async fn members_that_die_freeze_or_lose_etcd_hand_over_without_a_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_copies_probe_twice_and_a_reload_recomputes_ownership() {
     let etcd = Etcd::start();
-    let f = fleet(&etcd, 3, 4, 2).await;
+    let mut f = fleet(&etcd, 3, 4, 2).await;
     joined(&f, &[0, 1, 2]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let probes = probes_per_backend(&f, Duration::from_secs(3)).await;
-    eprintln!("probes per backend in 3 s, 3 members, copies 2: {probes:?}");
-    assert!(probes.iter().all(|n| (22..=38).contains(n)), "{probes:?}");
+    let all: Vec<&FakeBackend> = f.backends.iter().collect();
+    probed(&all, 4, Duration::from_secs(10)).await;
+    let w = probe_window(&f, &[0, 1, 2], &all, 22, Duration::from_secs(15)).await;
+    w.assert_probed_by(2, "3 members, copies 2");
     let mut total = 0.0;
     for v in &f.members {
         total += owned(v).await;
@@ -334,30 +421,43 @@ async fn two_copies_probe_twice_and_a_reload_recomputes_ownership() {
         },
     )
     .await;
-    let before: Vec<u64> = extra.iter().map(|b| b.stats.health_requests()).collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (b, n) in extra.iter().zip(before) {
-        let got = b.stats.health_requests() - n;
-        assert!(
-            (14..=26).contains(&got),
-            "added backend: {got} probes in 2 s"
-        );
-    }
+    let added: Vec<&FakeBackend> = extra.iter().collect();
+    probed(&added, 4, Duration::from_secs(10)).await;
+    let w = probe_window(&f, &[0, 1, 2], &added, 14, Duration::from_secs(15)).await;
+    w.assert_probed_by(2, "added backends");
 
     // m2 stopped with SIGTERM: it revokes its lease, so the others own its backends
     // at once, well before the freshness bound (1.4 s) or the lease (2 s) would.
+    let key = format!("{}/members/m2", f.prefix);
+    assert!(etcd.has_key(&key).await, "m2 is not registered as {key}");
     let stopped = Instant::now();
     f.members[2].signal(libc::SIGTERM);
+    f.members[2]
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("m2 exits after SIGTERM");
+    let exited = Instant::now();
+    // Its lease went with it: revoked, not left to expire. Kept alive until m2 exited
+    // (every third of lease_ttl), it would hold m2's key for over a second more.
+    let key = format!("{}/members/m2", f.prefix);
+    assert!(
+        !etcd.has_key(&key).await,
+        "{key} outlived m2: lease not revoked"
+    );
     wait_for_async(
         "m0 and m1 own everything",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         || async { owned(&f.members[0]).await == 6.0 && owned(&f.members[1]).await == 6.0 },
     )
     .await;
-    let took = stopped.elapsed();
-    eprintln!("a member stopped with SIGTERM handed over after {took:?}");
+    let (took, after_exit) = (stopped.elapsed(), exited.elapsed());
+    eprintln!(
+        "a member stopped with SIGTERM handed over after {took:?} ({after_exit:?} after it exited)"
+    );
+    // Without the revocation the others would wait for m2's heartbeat to go stale: at
+    // least 1.2 s after its last (the freshness bound, 1.4 s, less one heartbeat).
     assert!(
-        took < Duration::from_millis(900),
-        "handed over after {took:?}"
+        after_exit < Duration::from_millis(1000),
+        "handed over {after_exit:?} after m2 exited ({took:?} after SIGTERM)"
     );
 }

@@ -266,63 +266,81 @@ async fn removed_backend_leaves_and_added_backend_joins_after_its_first_check() 
 async fn sighup_watch_and_token() {
     let a = FakeBackend::start("a").await;
     let b = FakeBackend::start("b").await;
-    let (listen, admin) = free_ports();
-    let top = "admin_token_placeholder";
-    let make = |backends: &[(&FakeBackend, u32)]| {
-        config(listen, admin, "", &[pool("web", backends, FAST_CHECKS)])
-            .replace(
-                &format!("  address: {admin}\n"),
-                &format!("  address: {admin}\n  token: s3cret\n"),
-            )
-            .replace(top, "")
+    // Each vigil below has ports of its own.
+    let ports = [free_ports(), free_ports()];
+    let make = |run: usize, backends: &[(&FakeBackend, u32)]| {
+        let (listen, admin) = ports[run];
+        config(listen, admin, "", &[pool("web", backends, FAST_CHECKS)]).replace(
+            &format!("  address: {admin}\n"),
+            &format!("  address: {admin}\n  token: s3cret\n"),
+        )
     };
-    let path = Vigil::temp_path("watched.yaml");
-    std::fs::write(&path, make(&[(&a, 1)])).unwrap();
-    let mut v = Vigil::spawn(
-        &[
-            "run",
-            "-c",
-            path.to_str().unwrap(),
-            "--watch",
-            "--log-format",
-            "json",
-        ],
-        listen,
-        admin,
-        path.clone(),
-    );
+    let start = |run: usize, path: &std::path::Path, watch: bool| {
+        let mut args = vec!["run", "-c", path.to_str().unwrap()];
+        if watch {
+            args.push("--watch");
+        }
+        args.extend(["--log-format", "json"]);
+        let (listen, admin) = ports[run];
+        Vigil::spawn(&args, listen, admin, path.to_path_buf())
+    };
+    let reloads = |v: &Vigil| {
+        let v = v.admin;
+        async move {
+            let m = get(v, "a", "/metrics").await.unwrap().body;
+            m.lines()
+                .find_map(|l| l.strip_prefix("vigil_config_reloads_total{result=\"success\"} "))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap()
+        }
+    };
+
+    // Token and SIGHUP without --watch: only the signal can have reloaded the file.
+    let path = Vigil::temp_path("signalled.yaml");
+    std::fs::write(&path, make(0, &[(&a, 1)])).unwrap();
+    let mut v = start(0, &path, false);
     v.wait_ready().await;
 
+    let at_start = reloads(&v).await;
     assert_eq!(v.post_reload(None).await.status, 401);
     assert_eq!(v.post_reload(Some("wrong")).await.status, 401);
     assert_eq!(v.post_reload(Some("s3cret")).await.status, 200);
+    assert_eq!(reloads(&v).await, at_start + 1.0);
 
     // SIGHUP
-    std::fs::write(&path, make(&[(&a, 1), (&b, 1)])).unwrap();
+    std::fs::write(&path, make(0, &[(&a, 1), (&b, 1)])).unwrap();
     v.signal(libc::SIGHUP);
     wait_for("b checked after SIGHUP", Duration::from_secs(10), || {
         b.stats.health_requests() >= 1
     })
     .await;
+    // Counted just after the new backends are handed to the checker.
+    wait_for_async("the SIGHUP reload counted", Duration::from_secs(10), || {
+        let r = reloads(&v);
+        async move { r.await > at_start + 1.0 }
+    })
+    .await;
+    assert_eq!(
+        reloads(&v).await,
+        at_start + 2.0,
+        "one reload, by the signal"
+    );
+    drop(v);
 
-    // --watch (SIGHUP above may also have been seen by the watcher: count from here)
-    let reloads = v
-        .metric("vigil_config_reloads_total{result=\"success\"}")
-        .await
-        .unwrap();
-    std::fs::write(&path, make(&[(&b, 1)])).unwrap();
+    // --watch: a change to the file is a reload, with no signal and no request.
+    let path = Vigil::temp_path("watched.yaml");
+    std::fs::write(&path, make(1, &[(&a, 1), (&b, 1)])).unwrap();
+    let mut v = start(1, &path, true);
+    v.wait_ready().await;
+    let before = reloads(&v).await;
+    std::fs::write(&path, make(1, &[(&b, 1)])).unwrap();
     let admin_addr = v.admin;
     wait_for_async("watch reloaded", Duration::from_secs(10), || async move {
         let m = get(admin_addr, "a", "/metrics").await.unwrap().body;
         !m.contains(&format!("vigil_backend_up{{backend=\"{}\"", a.addr))
     })
     .await;
-    assert!(
-        v.metric("vigil_config_reloads_total{result=\"success\"}")
-            .await
-            .unwrap()
-            > reloads
-    );
+    assert!(reloads(&v).await > before);
     v.wait_log(&["configuration reloaded"]).await;
 }
 

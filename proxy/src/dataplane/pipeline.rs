@@ -19,20 +19,24 @@
 //! decision about a request through `Ctx` (routing, the backend, retries, stall
 //! registration, failure accounting, metrics).
 
+mod answer;
 mod attempt;
 mod client;
+mod conn;
 mod framing;
 mod h2;
 mod head;
+mod response;
 mod tunnel;
+mod upstream;
 
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
 mod fuzz_head;
 
+use crate::dataplane::context::Ctx;
 use crate::dataplane::proxy::VigilProxy;
-use crate::dataplane::request::Ctx;
 use crate::dataplane::rewound::Rewound;
 use crate::dataplane::DataPlane;
 use crate::edge::listener::{accepted_on, local_inet};
@@ -42,7 +46,7 @@ use bytes::{Buf, BytesMut};
 use client::Client;
 use framing::Asked;
 use head::{Env, Head, LogHead, Refusal, Request, RequestBody};
-use pingora::apps::{HttpServerApp, ServerApp, IDLE_KEEPALIVE};
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::server::{refuse_request_head, HeadLimits};
@@ -54,7 +58,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// What an HTTP/2 connection by prior knowledge (h2c) opens with (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -63,10 +67,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_HEADERS: usize = 256;
 
 /// How long a draining vigil still waits for the next request on a keep-alive
-/// connection before it closes it (`FastPath::idle`).
+/// connection before it closes it (`Pipeline::idle`).
 const DRAIN_LINGER: Duration = Duration::from_millis(500);
 
-pub struct FastPath {
+pub struct Pipeline {
     /// False with `VIGIL_FAST_PATH=off` in the environment: every request takes
     /// Pingora's path, for comparing the two (`bench/harness.py split`).
     enabled: bool,
@@ -87,14 +91,14 @@ struct Conn {
     client_text: String,
 }
 
-impl FastPath {
+impl Pipeline {
     pub fn new(
         plane: Arc<DataPlane>,
         pingora: HttpProxy<VigilProxy>,
         conf: &ServerConf,
         listeners: Vec<std::net::SocketAddr>,
     ) -> Self {
-        FastPath {
+        Pipeline {
             enabled: std::env::var("VIGIL_FAST_PATH").map_or(true, |v| v != "off"),
             plane,
             pingora: Arc::new(pingora),
@@ -321,110 +325,6 @@ impl FastPath {
         }
     }
 
-    /// Reads until `buf` holds `want` bytes, by `deadline` (`limits.body_timeout`).
-    /// `Err(true)`: the client was too slow (it gets 408); `Err(false)`: it went away.
-    async fn read_body(
-        &self,
-        stream: &mut Stream,
-        buf: &mut BytesMut,
-        want: usize,
-        deadline: tokio::time::Instant,
-    ) -> std::result::Result<(), bool> {
-        while buf.len() < want {
-            buf.reserve(want - buf.len());
-            match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Err(false),
-                Err(_) => return Err(true),
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until the client sends something: true when it did. A new connection's
-    /// first request is awaited whatever the shutdown watch says (see pingora-core
-    /// patch 3); later ones are not.
-    async fn idle(&self, stream: &mut Stream, shutdown: &ShutdownWatch, first: bool) -> bool {
-        if first {
-            let readable = timeout(IDLE_KEEPALIVE, stream.wait_readable());
-            return matches!(readable.await, Ok(Ok(_)));
-        }
-        if !*shutdown.borrow() {
-            let mut shutdown = shutdown.clone();
-            tokio::select! {
-                ready = timeout(IDLE_KEEPALIVE, stream.wait_readable()) => {
-                    return matches!(ready, Ok(Ok(_)))
-                }
-                _ = shutdown.changed() => {}
-            }
-        }
-        // Draining (the watch turns at its start): the client may have sent its next
-        // request just now, not knowing. A request that comes within DRAIN_LINGER is
-        // still answered, with `Connection: close`; a client quiet that long is not
-        // racing us, and its connection closes. The drain waits for the linger.
-        let _lingering = self.plane.in_flight.start();
-        let ready = timeout(DRAIN_LINGER, stream.wait_readable()).await;
-        matches!(ready, Ok(Ok(_)))
-    }
-
-    /// Reads until `buf` starts with a whole head. `Err(Some(status))`: it is refused
-    /// with `status` (too slow); `Err(None)`: the client closed or failed.
-    async fn read_head(
-        &self,
-        stream: &mut Stream,
-        buf: &mut BytesMut,
-        env: &Env<'_>,
-    ) -> std::result::Result<Head, Option<u16>> {
-        if buf.is_empty() && env.https && !env.h2 {
-            // A TLS stream cannot wait for its next request without reading it (`idle`
-            // returns at once): its first bytes are read small, so that a client idle
-            // between requests holds no 4 KiB buffer. The rest of the record is in
-            // rustls's buffer already, and the reads below take it without a system call.
-            let mut first = [0u8; 512];
-            match timeout(IDLE_KEEPALIVE, stream.read(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    buf.reserve(4096);
-                    buf.extend_from_slice(&first[..n]);
-                }
-                _ => return Err(None),
-            }
-        }
-        // Until the first byte the keep-alive limit applies, then the head's own.
-        let mut deadline = None;
-        loop {
-            if !buf.is_empty() {
-                match head::parse(buf, env) {
-                    Head::Partial => {}
-                    other => return Ok(other),
-                }
-                if deadline.is_none() {
-                    deadline = env.limits.timeout.map(|t| tokio::time::Instant::now() + t);
-                }
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
-            }
-            let read = match deadline {
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-                        Ok(read) => read,
-                        Err(_) => return Err(Some(408)),
-                    }
-                }
-                // An HTTP/2 stream's head is at hand (`h2::H2Client`).
-                None if env.h2 => stream.read_buf(buf).await,
-                None => match timeout(IDLE_KEEPALIVE, stream.read_buf(buf)).await {
-                    Ok(read) => read,
-                    Err(_) => return Err(None),
-                },
-            };
-            match read {
-                Ok(0) | Err(_) => return Err(None),
-                Ok(_) => {}
-            }
-        }
-    }
-
     /// Counts a client on `stream` cut for being too slow (`kind`: `write`, `body`),
     /// under the configured listener it came in on.
     pub(super) fn timed_out(&self, stream: &Stream, kind: &str) {
@@ -466,7 +366,7 @@ async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()>
 }
 
 #[async_trait]
-impl ServerApp for FastPath {
+impl ServerApp for Pipeline {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,

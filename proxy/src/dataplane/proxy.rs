@@ -1,10 +1,13 @@
 //! vigil's `ProxyHttp`: route by Host and path, pick an alive backend, retry on
 //! another one when that is safe, never on one already tried.
 
+use crate::dataplane::context::*;
 use crate::dataplane::request::*;
 use crate::dataplane::DataPlane;
+use crate::observe::access_log::{AccessLog, Entry};
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::Version;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
@@ -316,4 +319,92 @@ impl ProxyHttp for VigilProxy {
         }
         ctx.finished(&self.plane, status);
     }
+}
+
+/// The head of a small complete JSON response.
+fn small_response(status: u16, extra: &[(&str, &str)], body: &str) -> Result<Box<ResponseHeader>> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (k, v) in extra {
+        resp.insert_header(k.to_string(), *v)?;
+    }
+    Ok(Box::new(resp))
+}
+
+/// Writes a small complete response.
+pub(crate) async fn respond(
+    session: &mut Session,
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Result<()> {
+    let resp = small_response(status, extra, body)?;
+    session.write_response_header(resp, false).await?;
+    session
+        .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
+        .await
+}
+
+/// The answer when a pool has no backend to try.
+pub(crate) async fn no_healthy_backend(session: &mut Session) -> Result<()> {
+    let (status, extra, body) = NO_HEALTHY_BACKEND;
+    respond(session, status, &extra, body).await
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header (HTTP/2 carries the
+/// authority in its own field), and a Host is a host and an optional port: no user
+/// information, path or white space.
+pub(crate) fn check_host(session: &Session) -> std::result::Result<(), &'static str> {
+    let req = session.req_header();
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (Some(h), None) if !valid_host(h.as_bytes()) => Err("invalid Host header"),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn content_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+pub(crate) fn expects_continue(session: &Session) -> bool {
+    let req = session.req_header();
+    req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Writes the access-log line of a request Pingora's proxy carried.
+pub(crate) fn log_access(log: &AccessLog, session: &Session, ctx: &Ctx, status: u16) {
+    let req = session.req_header();
+    let client = session.client_addr().map(|a| a.to_string());
+    log.log(&Entry {
+        client: client.as_deref().unwrap_or(""),
+        method: req.method.as_str(),
+        host: request_host(req).unwrap_or(""),
+        path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        protocol: match req.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        },
+        bytes_in: session.as_downstream().body_bytes_read() as u64,
+        bytes_out: session.as_downstream().body_bytes_sent() as u64,
+        request_id: &ctx.request_id,
+        ..ctx.access_entry(status)
+    });
 }

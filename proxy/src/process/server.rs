@@ -4,7 +4,7 @@
 //! The checker runs on its own single-threaded runtime, apart from Pingora's worker
 //! threads, so a proxy saturated with requests does not starve health checks.
 
-use crate::dataplane::pipeline::FastPath;
+use crate::dataplane::pipeline::Pipeline;
 use crate::dataplane::proxy::VigilProxy;
 use crate::edge::listener::{client_buffers, ConnectionLimit, Slot};
 use crate::process::admin::AdminApp;
@@ -255,7 +255,7 @@ pub fn run(
         proxy.server_options = Some(options);
         proxy.h2_options = Some(h2_options(&config.http2));
         let listeners = config.listeners.iter().map(|l| l.address).collect();
-        FastPath::new(app.plane.clone(), proxy, &server.configuration, listeners)
+        Pipeline::new(app.plane.clone(), proxy, &server.configuration, listeners)
     };
     let proxy = proxy_app(false);
     // Plain listeners with `http2: true` hand connections that open with HTTP/2's

@@ -2,11 +2,14 @@
 //! held whole or streamed as it arrives), the answer copied back or, after a `101`,
 //! the tunnel; retries where they are safe, and the client's answer when all failed.
 
+use super::answer::{answer_head, Exchange, Wait};
 use super::client::Client;
-use super::framing::{parse_response, Asked, Body, Framing};
-use super::{tunnel, write_flushed, FastPath};
+use super::framing::{Asked, Body, Framing};
+use super::{write_flushed, Pipeline};
+use crate::dataplane::context::*;
 use crate::dataplane::idle;
 use crate::dataplane::request::*;
+use crate::dataplane::routing::PoolRoute;
 use bytes::{Buf, BytesMut};
 use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
@@ -49,27 +52,12 @@ impl Streamed {
     }
 }
 
-/// How one attempt ended.
-enum Exchange {
-    /// The client has its answer (`status`); `keep` when its connection can carry
-    /// another request, `reusable` when the backend's can.
-    Answered {
-        status: u16,
-        keep: bool,
-        reusable: bool,
-    },
-    /// The client went away during the request or its answer.
-    ClientGone,
-    /// The pool retries the backend's status elsewhere.
-    StatusRetry,
-}
-
 /// A failure of the client's, while its body streams: the status it gets.
 fn client_error<T>(status: u16, why: &'static str) -> Result<T> {
     Error::e_explain(HTTPStatus(status), why).map_err(|e| e.into_down())
 }
 
-impl FastPath {
+impl Pipeline {
     /// Tries backends until one answers or none is left: the status the client got and
     /// whether its connection can carry another request.
     pub(super) async fn attempts(
@@ -103,21 +91,11 @@ impl FastPath {
             };
             let (mut up, reused) = match idle {
                 Some(stream) => (stream, true),
-                None => {
-                    let peer = peer_for(pool, i);
-                    // Boxed: dialling is rare, and its future would otherwise make every
-                    // connection's (held while idle) several KiB larger.
-                    match Box::pin(self.dial.new_stream(&peer)).await {
-                        Ok(stream) => (stream, false),
-                        Err(e) => {
-                            if ctx.connect_failed() {
-                                continue;
-                            }
-                            let e = e.into_up();
-                            return self.failed(client.stream, ctx, e, out, close).await;
-                        }
-                    }
-                }
+                None => match self.dial(pool, i).await {
+                    Ok(stream) => (stream, false),
+                    Err(_) if ctx.connect_failed() => continue,
+                    Err(e) => return self.failed(client.stream, ctx, e, out, close).await,
+                },
             };
             let local = up
                 .get_socket_digest()
@@ -182,6 +160,16 @@ impl FastPath {
         }
     }
 
+    /// A new connection to member `i` of `pool`.
+    async fn dial(&self, pool: &PoolRoute, i: usize) -> Result<Stream> {
+        let peer = peer_for(pool, i);
+        // Boxed: dialling is rare, and its future would otherwise make every
+        // connection's (held while idle) several KiB larger.
+        Box::pin(self.dial.new_stream(&peer))
+            .await
+            .map_err(|e| e.into_up())
+    }
+
     /// One attempt on `up`: the request out, the answer back. `sent` is set once the
     /// client has the answer's head.
     #[allow(clippy::too_many_arguments)]
@@ -211,116 +199,41 @@ impl FastPath {
                 None => return Ok(Exchange::ClientGone),
             }
         }
-        let mut first_wait = true;
         // A body left unsent leaves the client's connection unusable: told so.
         let asked = Asked {
             close: out.asked.close || unfinished,
             ..out.asked
         };
-        let resp = loop {
-            if !buf.is_empty() {
-                match parse_response(&buf, asked)? {
-                    Some(r) if r.status == 101 && out.asked.upgrade => break r,
-                    // Nothing was asked to switch protocols.
-                    Some(r) if r.status == 101 => {
-                        return Error::e_explain(InvalidHTTPHeader, "101 to a plain request")
-                            .map_err(|e| e.into_up())
-                    }
-                    // Informational answers are not passed on (vigil answered any
-                    // `Expect` itself).
-                    Some(r) if r.status < 200 => {
-                        buf.advance(r.len);
-                        continue;
-                    }
-                    Some(r) => break r,
-                    None => {}
-                }
-            }
-            // A client that leaves while its request waits cancels it: the backend's
-            // connection closes, and the request's slot and in-flight count are freed.
-            let read = tokio::select! {
-                biased;
-                read = read_some(up, &mut buf, read_timeout) => read?,
-                gone = client.gone(std::mem::replace(&mut first_wait, false)), if !unfinished => match gone {
-                    true => return Ok(Exchange::ClientGone),
-                    false => continue,
-                },
-            };
-            if read == 0 {
-                return Error::e_explain(ConnectionClosed, "before the response head")
-                    .map_err(|e| e.into_up());
-            }
+        let wait = Wait {
+            asked,
+            watch_client: !unfinished,
+            read_timeout,
+        };
+        let Some(resp) = answer_head(client, up, &mut buf, wait).await? else {
+            return Ok(Exchange::ClientGone);
         };
         if resp.status != 101 && ctx.answered(resp.status, repeatable) && !unfinished {
             return Ok(Exchange::StatusRetry);
         }
         buf.advance(resp.len);
         if resp.status == 101 {
-            // Answered: the tunnel is no longer a request waiting for its answer (the
-            // stall watcher would otherwise take its silence for a stuck backend).
-            ctx.answered(101, false);
-            let mut head = resp.client_head;
-            head.extend_from_slice(&buf);
-            if self.write_client(client.stream, &head).await.is_err() {
-                return Ok(Exchange::ClientGone);
-            }
-            *sent = Some(101);
-            tunnel::run(
-                client,
-                up,
-                read_timeout,
-                self.plane.edge.client_write_timeout(),
-            )
-            .await;
-            return Ok(Exchange::Answered {
-                status: 101,
-                keep: false,
-                reusable: false,
-            });
+            return self
+                .switch(client, up, resp, buf, read_timeout, ctx, sent)
+                .await;
         }
-        let mut body = Body::new(resp.framing);
-        let mut decoded = resp.dechunk.then(Vec::new);
-        let (take, mut done) = body.feed_to(&buf, decoded.as_mut())?;
-        let mut first = resp.client_head;
-        match decoded.as_mut() {
-            Some(d) => first.append(d),
-            None => first.extend_from_slice(&buf[..take]),
-        }
-        buf.advance(take);
-        if self.write_client(client.stream, &first).await.is_err() {
+        let (status, keep, reusable) = (resp.status, resp.keep, resp.reusable);
+        let copied = self
+            .copy_answer(client, up, resp, buf, read_timeout, sent)
+            .await?;
+        let Some((payload, rest)) = copied else {
             return Ok(Exchange::ClientGone);
-        }
-        *sent = Some(resp.status);
-        drop(first);
-        while !done {
-            buf.clear();
-            if read_some(up, &mut buf, read_timeout).await? == 0 {
-                if resp.framing == Framing::Close {
-                    break;
-                }
-                return Error::e_explain(ConnectionClosed, "before the response body ended")
-                    .map_err(|e| e.into_up());
-            }
-            let (take, end) = body.feed_to(&buf, decoded.as_mut())?;
-            done = end;
-            let bytes = match decoded.as_mut() {
-                Some(d) => &d[..],
-                None => &buf[..take],
-            };
-            if self.write_client(client.stream, bytes).await.is_err() {
-                return Ok(Exchange::ClientGone);
-            }
-            if let Some(d) = decoded.as_mut() {
-                d.clear();
-            }
-            buf.advance(take);
-        }
-        ctx.bytes_out = body.payload as usize;
+        };
+        ctx.bytes_out = payload as usize;
         Ok(Exchange::Answered {
-            status: resp.status,
-            keep: resp.keep && !unfinished,
+            status,
+            keep: keep && !unfinished,
             // Bytes past the answer mean the backend is out of step.
-            reusable: resp.reusable && buf.is_empty() && !unfinished,
+            reusable: reusable && rest == 0 && !unfinished,
         })
     }
 
@@ -473,21 +386,6 @@ async fn write_up(up: &mut Stream, bytes: &[u8], limit: Duration) -> Result<()> 
         Err(_) => {
             Error::e_explain(WriteTimedout, format!("timeout: {limit:?}")).map_err(|e| e.into_up())
         }
-    }
-}
-
-/// Reads more of the backend's answer into `buf`, within `read_timeout`.
-async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) -> Result<usize> {
-    if buf.capacity() - buf.len() < 2048 {
-        buf.reserve(16 * 1024);
-    }
-    match timeout(read_timeout, up.read_buf(buf)).await {
-        Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => {
-            Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())
-        }
-        Err(_) => Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}"))
-            .map_err(|e| e.into_up()),
     }
 }
 

@@ -1,14 +1,7 @@
-//! Framing of HTTP/1 messages as they pass: where an answer's head ends, what it says
-//! about its body, and where a body (by length, chunked, or until the close) ends.
+//! Framing of HTTP/1 bodies as they pass: how a body ends (by length, chunked, or at
+//! the close), and where it does.
 
-use super::MAX_HEADERS;
-use crate::dataplane::request::{connection_keeps, HOP_BY_HOP};
 use pingora::prelude::*;
-use std::io::Write;
-use std::mem::MaybeUninit;
-
-/// A backend's response head may be at most this long (Pingora's own limit).
-const MAX_RESPONSE_HEAD: usize = 1 << 20;
 
 /// How the body of an answer ends (RFC 9112 §6.3).
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -18,23 +11,6 @@ pub(super) enum Framing {
     Chunked,
     /// At the end of the connection.
     Close,
-}
-
-/// A backend's response head, parsed.
-pub(super) struct Response {
-    /// Bytes of the buffer the head took.
-    pub len: usize,
-    pub status: u16,
-    pub framing: Framing,
-    /// The backend's connection may carry another request.
-    pub reusable: bool,
-    /// The client's connection may carry another request after this answer.
-    pub keep: bool,
-    /// A chunked body the client gets decoded (an HTTP/1.0 client).
-    pub dechunk: bool,
-    /// The head for the client (empty for an informational answer; the backend's own
-    /// for a `101` to an upgrade, which is the handshake).
-    pub client_head: Vec<u8>,
 }
 
 /// What the request the answer is for asked, as far as its framing goes.
@@ -52,141 +28,6 @@ pub(super) struct Asked {
 
 pub(super) fn bad_response<T>(why: &'static str) -> Result<T> {
     Error::e_explain(InvalidHTTPHeader, why).map_err(|e| e.into_up())
-}
-
-/// Parses the backend's response head at the start of `buf`: None while incomplete.
-/// `asked`: what the request it answers asked.
-pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response>> {
-    let Asked {
-        head,
-        close,
-        http10,
-        upgrade,
-    } = asked;
-    let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut []);
-    // As Pingora's client does, a space before a header's colon is let through;
-    // obsolete line folding is not (a folded value would be passed on folded).
-    let mut config = httparse::ParserConfig::default();
-    config.allow_spaces_after_header_name_in_responses(true);
-    let len = match config.parse_response_with_uninit_headers(&mut r, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
-        Ok(httparse::Status::Partial) => return bad_response("response head too large"),
-        Err(_) => return bad_response("invalid response head"),
-    };
-    let status = r.code.unwrap_or(0);
-    if status < 200 {
-        return Ok(Some(Response {
-            len,
-            status,
-            framing: Framing::Empty,
-            reusable: false,
-            keep: false,
-            dechunk: false,
-            client_head: if status == 101 && upgrade {
-                buf[..len].to_vec()
-            } else {
-                Vec::new()
-            },
-        }));
-    }
-    let mut length = None;
-    let mut chunked = None;
-    let (mut conn_close, mut conn_keepalive) = (false, false);
-    // Headers the backend's `Connection` names: its connection's own, not passed on.
-    let mut named: Vec<&[u8]> = Vec::new();
-    for h in r.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok());
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => return bad_response("invalid Content-Length"),
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only the last coding counts: chunked or not.
-            if let Some(last) = h
-                .value
-                .split(|&b| b == b',')
-                .map(|c| c.trim_ascii())
-                .next_back()
-            {
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                conn_close |= token.eq_ignore_ascii_case(b"close");
-                conn_keepalive |= token.eq_ignore_ascii_case(b"keep-alive");
-                if !token.is_empty() && !connection_keeps(token) {
-                    named.push(token);
-                }
-            }
-        }
-    }
-    let framing = if head || status == 204 || status == 304 {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::Close,
-            (None, Some(0)) => Framing::Empty,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::Close,
-        }
-    };
-    let reusable = framing != Framing::Close
-        && !(chunked.is_some() && length.is_some())
-        && if r.version == Some(1) {
-            !conn_close
-        } else {
-            conn_keepalive && !conn_close
-        };
-    // An HTTP/1.0 client gets a chunked body decoded, ended by the close.
-    let dechunk = http10 && framing == Framing::Chunked;
-    let keep = !close && framing != Framing::Close && !dechunk;
-    let mut out = Vec::with_capacity(len + 32);
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", r.reason.unwrap_or(""));
-    let mut dated = false;
-    for h in r.headers.iter() {
-        dated |= h.name.eq_ignore_ascii_case("date");
-        let skip = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
-            || (http10 && h.name.eq_ignore_ascii_case("transfer-encoding"))
-            || named.iter().any(|n| h.name.as_bytes().eq_ignore_ascii_case(n))
-            // A length beside Transfer-Encoding is not sent on (RFC 9112 §6.2).
-            || (chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"));
-        if !skip {
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if !dated {
-        // A recipient with a clock adds the Date an answer forwarded lacks (RFC 9110
-        // §6.6.1), as Pingora's HTTP/2 server does.
-        out.extend_from_slice(b"Date: ");
-        out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(if keep {
-        b"Connection: keep-alive\r\n\r\n"
-    } else {
-        b"Connection: close\r\n\r\n"
-    });
-    Ok(Some(Response {
-        len,
-        status,
-        framing,
-        reusable,
-        keep,
-        dechunk,
-        client_head: out,
-    }))
 }
 
 /// Where a body being copied is: it tells how many of the next bytes belong to it,
@@ -228,6 +69,59 @@ enum Chunk {
     TrailerStart,
     TrailerLine,
     TrailerEndLf,
+}
+
+impl Chunk {
+    /// The state after byte `b` of the chunked framing (not of a chunk's data); None
+    /// when `b` ends the body.
+    fn step(self, b: u8) -> Result<Option<Chunk>> {
+        Ok(Some(match (self, b) {
+            (
+                Chunk::Size {
+                    size,
+                    digits,
+                    ext: false,
+                },
+                _,
+            ) if b.is_ascii_hexdigit() => {
+                if digits >= 15 {
+                    return bad_response("chunk size too large");
+                }
+                let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                Chunk::Size {
+                    size: size * 16 + d,
+                    digits: digits + 1,
+                    ext: false,
+                }
+            }
+            (Chunk::Size { digits: 0, .. }, _) => return bad_response("invalid chunk size"),
+            (Chunk::Size { size, .. }, b'\r') => Chunk::SizeLf { size },
+            (Chunk::Size { size, .. }, b'\n') | (Chunk::SizeLf { size }, b'\n') => {
+                if size == 0 {
+                    Chunk::TrailerStart
+                } else {
+                    Chunk::Data(size)
+                }
+            }
+            (Chunk::Size { size, digits, .. }, b';' | b' ' | b'\t') => Chunk::Size {
+                size,
+                digits,
+                ext: true,
+            },
+            (s @ Chunk::Size { ext: true, .. }, _) => s,
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataCr | Chunk::DataLf, b'\n') => Chunk::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            },
+            (Chunk::TrailerStart, b'\r') => Chunk::TrailerEndLf,
+            (Chunk::TrailerStart | Chunk::TrailerEndLf, b'\n') => return Ok(None),
+            (Chunk::TrailerLine, b'\n') => Chunk::TrailerStart,
+            (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
+            _ => return bad_response("invalid chunked body"),
+        }))
+    }
 }
 
 impl Body {
@@ -312,57 +206,13 @@ impl Body {
                     let b = bytes[i];
                     i += 1;
                     let before = *state;
-                    *state = match (*state, b) {
-                        (
-                            Chunk::Size {
-                                size,
-                                digits,
-                                ext: false,
-                            },
-                            _,
-                        ) if b.is_ascii_hexdigit() => {
-                            if digits >= 15 {
-                                return bad_response("chunk size too large");
-                            }
-                            let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                            Chunk::Size {
-                                size: size * 16 + d,
-                                digits: digits + 1,
-                                ext: false,
-                            }
-                        }
-                        (Chunk::Size { digits: 0, .. }, _) => {
-                            return bad_response("invalid chunk size")
-                        }
-                        (Chunk::Size { size, .. }, b'\r') => Chunk::SizeLf { size },
-                        (Chunk::Size { size, .. }, b'\n') | (Chunk::SizeLf { size }, b'\n') => {
-                            if size == 0 {
-                                Chunk::TrailerStart
-                            } else {
-                                Chunk::Data(size)
-                            }
-                        }
-                        (Chunk::Size { size, digits, .. }, b';' | b' ' | b'\t') => Chunk::Size {
-                            size,
-                            digits,
-                            ext: true,
-                        },
-                        (s @ Chunk::Size { ext: true, .. }, _) => s,
-                        (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                        (Chunk::DataCr | Chunk::DataLf, b'\n') => Chunk::Size {
-                            size: 0,
-                            digits: 0,
-                            ext: false,
-                        },
-                        (Chunk::TrailerStart, b'\r') => Chunk::TrailerEndLf,
-                        (Chunk::TrailerStart | Chunk::TrailerEndLf, b'\n') => {
+                    match before.step(b)? {
+                        Some(next) => *state = next,
+                        None => {
                             self.state = State::Done;
                             return Ok((i, true));
                         }
-                        (Chunk::TrailerLine, b'\n') => Chunk::TrailerStart,
-                        (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
-                        _ => return bad_response("invalid chunked body"),
-                    };
+                    }
                     if let Some(t) = self.trailers.as_mut() {
                         let in_line = *state == Chunk::TrailerLine
                             || (before == Chunk::TrailerLine && b == b'\n');
@@ -447,97 +297,5 @@ mod tests {
             feed_all(Framing::Close, &[b"abc", b"d"]).unwrap(),
             (4, false)
         );
-    }
-
-    fn parsed(head: &str, head_req: bool, close: bool) -> Response {
-        let asked = Asked {
-            head: head_req,
-            close,
-            ..Asked::default()
-        };
-        parse_response(head.as_bytes(), asked)
-            .expect("valid")
-            .expect("complete")
-    }
-
-    #[test]
-    fn responses_are_framed_as_rfc_9112_says() {
-        let r = parsed(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-            false,
-            false,
-        );
-        assert_eq!((r.framing, r.reusable), (Framing::Length(5), true));
-        assert_eq!(r.len, 38);
-        let r = parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false);
-        assert_eq!(r.framing, Framing::Empty, "an answer to HEAD has no body");
-        let r = parsed(
-            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
-            false,
-            false,
-        );
-        assert_eq!(r.framing, Framing::Empty);
-        let r = parsed(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            false,
-            false,
-        );
-        assert_eq!((r.framing, r.reusable), (Framing::Chunked, true));
-        let r = parsed("HTTP/1.1 200 OK\r\n\r\n", false, false);
-        assert_eq!((r.framing, r.reusable), (Framing::Close, false));
-        let r = parsed(
-            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
-            false,
-            false,
-        );
-        assert!(!r.reusable);
-        let r = parsed("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false, false);
-        assert!(!r.reusable, "HTTP/1.0 without keep-alive closes");
-        let r = parsed(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
-            false,
-            false,
-        );
-        assert_eq!((r.framing, r.reusable), (Framing::Chunked, false));
-        let head = String::from_utf8(r.client_head).unwrap();
-        assert!(
-            !head.to_ascii_lowercase().contains("content-length"),
-            "{head}"
-        );
-        for bad in [
-            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 1 1\r\n\r\n",
-            "NOT HTTP\r\n\r\n",
-        ] {
-            assert!(
-                parse_response(bad.as_bytes(), Asked::default()).is_err(),
-                "{bad}"
-            );
-        }
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nA: b\r\n", Asked::default())
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn the_client_gets_the_head_without_hop_by_hop_headers() {
-        let r = parsed(
-            "HTTP/1.1 200 Fine\r\nX-A: 1\r\nConnection: keep-alive, x-a\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
-            false,
-            false,
-        );
-        assert_eq!(
-            String::from_utf8(r.client_head).unwrap(),
-            "HTTP/1.1 200 Fine\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
-            "X-A is named by Connection: the backend's connection's own"
-        );
-        let r = parsed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
-        let head = String::from_utf8(r.client_head).unwrap();
-        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
-        // An answer without a Date gets one (RFC 9110 §6.6.1).
-        assert!(head.contains("\r\nDate: "), "{head}");
     }
 }

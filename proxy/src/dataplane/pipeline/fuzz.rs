@@ -5,6 +5,7 @@
 //! in `make test`; `make fuzz` runs many more (`PROPTEST_CASES`).
 
 use super::framing::*;
+use super::response::parse_response;
 use super::MAX_HEADERS;
 use proptest::prelude::*;
 
@@ -158,7 +159,7 @@ fn reference(b: &[u8], head_req: bool) -> Verdict {
 }
 
 /// The loop's verdict: `b` arrives in pieces cut at `cuts`; heads are parsed as they
-/// complete and the body fed through `Body`, as `FastPath::exchange` does.
+/// complete and the body fed through `Body`, as `Pipeline::exchange` does.
 fn incremental(b: &[u8], cuts: &[usize], head_req: bool) -> Verdict {
     let mut bounds: Vec<usize> = cuts.iter().map(|&c| c % (b.len() + 1)).collect();
     bounds.push(b.len());

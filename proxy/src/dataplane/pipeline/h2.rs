@@ -13,7 +13,7 @@
 //! pool, `CONNECT`) is handed back to Pingora's proxy as the stream it came on.
 
 use super::framing::{Body, Framing};
-use super::{FastPath, MAX_HEADERS};
+use super::{Pipeline, MAX_HEADERS};
 use crate::dataplane::request::HOP_BY_HOP;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
@@ -44,7 +44,7 @@ const MAX_ANSWER_HEAD: usize = 1 << 20;
 /// An HTTP/2 connection's application: Pingora's HTTP/2 server accepts its streams and
 /// gives each here, to be carried by the loop.
 pub(super) struct H2Front {
-    pub fast: Arc<FastPath>,
+    pub fast: Arc<Pipeline>,
 }
 
 #[async_trait]
@@ -59,7 +59,7 @@ impl HttpServerApp for H2Front {
                 let client = Box::new(H2Client::new(session));
                 self.fast.serve(client, shutdown, true).await;
             }
-            // An h2c listener's HTTP/1 client (FastPath sends those to the loop before
+            // An h2c listener's HTTP/1 client (Pipeline sends those to the loop before
             // this; kept for any other way in).
             ServerSession::H1(session) => {
                 self.fast.serve(session.into_inner(), shutdown, false).await;

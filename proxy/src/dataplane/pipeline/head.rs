@@ -2,11 +2,11 @@
 //! does vigil's loop carry it, where does it go, and what goes upstream.
 
 use super::framing::Framing;
+use super::upstream::{Forward, Target, Upstream};
 use super::MAX_HEADERS;
-use crate::dataplane::request::{idempotent_method, new_request_id, valid_host, HOP_BY_HOP};
+use crate::dataplane::request::{idempotent_method, new_request_id, valid_host};
 use crate::dataplane::routing::{normalize_host, RoutingTable};
 use pingora::protocols::http::v1::server::HeadLimitValues;
-use std::io::Write;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use vigil_conf::HashKey;
@@ -50,6 +50,16 @@ pub(super) enum RequestBody {
     Held(usize),
     /// A longer length, or chunked: copied upstream as it arrives.
     Streamed(Framing),
+}
+
+impl RequestBody {
+    /// Bytes held whole (sent with the head).
+    fn held(self) -> usize {
+        match self {
+            RequestBody::Held(n) => n,
+            _ => 0,
+        }
+    }
 }
 
 /// The parts of a request head its access-log line shows.
@@ -102,18 +112,6 @@ pub(super) struct Env<'a> {
     pub h2: bool,
 }
 
-/// Request headers never copied upstream as they came, besides the hop-by-hop ones
-/// (`HOP_BY_HOP`; an upgrade's own pair is written again): HTTP/2's upgrade settings,
-/// `Expect` (vigil answers `100 Continue` itself), and the three `x-forwarded-*` vigil
-/// writes itself.
-const NOT_FORWARDED: [&str; 5] = [
-    "http2-settings",
-    "expect",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
-
 /// Bytes of an origin-form target passed on as they are (RFC 3986 pchar, `/`, `?` and
 /// `%`); a target with any other byte is Pingora's parser's to judge.
 fn uri_byte(b: u8) -> bool {
@@ -122,152 +120,46 @@ fn uri_byte(b: u8) -> bool {
 
 /// Parses the head at the start of `buf` and decides how the request goes.
 pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
-    let limits = env.limits;
     let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let max = limits.max_headers.min(MAX_HEADERS);
-    let len = match req.parse_with_uninit_headers(buf, &mut slots[..max]) {
-        Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
-        Ok(httparse::Status::Partial) if buf.len() <= limits.max_bytes => return Head::Partial,
-        // Too long, too many headers, malformed: Pingora's parser judges it (400, 431).
-        _ => return Head::Other,
+    let Line {
+        len,
+        http10,
+        method,
+        target,
+        headers,
+    } = match Line::parse(buf, env, &mut slots) {
+        Ok(line) => line,
+        Err(head) => return head,
     };
-    let http10 = match req.version {
-        Some(1) => false,
-        Some(0) => true,
-        _ => return Head::Other,
-    };
-    let (Some(method), Some(target)) = (req.method, req.path) else {
+    let Some(mut fields) = Fields::scan(headers, env, http10) else {
         return Head::Other;
     };
-    // CONNECT, absolute- or asterisk-form targets (a forward proxy's) and targets with
-    // bytes outside RFC 3986 are Pingora's.
-    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(uri_byte) {
-        return Head::Other;
-    }
-    let head = method == "HEAD";
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let raw_path_len = path.len();
-    let mut host = None;
-    let mut hosts = 0;
-    let (mut close, mut keep_alive) = (false, false);
-    let mut upgrade_token = false;
-    let mut upgrade: Option<&[u8]> = None;
-    let mut continue_100 = false;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    // Headers `Connection` names: hop-by-hop, not passed on.
-    let mut named: Vec<&[u8]> = Vec::new();
-    // Every X-Forwarded-For line: the chain continues from all of them.
-    let mut xff: Vec<&[u8]> = Vec::new();
-    // With the access log on: the client's request id, as on Pingora's path.
-    let mut request_id: Option<&str> = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    upgrade_token = true;
-                } else if !token.is_empty() {
-                    named.push(token);
-                }
-            }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            // One plain length; anything else (a list, a second line) is for
-            // Pingora's parser to judge.
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse().ok());
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                _ => return Head::Other,
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // `chunked` alone, on HTTP/1.1; any other coding is Pingora's to refuse.
-            if chunked || http10 || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Head::Other;
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade = Some(h.value);
-        } else if name.eq_ignore_ascii_case("expect") {
-            continue_100 = !http10 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            xff.push(h.value);
-        } else if env.logging && request_id.is_none() && name.eq_ignore_ascii_case("x-request-id") {
-            request_id = std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty());
-        }
-    }
-    // HTTP/1.0 keeps its connection only when it asks to.
-    close |= http10 && !keep_alive;
-    let body = match (chunked, length) {
-        // Chunked framing wins over a length, and the connection closes after the
-        // answer: bytes after the chunked body are never a request (smuggling).
-        (true, _) => {
-            close |= length.is_some();
-            RequestBody::Streamed(Framing::Chunked)
-        }
-        (false, None | Some(0)) => RequestBody::None,
-        (false, Some(n)) if n <= RETRY_BUFFER as u64 => RequestBody::Held(n as usize),
-        (false, Some(n)) => RequestBody::Streamed(Framing::Length(n)),
-    };
+    let body = fields.body();
     // A refusal with a body left unread closes the connection.
     let unread = body != RequestBody::None;
-    let generated_id = env.logging && request_id.is_none();
-    let mut log = env.logging.then(|| {
-        Box::new(LogHead {
-            method: method.to_string(),
-            host: host
-                .map(|h| String::from_utf8_lossy(h).into_owned())
-                .unwrap_or_default(),
-            target: target.to_string(),
-            request_id: request_id.map_or_else(new_request_id, str::to_string),
-            protocol: match (env.h2, http10) {
-                (true, _) => "HTTP/2.0",
-                (false, true) => "HTTP/1.0",
-                (false, false) => "HTTP/1.1",
-            },
-        })
-    });
-    let asked_close = close;
+    let head = method == "HEAD";
+    let mut log = env
+        .logging
+        .then(|| log_head(method, target, &fields, env, http10));
     let mut refused = |status, body, close: bool, route| {
         Head::Refused(Refusal {
             len,
             status,
             body,
-            close: close || asked_close,
+            close: close || fields.close,
             head,
             route,
             log: log.take(),
         })
     };
-    // RFC 9112 §3.2: exactly one Host on HTTP/1.1, and a host and an optional port.
-    let host = match (hosts, host.and_then(|h| std::str::from_utf8(h).ok())) {
-        (0, _) if http10 => "",
-        (0, _) => {
-            return refused(
-                400,
-                r#"{"error":"HTTP/1.1 request without Host"}"#,
-                true,
-                None,
-            )
-        }
-        (1, Some(h)) if valid_host(h.as_bytes()) => h,
-        (1, _) => return refused(400, r#"{"error":"invalid Host header"}"#, true, None),
-        _ => return refused(400, r#"{"error":"more than one Host header"}"#, true, None),
+    let host = match fields.host(http10) {
+        Ok(host) => host,
+        Err(why) => return refused(400, why, true, None),
     };
     // Routed by the normalized path, which the backend receives too (unless the pool
     // forwards the client's own target).
-    let path = match crate::dataplane::path::normalize(path) {
+    let raw_path = target.split_once('?').map_or(target, |(p, _)| p);
+    let path = match crate::dataplane::path::normalize(raw_path) {
         Ok(p) => p,
         Err(why) => return refused(400, why.body(), unread, None),
     };
@@ -279,18 +171,266 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     if config.protocol != vigil_conf::Protocol::Http1 {
         return Head::Other;
     }
-    if let (Some(max), Some(n)) = (env.body_bytes, length) {
-        if n > max && !chunked {
+    if let (Some(max), Some(n)) = (env.body_bytes, fields.length) {
+        if n > max && !fields.chunked {
             let route = Some((table.clone(), pool));
             return refused(413, r#"{"error":"request body too large"}"#, true, route);
         }
     }
     // RFC 9110 §7.8: an upgrade needs both the header and the `Connection` token.
-    let upgrade = upgrade.filter(|_| upgrade_token && !http10);
-    let hash_key = match &config.hash_key {
+    fields.upgrade = fields.upgrade.filter(|_| fields.upgrade_token && !http10);
+    let hash_key = hash_key(config, headers, &path, env);
+    let target = match &path {
+        std::borrow::Cow::Owned(normal) if !config.forward_original_path => Target {
+            path: normal,
+            query: &target[raw_path.len()..],
+        },
+        _ => Target {
+            path: target,
+            query: "",
+        },
+    };
+    let generated_id = log.as_ref().filter(|_| fields.request_id.is_none());
+    let up = Upstream::with_capacity(len + 128 + body.held()).head(
+        method,
+        target,
+        headers,
+        fields.forward(host, env, generated_id.map(|l| l.request_id.as_str())),
+    );
+    Head::Request(Request {
+        len,
+        upstream: up,
+        head,
+        idempotent: idempotent_method(method),
+        body,
+        close: fields.close,
+        http10,
+        upgrade: fields.upgrade.is_some(),
+        continue_100: fields.continue_100,
+        table,
+        pool,
+        hash_key,
+        log,
+    })
+}
+
+/// A whole head's request line, and its fields unread.
+struct Line<'b, 'h> {
+    /// Bytes of the client's buffer the head took.
+    len: usize,
+    http10: bool,
+    method: &'b str,
+    target: &'b str,
+    headers: &'h [httparse::Header<'b>],
+}
+
+impl<'b, 'h> Line<'b, 'h> {
+    /// `Err` when the head is not whole yet, or is for Pingora's parser to judge.
+    fn parse(
+        buf: &'b [u8],
+        env: &Env,
+        slots: &'h mut [MaybeUninit<httparse::Header<'b>>],
+    ) -> Result<Line<'b, 'h>, Head> {
+        let limits = env.limits;
+        let mut req = httparse::Request::new(&mut []);
+        let max = limits.max_headers.min(MAX_HEADERS);
+        let len = match req.parse_with_uninit_headers(buf, &mut slots[..max]) {
+            Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
+            Ok(httparse::Status::Partial) if buf.len() <= limits.max_bytes => {
+                return Err(Head::Partial)
+            }
+            // Too long, too many headers, malformed: Pingora's parser judges it (400, 431).
+            _ => return Err(Head::Other),
+        };
+        let http10 = match req.version {
+            Some(1) => false,
+            Some(0) => true,
+            _ => return Err(Head::Other),
+        };
+        let (Some(method), Some(target)) = (req.method, req.path) else {
+            return Err(Head::Other);
+        };
+        // CONNECT, absolute- or asterisk-form targets (a forward proxy's) and targets
+        // with bytes outside RFC 3986 are Pingora's.
+        if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(uri_byte) {
+            return Err(Head::Other);
+        }
+        Ok(Line {
+            len,
+            http10,
+            method,
+            target,
+            headers: req.headers,
+        })
+    }
+}
+
+/// What the loop reads from a head's fields, in one pass over them.
+struct Fields<'a> {
+    host: Option<&'a [u8]>,
+    hosts: usize,
+    /// The client's connection closes after this answer.
+    close: bool,
+    /// `upgrade` among the `Connection` tokens.
+    upgrade_token: bool,
+    upgrade: Option<&'a [u8]>,
+    continue_100: bool,
+    length: Option<u64>,
+    chunked: bool,
+    /// Headers `Connection` names: hop-by-hop, not passed on.
+    named: Vec<&'a [u8]>,
+    /// Every X-Forwarded-For line: the chain continues from all of them.
+    xff: Vec<&'a [u8]>,
+    /// With the access log on: the client's request id, as on Pingora's path.
+    request_id: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    /// None for framing the loop leaves to Pingora's parser: a second or listed
+    /// length, a coding other than `chunked` alone.
+    fn scan(headers: &[httparse::Header<'a>], env: &Env, http10: bool) -> Option<Fields<'a>> {
+        let mut f = Fields {
+            host: None,
+            hosts: 0,
+            close: false,
+            upgrade_token: false,
+            upgrade: None,
+            continue_100: false,
+            length: None,
+            chunked: false,
+            named: Vec::new(),
+            xff: Vec::new(),
+            request_id: None,
+        };
+        let mut keep_alive = false;
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                f.hosts += 1;
+                f.host = Some(h.value);
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        f.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        f.upgrade_token = true;
+                    } else if !token.is_empty() {
+                        f.named.push(token);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                // One plain length; anything else (a list, a second line) is for
+                // Pingora's parser to judge.
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .filter(|v| {
+                        !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|v| v.parse().ok());
+                match (n, f.length) {
+                    (Some(n), None) => f.length = Some(n),
+                    _ => return None,
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // `chunked` alone, on HTTP/1.1; any other coding is Pingora's to refuse.
+                if f.chunked || http10 || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return None;
+                }
+                f.chunked = true;
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                f.upgrade = Some(h.value);
+            } else if name.eq_ignore_ascii_case("expect") {
+                f.continue_100 =
+                    !http10 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                f.xff.push(h.value);
+            } else if env.logging
+                && f.request_id.is_none()
+                && name.eq_ignore_ascii_case("x-request-id")
+            {
+                f.request_id = std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty());
+            }
+        }
+        // HTTP/1.0 keeps its connection only when it asks to.
+        f.close |= http10 && !keep_alive;
+        Some(f)
+    }
+
+    /// How the body is framed and carried.
+    fn body(&mut self) -> RequestBody {
+        match (self.chunked, self.length) {
+            // Chunked framing wins over a length, and the connection closes after the
+            // answer: bytes after the chunked body are never a request (smuggling).
+            (true, _) => {
+                self.close |= self.length.is_some();
+                RequestBody::Streamed(Framing::Chunked)
+            }
+            (false, None | Some(0)) => RequestBody::None,
+            (false, Some(n)) if n <= RETRY_BUFFER as u64 => RequestBody::Held(n as usize),
+            (false, Some(n)) => RequestBody::Streamed(Framing::Length(n)),
+        }
+    }
+
+    /// What the head sent upstream takes from these fields.
+    fn forward<'b>(&'b self, host: &'b str, env: &Env<'b>, id: Option<&'b str>) -> Forward<'b> {
+        Forward {
+            named: &self.named,
+            xff: &self.xff,
+            upgrade: self.upgrade,
+            host: (self.hosts == 1).then_some(host),
+            client: env.client,
+            https: env.https,
+            drop_request_id: env.logging && self.request_id.is_none(),
+            generated_id: id,
+        }
+    }
+
+    /// RFC 9112 §3.2: exactly one Host on HTTP/1.1, and a host and an optional port.
+    /// The refusal's JSON body when not.
+    fn host(&self, http10: bool) -> Result<&'a str, &'static str> {
+        match (
+            self.hosts,
+            self.host.and_then(|h| std::str::from_utf8(h).ok()),
+        ) {
+            (0, _) if http10 => Ok(""),
+            (0, _) => Err(r#"{"error":"HTTP/1.1 request without Host"}"#),
+            (1, Some(h)) if valid_host(h.as_bytes()) => Ok(h),
+            (1, _) => Err(r#"{"error":"invalid Host header"}"#),
+            _ => Err(r#"{"error":"more than one Host header"}"#),
+        }
+    }
+}
+
+fn log_head(method: &str, target: &str, f: &Fields, env: &Env, http10: bool) -> Box<LogHead> {
+    Box::new(LogHead {
+        method: method.to_string(),
+        host: f
+            .host
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .unwrap_or_default(),
+        target: target.to_string(),
+        request_id: f.request_id.map_or_else(new_request_id, str::to_string),
+        protocol: match (env.h2, http10) {
+            (true, _) => "HTTP/2.0",
+            (false, true) => "HTTP/1.0",
+            (false, false) => "HTTP/1.1",
+        },
+    })
+}
+
+/// The request's key for its pool's `hash_key`; empty without one.
+fn hash_key(
+    config: &vigil_conf::PoolConfig,
+    headers: &[httparse::Header],
+    path: &str,
+    env: &Env,
+) -> Vec<u8> {
+    match &config.hash_key {
         None => Vec::new(),
-        Some(HashKey::Header(key)) => req
-            .headers
+        Some(HashKey::Header(key)) => headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(key))
             .map(|h| h.value.to_vec())
@@ -300,91 +440,5 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
             .client
             .map(|ip| ip.as_bytes().to_vec())
             .unwrap_or_default(),
-    };
-    // The same headers as `forward_headers` on Pingora's path.
-    // Room for a body held whole too: it is appended to this head, once read.
-    let held = match body {
-        RequestBody::Held(n) => n,
-        _ => 0,
-    };
-    let mut up = Vec::with_capacity(len + 128 + held);
-    up.extend_from_slice(method.as_bytes());
-    up.push(b' ');
-    match path {
-        std::borrow::Cow::Owned(normal) if !config.forward_original_path => {
-            up.extend_from_slice(normal.as_bytes());
-            up.extend_from_slice(&target.as_bytes()[raw_path_len..]);
-        }
-        _ => up.extend_from_slice(target.as_bytes()),
     }
-    up.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        // An empty request id is replaced by ours, as on Pingora's path.
-        let empty_id =
-            env.logging && request_id.is_none() && h.name.eq_ignore_ascii_case("x-request-id");
-        let dropped = empty_id
-            || HOP_BY_HOP
-                .iter()
-                .chain(&NOT_FORWARDED)
-                .any(|n| h.name.eq_ignore_ascii_case(n))
-            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
-        if !dropped {
-            up.extend_from_slice(name);
-            up.extend_from_slice(b": ");
-            up.extend_from_slice(h.value);
-            up.extend_from_slice(b"\r\n");
-        }
-    }
-    if let Some(protocol) = upgrade {
-        // The one hop-by-hop pair that is the request itself.
-        up.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
-        up.extend_from_slice(protocol);
-        up.extend_from_slice(b"\r\n");
-    }
-    if let Some(ip) = env.client {
-        up.extend_from_slice(b"x-forwarded-for: ");
-        // As on Pingora's path: values it can read as text, trimmed, empty ones left out.
-        for prev in xff
-            .iter()
-            .map(|v| v.trim_ascii())
-            .filter(|v| !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)))
-        {
-            up.extend_from_slice(prev);
-            up.extend_from_slice(b", ");
-        }
-        up.extend_from_slice(ip.as_bytes());
-        up.extend_from_slice(b"\r\n");
-    }
-    up.extend_from_slice(if env.https {
-        b"x-forwarded-proto: https\r\n"
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
-    if hosts == 1 {
-        up.extend_from_slice(b"x-forwarded-host: ");
-        up.extend_from_slice(host.as_bytes());
-        up.extend_from_slice(b"\r\n");
-    }
-    if generated_id {
-        if let Some(log) = &log {
-            let _ = write!(up, "x-request-id: {}\r\n", log.request_id);
-        }
-    }
-    up.extend_from_slice(b"\r\n");
-    Head::Request(Request {
-        len,
-        upstream: up,
-        head,
-        idempotent: idempotent_method(method),
-        body,
-        close,
-        http10,
-        upgrade: upgrade.is_some(),
-        continue_100,
-        table,
-        pool,
-        hash_key,
-        log,
-    })
 }
