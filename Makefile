@@ -87,6 +87,7 @@ soak: bench-deps build
 lint: deps
 	$(CARGO) fmt --all -- --check
 	python3 scripts/import_cycles.py proxy/src healthcheck/src conf/src
+	python3 scripts/unit_sizes.py proxy/src healthcheck/src conf/src
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:

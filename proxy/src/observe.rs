@@ -1,5 +1,6 @@
 //! What vigil shows of itself: Prometheus metrics, the access log, process logs.
 
+mod access_line;
 pub mod access_log;
 pub mod logging;
 pub mod metrics;

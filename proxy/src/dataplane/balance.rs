@@ -303,17 +303,19 @@ mod tests {
                 }
             }
             let sel = Selector::build(Balance::LeastRequests, &ms, &all);
-            let idle = (0..200)
+            let idle = (0..4000)
                 .filter(|_| sel.pick(&ms, &all, &[], b"") == Some(0))
                 .count();
-            // Full scan always finds it; two choices find it whenever it is drawn.
+            // Full scan always finds it; two choices find it whenever it is one of the
+            // two drawn: 1 - (39/40)^2 of picks, about 197 of 4000. A picker blind to
+            // load takes it 1 in 40 times, 100 of 4000.
             assert!(
                 if n <= FULL_SCAN_MAX {
-                    idle == 200
+                    idle == 4000
                 } else {
-                    idle >= 5
+                    idle >= 150
                 },
-                "n={n}: idle picked {idle}/200"
+                "n={n}: idle picked {idle}/4000"
             );
             let tried: Vec<usize> = (0..n - 1).collect();
             assert_eq!(

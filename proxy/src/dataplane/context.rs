@@ -66,8 +66,9 @@ pub struct Ctx {
 /// request loop's idle lists (`idle`).
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-// Both request paths (`fast` for HTTP/1, `proxy`'s hooks for HTTP/2 and handed-over heads) take
-// every decision about a request through these methods, so they cannot disagree.
+// Both request paths (the pipeline for every request it carries, `proxy`'s hooks for
+// what it hands on) take every decision about a request through these methods, so they
+// cannot disagree.
 impl Ctx {
     pub(crate) fn new() -> Ctx {
         Ctx {
@@ -154,7 +155,7 @@ impl Ctx {
     }
 
     /// [`Self::next_peer`] as the index of the pool member, counted as started; the
-    /// request loop (`fast`) builds a peer only when it dials.
+    /// request loop (`pipeline`) builds a peer only when it dials.
     pub(crate) fn next_member(&mut self) -> Result<usize> {
         self.got_header = false;
         if std::mem::take(&mut self.again) {

@@ -1,4 +1,4 @@
-//! Idle upstream connections of vigil's own request loop (`fast`): a list per worker
+//! Idle upstream connections of vigil's own request loop (`pipeline`): a list per worker
 //! thread and backend address, with no task per connection.
 //!
 //! Pingora's pool spawns an idle watcher for every connection it takes back and wakes

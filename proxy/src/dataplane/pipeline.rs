@@ -393,7 +393,9 @@ impl ServerApp for Pipeline {
         };
         if h2 {
             // Pingora's HTTP/2 server: each stream's request back here (`H2Front`).
-            let front = Arc::new(h2::H2Front { fast: self.clone() });
+            let front = Arc::new(h2::H2Front {
+                pipeline: self.clone(),
+            });
             return front.process_new(stream, shutdown).await;
         }
         self.serve(stream, shutdown, false).await

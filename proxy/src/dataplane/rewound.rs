@@ -1,5 +1,5 @@
 //! A connection with bytes already read from it put back in front: what the request
-//! loop (`fast`) hands to Pingora's proxy when a request is not one it carries. Reads
+//! loop (`pipeline`) hands to Pingora's proxy when a request is not one it carries. Reads
 //! return the bytes first, then the connection's own; everything else is the
 //! connection's. Works over any stream, TLS included (Pingora's `rewind` is on plain
 //! TCP streams only).

@@ -1,8 +1,9 @@
 //! The proxy's Prometheus families (CONTRACT §7). Per-pool and per-backend handles are
 //! resolved when a routing snapshot is built, so the request path only increments.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 use std::time::Duration;
@@ -57,6 +58,19 @@ pub fn class_index(status: u16) -> usize {
 }
 
 pub struct ProxyMetrics {
+    pools: PoolFamilies,
+    clients: ClientFamilies,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub access_log_dropped: IntCounter,
+    pub admin_unauthorized: IntCounter,
+    pub accept_errors: IntCounterVec,
+    pub tls_expiry: IntGaugeVec,
+    per_backend: bool,
+}
+
+/// The families labelled by pool (and backend): what requests got and what it took.
+struct PoolFamilies {
     requests: IntCounterVec,
     upstream: IntCounterVec,
     duration: HistogramVec,
@@ -65,18 +79,15 @@ pub struct ProxyMetrics {
     no_healthy: IntCounterVec,
     panic: IntCounterVec,
     fallback: IntCounterVec,
-    pub reloads: IntCounterVec,
-    pub last_reload_success: Gauge,
-    pub access_log_dropped: IntCounter,
-    pub admin_unauthorized: IntCounter,
-    pub accept_errors: IntCounterVec,
-    client_connections: IntGaugeVec,
-    client_refused: IntCounterVec,
-    tls_handshakes: IntCounterVec,
-    client_timeouts: IntCounterVec,
-    pub tls_expiry: IntGaugeVec,
-    pool_latency: prometheus::GaugeVec,
-    per_backend: bool,
+    latency: GaugeVec,
+}
+
+/// The families labelled by listener: client connections, timeouts and handshakes.
+struct ClientFamilies {
+    connections: IntGaugeVec,
+    refused: IntCounterVec,
+    timeouts: IntCounterVec,
+    handshakes: IntCounterVec,
 }
 
 /// Handles of one pool, resolved off the request path.
@@ -95,154 +106,61 @@ pub struct PoolHandles {
 
 impl ProxyMetrics {
     pub fn new(registry: &Registry, per_backend: bool) -> prometheus::Result<Self> {
+        let r = registry;
         let m = ProxyMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    names::REQUESTS,
-                    "Requests answered, by pool and status class",
-                ),
-                &["pool", "status_class"],
-            )?,
-            upstream: IntCounterVec::new(
-                Opts::new(names::UPSTREAM_REQUESTS, "Responses received from backends"),
-                &["pool", "backend", "status_class"],
-            )?,
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    names::REQUEST_DURATION,
-                    "Time from request to the end of the response",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
-                ]),
-                &["pool"],
-            )?,
-            retries: IntCounterVec::new(
-                Opts::new(names::RETRIES, "Requests retried on another backend"),
-                &["pool"],
-            )?,
-            connections: IntCounterVec::new(
-                Opts::new(
-                    names::UPSTREAM_CONNECTIONS,
-                    "Connections opened to backends for requests (not reused from the keep-alive pool)",
-                ),
-                &["pool"],
-            )?,
-            no_healthy: IntCounterVec::new(
-                Opts::new(
-                    names::NO_HEALTHY,
-                    "Requests answered 503 for want of an alive backend",
-                ),
-                &["pool"],
-            )?,
-            panic: IntCounterVec::new(
-                Opts::new(
-                    names::PANIC,
-                    "Requests routed to all backends because the pool was below panic_threshold",
-                ),
-                &["pool"],
-            )?,
-            fallback: IntCounterVec::new(
-                Opts::new(
-                    names::FALLBACK,
-                    "Attempts sent to a backend that is not routable because no routable one was left to try: held out (ejected or suspect, passing its checks) or, failing open, down",
-                ),
-                &["pool", "kind"],
-            )?,
-            reloads: IntCounterVec::new(
-                Opts::new(names::RELOADS, "Configuration reloads by result"),
+            pools: PoolFamilies::register(r)?,
+            clients: ClientFamilies::register(r)?,
+            reloads: counters(
+                r,
+                names::RELOADS,
+                "Configuration reloads by result",
                 &["result"],
             )?,
-            last_reload_success: Gauge::new(
-                names::LAST_RELOAD,
-                "Unix time of the last successful configuration load",
+            last_reload_success: register(
+                r,
+                Gauge::new(
+                    names::LAST_RELOAD,
+                    "Unix time of the last successful configuration load",
+                )?,
             )?,
-            access_log_dropped: IntCounter::new(
-                names::ACCESS_LOG_DROPPED,
-                "Access log lines dropped because the writer fell behind",
+            access_log_dropped: register(
+                r,
+                IntCounter::new(
+                    names::ACCESS_LOG_DROPPED,
+                    "Access log lines dropped because the writer fell behind",
+                )?,
             )?,
-            accept_errors: IntCounterVec::new(
-                Opts::new(names::ACCEPT_ERRORS, "Failed accept() calls, by listener and reason"),
+            admin_unauthorized: register(
+                r,
+                IntCounter::new(
+                    names::ADMIN_UNAUTHORIZED,
+                    "Admin POSTs refused for a missing or wrong token",
+                )?,
+            )?,
+            accept_errors: counters(
+                r,
+                names::ACCEPT_ERRORS,
+                "Failed accept() calls, by listener and reason",
                 &["listener", "reason"],
             )?,
-            admin_unauthorized: IntCounter::new(
-                names::ADMIN_UNAUTHORIZED,
-                "Admin POSTs refused for a missing or wrong token",
-            )?,
-            client_connections: IntGaugeVec::new(
-                Opts::new(names::CLIENT_CONNECTIONS, "Client connections open, by listener"),
-                &["listener"],
-            )?,
-            client_refused: IntCounterVec::new(
-                Opts::new(
-                    names::CLIENT_REFUSED,
-                    "Client connections closed at once because the listener had max_connections open",
-                ),
-                &["listener"],
-            )?,
-            tls_handshakes: IntCounterVec::new(
-                Opts::new(
-                    names::TLS_HANDSHAKES,
-                    "TLS handshakes with clients, by listener and result (success, failure, timeout)",
-                ),
-                &["listener", "result"],
-            )?,
-            client_timeouts: IntCounterVec::new(
-                Opts::new(
-                    names::CLIENT_TIMEOUTS,
-                    "Clients cut for being too slow, by listener and kind (write: taking a write of the answer; body: sending the request body)",
-                ),
-                &["listener", "kind"],
-            )?,
-            tls_expiry: IntGaugeVec::new(
-                Opts::new(
-                    names::TLS_EXPIRY,
-                    "Unix time at which each served certificate expires",
-                ),
+            tls_expiry: gauges(
+                r,
+                names::TLS_EXPIRY,
+                "Unix time at which each served certificate expires",
                 &["listener", "name"],
-            )?,
-            pool_latency: prometheus::GaugeVec::new(
-                Opts::new(
-                    names::POOL_LATENCY,
-                    "What the pool usually takes to answer (median of its backends' decaying averages); stuck requests are judged against it",
-                ),
-                &["pool"],
             )?,
             per_backend,
         };
-        registry.register(Box::new(m.pool_latency.clone()))?;
-        registry.register(Box::new(m.tls_handshakes.clone()))?;
-        registry.register(Box::new(m.client_timeouts.clone()))?;
-        registry.register(Box::new(m.tls_expiry.clone()))?;
-        registry.register(Box::new(m.client_connections.clone()))?;
-        registry.register(Box::new(m.client_refused.clone()))?;
-        registry.register(Box::new(m.access_log_dropped.clone()))?;
-        registry.register(Box::new(m.admin_unauthorized.clone()))?;
-        registry.register(Box::new(m.accept_errors.clone()))?;
-        registry.register(Box::new(crate::observe::logging::TLS_WARNINGS.clone()))?;
-        registry.register(Box::new(
-            crate::observe::logging::H2_HANDSHAKE_ERRORS.clone(),
-        ))?;
-        registry.register(Box::new(m.requests.clone()))?;
-        registry.register(Box::new(m.upstream.clone()))?;
-        registry.register(Box::new(m.duration.clone()))?;
-        registry.register(Box::new(m.retries.clone()))?;
-        registry.register(Box::new(m.no_healthy.clone()))?;
-        registry.register(Box::new(m.connections.clone()))?;
-        registry.register(Box::new(m.panic.clone()))?;
-        registry.register(Box::new(m.fallback.clone()))?;
-        registry.register(Box::new(m.reloads.clone()))?;
-        registry.register(Box::new(m.last_reload_success.clone()))?;
-        for r in ["success", "failure"] {
-            m.reloads.with_label_values(&[r]);
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
         }
         Ok(m)
     }
 
     /// Counts a client cut for being too slow (`kind`: `write` or `body`).
     pub fn client_timeout(&self, listener: &str, kind: &str) {
-        self.client_timeouts
+        self.clients
+            .timeouts
             .with_label_values(&[listener, kind])
             .inc();
     }
@@ -250,17 +168,18 @@ impl ProxyMetrics {
     /// A listener's open-connections gauge and refusals counter.
     pub fn listener(&self, address: &str) -> (IntGauge, IntCounter) {
         (
-            self.client_connections.with_label_values(&[address]),
-            self.client_refused.with_label_values(&[address]),
+            self.clients.connections.with_label_values(&[address]),
+            self.clients.refused.with_label_values(&[address]),
         )
     }
 
     /// Sets each pool's usual answer time from its members (at scrape time); pools with
     /// no answer yet have no series.
     pub fn set_pool_latency<'a>(&self, medians: impl IntoIterator<Item = (&'a str, Duration)>) {
-        self.pool_latency.reset();
+        self.pools.latency.reset();
         for (pool, median) in medians {
-            self.pool_latency
+            self.pools
+                .latency
                 .with_label_values(&[pool])
                 .set(median.as_secs_f64());
         }
@@ -269,29 +188,30 @@ impl ProxyMetrics {
     /// A TLS listener's handshake counters: success, failure, timeout.
     pub fn handshakes(&self, address: &str) -> [IntCounter; 3] {
         ["success", "failure", "timeout"]
-            .map(|r| self.tls_handshakes.with_label_values(&[address, r]))
+            .map(|r| self.clients.handshakes.with_label_values(&[address, r]))
     }
 
     /// `vigil_requests_total{pool="-"}` by class, present from start.
     pub fn unrouted(&self) -> [IntCounter; 4] {
-        CLASSES.map(|c| self.requests.with_label_values(&[UNROUTED, c]))
+        CLASSES.map(|c| self.pools.requests.with_label_values(&[UNROUTED, c]))
     }
 
     pub fn pool(&self, pool: &str, members: &[Member]) -> PoolHandles {
         PoolHandles {
-            requests: CLASSES.map(|c| self.requests.with_label_values(&[pool, c])),
-            duration: self.duration.with_label_values(&[pool]),
-            retries: self.retries.with_label_values(&[pool]),
-            connections_opened: self.connections.with_label_values(&[pool]),
-            no_healthy: self.no_healthy.with_label_values(&[pool]),
-            panic: self.panic.with_label_values(&[pool]),
-            fallback: FALLBACK_KINDS.map(|k| self.fallback.with_label_values(&[pool, k])),
+            requests: CLASSES.map(|c| self.pools.requests.with_label_values(&[pool, c])),
+            duration: self.pools.duration.with_label_values(&[pool]),
+            retries: self.pools.retries.with_label_values(&[pool]),
+            connections_opened: self.pools.connections.with_label_values(&[pool]),
+            no_healthy: self.pools.no_healthy.with_label_values(&[pool]),
+            panic: self.pools.panic.with_label_values(&[pool]),
+            fallback: FALLBACK_KINDS.map(|k| self.pools.fallback.with_label_values(&[pool, k])),
             upstream: if self.per_backend {
                 members
                     .iter()
                     .map(|m| {
                         CLASSES.map(|c| {
-                            self.upstream
+                            self.pools
+                                .upstream
                                 .with_label_values(&[pool, &m.endpoint.address, c])
                         })
                     })
@@ -304,21 +224,21 @@ impl ProxyMetrics {
 
     pub fn remove_pool(&self, pool: &str) {
         for c in CLASSES {
-            let _ = self.requests.remove_label_values(&[pool, c]);
+            let _ = self.pools.requests.remove_label_values(&[pool, c]);
         }
-        let _ = self.duration.remove_label_values(&[pool]);
-        let _ = self.retries.remove_label_values(&[pool]);
-        let _ = self.connections.remove_label_values(&[pool]);
-        let _ = self.no_healthy.remove_label_values(&[pool]);
-        let _ = self.panic.remove_label_values(&[pool]);
+        let _ = self.pools.duration.remove_label_values(&[pool]);
+        let _ = self.pools.retries.remove_label_values(&[pool]);
+        let _ = self.pools.connections.remove_label_values(&[pool]);
+        let _ = self.pools.no_healthy.remove_label_values(&[pool]);
+        let _ = self.pools.panic.remove_label_values(&[pool]);
         for k in FALLBACK_KINDS {
-            let _ = self.fallback.remove_label_values(&[pool, k]);
+            let _ = self.pools.fallback.remove_label_values(&[pool, k]);
         }
     }
 
     pub fn remove_backend(&self, pool: &str, backend: &str) {
         for c in CLASSES {
-            let _ = self.upstream.remove_label_values(&[pool, backend, c]);
+            let _ = self.pools.upstream.remove_label_values(&[pool, backend, c]);
         }
     }
 
@@ -336,4 +256,138 @@ impl ProxyMetrics {
     pub fn reload_failed(&self) {
         self.reloads.with_label_values(&["failure"]).inc();
     }
+}
+
+impl PoolFamilies {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(PoolFamilies {
+            requests: counters(
+                r,
+                names::REQUESTS,
+                "Requests answered, by pool and status class",
+                &["pool", "status_class"],
+            )?,
+            upstream: counters(
+                r,
+                names::UPSTREAM_REQUESTS,
+                "Responses received from backends",
+                &["pool", "backend", "status_class"],
+            )?,
+            duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        names::REQUEST_DURATION,
+                        "Time from request to the end of the response",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                        2.5, 5.0, 10.0, 30.0,
+                    ]),
+                    &["pool"],
+                )?,
+            )?,
+            retries: counters(
+                r,
+                names::RETRIES,
+                "Requests retried on another backend",
+                &["pool"],
+            )?,
+            connections: counters(
+                r,
+                names::UPSTREAM_CONNECTIONS,
+                "Connections opened to backends for requests (not reused from the keep-alive pool)",
+                &["pool"],
+            )?,
+            no_healthy: counters(
+                r,
+                names::NO_HEALTHY,
+                "Requests answered 503 for want of an alive backend",
+                &["pool"],
+            )?,
+            panic: counters(
+                r,
+                names::PANIC,
+                "Requests routed to all backends because the pool was below panic_threshold",
+                &["pool"],
+            )?,
+            fallback: counters(
+                r,
+                names::FALLBACK,
+                "Attempts sent to a backend that is not routable because no routable one was left to try: held out (ejected or suspect, passing its checks) or, failing open, down",
+                &["pool", "kind"],
+            )?,
+            latency: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        names::POOL_LATENCY,
+                        "What the pool usually takes to answer (median of its backends' decaying averages); stuck requests are judged against it",
+                    ),
+                    &["pool"],
+                )?,
+            )?,
+        })
+    }
+}
+
+impl ClientFamilies {
+    /// Also registers the peer-caused TLS and HTTP/2 counters the logging layer keeps.
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        register(r, crate::observe::logging::TLS_WARNINGS.clone())?;
+        register(r, crate::observe::logging::H2_HANDSHAKE_ERRORS.clone())?;
+        Ok(ClientFamilies {
+            connections: gauges(
+                r,
+                names::CLIENT_CONNECTIONS,
+                "Client connections open, by listener",
+                &["listener"],
+            )?,
+            refused: counters(
+                r,
+                names::CLIENT_REFUSED,
+                "Client connections closed at once because the listener had max_connections open",
+                &["listener"],
+            )?,
+            timeouts: counters(
+                r,
+                names::CLIENT_TIMEOUTS,
+                "Clients cut for being too slow, by listener and kind (write: taking a write of the answer; body: sending the request body)",
+                &["listener", "kind"],
+            )?,
+            handshakes: counters(
+                r,
+                names::TLS_HANDSHAKES,
+                "TLS handshakes with clients, by listener and result (success, failure, timeout)",
+                &["listener", "result"],
+            )?,
+        })
+    }
+}
+
+/// Registers `family` and hands it back.
+fn register<F: Collector + Clone + 'static>(
+    registry: &Registry,
+    family: F,
+) -> prometheus::Result<F> {
+    registry.register(Box::new(family.clone()))?;
+    Ok(family)
+}
+
+fn counters(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauges(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }

@@ -119,22 +119,9 @@ fn reference(b: &[u8]) -> Decision {
         (false, Some(n)) => RequestBody::Streamed(Framing::Length(n)),
     };
     let hosts: Vec<&str> = all(&headers, "host").collect();
-    let host_ok = |h: &str| {
-        let (host, port) = match h.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => (h, p),
-            _ => (h, ""),
-        };
-        !host.is_empty()
-            && host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=[]:".contains(&c))
-            && port.bytes().all(|c| c.is_ascii_digit())
-            && !host.contains('@')
-            && !host.contains('/')
-    };
     match hosts[..] {
         [] if http10 => {}
-        [h] if host_ok(h) => {}
+        [h] if reference_host(h) => {}
         _ => {
             return Decision::Refused {
                 len,
@@ -159,6 +146,21 @@ fn reference(b: &[u8]) -> Decision {
         close,
         upgrade,
     }
+}
+
+/// The reference's Host: a host and an optional port, no user information or path.
+fn reference_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p),
+        _ => (h, ""),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=[]:".contains(&c))
+        && port.bytes().all(|c| c.is_ascii_digit())
+        && !host.contains('@')
+        && !host.contains('/')
 }
 
 /// The loop's decision, the head fed as its bytes arrive in the pieces `cuts` makes.

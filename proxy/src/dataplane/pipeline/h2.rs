@@ -12,25 +12,22 @@
 //! muxes feed one HTTP analyser). A request the loop does not carry (a `protocol: h2`
 //! pool, `CONNECT`) is handed back to Pingora's proxy as the stream it came on.
 
+mod convert;
+mod digests;
+
 use super::framing::{Body, Framing};
-use super::{Pipeline, MAX_HEADERS};
-use crate::dataplane::request::HOP_BY_HOP;
+use super::Pipeline;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
+use convert::{parse_answer, parse_trailers, request_head};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::{H2Options, HttpSession};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::{SslDigest, ALPN};
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::SocketDigest;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,7 +41,7 @@ const MAX_ANSWER_HEAD: usize = 1 << 20;
 /// An HTTP/2 connection's application: Pingora's HTTP/2 server accepts its streams and
 /// gives each here, to be carried by the loop.
 pub(super) struct H2Front {
-    pub fast: Arc<Pipeline>,
+    pub pipeline: Arc<Pipeline>,
 }
 
 #[async_trait]
@@ -57,26 +54,31 @@ impl HttpServerApp for H2Front {
         match session {
             ServerSession::H2(session) => {
                 let client = Box::new(H2Client::new(session));
-                self.fast.serve(client, shutdown, true).await;
+                self.pipeline.serve(client, shutdown, true).await;
             }
             // An h2c listener's HTTP/1 client (Pipeline sends those to the loop before
             // this; kept for any other way in).
             ServerSession::H1(session) => {
-                self.fast.serve(session.into_inner(), shutdown, false).await;
+                self.pipeline
+                    .serve(session.into_inner(), shutdown, false)
+                    .await;
             }
             other => {
-                self.fast.pingora.process_new_http(other, shutdown).await;
+                self.pipeline
+                    .pingora
+                    .process_new_http(other, shutdown)
+                    .await;
             }
         }
         None
     }
 
     fn h2_options(&self) -> Option<H2Options> {
-        self.fast.pingora.h2_options.clone()
+        self.pipeline.pingora.h2_options.clone()
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.fast.pingora.server_options.as_ref()
+        self.pipeline.pingora.server_options.as_ref()
     }
 }
 
@@ -363,136 +365,6 @@ impl Drop for H2Client {
     }
 }
 
-/// The request head of `session` written as HTTP/1.1.
-fn request_head(session: &HttpSession) -> Bytes {
-    let req = session.req_header();
-    let mut out = BytesMut::with_capacity(512);
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    // `:authority` is the Host (RFC 9113 §8.3.1); Pingora refused a conflicting `host`.
-    let authority = req.uri.authority();
-    if let Some(a) = authority {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(a.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let mut cookies: Vec<&[u8]> = Vec::new();
-    let mut length = false;
-    for (name, value) in req.headers.iter() {
-        if name == http::header::HOST && authority.is_some() {
-            continue;
-        }
-        if name == http::header::COOKIE {
-            // Split across fields in HTTP/2, one field in HTTP/1.1 (RFC 9113 §8.2.3).
-            cookies.push(value.as_bytes());
-            continue;
-        }
-        length |= name == http::header::CONTENT_LENGTH;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !cookies.is_empty() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(&cookies.join(&b"; "[..]));
-        out.extend_from_slice(b"\r\n");
-    }
-    // A body without a length is chunked on HTTP/1.1.
-    if !length && !session.is_body_done() {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
-}
-
-/// The answer head at the start of `buf`, as the loop wrote it for an HTTP/1.1 client:
-/// None while incomplete; its length, the response for HTTP/2 (None for an
-/// informational one), and how its body is framed.
-#[allow(clippy::type_complexity)]
-fn parse_answer(
-    buf: &[u8],
-    head_request: bool,
-) -> io::Result<Option<(usize, Option<ResponseHeader>, Framing)>> {
-    let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut r, buf, &mut slots)
-    {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(other(format!("answer head: {e}"))),
-    };
-    let status = r.code.unwrap_or(0);
-    if status < 200 {
-        return Ok(Some((len, None, Framing::Empty)));
-    }
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = http::StatusCode::from_u16(status).map_err(other)?;
-    parts.headers.reserve(r.headers.len());
-    let (mut chunked, mut length) = (false, None);
-    for h in r.headers.iter() {
-        let name = h.name;
-        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2); the
-        // loop left only its own `Connection` of them.
-        if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = true;
-            continue;
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-        }
-        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(other)?;
-        let value = http::HeaderValue::from_bytes(h.value).map_err(other)?;
-        parts.headers.append(name, value);
-    }
-    let resp = ResponseHeader::from(parts);
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else if chunked {
-        Framing::Chunked
-    } else {
-        match length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
-    };
-    Ok(Some((len, Some(resp), framing)))
-}
-
-/// A chunked body's trailer lines as HTTP/2 trailers (malformed lines left out).
-fn parse_trailers(lines: &[u8]) -> http::HeaderMap {
-    let mut map = http::HeaderMap::new();
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name),
-            http::HeaderValue::from_bytes(value),
-        ) else {
-            continue;
-        };
-        // Not fields a trailer may carry on HTTP/2.
-        if name == http::header::CONNECTION || name == http::header::TRANSFER_ENCODING {
-            continue;
-        }
-        map.append(name, value);
-    }
-    map
-}
-
 impl AsyncRead for H2Client {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -573,48 +445,3 @@ impl AsyncWrite for H2Client {
         self.poll_send(cx)
     }
 }
-
-#[async_trait]
-impl Shutdown for H2Client {
-    async fn shutdown(&mut self) {}
-}
-
-impl UniqueID for H2Client {
-    fn id(&self) -> UniqueIDType {
-        // No socket of its own (`reset_on_close` must not touch the connection's).
-        -1
-    }
-}
-
-impl Ssl for H2Client {
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.ssl.clone()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        Some(ALPN::H2)
-    }
-}
-
-impl GetTimingDigest for H2Client {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        Vec::new()
-    }
-}
-
-impl GetProxyDigest for H2Client {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
-    }
-}
-
-impl GetSocketDigest for H2Client {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.socket.clone()
-    }
-
-    fn set_socket_digest(&mut self, _digest: SocketDigest) {}
-}
-
-#[async_trait]
-impl Peek for H2Client {}

@@ -1,0 +1,142 @@
+//! Between the two protocols: an HTTP/2 stream's request written as an HTTP/1.1 head,
+//! and the loop's HTTP/1.1 answer head and trailers read back into HTTP/2 parts.
+
+use super::super::framing::Framing;
+use super::super::MAX_HEADERS;
+use super::other;
+use crate::dataplane::request::HOP_BY_HOP;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::v2::server::HttpSession;
+use std::io;
+use std::mem::MaybeUninit;
+
+/// The request head of `session` written as HTTP/1.1.
+pub(super) fn request_head(session: &HttpSession) -> Bytes {
+    let req = session.req_header();
+    let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // `:authority` is the Host (RFC 9113 §8.3.1); Pingora refused a conflicting `host`.
+    let authority = req.uri.authority();
+    if let Some(a) = authority {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    let mut length = false;
+    for (name, value) in req.headers.iter() {
+        if name == http::header::HOST && authority.is_some() {
+            continue;
+        }
+        if name == http::header::COOKIE {
+            // Split across fields in HTTP/2, one field in HTTP/1.1 (RFC 9113 §8.2.3).
+            cookies.push(value.as_bytes());
+            continue;
+        }
+        length |= name == http::header::CONTENT_LENGTH;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !cookies.is_empty() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(&cookies.join(&b"; "[..]));
+        out.extend_from_slice(b"\r\n");
+    }
+    // A body without a length is chunked on HTTP/1.1.
+    if !length && !session.is_body_done() {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The answer head at the start of `buf`, as the loop wrote it for an HTTP/1.1 client:
+/// None while incomplete; its length, the response for HTTP/2 (None for an
+/// informational one), and how its body is framed.
+#[allow(clippy::type_complexity)]
+pub(super) fn parse_answer(
+    buf: &[u8],
+    head_request: bool,
+) -> io::Result<Option<(usize, Option<ResponseHeader>, Framing)>> {
+    let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(other(format!("answer head: {e}"))),
+    };
+    let status = r.code.unwrap_or(0);
+    if status < 200 {
+        return Ok(Some((len, None, Framing::Empty)));
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status).map_err(other)?;
+    parts.headers.reserve(r.headers.len());
+    let (mut chunked, mut length) = (false, None);
+    for h in r.headers.iter() {
+        let name = h.name;
+        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2); the
+        // loop left only its own `Connection` of them.
+        if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+        }
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(other)?;
+        let value = http::HeaderValue::from_bytes(h.value).map_err(other)?;
+        parts.headers.append(name, value);
+    }
+    let resp = ResponseHeader::from(parts);
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    Ok(Some((len, Some(resp), framing)))
+}
+
+/// A chunked body's trailer lines as HTTP/2 trailers (malformed lines left out).
+pub(super) fn parse_trailers(lines: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        // Not fields a trailer may carry on HTTP/2.
+        if name == http::header::CONNECTION || name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        map.append(name, value);
+    }
+    map
+}
