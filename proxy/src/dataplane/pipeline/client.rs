@@ -18,11 +18,19 @@ impl Client<'_> {
     /// Waits until the client closes its side (true) or sends more (false, the bytes
     /// kept in `pending` for its next request). Once `PIPELINE_HELD` bytes wait, the
     /// client is no longer watched: it never returns. `first`: the request has just
-    /// been sent; most answers come sooner than `WATCH_AFTER`, and for them the client's
-    /// socket is not read at all (a read that finds nothing is a system call).
+    /// been sent, and most answers come before the client does anything: its socket is
+    /// not read until it has something (a read that finds nothing is a system call). A
+    /// plain socket says so from the readiness its runtime already tracks, at no cost;
+    /// a stream that cannot tell (TLS, an HTTP/2 stream) is read after `WATCH_AFTER`.
+    /// (A timer per request was the earlier way for all: arming one wakes the runtime's
+    /// driver through its eventfd, a `write` for many requests.)
     pub(super) async fn gone(&mut self, first: bool) -> bool {
         if first {
-            tokio::time::sleep(WATCH_AFTER).await;
+            match self.stream.wait_readable().await {
+                Ok(true) => {}
+                Ok(false) => tokio::time::sleep(WATCH_AFTER).await,
+                Err(_) => return true,
+            }
         }
         if self.pending.len() >= PIPELINE_HELD {
             return std::future::pending().await;

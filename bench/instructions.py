@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Instructions per request for vigil binaries, counted by callgrind (deterministic,
+unlike CPU time on this shared 2-core box): each binary serves 200 and then 1,200
+keep-alive requests from one client to one backend at threads: 1, and the difference
+of the two runs' totals over 1,000 is one request's share. BODY=1024 sends POSTs with
+a body of that many bytes instead of GETs.
+
+Usage: python3 bench/instructions.py BINARY...
+"""
+import subprocess, sys, time, socket, os, threading, http.server, glob, re
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length","2"); self.end_headers(); self.wfile.write(b"ok")
+    def do_POST(self):
+        n=int(self.headers.get("content-length","0")); self.rfile.read(n)
+        self.send_response(200); self.send_header("content-length","2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self,*a): pass
+srv=http.server.ThreadingHTTPServer(("127.0.0.1",0),H); port=srv.server_address[1]
+threading.Thread(target=srv.serve_forever,daemon=True).start()
+cfg=f"threads: 1\nlisteners:\n  - address: 127.0.0.1:19981\nadmin:\n  address: 127.0.0.1:19982\npools:\n  - name: web\n    health_check:\n      interval: 60s\n    backends:\n      - address: 127.0.0.1:{port}\n"
+open("/tmp/cg.yaml","w").write(cfg)
+body = os.environ.get("BODY")
+def load(n):
+    s=socket.create_connection(("127.0.0.1",19981))
+    if body:
+        req=(f"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: {int(body)}\r\n\r\n").encode()+b"a"*int(body)
+    else:
+        req=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(n):
+        s.sendall(req)
+        got=b""
+        while not got.endswith(b"ok"):
+            got+=s.recv(4096)
+    s.close()
+def run(binary, n):
+    out=f"/tmp/cg.out.{n}"
+    for f in glob.glob(out+"*"): os.remove(f)
+    p=subprocess.Popen(["valgrind","--tool=callgrind",f"--callgrind-out-file={out}",binary,"run","-c","/tmp/cg.yaml"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1",19981)).close(); break
+        except OSError: time.sleep(0.2)
+    time.sleep(2)
+    load(50)
+    load(n)
+    p.terminate(); p.wait()
+    total=0
+    for f in glob.glob(out+"*"):
+        for line in open(f):
+            m=re.match(r"summary: (\d+)", line) or re.match(r"totals: (\d+)", line)
+            if m: total+=int(m.group(1)); break
+    return total
+for binary in sys.argv[1:]:
+    a=run(binary, 200); b=run(binary, 1200)
+    print(binary, f"{(b-a)/1000:.0f} instructions/request")
