@@ -419,3 +419,43 @@ async fn a_lengthless_answer_cut_by_a_reset_reaches_the_client_as_a_reset() {
         "the cut answer ended as {end:?}, not as a reset"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_while_its_client_still_sends_ends_with_a_close_not_a_reset() {
+    // Issue #25 (RFC 9112 §9.6): a `Connection: close` request followed by more bytes
+    // than the loop reads ahead. Closing with them unread in the socket makes the kernel
+    // send a reset, which can take the answer from a client that has not read it yet;
+    // vigil closes its side first and reads what still comes, so the client reads the
+    // whole answer and then the end of the connection.
+    let b = Scripted::start().await;
+    let v = start_vigil("", &[b.pool()]).await;
+    let sock = TcpStream::connect(v.listen).await.unwrap();
+    let (mut rx, mut tx) = sock.into_split();
+    let writer = tokio::spawn(async move {
+        tx.write_all(b"GET /close HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            .await?;
+        tx.write_all(&vec![b'x'; 256 * 1024]).await?;
+        // Held open: only vigil's side ends the connection.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(tx);
+        std::io::Result::Ok(())
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the connection did not end");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok"), "the whole answer: {text}");
+    assert!(end.is_ok(), "the connection ended with {end:?}, not a close");
+    writer.abort();
+}

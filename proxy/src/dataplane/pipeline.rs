@@ -58,7 +58,8 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use std::future::Future;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What an HTTP/2 connection by prior knowledge (h2c) opens with (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -165,6 +166,7 @@ impl Pipeline {
                     if refuse.await {
                         continue;
                     }
+                    close_after_answer(&mut stream, &buf, h2).await;
                     return None;
                 }
                 Ok(_) if h2 => {
@@ -193,6 +195,7 @@ impl Pipeline {
             };
             let carry = Box::pin(self.carry(&mut stream, &mut buf, req, &conn, shutdown));
             if !carry.await {
+                close_after_answer(&mut stream, &buf, h2).await;
                 return None;
             }
         }
@@ -337,6 +340,44 @@ impl Pipeline {
             .unwrap_or_default();
         self.plane.metrics.client_timeout(&listener, kind);
     }
+}
+
+/// How long a closing connection reads what its client still sends, and how much.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The connection closes after an answer (`Connection: close`, a body left unread, a
+/// drain). If its client may still be sending — bytes read past the request, or bytes
+/// waiting in the socket — closing now would make the kernel answer with a reset, which
+/// can take the answer from a client that has not read it yet. vigil closes its side
+/// first and reads what still comes, for up to `LINGER` (RFC 9112 §9.6; Pingora's head
+/// refusal and nginx's lingering close do the same). A connection with nothing more to
+/// read closes at once.
+async fn close_after_answer(stream: &mut Stream, pending: &BytesMut, h2: bool) {
+    if h2 || (pending.is_empty() && !readable_now(stream)) {
+        return;
+    }
+    let _ = timeout(LINGER, AsyncWriteExt::shutdown(stream)).await;
+    let mut sink = [0u8; 4096];
+    let _ = timeout(LINGER, async {
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether the client's socket has something to read now (bytes or its end), by the
+/// readiness the runtime already tracks: no system call. False for a stream that
+/// cannot tell (TLS).
+fn readable_now(stream: &mut Stream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let ready = std::pin::pin!(stream.wait_readable());
+    matches!(ready.poll(&mut cx), std::task::Poll::Ready(Ok(true)))
 }
 
 /// The access-log line of a request the loop carried.
