@@ -456,6 +456,9 @@ async fn a_connection_closed_while_its_client_still_sends_ends_with_a_close_not_
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("ok"), "the whole answer: {text}");
-    assert!(end.is_ok(), "the connection ended with {end:?}, not a close");
+    assert!(
+        end.is_ok(),
+        "the connection ended with {end:?}, not a close"
+    );
     writer.abort();
 }

@@ -56,9 +56,9 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use std::future::Future;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What an HTTP/2 connection by prior knowledge (h2c) opens with (RFC 9113 §3.4).
@@ -166,7 +166,10 @@ impl Pipeline {
                     if refuse.await {
                         continue;
                     }
-                    close_after_answer(&mut stream, &buf, h2).await;
+                    if may_still_send(&mut stream, &buf, h2) {
+                        let linger = Box::pin(linger(&mut stream));
+                        linger.await;
+                    }
                     return None;
                 }
                 Ok(_) if h2 => {
@@ -195,7 +198,11 @@ impl Pipeline {
             };
             let carry = Box::pin(self.carry(&mut stream, &mut buf, req, &conn, shutdown));
             if !carry.await {
-                close_after_answer(&mut stream, &buf, h2).await;
+                if may_still_send(&mut stream, &buf, h2) {
+                    // Boxed: the connection's own future stays small (see above).
+                    let linger = Box::pin(linger(&mut stream));
+                    linger.await;
+                }
                 return None;
             }
         }
@@ -349,16 +356,17 @@ const LINGER_BYTES: usize = 1 << 20;
 /// The connection closes after an answer (`Connection: close`, a body left unread, a
 /// drain). If its client may still be sending — bytes read past the request, or bytes
 /// waiting in the socket — closing now would make the kernel answer with a reset, which
-/// can take the answer from a client that has not read it yet. vigil closes its side
-/// first and reads what still comes, for up to `LINGER` (RFC 9112 §9.6; Pingora's head
-/// refusal and nginx's lingering close do the same). A connection with nothing more to
-/// read closes at once.
-async fn close_after_answer(stream: &mut Stream, pending: &BytesMut, h2: bool) {
-    if h2 || (pending.is_empty() && !readable_now(stream)) {
-        return;
-    }
+/// can take the answer from a client that has not read it yet: it lingers instead. A
+/// connection with nothing more to read closes at once.
+fn may_still_send(stream: &mut Stream, pending: &BytesMut, h2: bool) -> bool {
+    !h2 && (!pending.is_empty() || readable_now(stream))
+}
+
+/// Closes vigil's side first and reads what still comes, for up to `LINGER` (RFC 9112
+/// §9.6; Pingora's head refusal and nginx's lingering close do the same).
+async fn linger(stream: &mut Stream) {
     let _ = timeout(LINGER, AsyncWriteExt::shutdown(stream)).await;
-    let mut sink = [0u8; 4096];
+    let mut sink = vec![0u8; 4096];
     let _ = timeout(LINGER, async {
         let mut drained = 0;
         while drained < LINGER_BYTES {
