@@ -6,7 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vigil_conf::Config;
-use vigil_healthcheck::{Endpoint, Health, Member, MemberState, Membership};
+use vigil_healthcheck::{Endpoint, Member, Membership};
 use vigil_proxy::dataplane::routing::RoutingTable;
 use vigil_proxy::observe::metrics::ProxyMetrics;
 
@@ -34,17 +34,9 @@ fn table(c: &Config, metrics: &ProxyMetrics) -> RoutingTable {
         let members = p
             .backends
             .iter()
-            .map(|b| Member {
-                endpoint: Arc::new(Endpoint::new(&p.name, &b.address, b.socket_addr, 5)),
-                weight: b.weight,
-                state: MemberState {
-                    health: Health::Up,
-                    ejected: false,
-                    suspect: false,
-                    admin: Default::default(),
-                    rescued: false,
-                },
-                recent_failures: 0,
+            .map(|b| {
+                let endpoint = Endpoint::new(&p.name, &b.address, b.socket_addr, 5);
+                Member::up(Arc::new(endpoint), b.weight)
             })
             .collect();
         m.pools.insert(p.name.as_str().into(), members);

@@ -357,6 +357,25 @@ pub struct Member {
     pub recent_failures: u32,
 }
 
+impl Member {
+    /// A member up, ready and not held out, for tests and benches that build a routing
+    /// table without a checker.
+    pub fn up(endpoint: Arc<Endpoint>, weight: u32) -> Member {
+        Member {
+            endpoint,
+            weight,
+            state: MemberState {
+                health: Health::Up,
+                ejected: false,
+                suspect: false,
+                admin: AdminState::default(),
+                rescued: false,
+            },
+            recent_failures: 0,
+        }
+    }
+}
+
 /// When no member of a pool is routable, the held-out ones (ejected or suspect, but up
 /// by their checks) are routed again, so that an ejection or a suspicion never leaves a
 /// pool without a backend that answers its checks. Their ejections and suspicions go on;

@@ -365,8 +365,8 @@ impl BackendMetrics {
     }
 }
 
-/// Registers `family` and hands it back.
-fn register<F: Collector + Clone + 'static>(
+/// Registers `family` and hands it back (the proxy's metrics use these too).
+pub fn register<F: Collector + Clone + 'static>(
     registry: &Registry,
     family: F,
 ) -> prometheus::Result<F> {
@@ -374,7 +374,8 @@ fn register<F: Collector + Clone + 'static>(
     Ok(family)
 }
 
-fn counters(
+/// An integer counter family by `labels`, registered.
+pub fn counters(
     registry: &Registry,
     name: &str,
     help: &str,
@@ -383,7 +384,8 @@ fn counters(
     register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
-fn gauges(
+/// An integer gauge family by `labels`, registered.
+pub fn gauges(
     registry: &Registry,
     name: &str,
     help: &str,

@@ -38,9 +38,8 @@ pub struct InForce {
     metrics: Arc<ProxyMetrics>,
 }
 
-/// What the routing snapshot is built from.
+/// What the routing snapshot is built from, besides the configuration in force.
 struct Sources {
-    config: Arc<Config>,
     /// Each pool's HTTPS settings, read from the files `config` names.
     tls: Arc<HashMap<String, Arc<PoolTls>>>,
     membership: Arc<Membership>,
@@ -49,9 +48,8 @@ struct Sources {
 impl InForce {
     pub fn new(config: Arc<Config>, plane: Arc<DataPlane>, metrics: Arc<ProxyMetrics>) -> Self {
         InForce {
-            config: ArcSwap::new(config.clone()),
+            config: ArcSwap::new(config),
             sources: Mutex::new(Sources {
-                config,
                 tls: Arc::default(),
                 membership: Arc::default(),
             }),
@@ -66,7 +64,8 @@ impl InForce {
     }
 
     fn rebuild(&self, s: &Sources) {
-        let table = RoutingTable::build(&s.config.pools, &s.membership, &s.tls, &self.metrics);
+        let config = self.config.load();
+        let table = RoutingTable::build(&config.pools, &s.membership, &s.tls, &self.metrics);
         self.plane.set_table(table);
     }
 
@@ -74,11 +73,11 @@ impl InForce {
     /// The control task's alone.
     fn set_config(&self, config: Arc<Config>, tls: Arc<HashMap<String, Arc<PoolTls>>>) {
         // Poisoning needs a panic while holding this lock; building a table does not panic.
+        // Stored under the lock, so a membership published meanwhile builds with it.
         let mut sources = self.sources.lock().unwrap();
-        sources.config = config.clone();
+        self.config.store(config);
         sources.tls = tls;
         self.rebuild(&sources);
-        self.config.store(config);
     }
 }
 

@@ -133,7 +133,7 @@ mod tests {
     use super::*;
     use crate::dataplane::context::Ctx;
     use std::time::Duration;
-    use vigil_healthcheck::{Endpoint, Health, Member, MemberState, Membership};
+    use vigil_healthcheck::{Endpoint, Member, Membership};
 
     fn table() -> Arc<RoutingTable> {
         let yaml = "listeners:\n  - address: 127.0.0.1:1\nadmin:\n  address: 127.0.0.1:2\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:3\n";
@@ -141,23 +141,8 @@ mod tests {
         let metrics = ProxyMetrics::new(&prometheus::Registry::new(), false).unwrap();
         let pool = &config.pools[0];
         let backend = &pool.backends[0];
-        let up = Member {
-            endpoint: Arc::new(Endpoint::new(
-                &pool.name,
-                &backend.address,
-                backend.socket_addr,
-                5,
-            )),
-            weight: 1,
-            state: MemberState {
-                health: Health::Up,
-                ejected: false,
-                suspect: false,
-                admin: Default::default(),
-                rescued: false,
-            },
-            recent_failures: 0,
-        };
+        let endpoint = Endpoint::new(&pool.name, &backend.address, backend.socket_addr, 5);
+        let up = Member::up(Arc::new(endpoint), 1);
         let mut membership = Membership::default();
         membership.pools.insert(pool.name.as_str().into(), vec![up]);
         Arc::new(RoutingTable::build(

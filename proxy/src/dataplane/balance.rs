@@ -270,24 +270,11 @@ mod tests {
     }
 
     fn members(n: usize) -> Vec<Member> {
-        use vigil_healthcheck::{Endpoint, Health, MemberState};
         (0..n)
-            .map(|i| Member {
-                endpoint: std::sync::Arc::new(Endpoint::new(
-                    "p",
-                    &format!("b{i}"),
-                    ([127, 0, 0, 1], 1000 + i as u16).into(),
-                    0,
-                )),
-                weight: 1,
-                state: MemberState {
-                    health: Health::Up,
-                    ejected: false,
-                    suspect: false,
-                    admin: Default::default(),
-                    rescued: false,
-                },
-                recent_failures: 0,
+            .map(|i| {
+                let addr = ([127, 0, 0, 1], 1000 + i as u16).into();
+                let endpoint = vigil_healthcheck::Endpoint::new("p", &format!("b{i}"), addr, 0);
+                Member::up(std::sync::Arc::new(endpoint), 1)
             })
             .collect()
     }

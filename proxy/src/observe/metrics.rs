@@ -1,12 +1,12 @@
 //! The proxy's Prometheus families (CONTRACT §7). Per-pool and per-backend handles are
 //! resolved when a routing snapshot is built, so the request path only increments.
 
-use prometheus::core::Collector;
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 use std::time::Duration;
+use vigil_healthcheck::metrics::{counters, gauges, register};
 use vigil_healthcheck::Member;
 
 pub mod names {
@@ -363,31 +363,4 @@ impl ClientFamilies {
             )?,
         })
     }
-}
-
-/// Registers `family` and hands it back.
-fn register<F: Collector + Clone + 'static>(
-    registry: &Registry,
-    family: F,
-) -> prometheus::Result<F> {
-    registry.register(Box::new(family.clone()))?;
-    Ok(family)
-}
-
-fn counters(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
-}
-
-fn gauges(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntGaugeVec> {
-    register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
