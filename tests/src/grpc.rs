@@ -18,6 +18,16 @@ pub struct GrpcStats {
     pub connections: AtomicU64,
     pub health_checks: AtomicU64,
     pub calls: AtomicU64,
+    /// Every call but the health checks, as it arrived.
+    pub seen: std::sync::Mutex<Vec<Seen>>,
+}
+
+/// A call's head as the backend saw it: `:authority`, `:path`, and its fields in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub authority: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
 }
 
 pub struct GrpcBackend {
@@ -104,6 +114,22 @@ async fn answer(
     stats: Arc<GrpcStats>,
 ) {
     let health = req.uri().path() == "/grpc.health.v1.Health/Check";
+    if !health {
+        let seen = Seen {
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            path: req.uri().path().to_string(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect(),
+        };
+        stats.seen.lock().unwrap().push(seen);
+    }
     let mut body = req.into_body();
     let mut got = Vec::new();
     while let Some(Ok(chunk)) = body.data().await {

@@ -11,8 +11,10 @@
 //! Every HTTP/1.x request takes this loop, whatever its method, body, `Expect`,
 //! version, upgrade or the TLS of its pool, and with the access log on or off; so does
 //! every HTTP/2 request (h2 and h2c), each stream shown to it as an HTTP/1.1 request by
-//! the codec in `h2`. Pingora's proxy and `VigilProxy` carry requests to `protocol: h2`
-//! pools and the few heads whose judgement is left to Pingora's parser (malformed, over
+//! the codec in `h2`, and every request to a `protocol: h2` pool, its backend's stream
+//! shown to it as an HTTP/1.1 connection (`h2::H2Upstream`). Pingora's proxy and
+//! `VigilProxy` carry `CONNECT` and the few heads whose judgement is left to Pingora's
+//! parser (malformed, over
 //! a head limit, a framing or target form the loop does not carry: see
 //! `head::Head::Other`); such a connection is handed over, every byte read so far put
 //! back (`Rewound`), or an HTTP/2 stream handed back as it came. Both take every

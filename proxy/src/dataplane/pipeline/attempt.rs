@@ -5,6 +5,7 @@
 use super::answer::{answer_head, Exchange, Wait};
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
+use super::h2::{h2_conn, open_h2_conn, H2Upstream};
 use super::{write_flushed, Pipeline};
 use crate::dataplane::context::*;
 use crate::dataplane::idle;
@@ -83,16 +84,17 @@ impl Pipeline {
                 Some(tls) => (addr, tls.connection_key(&member.endpoint.address)),
             };
             let read_timeout = pool.config.read_timeout;
+            let h2 = pool.config.protocol == vigil_conf::Protocol::H2;
             // After a stale idle connection, a new one.
-            let idle = if ctx.stale_resent {
+            let idle = if ctx.stale_resent || h2 {
                 None
             } else {
                 idle::take(key)
             };
             let (mut up, reused) = match idle {
                 Some(stream) => (stream, true),
-                None => match self.dial(pool, i).await {
-                    Ok(stream) => (stream, false),
+                None => match self.connect(pool, i, key, ctx.stale_resent).await {
+                    Ok(connected) => connected,
                     Err(_) if ctx.connect_failed() => continue,
                     Err(e) => return self.failed(client.stream, ctx, e, out, close).await,
                 },
@@ -120,7 +122,7 @@ impl Pipeline {
                     keep,
                     reusable,
                 }) => {
-                    if reusable {
+                    if reusable && !h2 {
                         idle::put(key, up, UPSTREAM_IDLE_TIMEOUT);
                     }
                     return (status, keep);
@@ -158,6 +160,37 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// A connection to member `i` of `pool` (`key`), and whether it was open before: a
+    /// new one, or for a `protocol: h2` pool a stream on this thread's connection to it
+    /// (a new connection when there is none, or when `fresh`).
+    async fn connect(
+        &self,
+        pool: &PoolRoute,
+        i: usize,
+        key: idle::Key,
+        fresh: bool,
+    ) -> Result<(Stream, bool)> {
+        if pool.config.protocol != vigil_conf::Protocol::H2 {
+            return Ok((self.dial(pool, i).await?, false));
+        }
+        if let Some(conn) = h2_conn(key).filter(|_| !fresh) {
+            return Ok((Box::new(H2Upstream::new(conn)), true));
+        }
+        let stream = self.dial(pool, i).await?;
+        let scheme = match pool.tls {
+            Some(_) => http::uri::Scheme::HTTPS,
+            None => http::uri::Scheme::HTTP,
+        };
+        let address = &pool.members[i].endpoint.address;
+        let timeout = pool.config.connect_timeout;
+        // Boxed, as dialling is.
+        let conn = Box::pin(open_h2_conn(key, stream, scheme, address, timeout))
+            .await
+            .or_err(ConnectError, "HTTP/2 handshake with the backend")
+            .map_err(|e| e.into_up())?;
+        Ok((Box::new(H2Upstream::new(conn)), false))
     }
 
     /// A new connection to member `i` of `pool`.

@@ -9,23 +9,33 @@
 //! it, and send it as HEADERS, DATA and trailers, within the stream's flow control.
 //! The head's policy, routing, the attempts, retries, stall registration, the access
 //! log and the metrics are the loop's own: one pipeline, two codecs (as HAProxy's
-//! muxes feed one HTTP analyser). A request the loop does not carry (a `protocol: h2`
-//! pool, `CONNECT`) is handed back to Pingora's proxy as the stream it came on.
+//! muxes feed one HTTP analyser). A request the loop does not carry (`CONNECT`) is
+//! handed back to Pingora's proxy as the stream it came on. The same codec turned the
+//! other way (`upstream::H2Upstream`) carries requests to `protocol: h2` backends.
 
+mod conns;
 mod convert;
+mod convert_up;
 mod digests;
+mod send;
+mod upstream;
 
-use super::framing::{Body, Framing};
+pub(super) use conns::{find as h2_conn, open as open_h2_conn};
+pub(super) use upstream::H2Upstream;
+
+use super::framing::Framing;
 use super::Pipeline;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
-use convert::{parse_answer, parse_trailers, request_head};
+use convert::{parse_answer, request_head};
+use convert_up::{chunk, last_chunk};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::{H2Options, HttpSession};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::SocketDigest;
 use pingora::server::ShutdownWatch;
+use send::Outbound;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -112,14 +122,8 @@ enum Reading {
 enum Writing {
     /// The answer's head, as far as it came.
     Head(BytesMut),
-    /// Its body: the payload decoded and not yet sent (`out`), within flow control.
-    Body {
-        body: Body,
-        framing: Framing,
-        sender: h2::SendStream<Bytes>,
-        out: BytesMut,
-        done: bool,
-    },
+    /// Its body, sent as it comes within flow control.
+    Body(Outbound),
     /// Sent, END_STREAM included.
     Ended,
 }
@@ -190,18 +194,12 @@ impl H2Client {
                 // An empty DATA frame (one that only carries END_STREAM) is no chunk:
                 // the body's end is written once, when the stream says it ended.
                 Some(data) if data.is_empty() => continue,
-                Some(data) if *chunked => {
-                    let mut framed = BytesMut::with_capacity(data.len() + 20);
-                    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    framed.extend_from_slice(&data);
-                    framed.extend_from_slice(b"\r\n");
-                    *pending = framed.freeze();
-                }
+                Some(data) if *chunked => *pending = chunk(&data),
                 Some(data) => *pending = data,
                 None => {
                     *ended = true;
                     if *chunked {
-                        *pending = Bytes::from_static(b"0\r\n\r\n");
+                        *pending = last_chunk(None);
                     }
                 }
             }
@@ -212,7 +210,7 @@ impl H2Client {
     /// Waits until the client resets the stream (or the connection ends): an error.
     fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let reason = match &mut self.write {
-            Writing::Body { sender, .. } => ready!(sender.poll_reset(cx)).map_err(other)?,
+            Writing::Body(body) => ready!(body.sender.poll_reset(cx)).map_err(other)?,
             _ => {
                 let session = self.session()?;
                 let mut idle = session.idle();
@@ -258,84 +256,25 @@ impl H2Client {
                     let sender = session
                         .take_response_body_writer()
                         .ok_or_else(|| other("no body writer"))?;
-                    let mut body = Body::new(framing);
-                    if framing == Framing::Chunked {
-                        body.keep_trailers();
-                    }
-                    self.write = Writing::Body {
-                        body,
-                        framing,
-                        sender,
-                        out: BytesMut::new(),
-                        done: false,
-                    };
+                    self.write = Writing::Body(Outbound::new(framing, sender));
                     if rest.is_empty() {
                         return Ok(());
                     }
                     return self.take(&rest);
                 }
-                Writing::Body {
-                    body, out, done, ..
-                } => {
-                    if *done || bytes.is_empty() {
-                        return Ok(());
-                    }
-                    let mut payload = Vec::new();
-                    let (_, end) = body
-                        .feed_to(bytes, Some(&mut payload))
-                        .map_err(|e| other(e.to_string()))?;
-                    out.extend_from_slice(&payload);
-                    *done = end;
-                    return Ok(());
-                }
+                Writing::Body(body) => return body.take(bytes),
                 Writing::Ended => return Ok(()),
             }
         }
     }
 
-    /// Sends what `out` holds as the stream's flow control allows, and the stream's end
-    /// (or its trailers) once the body has ended: ready when nothing is left to send.
+    /// Sends what the answer's body has so far as the stream's flow control allows:
+    /// ready when nothing is left to send.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Writing::Body {
-            body,
-            sender,
-            out,
-            done,
-            ..
-        } = &mut self.write
-        else {
+        let Writing::Body(body) = &mut self.write else {
             return Poll::Ready(Ok(()));
         };
-        while !out.is_empty() {
-            let mut room = sender.capacity();
-            if room == 0 {
-                sender.reserve_capacity(out.len());
-                room = match ready!(sender.poll_capacity(cx)) {
-                    Some(Ok(n)) => n,
-                    Some(Err(e)) => return Poll::Ready(Err(other(e))),
-                    None => return Poll::Ready(Err(other("stream closed"))),
-                };
-                if room == 0 {
-                    continue;
-                }
-            }
-            let n = room.min(out.len());
-            let last = *done && n == out.len() && body.trailers().is_none_or(|t| t.is_empty());
-            let chunk = out.split_to(n).freeze();
-            sender.send_data(chunk, last).map_err(other)?;
-            if last {
-                self.write = Writing::Ended;
-                return Poll::Ready(Ok(()));
-            }
-        }
-        if *done {
-            match body.trailers().filter(|t| !t.is_empty()) {
-                Some(t) => {
-                    let trailers = parse_trailers(t);
-                    sender.send_trailers(trailers).map_err(other)?;
-                }
-                None => sender.send_data(Bytes::new(), true).map_err(other)?,
-            }
+        if ready!(body.poll_send(cx))? {
             self.write = Writing::Ended;
         }
         Poll::Ready(Ok(()))
@@ -344,23 +283,10 @@ impl H2Client {
 
 impl Drop for H2Client {
     fn drop(&mut self) {
-        if let Writing::Body {
-            framing,
-            sender,
-            out,
-            done,
-            ..
-        } = &mut self.write
-        {
-            if *done {
-                // Whole: what flow control held back goes when it can (h2 queues it).
-                let _ = sender.send_data(out.split().freeze(), true);
-            } else if *framing == Framing::Close && !*self.cut.get_mut() {
-                // An answer delimited by its backend's close ended with it.
-                let _ = sender.send_data(out.split().freeze(), true);
-            } else {
-                sender.send_reset(h2::Reason::INTERNAL_ERROR);
-            }
+        if let Writing::Body(body) = &mut self.write {
+            // An answer delimited by its backend's close ended with it, unless the loop
+            // cut it short.
+            body.finish_or_reset(!*self.cut.get_mut());
         }
     }
 }

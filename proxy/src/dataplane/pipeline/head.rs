@@ -168,9 +168,6 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         return refused(404, r#"{"error":"no route"}"#, unread, None);
     };
     let config = &table.pools[pool].config;
-    if config.protocol != vigil_conf::Protocol::Http1 {
-        return Head::Other;
-    }
     if let (Some(max), Some(n)) = (env.body_bytes, fields.length) {
         if n > max && !fields.chunked {
             let route = Some((table.clone(), pool));

@@ -1,0 +1,122 @@
+//! A body going out on an HTTP/2 stream, whichever side the stream is on: the loop
+//! writes it with its HTTP/1.1 framing (a length, or chunks and trailers), and it is
+//! decoded as it comes and sent as DATA within the stream's flow control, ending with
+//! END_STREAM or the trailers. The answer to an HTTP/2 client (`H2Client`) and the
+//! request to a `protocol: h2` backend (`H2Upstream`) both go out this way.
+
+use super::super::framing::{Body, Framing};
+use super::convert::parse_trailers;
+use super::other;
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::task::{ready, Context, Poll};
+
+pub(in crate::dataplane::pipeline) struct Outbound {
+    body: Body,
+    pub framing: Framing,
+    pub sender: h2::SendStream<Bytes>,
+    /// Payload decoded and not yet sent.
+    out: BytesMut,
+    /// The body has ended (its last bytes may still wait in `out`).
+    pub done: bool,
+}
+
+impl Outbound {
+    pub(in crate::dataplane::pipeline) fn new(
+        framing: Framing,
+        sender: h2::SendStream<Bytes>,
+    ) -> Self {
+        let mut body = Body::new(framing);
+        if framing == Framing::Chunked {
+            body.keep_trailers();
+        }
+        Outbound {
+            body,
+            framing,
+            sender,
+            out: BytesMut::new(),
+            done: false,
+        }
+    }
+
+    /// Takes bytes of the body as the loop wrote them; bytes past its end are ignored.
+    pub(in crate::dataplane::pipeline) fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.done || bytes.is_empty() {
+            return Ok(());
+        }
+        let mut payload = Vec::new();
+        let (_, end) = self
+            .body
+            .feed_to(bytes, Some(&mut payload))
+            .map_err(|e| other(e.to_string()))?;
+        self.out.extend_from_slice(&payload);
+        self.done = end;
+        Ok(())
+    }
+
+    /// Sends what `out` holds as flow control allows, and the stream's end (or its
+    /// trailers) once the body has ended. Ready(true) once the stream has ended,
+    /// Ready(false) when all taken so far is sent.
+    pub(in crate::dataplane::pipeline) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<bool>> {
+        while !self.out.is_empty() {
+            let mut room = self.sender.capacity();
+            if room == 0 {
+                self.sender.reserve_capacity(self.out.len());
+                room = match ready!(self.sender.poll_capacity(cx)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => return Poll::Ready(Err(other(e))),
+                    None => return Poll::Ready(Err(other("stream closed"))),
+                };
+                if room == 0 {
+                    continue;
+                }
+            }
+            let n = room.min(self.out.len());
+            let last = self.done && n == self.out.len() && self.trailers().is_none();
+            let chunk = self.out.split_to(n).freeze();
+            self.sender.send_data(chunk, last).map_err(other)?;
+            if last {
+                return Poll::Ready(Ok(true));
+            }
+        }
+        if !self.done {
+            return Poll::Ready(Ok(false));
+        }
+        match self.trailers() {
+            Some(t) => {
+                let trailers = parse_trailers(t);
+                self.sender.send_trailers(trailers).map_err(other)?;
+            }
+            None => self.sender.send_data(Bytes::new(), true).map_err(other)?,
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// The chunked body's trailer lines, when it had any.
+    fn trailers(&self) -> Option<&[u8]> {
+        self.body.trailers().filter(|t| !t.is_empty())
+    }
+
+    /// The stream given up before its end: what is whole goes (h2 queues what flow
+    /// control holds back), anything else is reset. `whole_at_close`: a body delimited
+    /// by its sender's close, which has come.
+    pub(in crate::dataplane::pipeline) fn finish_or_reset(&mut self, whole_at_close: bool) {
+        if self.done || (self.framing == Framing::Close && whole_at_close) {
+            let rest = self.out.split().freeze();
+            match self.trailers().map(parse_trailers) {
+                Some(trailers) => {
+                    let _ = self.sender.send_data(rest, false);
+                    let _ = self.sender.send_trailers(trailers);
+                }
+                None => {
+                    let _ = self.sender.send_data(rest, true);
+                }
+            }
+        } else {
+            self.sender.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! A `protocol: h2` backend on the request loop: `H2Upstream`, the mirror of
+//! `H2Client`, shows one HTTP/2 stream to a backend as an HTTP/1.1 connection. The
+//! loop writes its request as it would to an HTTP/1.1 backend; the head is read back
+//! into HTTP/2 (`Host` as `:authority`, connection-specific fields left out) and the
+//! body goes out as DATA and trailers (`Outbound`). Its reads give the backend's answer
+//! as HTTP/1.1: the head, then the body, chunked when it has no length, its HTTP/2
+//! trailers (gRPC's `grpc-status`) as the last chunk's trailer lines, which the loop
+//! copies to the client like any other body and `H2Client` turns back into trailers.
+//! The attempts, retries, stall registration and the access log are the loop's own.
+
+use super::conns::Conn;
+use super::convert_up::{answer_head, chunk, last_chunk, parse_request};
+use super::other;
+use super::send::Outbound;
+use crate::dataplane::pipeline::framing::Framing;
+use bytes::{Buf, Bytes, BytesMut};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The longest request head the codec holds while it waits for its end.
+const MAX_REQUEST_HEAD: usize = 1 << 20;
+
+/// One HTTP/2 stream to a backend, shown to the loop as an HTTP/1.1 connection.
+pub(in crate::dataplane::pipeline) struct H2Upstream {
+    pub(super) conn: Arc<Conn>,
+    send: h2::client::SendRequest<Bytes>,
+    write: Sending,
+    read: Receiving,
+    head_request: bool,
+}
+
+enum Sending {
+    /// The request head, as far as the loop wrote it.
+    Head(BytesMut),
+    Body(Outbound),
+    /// Sent, END_STREAM included.
+    Ended,
+}
+
+enum Receiving {
+    /// No request sent yet.
+    NotAsked,
+    Waiting(h2::client::ResponseFuture),
+    /// The answer: `pending` (its head, then each DATA or the last chunk) not read
+    /// yet; `ended` once the stream ended.
+    Body {
+        recv: h2::RecvStream,
+        chunked: bool,
+        pending: Bytes,
+        ended: bool,
+    },
+    Done,
+}
+
+impl std::fmt::Debug for H2Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2Upstream")
+    }
+}
+
+/// An HTTP/2 failure as the loop sees a connection's: the backend refusing the
+/// connection's streams or closing it marks the connection for replacement.
+fn failed(conn: &Conn, e: h2::Error) -> io::Error {
+    if e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        conn.broken();
+    }
+    let kind = if e.is_io() {
+        io::ErrorKind::ConnectionReset
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e)
+}
+
+impl H2Upstream {
+    pub(in crate::dataplane::pipeline) fn new(conn: Arc<Conn>) -> H2Upstream {
+        conn.stream_began();
+        H2Upstream {
+            send: conn.send.clone(),
+            conn,
+            write: Sending::Head(BytesMut::new()),
+            read: Receiving::NotAsked,
+            head_request: false,
+        }
+    }
+
+    /// Takes the request head's bytes; once it is whole, opens the stream with it (the
+    /// connection has room: `poll_ready` said so) and takes the body's first bytes.
+    fn take_head(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Sending::Head(head) = &mut self.write else {
+            return Ok(());
+        };
+        head.extend_from_slice(bytes);
+        let conn = &self.conn;
+        let Some((len, up)) = parse_request(head, &conn.scheme, &conn.authority)? else {
+            if head.len() > MAX_REQUEST_HEAD {
+                return Err(other("request head too large"));
+            }
+            return Ok(());
+        };
+        let mut rest = std::mem::take(head);
+        rest.advance(len);
+        let end = up.framing == Framing::Empty;
+        self.head_request = up.head_request;
+        let (response, sender) = self
+            .send
+            .send_request(up.request, end)
+            .map_err(|e| failed(conn, e))?;
+        self.read = Receiving::Waiting(response);
+        self.write = if end {
+            Sending::Ended
+        } else {
+            let mut body = Outbound::new(up.framing, sender);
+            body.take(&rest)?;
+            Sending::Body(body)
+        };
+        Ok(())
+    }
+
+    /// Sends what the request's body has so far as flow control allows: ready when
+    /// nothing is left to send.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Sending::Body(body) = &mut self.write else {
+            return Poll::Ready(Ok(()));
+        };
+        if ready!(body.poll_send(cx))? {
+            self.write = Sending::Ended;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The next bytes of the answer into `pending`, or its end.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let conn = &self.conn;
+        match &mut self.read {
+            Receiving::NotAsked => Poll::Ready(Err(other("no request sent"))),
+            Receiving::Waiting(response) => {
+                let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(conn, e))?;
+                let (parts, recv) = response.into_parts();
+                let end = recv.is_end_stream();
+                let (head, chunked) = answer_head(&parts, end, self.head_request);
+                self.read = Receiving::Body {
+                    recv,
+                    chunked,
+                    pending: head,
+                    ended: end || self.head_request,
+                };
+                Poll::Ready(Ok(()))
+            }
+            Receiving::Body {
+                recv,
+                chunked,
+                pending,
+                ended,
+            } => {
+                match ready!(recv.poll_data(cx)) {
+                    Some(Ok(data)) => {
+                        // Taken by the loop before the next is asked for: the window
+                        // opens as fast as the client reads.
+                        let _ = recv.flow_control().release_capacity(data.len());
+                        *pending = if *chunked { chunk(&data) } else { data };
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(failed(conn, e))),
+                    None => {
+                        if *chunked {
+                            let trailers =
+                                ready!(recv.poll_trailers(cx)).map_err(|e| failed(conn, e))?;
+                            *pending = last_chunk(trailers.as_ref());
+                        }
+                        *ended = true;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Receiving::Done => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for H2Upstream {
+    fn drop(&mut self) {
+        // A request body cut short is reset; the answer's stream, if still open, is
+        // cancelled by h2 as its last handle goes.
+        if let Sending::Body(body) = &mut self.write {
+            body.finish_or_reset(false);
+        }
+        self.conn.stream_ended();
+    }
+}
+
+impl AsyncRead for H2Upstream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        loop {
+            match &mut me.read {
+                Receiving::Body { pending, .. } if !pending.is_empty() => {
+                    let n = pending.len().min(buf.remaining());
+                    buf.put_slice(&pending[..n]);
+                    pending.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Receiving::Body { ended: true, .. } => me.read = Receiving::Done,
+                // The answer is all read: the "connection" ends.
+                Receiving::Done => return Poll::Ready(Ok(())),
+                _ => ready!(me.poll_answer(cx))?,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Upstream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        match &mut me.write {
+            Sending::Head(_) => {
+                // Bytes are taken only once the connection has room for a stream.
+                if let Err(e) = ready!(me.send.poll_ready(cx)) {
+                    return Poll::Ready(Err(failed(&me.conn, e)));
+                }
+                me.take_head(buf)?;
+            }
+            Sending::Body(_) => {
+                // What an earlier write left is sent first: back-pressure from the
+                // backend's flow control.
+                ready!(me.poll_send(cx))?;
+                if let Sending::Body(body) = &mut me.write {
+                    body.take(buf)?;
+                }
+            }
+            // Bytes past the request's end: not the backend's.
+            Sending::Ended => {}
+        }
+        if let Poll::Ready(Err(e)) = me.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
+    }
+}
