@@ -1358,12 +1358,12 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
         stop(b[0])
 
 
-def h2load(url, seconds, clients, streams):
+def h2load(url, seconds, clients, streams, extra=()):
     """h2load -t1 for `seconds`: req/s, mean and p99 latency (ms, from its per-request
     log), requests done and failed."""
     logf = os.path.join(WORK, "h2load-requests.log")
     out = subprocess.run(["h2load", "-t1", "-c", str(clients), "-m", str(streams), "-D", str(seconds),
-                          "--log-file", logf, url], capture_output=True, text=True).stdout
+                          "--log-file", logf, *extra, url], capture_output=True, text=True).stdout
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
                      out)
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
@@ -1416,19 +1416,81 @@ def bench_h2(rounds=3, seconds=6):
             results = interleaved(peers, rounds, seconds, label=f"h2 c{clients} m{streams} threads {threads}",
                                   scheme="https",
                                   load=lambda url, s, c=clients, m=streams: h2load(url, s, c, m))
-            med = lambda k, n: statistics.median(x[k] for x in results[n])
-            print(f"\n### HTTP/2 over TLS, h2load -c{clients} -m{streams}, {threads} worker(s) ({rounds} rounds "
-                  f"of {seconds} s, medians; h2load -t1 and 3 backends on the same 2 cores)\n")
-            print("| proxy | req/s | mean ms | p99 ms | CPU µs/request | ÷ HAProxy CPU | mean ÷ nginx | p99 ÷ nginx | errors |")
-            print("|---|---|---|---|---|---|---|---|---|")
-            for n in peers:
-                print(f"| {n} | {med('rps', n):.0f} | {med('mean', n):.3f} | {med('p99', n):.3f} | "
-                      f"{med('cpu_us_per_req', n):.1f} | "
-                      f"{med('cpu_us_per_req', n) / med('cpu_us_per_req', 'haproxy'):.2f} | "
-                      f"{med('mean', n) / med('mean', 'nginx'):.2f} | {med('p99', n) / med('p99', 'nginx'):.2f} | "
-                      f"{sum(x['errors'] for x in results[n])} |")
+            h2_table(results, peers, f"HTTP/2 over TLS, h2load -c{clients} -m{streams}, {threads} worker(s) "
+                     f"({rounds} rounds of {seconds} s, medians; h2load -t1 and 3 backends on the same 2 cores)")
     for b in backends:
         stop(b[0])
+
+
+def bench_grpc(rounds=3, seconds=6):
+    """Issue #26: gRPC unary calls (a 100-byte message; `h2load` posting a gRPC frame with
+    `te: trailers`) over TLS to vigil (a `protocol: h2` pool), HAProxy (`proto h2` over
+    TLS) and nginx (`grpc_pass grpcs://`), each in front of the same three gRPC
+    backends over TLS (`grpc_backend`: the message back with `grpc-status: 0`
+    trailers), at 1 and 2 workers (THREADS=n), 16 connections x 10 streams and 1 x 100
+    (SHAPES=c16 or c1). h2load, the backends and the proxy share the 2 cores."""
+    rounds = int(os.environ.get("ROUNDS", rounds))
+    cert, key, both = bench_cert("grpc")
+    backends = []
+    for i in range(3):
+        addr = f"127.0.0.1:{19200 + i}"
+        backends.append(start([os.path.join(BIN, "grpc_backend"), addr, cert, key], f"grpc-backend{i}"))
+        wait_port(addr)
+    addrs = [f"127.0.0.1:{19200 + i}" for i in range(3)]
+    message = os.path.join(WORK, "grpc-message.bin")
+    payload = bytes(range(100))
+    open(message, "wb").write(b"\0" + len(payload).to_bytes(4, "big") + payload)
+    tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
+    pool = pool_yaml("grpc", addrs, f"    protocol: h2\n    tls: {{verify: false}}\n    health_check:\n      type: tcp\n")
+    only = os.environ.get("THREADS")
+    shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", "") in f"c{s[0]}"]
+    load = lambda url, s, c, m: h2load(url + "echo.Echo/Say", s, c, m, extra=(
+        "-d", message, "-H", "content-type: application/grpc", "-H", "te: trailers"))
+    for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
+        def v(port, binary=None, name="vigil"):
+            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool, f"threads: {threads}\n")
+            cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
+            p = vigil(cfg, name, binary)[0]
+            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+            return p
+        nginx = nginx_conf("127.0.0.1:19210", addrs, workers=threads).replace(
+            "listen 127.0.0.1:19210;",
+            f"listen 127.0.0.1:19210 ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+            "    keepalive_requests 100000000;").replace(
+            "proxy_pass http://pool;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";",
+            "grpc_pass grpcs://pool;\n      grpc_ssl_verify off;")
+        haproxy = haproxy_conf(f"127.0.0.1:19220 ssl crt {both} alpn h2", addrs,
+                               server_opts=" ssl verify none alpn h2", threads=threads)
+        peers = {
+            "vigil": (19230, lambda: v(19230)),
+            "haproxy": (19220, lambda: start_haproxy(haproxy, "haproxy-grpc")),
+            "nginx": (19210, lambda: start_nginx(nginx, "nginx-grpc")),
+        }
+        before = os.environ.get("VIGIL_BEFORE")
+        if before:
+            peers["vigil before"] = (19240, lambda: v(19240, before, "vigil-before"))
+        for clients, streams in shapes:
+            results = interleaved(peers, rounds, seconds, label=f"grpc c{clients} m{streams} threads {threads}",
+                                  scheme="https", load=lambda url, s, c=clients, m=streams: load(url, s, c, m))
+            h2_table(results, peers, f"gRPC unary over TLS, h2load -c{clients} -m{streams}, {threads} worker(s) "
+                  f"({rounds} rounds of {seconds} s, medians; h2load -t1 and 3 gRPC backends on the same 2 cores)")
+    for b in backends:
+        stop(b)
+
+
+def h2_table(results, peers, title):
+    """The table `bench_h2` and `bench_grpc` print: medians, ratios to HAProxy's CPU and
+    nginx's latency."""
+    med = lambda k, n: statistics.median(x[k] for x in results[n])
+    print(f"\n### {title}\n")
+    print("| proxy | req/s | mean ms | p99 ms | CPU µs/request | ÷ HAProxy CPU | mean ÷ nginx | p99 ÷ nginx | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in peers:
+        print(f"| {n} | {med('rps', n):.0f} | {med('mean', n):.3f} | {med('p99', n):.3f} | "
+              f"{med('cpu_us_per_req', n):.1f} | "
+              f"{med('cpu_us_per_req', n) / med('cpu_us_per_req', 'haproxy'):.2f} | "
+              f"{med('mean', n) / med('mean', 'nginx'):.2f} | {med('p99', n) / med('p99', 'nginx'):.2f} | "
+              f"{sum(x['errors'] for x in results[n])} |")
 
 
 def chaos_schedule(seed, seconds, n):
@@ -1979,7 +2041,7 @@ if __name__ == "__main__":
          "reload": bench_reload, "soak": bench_soak, "edge": bench_edge,
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
          "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
-         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes, "h2": bench_h2,
+         "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes, "h2": bench_h2, "grpc": bench_grpc,
          "chaos-soak": bench_chaos_soak}[what]()
         log(f"logs in {WORK}")
     finally:

@@ -168,3 +168,81 @@ async fn a_quiet_tunnel_is_no_stuck_request() {
         v.logs()
     );
 }
+
+/// WebSockets over HTTP/2 (RFC 8441; issue #26 item 5): vigil offers extended CONNECT,
+/// carries it to the HTTP/1.1 backend as the upgrade it stands for (`GET`, `Upgrade:
+/// websocket`, a key of its own), answers `200` once the backend switches, and tunnels
+/// the frames both ways as the stream's DATA; the client ending its side ends the
+/// tunnel and the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_is_an_upgrade_to_an_http1_backend() {
+    let a = FakeBackend::start("a").await;
+    let v = vigil_tests::start_h2c_vigil(&[pool("web", &[(&a, 1)], FAST_CHECKS)]).await;
+    let tcp = tokio::net::TcpStream::connect(v.listen).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // Known once vigil's SETTINGS have come.
+    let started = tokio::time::Instant::now();
+    while !client.is_extended_connect_protocol_enabled() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "vigil offers extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)"
+        );
+        client = client.ready().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri("http://app/chat")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    assert!(resp.headers().get("upgrade").is_none());
+    let seen = a.stats.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.method, "GET", "{seen:?}");
+    assert_eq!(seen.header("upgrade"), Some("websocket"), "{seen:?}");
+    assert_eq!(seen.header("sec-websocket-version"), Some("13"));
+    assert_eq!(
+        seen.header("sec-websocket-key").map(str::len),
+        Some(24),
+        "a key of 16 bytes in base64: {seen:?}"
+    );
+    let mut body = resp.into_body();
+    for text in ["hello", "and again, after the first"] {
+        let frame = client_frame(text);
+        send.send_data(frame.clone().into(), false).unwrap();
+        let mut got = Vec::new();
+        while got.len() < frame.len() {
+            let data = tokio::time::timeout(Duration::from_secs(5), body.data())
+                .await
+                .expect("the echo within 5 s")
+                .expect("the stream open")
+                .unwrap();
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        assert_eq!(got, frame);
+    }
+    send.send_data(bytes::Bytes::new(), true).unwrap();
+    // END_STREAM, maybe on an empty DATA frame, and nothing more.
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut rest = Vec::new();
+        while let Some(data) = body.data().await {
+            rest.extend_from_slice(&data.unwrap());
+        }
+        rest
+    })
+    .await;
+    assert_eq!(
+        rest.ok(),
+        Some(Vec::new()),
+        "the stream ends with the tunnel"
+    );
+}

@@ -272,6 +272,8 @@ fn h2_options(http2: &vigil_conf::Http2Config) -> pingora::protocols::http::v2::
         .initial_connection_window_size(http2.initial_connection_window)
         .max_pending_accept_reset_streams(http2.max_pending_resets)
         .max_local_error_reset_streams(Some(http2.max_error_resets))
+        // WebSockets over HTTP/2 (RFC 8441), carried to HTTP/1.1 backends as upgrades.
+        .enable_connect_protocol()
         // Our patch on the h2 crate (third_party/README.md).
         .max_control_frames_per_second(
             http2.max_pings_per_second,

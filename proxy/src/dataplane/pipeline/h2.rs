@@ -27,7 +27,7 @@ use super::framing::Framing;
 use super::Pipeline;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
-use convert::{parse_answer, request_head};
+use convert::{extended_connect, parse_answer, request_head};
 use convert_up::{chunk, last_chunk};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::{H2Options, HttpSession};
@@ -101,6 +101,8 @@ pub(super) struct H2Client {
     write: Writing,
     /// A `HEAD` request: its answer has no body, whatever its head says.
     head_request: bool,
+    /// An extended CONNECT (RFC 8441): after its `101`, the stream carries a tunnel.
+    tunnel: bool,
     /// The loop cut the answer short (`reset_on_close`): the stream ends with a reset.
     cut: AtomicBool,
 }
@@ -144,6 +146,7 @@ impl H2Client {
         let socket = digest.and_then(|d| d.socket_digest.clone());
         let ssl = digest.and_then(|d| d.ssl_digest.clone());
         let head_request = session.req_header().method == http::Method::HEAD;
+        let tunnel = extended_connect(&session).is_some();
         let head = request_head(&session);
         H2Client {
             session: Some(session),
@@ -152,6 +155,7 @@ impl H2Client {
             read: Reading::Head(head),
             write: Writing::Head(BytesMut::new()),
             head_request,
+            tunnel,
             cut: AtomicBool::new(false),
         }
     }
@@ -231,7 +235,9 @@ impl H2Client {
                 Writing::Head(head) => {
                     head.extend_from_slice(bytes);
                     bytes = &[];
-                    let Some((len, resp, framing)) = parse_answer(head, self.head_request)? else {
+                    let Some((len, resp, framing)) =
+                        parse_answer(head, self.head_request, self.tunnel)?
+                    else {
                         if head.len() > MAX_ANSWER_HEAD {
                             return Err(other("answer head too large"));
                         }
@@ -315,7 +321,7 @@ impl AsyncRead for H2Client {
                                 .headers
                                 .contains_key(http::header::CONTENT_LENGTH);
                             Reading::Body {
-                                chunked: !length,
+                                chunked: !length && !me.tunnel,
                                 pending: Bytes::new(),
                                 ended: false,
                             }
@@ -335,8 +341,9 @@ impl AsyncRead for H2Client {
                 Reading::Body { .. } => ready!(me.poll_body(cx))?,
                 Reading::Done => {
                     // The request is all read: the client is quiet until it resets the
-                    // stream; once the answer is sent, the "connection" ends.
-                    if matches!(me.write, Writing::Ended) {
+                    // stream; once the answer is sent, the "connection" ends. A
+                    // tunnel's client has closed its side, which the backend is told.
+                    if me.tunnel || matches!(me.write, Writing::Ended) {
                         return Poll::Ready(Ok(()));
                     }
                     return me.poll_reset(cx);
@@ -368,6 +375,10 @@ impl AsyncWrite for H2Client {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A tunnel's backend closed its side: the stream ends once all is sent.
+        if let Writing::Body(body) = &mut self.write {
+            body.end_at_close();
+        }
         self.poll_send(cx)
     }
 }

@@ -11,11 +11,31 @@ use pingora::protocols::http::v2::server::HttpSession;
 use std::io;
 use std::mem::MaybeUninit;
 
-/// The request head of `session` written as HTTP/1.1.
+/// The protocol an extended CONNECT asks for (RFC 8441 §4: `:protocol`), if it is one.
+pub(super) fn extended_connect(session: &HttpSession) -> Option<&str> {
+    let req = session.req_header();
+    if req.method != http::Method::CONNECT {
+        return None;
+    }
+    req.extensions
+        .get::<h2::ext::Protocol>()
+        .map(|p| p.as_str())
+}
+
+/// The request head of `session` written as HTTP/1.1. An extended CONNECT becomes the
+/// HTTP/1.1 upgrade it stands for (RFC 8441 §5): `GET` with `Connection: upgrade`,
+/// `Upgrade: PROTOCOL` and, for a WebSocket, a fresh `Sec-WebSocket-Key` (an HTTP/2
+/// client sends none: the key and its accept are the last hop's).
 pub(super) fn request_head(session: &HttpSession) -> Bytes {
     let req = session.req_header();
     let mut out = BytesMut::with_capacity(512);
-    out.extend_from_slice(req.method.as_str().as_bytes());
+    let upgrade = extended_connect(session);
+    let method = if upgrade.is_some() {
+        "GET"
+    } else {
+        req.method.as_str()
+    };
+    out.extend_from_slice(method.as_bytes());
     out.extend_from_slice(b" ");
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
@@ -26,6 +46,9 @@ pub(super) fn request_head(session: &HttpSession) -> Bytes {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(a.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(protocol) = upgrade {
+        write_upgrade(&mut out, protocol, &req.headers);
     }
     let mut cookies: Vec<&[u8]> = Vec::new();
     let mut length = false;
@@ -49,21 +72,58 @@ pub(super) fn request_head(session: &HttpSession) -> Bytes {
         out.extend_from_slice(&cookies.join(&b"; "[..]));
         out.extend_from_slice(b"\r\n");
     }
-    // A body without a length is chunked on HTTP/1.1.
-    if !length && !session.is_body_done() {
+    // A body without a length is chunked on HTTP/1.1 (a tunnel's bytes are no body).
+    if !length && !session.is_body_done() && upgrade.is_none() {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()
 }
 
+/// The upgrade fields of an extended CONNECT's HTTP/1.1 head: the `Connection` and
+/// `Upgrade` pair and, for a WebSocket, a new `Sec-WebSocket-Key` (RFC 6455 §4.1: 16
+/// random bytes in base64).
+fn write_upgrade(out: &mut BytesMut, protocol: &str, headers: &http::HeaderMap) {
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+    out.extend_from_slice(protocol.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if protocol.eq_ignore_ascii_case("websocket") && !headers.contains_key("sec-websocket-key") {
+        out.extend_from_slice(b"sec-websocket-key: ");
+        out.extend_from_slice(&base64(&rand::random::<[u8; 16]>()));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `bytes` in base64 (RFC 4648 §4, padded).
+fn base64(bytes: &[u8]) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= group.len() {
+                ALPHABET[(n >> (18 - 6 * i) & 63) as usize]
+            } else {
+                b'='
+            });
+        }
+    }
+    out
+}
+
 /// The answer head at the start of `buf`, as the loop wrote it for an HTTP/1.1 client:
 /// None while incomplete; its length, the response for HTTP/2 (None for an
-/// informational one), and how its body is framed.
+/// informational one), and how its body is framed. `tunnel`: the request was an
+/// extended CONNECT, whose `101` is its success, a `200` on HTTP/2 (RFC 8441 §5), and
+/// whose tunnel's bytes follow as the stream's DATA.
 #[allow(clippy::type_complexity)]
 pub(super) fn parse_answer(
     buf: &[u8],
     head_request: bool,
+    tunnel: bool,
 ) -> io::Result<Option<(usize, Option<ResponseHeader>, Framing)>> {
     let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
     let mut r = httparse::Response::new(&mut []);
@@ -75,11 +135,15 @@ pub(super) fn parse_answer(
         Err(e) => return Err(other(format!("answer head: {e}"))),
     };
     let status = r.code.unwrap_or(0);
-    if status < 200 {
+    let opened = tunnel && status == 101;
+    if status < 200 && !opened {
         return Ok(Some((len, None, Framing::Empty)));
     }
     let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = http::StatusCode::from_u16(status).map_err(other)?;
+    parts.status = match opened {
+        true => http::StatusCode::OK,
+        false => http::StatusCode::from_u16(status).map_err(other)?,
+    };
     parts.headers.reserve(r.headers.len());
     let (mut chunked, mut length) = (false, None);
     for h in r.headers.iter() {
@@ -87,6 +151,10 @@ pub(super) fn parse_answer(
         // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2); the
         // loop left only its own `Connection` of them.
         if HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        // The accept answers the key vigil sent: the client sent none.
+        if opened && name.eq_ignore_ascii_case("sec-websocket-accept") {
             continue;
         }
         if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -103,7 +171,10 @@ pub(super) fn parse_answer(
         parts.headers.append(name, value);
     }
     let resp = ResponseHeader::from(parts);
-    let framing = if head_request || status == 204 || status == 304 {
+    let framing = if opened {
+        // The tunnel's bytes, until either side ends it.
+        Framing::Close
+    } else if head_request || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
         Framing::Chunked
@@ -139,4 +210,26 @@ pub(super) fn parse_trailers(lines: &[u8]) -> http::HeaderMap {
         map.append(name, value);
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_is_rfc_4648s() {
+        // RFC 4648 §10's vectors, and RFC 6455 §4.1's sample key.
+        for (raw, coded) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+            (b"the sample nonce", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ] {
+            assert_eq!(base64(raw), coded.as_bytes(), "{raw:?}");
+        }
+    }
 }

@@ -54,6 +54,13 @@ impl Outbound {
         Ok(())
     }
 
+    /// A body delimited by its sender's close has ended: it closed.
+    pub(in crate::dataplane::pipeline) fn end_at_close(&mut self) {
+        if self.framing == Framing::Close {
+            self.done = true;
+        }
+    }
+
     /// Sends what `out` holds as flow control allows, and the stream's end (or its
     /// trailers) once the body has ended. Ready(true) once the stream has ended,
     /// Ready(false) when all taken so far is sent.
