@@ -3,7 +3,9 @@
 unlike CPU time on this shared 2-core box): each binary serves 200 and then 1,200
 keep-alive requests from one client to one backend at threads: 1, and the difference
 of the two runs' totals over 1,000 is one request's share. BODY=1024 sends POSTs with
-a body of that many bytes instead of GETs.
+a body of that many bytes instead of GETs. H2=1: the client speaks HTTP/2 by prior
+knowledge (h2c; `h2load -c1 -m10`), the backend HTTP/1.1. KEEP=1 keeps the callgrind
+output files (/tmp/cg.out.1200*) for callgrind_annotate.
 
 Usage: python3 bench/instructions.py BINARY...
 """
@@ -19,9 +21,16 @@ class H(http.server.BaseHTTPRequestHandler):
 srv=http.server.ThreadingHTTPServer(("127.0.0.1",0),H); port=srv.server_address[1]
 threading.Thread(target=srv.serve_forever,daemon=True).start()
 cfg=f"threads: 1\nlisteners:\n  - address: 127.0.0.1:19981\nadmin:\n  address: 127.0.0.1:19982\npools:\n  - name: web\n    health_check:\n      interval: 60s\n    backends:\n      - address: 127.0.0.1:{port}\n"
+h2 = os.environ.get("H2")
+if h2:
+    cfg = cfg.replace("  - address: 127.0.0.1:19981\n", "  - address: 127.0.0.1:19981\n    http2: true\n")
 open("/tmp/cg.yaml","w").write(cfg)
 body = os.environ.get("BODY")
 def load(n):
+    if h2:
+        subprocess.run(["h2load", "-n", str(n), "-c", "1", "-m", "10", "http://127.0.0.1:19981/"],
+                       check=True, capture_output=True)
+        return
     s=socket.create_connection(("127.0.0.1",19981))
     if body:
         req=(f"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: {int(body)}\r\n\r\n").encode()+b"a"*int(body)
@@ -50,6 +59,8 @@ def run(binary, n):
         for line in open(f):
             m=re.match(r"summary: (\d+)", line) or re.match(r"totals: (\d+)", line)
             if m: total+=int(m.group(1)); break
+        if not os.environ.get("KEEP"):
+            os.remove(f)
     return total
 for binary in sys.argv[1:]:
     a=run(binary, 200); b=run(binary, 1200)

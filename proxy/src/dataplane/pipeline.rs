@@ -46,13 +46,13 @@ use async_trait::async_trait;
 use attempt::{Outgoing, Streamed};
 use bytes::{Buf, BytesMut};
 use client::Client;
+use conn::Conn;
 use framing::Asked;
 use head::{Env, Head, LogHead, Refusal, Request, RequestBody};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::server::{refuse_request_head, HeadLimits};
-use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::tls::ALPN;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
@@ -85,15 +85,6 @@ pub struct Pipeline {
     listeners: Vec<std::net::SocketAddr>,
 }
 
-/// A client connection as the loop knows it.
-struct Conn {
-    client: Option<SocketAddr>,
-    /// Its IP address and its address as text, formatted once (`X-Forwarded-For`,
-    /// the hash key, the access log).
-    client_ip: Option<Box<str>>,
-    client_text: String,
-}
-
 impl Pipeline {
     pub fn new(
         plane: Arc<DataPlane>,
@@ -120,14 +111,7 @@ impl Pipeline {
     ) -> Option<Stream> {
         let digest = stream.get_socket_digest();
         let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
-        let conn = Conn {
-            client_ip: client
-                .as_ref()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string().into_boxed_str()),
-            client_text: client.as_ref().map(|a| a.to_string()).unwrap_or_default(),
-            client,
-        };
+        let conn = Conn::new(client);
         let https = stream.get_ssl_digest().is_some();
         let mut buf = BytesMut::new();
 
@@ -290,7 +274,7 @@ impl Pipeline {
             .await;
         if let Some(log) = req.log {
             let bytes_in = streamed.map_or(held as u64, |s| s.body.payload);
-            let entry = log_entry(&log, &conn.client_text, bytes_in, &ctx, status);
+            let entry = log_entry(&log, conn.client_text(), bytes_in, &ctx, status);
             self.plane.access_log.log(&entry);
         }
         ctx.finished(&self.plane, status);
@@ -317,7 +301,7 @@ impl Pipeline {
             .respond(stream, r.status, &[], r.body, close, r.head)
             .await;
         if let Some(log) = r.log {
-            let entry = log_entry(&log, &conn.client_text, 0, &ctx, r.status);
+            let entry = log_entry(&log, conn.client_text(), 0, &ctx, r.status);
             self.plane.access_log.log(&entry);
         }
         ctx.finished(&self.plane, r.status);
