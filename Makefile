@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 VIGIL := target/release/vigil
 
-.PHONY: all deps test-deps bench-deps build run test fuzz bench soak chaos lint fmt
+.PHONY: all deps deb-deps test-deps bench-deps build run deb test fuzz bench soak chaos lint fmt
 
 all: build
 
@@ -18,10 +18,20 @@ deps:
 	[ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$$missing libprotobuf-dev"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
 
+# What scripts/deb.sh builds the package with: dpkg-shlibdeps (dpkg-dev) for Depends,
+# objcopy and strip (binutils) to keep the debug symbols apart.
+deb-deps: deps
+	@missing=""; command -v dpkg-shlibdeps >/dev/null 2>&1 || missing="$$missing dpkg-dev"; \
+	command -v objcopy >/dev/null 2>&1 || missing="$$missing binutils"; \
+	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
+
 # Tools the tests use as peers or checkers: promtool (package prometheus), openssl
-# (test certificates), dnsmasq (DNS discovery), etcd (the fleet).
-test-deps: deps
+# (test certificates), dnsmasq (DNS discovery), etcd (the fleet), lintian and logrotate
+# (tests/tests/package.rs checks the Debian package with them).
+test-deps: deps deb-deps
 	@missing=""; command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v lintian >/dev/null 2>&1 || missing="$$missing lintian"; \
+	command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing="$$missing logrotate"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
@@ -41,6 +51,12 @@ build: deps
 
 run: build
 	$(VIGIL) demo
+
+# The Debian package, target/debian/vigil_VERSION_amd64.deb, and its debug symbols beside
+# it, vigil-dbgsym_VERSION_amd64.deb (scripts/deb.sh; about 10 s after the build).
+deb: deb-deps
+	$(CARGO) build --release -p vigil-proxy --bin vigil --bin vigil-docs
+	scripts/deb.sh
 
 # One profile (release) for the binary, the tests and the benches: Pingora is built once.
 test: test-deps

@@ -31,6 +31,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `d` as an operator would write it, in the largest unit that holds it whole, minutes
+/// aside as the contract writes them: `5s`, `250ms`, `60s`, `1h`; `parse_duration`
+/// reads it back to the same value.
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if us == 0 {
+        return "0s".into();
+    }
+    const UNITS: [(u128, &str); 4] = [
+        (3_600_000_000, "h"),
+        (1_000_000, "s"),
+        (1_000, "ms"),
+        (1, "us"),
+    ];
+    let (scale, unit) = UNITS
+        .iter()
+        .find(|(scale, _)| us / scale * scale == us)
+        .copied()
+        .unwrap_or((1, "us"));
+    format!("{}{unit}", us / scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +65,22 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn formats_in_the_largest_whole_unit() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(300), "300s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_millis(3_600_001), "3600001ms"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d);
+        }
     }
 
     #[test]

@@ -1,13 +1,10 @@
 //! Validation of the edge settings: `limits` and `access_log`.
 
+use crate::bounds::{self, IntRange};
+use crate::choice::one_of;
 use crate::schema::{RawAccessLog, RawHttp2, RawLimits};
 use crate::types::{AccessLogConfig, AccessLogFormat, Http2Config, LimitsConfig};
 use crate::validate::Validator;
-
-/// httparse, under Pingora, parses at most this many headers.
-const MAX_HEADERS: i64 = 256;
-/// Pingora reads at most 1 MiB of request head.
-const MAX_HEADER_BYTES: i64 = 1024 * 1024 - 1;
 
 impl Validator<'_> {
     pub(crate) fn limits(&mut self, raw: RawLimits) -> LimitsConfig {
@@ -16,15 +13,13 @@ impl Validator<'_> {
             "limits.header_bytes",
             raw.header_bytes,
             d.header_bytes as i64,
-            1024,
-            MAX_HEADER_BYTES,
+            bounds::HEADER_BYTES,
         ) as usize;
         let headers = self.int(
             "limits.headers",
             raw.headers,
             d.headers as i64,
-            1,
-            MAX_HEADERS,
+            bounds::HEADERS,
         ) as usize;
         let header_timeout = self.duration(
             "limits.header_timeout",
@@ -49,7 +44,12 @@ impl Validator<'_> {
                 );
             }
         }
-        let body_bytes = self.int("limits.body_bytes", raw.body_bytes, 0, 0, i64::MAX) as u64;
+        let body_bytes = self.int(
+            "limits.body_bytes",
+            raw.body_bytes,
+            d.body_bytes as i64,
+            bounds::BODY_BYTES,
+        ) as u64;
         LimitsConfig {
             header_bytes,
             headers,
@@ -63,82 +63,72 @@ impl Validator<'_> {
     /// `http2`: every bound within what HTTP/2 (RFC 9113 §6.5.2, §6.9.1) allows.
     pub(crate) fn http2(&mut self, raw: RawHttp2) -> Http2Config {
         let d = Http2Config::default();
-        let int = |v: &mut Self, key: &str, raw: Option<i64>, default: u64, min: i64, max: i64| {
-            v.int(&format!("http2.{key}"), raw, default as i64, min, max) as u64
+        let int = |v: &mut Self, key: &str, raw: Option<i64>, default: u64, range: IntRange| {
+            v.int(&format!("http2.{key}"), raw, default as i64, range) as u64
         };
-        let window_max = (1i64 << 31) - 1;
         let config = Http2Config {
             max_concurrent_streams: int(
                 self,
                 "max_concurrent_streams",
                 raw.max_concurrent_streams,
                 d.max_concurrent_streams.into(),
-                1,
-                10_000,
+                bounds::H2_MAX_CONCURRENT_STREAMS,
             ) as u32,
             max_header_list_bytes: int(
                 self,
                 "max_header_list_bytes",
                 raw.max_header_list_bytes,
                 d.max_header_list_bytes.into(),
-                1024,
-                16 << 20,
+                bounds::H2_MAX_HEADER_LIST_BYTES,
             ) as u32,
             initial_stream_window: int(
                 self,
                 "initial_stream_window",
                 raw.initial_stream_window,
                 d.initial_stream_window.into(),
-                65_535,
-                window_max,
+                bounds::H2_WINDOW,
             ) as u32,
             initial_connection_window: int(
                 self,
                 "initial_connection_window",
                 raw.initial_connection_window,
                 d.initial_connection_window.into(),
-                65_535,
-                window_max,
+                bounds::H2_WINDOW,
             ) as u32,
             max_pending_resets: int(
                 self,
                 "max_pending_resets",
                 raw.max_pending_resets,
                 d.max_pending_resets as u64,
-                1,
-                10_000,
+                bounds::H2_MAX_PENDING_RESETS,
             ) as usize,
             max_error_resets: int(
                 self,
                 "max_error_resets",
                 raw.max_error_resets,
                 d.max_error_resets as u64,
-                1,
-                100_000,
+                bounds::H2_MAX_ERROR_RESETS,
             ) as usize,
             max_pings_per_second: int(
                 self,
                 "max_pings_per_second",
                 raw.max_pings_per_second,
                 d.max_pings_per_second.into(),
-                0,
-                100_000,
+                bounds::H2_FRAMES_PER_SECOND,
             ) as u32,
             max_settings_per_second: int(
                 self,
                 "max_settings_per_second",
                 raw.max_settings_per_second,
                 d.max_settings_per_second.into(),
-                0,
-                100_000,
+                bounds::H2_FRAMES_PER_SECOND,
             ) as u32,
             max_resets_per_second: int(
                 self,
                 "max_resets_per_second",
                 raw.max_resets_per_second,
                 d.max_resets_per_second.into(),
-                0,
-                100_000,
+                bounds::H2_FRAMES_PER_SECOND,
             ) as u32,
             idle_timeout: self.duration("http2.idle_timeout", &raw.idle_timeout, d.idle_timeout),
         };
@@ -149,18 +139,12 @@ impl Validator<'_> {
     }
 
     pub(crate) fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
-        let format = match raw.format.as_deref() {
-            None | Some("off") => AccessLogFormat::Off,
-            Some("text") => AccessLogFormat::Text,
-            Some("json") => AccessLogFormat::Json,
-            Some(other) => {
-                self.error(
-                    "access_log.format",
-                    format!("access_log.format must be off, text or json, got {other:?}"),
-                );
-                AccessLogFormat::Off
-            }
-        };
+        let words = one_of::<AccessLogFormat>(str::to_string);
+        let format: AccessLogFormat =
+            (self.choice("access_log.format", raw.format.as_deref(), |other| {
+                format!("access_log.format must be {words}, got {other:?}")
+            }))
+            .unwrap_or_default();
         let path = match raw.path {
             Some(p) if p.is_empty() => {
                 self.error(

@@ -3,19 +3,25 @@
 //! Three layers: [`schema`] (what serde reads, every key optional), [`validate`]
 //! (every rule, every error collected with its line and column) and [`types`] (typed
 //! values with defaults filled in). `from_str` is apart from `load` so tests parse
-//! strings. This crate knows nothing of tokio or pingora.
+//! strings. Defaults are named in `defaults` and bounds in [`bounds`], and the
+//! [`reference`] that documents every key is built from those same constants. This
+//! crate knows nothing of tokio or pingora.
 
 #![forbid(unsafe_code)]
 
+pub mod bounds;
+mod choice;
+mod defaults;
 mod duration;
 mod edge;
 mod error;
 mod marks;
+pub mod reference;
 mod schema;
 mod types;
 mod validate;
 
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use types::*;
 

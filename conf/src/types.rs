@@ -1,5 +1,6 @@
 //! The validated configuration: plain data with typed values and every default
-//! filled in. Nothing here can be invalid; `validate` is the only way to build it.
+//! filled in (the defaults are named in `defaults`). Nothing here can be invalid;
+//! `validate` is the only way to build it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,8 +36,9 @@ pub struct Config {
 /// vigil may run on, each worker is pinned to its own CPU (two workers then never
 /// wait for one another on one CPU while the other runs something else); with any
 /// other thread count, or `off`, the kernel places them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuAffinity {
+    #[default]
     Auto,
     Off,
 }
@@ -132,57 +134,20 @@ pub struct Http2Config {
     pub idle_timeout: Duration,
 }
 
-impl Default for Http2Config {
-    fn default() -> Self {
-        Http2Config {
-            max_concurrent_streams: 100,
-            max_header_list_bytes: 64 * 1024,
-            initial_stream_window: 65_535,
-            initial_connection_window: 1024 * 1024,
-            max_pending_resets: 20,
-            max_error_resets: 1024,
-            max_pings_per_second: 50,
-            max_settings_per_second: 20,
-            max_resets_per_second: 200,
-            idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            header_bytes: 32 * 1024,
-            headers: 100,
-            header_timeout: Duration::from_secs(10),
-            body_bytes: 0,
-            body_timeout: Duration::from_secs(30),
-            client_write_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccessLogFormat {
+    #[default]
     Off,
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Off by default (its format's `#[default]`), to stdout when on.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// A file, reopened on SIGUSR1; None writes to stdout.
     pub path: Option<std::path::PathBuf>,
-}
-
-impl Default for AccessLogConfig {
-    fn default() -> Self {
-        AccessLogConfig {
-            format: AccessLogFormat::Off,
-            path: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,8 +182,9 @@ impl Place {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsVersion {
+    #[default]
     V1_2,
     V1_3,
 }
@@ -251,14 +217,11 @@ pub struct UpstreamTls {
     pub verify: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
+    #[default]
     Http1,
     H2,
-}
-
-impl ListenerConfig {
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -328,8 +291,9 @@ pub enum HostPattern {
     Suffix(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
+    #[default]
     RoundRobin,
     WeightedRoundRobin,
     LeastRequests,
@@ -385,8 +349,9 @@ impl BackendSource {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckKind {
+    #[default]
     Http,
     Tcp,
     /// `grpc.health.v1.Health/Check`; needs `protocol: h2`.
@@ -429,31 +394,6 @@ pub struct HealthCheckConfig {
     pub skip_while_serving: bool,
 }
 
-impl Default for HealthCheckConfig {
-    fn default() -> Self {
-        HealthCheckConfig {
-            kind: CheckKind::Http,
-            path: "/health".to_string(),
-            host: None,
-            expected_status: vec![(200, 399)],
-            expected_body: None,
-            interval: Duration::from_secs(5),
-            fast_interval: Duration::from_secs(1),
-            down_interval: Duration::from_secs(5),
-            backoff_multiplier: 2.0,
-            max_down_interval: Duration::from_secs(60),
-            jitter: 0.1,
-            timeout: Duration::from_secs(2),
-            rise: 2,
-            fall: 3,
-            reuse_connections: true,
-            max_connection_age: Duration::from_secs(60),
-            grpc_service: String::new(),
-            skip_while_serving: false,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct PassiveConfig {
     /// Connect errors / 5xx in a row that eject; 0 turns passive detection off.
@@ -468,18 +408,4 @@ pub struct PassiveConfig {
     pub stall_factor: f64,
     /// ...and at least this long.
     pub stall_min: Duration,
-}
-
-impl Default for PassiveConfig {
-    fn default() -> Self {
-        PassiveConfig {
-            consecutive_failures: 5,
-            ejection_time: Duration::from_secs(10),
-            max_ejection_time: Duration::from_secs(300),
-            max_ejected_percent: 50.0,
-            stall_detection: true,
-            stall_factor: 10.0,
-            stall_min: Duration::from_millis(250),
-        }
-    }
 }

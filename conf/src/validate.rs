@@ -1,7 +1,9 @@
 //! Raw schema → typed `Config`. Every check runs, every error is kept, each pointing
 //! at the value it is about.
 
-use crate::duration::parse_duration;
+use crate::bounds::{self, IntRange};
+use crate::choice::{one_of, Choice};
+use crate::duration::{format_duration, parse_duration};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::marks::Marks;
 use crate::schema::*;
@@ -79,8 +81,7 @@ impl<'a> Validator<'a> {
         path: &str,
         raw: Option<i64>,
         default: i64,
-        min: i64,
-        max: i64,
+        IntRange { min, max }: IntRange,
     ) -> i64 {
         match raw {
             None => default,
@@ -94,6 +95,24 @@ impl<'a> Validator<'a> {
             }
             Some(v) => v,
         }
+    }
+
+    /// One of `T`'s words, `T::default()` when omitted; None for a word `T` does not
+    /// have, reported as `message(word)`.
+    pub(crate) fn choice<T: Choice>(
+        &mut self,
+        path: &str,
+        raw: Option<&str>,
+        message: impl FnOnce(&str) -> String,
+    ) -> Option<T> {
+        let Some(word) = raw else {
+            return Some(T::default());
+        };
+        let parsed = T::parse(word);
+        if parsed.is_none() {
+            self.error(path, message(word));
+        }
+        parsed
     }
 
     fn socket(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
@@ -132,20 +151,24 @@ impl<'a> Validator<'a> {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as i64;
-        let threads = self.int("threads", raw.threads, cores, 1, 1024) as usize;
+        let threads = self.int("threads", raw.threads, cores, bounds::THREADS) as usize;
         let cpu_affinity = self.cpu_affinity(raw.cpu_affinity.as_deref());
-        let grace_period = self.duration("grace_period", &raw.grace_period, Duration::from_secs(5));
+        let grace_period = self.duration(
+            "grace_period",
+            &raw.grace_period,
+            Config::DEFAULT_GRACE_PERIOD,
+        );
         let listeners = self.listeners(raw.listeners);
         let admin = self.admin(raw.admin.unwrap_or_default(), &listeners);
         let max_concurrent_checks = self.int(
             "checker.max_concurrent_checks",
             raw.checker.unwrap_or_default().max_concurrent_checks,
-            1024,
-            1,
-            1_000_000,
+            CheckerConfig::default().max_concurrent_checks as i64,
+            bounds::MAX_CONCURRENT_CHECKS,
         ) as usize;
         let metrics = MetricsConfig {
-            per_backend: raw.metrics.and_then(|m| m.per_backend).unwrap_or(true),
+            per_backend: (raw.metrics.and_then(|m| m.per_backend))
+                .unwrap_or(MetricsConfig::default().per_backend),
         };
         let pools = self.pools(raw.pools);
         self.cross_pool(&pools);
@@ -176,17 +199,11 @@ impl<'a> Validator<'a> {
     }
 
     fn cpu_affinity(&mut self, raw: Option<&str>) -> CpuAffinity {
-        match raw {
-            None | Some("auto") => CpuAffinity::Auto,
-            Some("off") => CpuAffinity::Off,
-            Some(other) => {
-                self.error(
-                    "cpu_affinity",
-                    format!("cpu_affinity must be auto or off, got {other:?}"),
-                );
-                CpuAffinity::Auto
-            }
-        }
+        let words = one_of::<CpuAffinity>(str::to_string);
+        self.choice("cpu_affinity", raw, |other| {
+            format!("cpu_affinity must be {words}, got {other:?}")
+        })
+        .unwrap_or_default()
     }
 
     fn listeners(&mut self, raw: Option<Vec<RawListener>>) -> Vec<ListenerConfig> {
@@ -219,8 +236,7 @@ impl<'a> Validator<'a> {
             &format!("{path}.max_connections"),
             raw.max_connections,
             ListenerConfig::DEFAULT_MAX_CONNECTIONS as i64,
-            1,
-            10_000_000,
+            bounds::MAX_CONNECTIONS,
         ) as usize;
         let tls = raw
             .tls
@@ -238,10 +254,12 @@ impl<'a> Validator<'a> {
     /// The admin API's address, off every listener, and its authentication: a token, or
     /// a loopback address, or an explicit choice to run it open.
     fn admin(&mut self, raw: RawAdmin, listeners: &[ListenerConfig]) -> AdminConfig {
-        let text = raw.address.as_deref().unwrap_or("127.0.0.1:9901");
-        let address = self
-            .socket("admin.address", text)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+        let address = match raw.address.as_deref() {
+            Some(text) => self
+                .socket("admin.address", text)
+                .unwrap_or(AdminConfig::DEFAULT_ADDRESS),
+            None => AdminConfig::DEFAULT_ADDRESS,
+        };
         if listeners.iter().any(|l| l.address == address) {
             self.error(
                 "admin.address",
@@ -335,7 +353,9 @@ impl<'a> Validator<'a> {
                 ),
             }
         }
-        let prefix = raw.prefix.unwrap_or_else(|| "/vigil".into());
+        let prefix = raw
+            .prefix
+            .unwrap_or_else(|| FleetConfig::DEFAULT_PREFIX.into());
         if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains("//") {
             self.error(
                 "fleet.prefix",
@@ -346,13 +366,13 @@ impl<'a> Validator<'a> {
         let node = match raw.node {
             Some(n) => {
                 let ok = !n.is_empty()
-                    && n.len() <= 128
+                    && n.len() <= bounds::NODE_NAME_MAX_LEN
                     && n.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
                 if !ok {
                     self.error(
                         "fleet.node",
-                        format!("node {n:?} must match [A-Za-z0-9._-]+"),
+                        format!("node {n:?} must match {}", bounds::NODE_NAME),
                     );
                 }
                 n
@@ -366,14 +386,28 @@ impl<'a> Validator<'a> {
                 format!("{host}-{}", std::process::id())
             }
         };
-        let lease_ttl = self.duration("fleet.lease_ttl", &raw.lease_ttl, Duration::from_secs(3));
-        if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(60) {
+        let lease_ttl = self.duration(
+            "fleet.lease_ttl",
+            &raw.lease_ttl,
+            FleetConfig::DEFAULT_LEASE_TTL,
+        );
+        if !bounds::LEASE_TTL.contains(lease_ttl) {
+            let (min, max) = (bounds::LEASE_TTL.min, bounds::LEASE_TTL.max);
             self.error(
                 "fleet.lease_ttl",
-                format!("lease_ttl must be between 2s (etcd's shortest lease) and 60s, got {lease_ttl:?}"),
+                format!(
+                    "lease_ttl must be between {} (etcd's shortest lease) and {}, got {lease_ttl:?}",
+                    format_duration(min),
+                    format_duration(max)
+                ),
             );
         }
-        let copies = self.int("fleet.copies", raw.copies, 1, 1, 16) as usize;
+        let copies = self.int(
+            "fleet.copies",
+            raw.copies,
+            FleetConfig::DEFAULT_COPIES as i64,
+            bounds::FLEET_COPIES,
+        ) as usize;
         FleetConfig {
             etcd,
             prefix,

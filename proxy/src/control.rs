@@ -6,6 +6,7 @@
 //! path ([`apply`]), so two changes never interleave. The request path only reads the
 //! snapshots it stores ([`DataPlane`](crate::dataplane::DataPlane)); the admin page
 //! and the fleet read the configuration in force without a lock ([`InForce::config`]).
+//! Each reload is told to systemd (`RELOADING=1`, then `READY=1`) around its apply.
 
 pub mod apply;
 pub mod certs;
@@ -18,6 +19,7 @@ use crate::dataplane::routing::RoutingTable;
 use crate::dataplane::upstream_tls::PoolTls;
 use crate::dataplane::DataPlane;
 use crate::observe::metrics::ProxyMetrics;
+use crate::observe::systemd::{Notifier, Summary};
 use apply::{Changes, Controller};
 use arc_swap::ArcSwap;
 use error::ApplyError;
@@ -61,6 +63,23 @@ impl InForce {
     /// The configuration in force (with discovered backends merged in).
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The routing snapshot in numbers, for systemd's `STATUS=` line.
+    pub fn summary(&self) -> Summary {
+        let table = self.plane.table();
+        let mut s = Summary {
+            pools: table.pools.len(),
+            ..Summary::default()
+        };
+        for m in table.pools.iter().flat_map(|p| &p.members) {
+            s.backends += 1;
+            s.up += m.state.routable() as usize;
+            // Backends in maintenance are not checked: they would never count as checked.
+            s.unchecked += (m.state.health == Health::Unknown
+                && m.state.admin != AdminState::Maintenance) as usize;
+        }
+        s
     }
 
     fn rebuild(&self, s: &Sources) {
@@ -116,6 +135,8 @@ pub enum Command {
         health: Health,
         reason: String,
     },
+    /// Answered at once: the watchdog's proof that the task still turns.
+    Alive(oneshot::Sender<()>),
     /// The process is ending: the task returns.
     Stop,
 }
@@ -190,6 +211,11 @@ impl Control {
         });
     }
 
+    /// Whether the control task answers (it waits while a command before is applied).
+    pub async fn alive(&self) -> bool {
+        self.ask(Command::Alive).await.is_some()
+    }
+
     /// True once the control task has ended: tasks that feed it end too.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -202,10 +228,11 @@ impl Control {
 }
 
 /// Runs the control task on a thread of its own: applying reads files and may resolve
-/// names, which must not stall an event loop.
+/// names, which must not stall an event loop. `notifier` hears of every reload.
 pub fn start(
     mut controller: Controller,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    notifier: Notifier,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("vigil-control".into())
@@ -213,7 +240,11 @@ pub fn start(
             while let Some(command) = commands.blocking_recv() {
                 match command {
                     Command::Reload(done) => {
-                        let _ = done.send(controller.reload());
+                        notifier.reloading();
+                        let result = controller.reload();
+                        let summary = controller.in_force.summary();
+                        notifier.reloaded(&reload_status(&result, summary));
+                        let _ = done.send(result);
                     }
                     Command::Discovered {
                         pool,
@@ -241,8 +272,23 @@ pub fn start(
                             .checker()
                             .set_shared_health(&pool, &address, health, &reason);
                     }
+                    Command::Alive(done) => {
+                        let _ = done.send(());
+                    }
                     Command::Stop => return,
                 }
             }
         })
+}
+
+/// The status line after a reload: what is in force, and why a refused one was.
+fn reload_status(result: &Result<Changes, ApplyError>, summary: Summary) -> String {
+    match result {
+        Ok(_) => summary.to_string(),
+        Err(e) => {
+            let lines = e.lines();
+            let why = lines.first().map_or("", String::as_str);
+            format!("reload refused ({why}); {summary}")
+        }
+    }
 }

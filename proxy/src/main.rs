@@ -1,60 +1,17 @@
-//! The `vigil` command line: `run`, `demo`, `validate`, `backend`.
+//! The `vigil` command line (defined in `process::cli`): `run`, `demo`, `validate`,
+//! `backend`.
 
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use clap::Parser;
 use std::process::ExitCode;
-use vigil_proxy::observe::logging::{self, LogFormat};
+use vigil_proxy::observe::logging;
+use vigil_proxy::process::cli::{Cli, Command};
 use vigil_proxy::process::{demo, server};
 
 // glibc malloc was a tenth of the proxy's CPU per request (bench/RESULTS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-#[command(
-    name = "vigil",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VIGIL_COMMIT"), ")"),
-    about = "An edge reverse proxy that notices dead backends first"
-)]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Start the proxy on a YAML config.
-    Run {
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
-        /// Reload when the file changes (as well as on SIGHUP and POST /admin/reload).
-        #[arg(long)]
-        watch: bool,
-        /// Take over from the vigil running on this config (its `upgrade_socket`): its
-        /// listening sockets and backend health; it then drains and exits.
-        #[arg(long)]
-        upgrade: bool,
-    },
-    /// Start on the embedded example config plus three demo backends on loopback.
-    Demo,
-    /// Parse and validate a config file; print a summary per pool or every error.
-    Validate { file: PathBuf },
-    /// Set a backend's admin state on the running vigil, through its admin API (address
-    /// and token read from the config file).
-    Backend {
-        #[arg(value_parser = ["drain", "maintenance", "ready"])]
-        state: String,
-        pool: String,
-        address: String,
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

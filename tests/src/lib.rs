@@ -12,6 +12,7 @@ pub mod dns;
 pub mod etcd;
 pub mod grpc;
 pub mod h2raw;
+pub mod notify;
 mod process;
 pub mod raw;
 pub mod stream;

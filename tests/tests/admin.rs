@@ -287,8 +287,8 @@ fn version_and_help() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let want = head.unwrap_or_else(|| "unknown".to_string());
     assert!(
-        version.contains(&format!("(commit {want})")),
-        "{version} lacks {want}"
+        version.contains(&format!("(commit {want}, TLS rustls ")),
+        "{version} lacks {want} or the TLS provider"
     );
     let out = vigil_cmd(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);

@@ -1,6 +1,9 @@
 //! One pool: name, routes, balancing, retries and timeouts here; its backends and
 //! discovery in `backends`, its health check and passive ejection in `health`.
 
+use crate::bounds::{self, FloatRange};
+use crate::choice::one_of;
+use crate::duration::format_duration;
 use crate::schema::*;
 use crate::types::*;
 use crate::validate::Validator;
@@ -16,10 +19,18 @@ impl Validator<'_> {
         let routes = self.routes(path, raw.routes);
         let (balance, hash_key) =
             self.balancing(path, raw.balance.as_deref(), raw.hash_key.as_deref());
-        let retries = self.int(&format!("{path}.retries"), raw.retries, 2, 0, 100) as u32;
+        let retries = self.int(
+            &format!("{path}.retries"),
+            raw.retries,
+            PoolConfig::DEFAULT_RETRIES.into(),
+            bounds::RETRIES,
+        ) as u32;
         let retry_on_status = self.retry_on_status(path, raw.retry_on_status);
-        let panic_threshold =
-            self.percent(&format!("{path}.panic_threshold"), raw.panic_threshold, 0.0);
+        let panic_threshold = self.percent(
+            &format!("{path}.panic_threshold"),
+            raw.panic_threshold,
+            PoolConfig::DEFAULT_PANIC_THRESHOLD,
+        );
         let (connect_timeout, read_timeout) =
             self.timeouts(path, &raw.connect_timeout, &raw.read_timeout);
         let discovery = raw
@@ -51,8 +62,9 @@ impl Validator<'_> {
             retries,
             retry_on_status,
             panic_threshold,
-            fail_open: raw.fail_open.unwrap_or(true),
-            forward_original_path: raw.forward_original_path.unwrap_or(false),
+            fail_open: raw.fail_open.unwrap_or(PoolConfig::DEFAULT_FAIL_OPEN),
+            forward_original_path: (raw.forward_original_path)
+                .unwrap_or(PoolConfig::DEFAULT_FORWARD_ORIGINAL_PATH),
             connect_timeout,
             read_timeout,
             backends,
@@ -69,7 +81,10 @@ impl Validator<'_> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !valid {
-            self.error(path, format!("pool name {name:?} must match [a-z0-9_-]+"));
+            self.error(
+                path,
+                format!("pool name {name:?} must match {}", bounds::POOL_NAME),
+            );
         } else if name == "-" {
             // Metrics label requests answered before routing with pool="-".
             self.error(path, "pool name \"-\" is reserved");
@@ -79,10 +94,7 @@ impl Validator<'_> {
     /// The pool's routes; none written: every host, every path.
     fn routes(&mut self, path: &str, raw: Option<Vec<RawRoute>>) -> Vec<RouteConfig> {
         match raw {
-            None => vec![RouteConfig {
-                host: HostPattern::Any,
-                path_prefix: "/".into(),
-            }],
+            None => vec![self.route(path, RawRoute::default())],
             Some(list) => list
                 .into_iter()
                 .enumerate()
@@ -92,7 +104,9 @@ impl Validator<'_> {
     }
 
     fn route(&mut self, path: &str, raw: RawRoute) -> RouteConfig {
-        let host_text = raw.host.unwrap_or_else(|| "*".into()).to_ascii_lowercase();
+        let host_text = (raw.host)
+            .unwrap_or_else(|| RouteConfig::DEFAULT_HOST.into())
+            .to_ascii_lowercase();
         let host = if host_text == "*" {
             HostPattern::Any
         } else if let Some(suffix) = host_text.strip_prefix("*.") {
@@ -112,7 +126,8 @@ impl Validator<'_> {
             }
             HostPattern::Exact(host_text)
         };
-        let path_prefix = raw.path_prefix.unwrap_or_else(|| "/".into());
+        let path_prefix =
+            (raw.path_prefix).unwrap_or_else(|| RouteConfig::DEFAULT_PATH_PREFIX.into());
         if !path_prefix.starts_with('/') {
             self.error(
                 &format!("{path}.path_prefix"),
@@ -129,17 +144,11 @@ impl Validator<'_> {
         balance: Option<&str>,
         hash_key: Option<&str>,
     ) -> (Balance, Option<HashKey>) {
-        let balance = match balance {
-            None | Some("round_robin") => Balance::RoundRobin,
-            Some("weighted_round_robin") => Balance::WeightedRoundRobin,
-            Some("least_requests") => Balance::LeastRequests,
-            Some("peak_ewma") => Balance::PeakEwma,
-            Some("consistent_hash") => Balance::ConsistentHash,
-            Some(other) => {
-                self.error(&format!("{path}.balance"), format!("unknown balance {other:?}: use round_robin, weighted_round_robin, least_requests, peak_ewma or consistent_hash"));
-                Balance::RoundRobin
-            }
-        };
+        let words = one_of::<Balance>(str::to_string);
+        let balance: Balance = (self.choice(&format!("{path}.balance"), balance, |other| {
+            format!("unknown balance {other:?}: use {words}")
+        }))
+        .unwrap_or_default();
         let key = hash_key.and_then(|k| self.hash_key(&format!("{path}.hash_key"), k));
         if balance == Balance::ConsistentHash && hash_key.is_none() {
             self.error(
@@ -178,11 +187,12 @@ impl Validator<'_> {
     /// The statuses retried; an entry out of range is reported and left out.
     fn retry_on_status(&mut self, path: &str, raw: Option<Vec<i64>>) -> Vec<u16> {
         let Some(list) = raw else {
-            return vec![502, 503, 504];
+            return PoolConfig::DEFAULT_RETRY_ON_STATUS.to_vec();
         };
         let mut out = Vec::new();
         for (j, s) in list.into_iter().enumerate() {
-            let v = self.int(&format!("{path}.retry_on_status.{j}"), Some(s), 0, 100, 599);
+            let at = format!("{path}.retry_on_status.{j}");
+            let v = self.int(&at, Some(s), 0, bounds::STATUS);
             if v != 0 {
                 out.push(v as u16);
             }
@@ -191,12 +201,13 @@ impl Validator<'_> {
     }
 
     fn percent(&mut self, path: &str, raw: Option<f64>, default: f64) -> f64 {
+        let FloatRange { min, max, .. } = bounds::PERCENT;
         match raw {
             None => default,
-            Some(v) if !(0.0..=100.0).contains(&v) => {
+            Some(v) if !bounds::PERCENT.contains(v) => {
                 self.error(
                     path,
-                    format!("must be a percentage between 0 and 100, got {v}"),
+                    format!("must be a percentage between {min} and {max}, got {v}"),
                 );
                 default
             }
@@ -214,12 +225,12 @@ impl Validator<'_> {
         let connect_timeout = self.duration(
             &format!("{path}.connect_timeout"),
             connect,
-            Duration::from_secs(3),
+            PoolConfig::DEFAULT_CONNECT_TIMEOUT,
         );
         let read_timeout = self.duration(
             &format!("{path}.read_timeout"),
             read,
-            Duration::from_secs(30),
+            PoolConfig::DEFAULT_READ_TIMEOUT,
         );
         for (key, v) in [
             ("connect_timeout", connect_timeout),
@@ -236,11 +247,12 @@ impl Validator<'_> {
     }
 
     fn slow_start(&mut self, path: &str, raw: &Option<String>) -> Duration {
-        let slow_start = self.duration(path, raw, Duration::ZERO);
-        if slow_start > Duration::from_secs(3600) {
+        let slow_start = self.duration(path, raw, PoolConfig::DEFAULT_SLOW_START);
+        if slow_start > bounds::SLOW_START_MAX {
+            let max = format_duration(bounds::SLOW_START_MAX);
             self.error(
                 path,
-                format!("slow_start must be at most 1h, got {slow_start:?}"),
+                format!("slow_start must be at most {max}, got {slow_start:?}"),
             );
         }
         slow_start

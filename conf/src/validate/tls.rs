@@ -3,6 +3,7 @@
 //! reload) and reports what is wrong with them at the place recorded.
 
 use super::Validator;
+use crate::choice::one_of;
 use crate::schema::*;
 use crate::types::*;
 use std::path::{Path, PathBuf};
@@ -61,17 +62,13 @@ impl Validator<'_> {
                 }
             }
         }
-        let min_version = match raw.min_version.as_deref() {
-            None | Some("1.2") => TlsVersion::V1_2,
-            Some("1.3") => TlsVersion::V1_3,
-            Some(other) => {
-                self.error(
-                    &format!("{path}.min_version"),
-                    format!("min_version {other:?}: use \"1.2\" or \"1.3\""),
-                );
-                TlsVersion::V1_2
-            }
-        };
+        let words = one_of::<TlsVersion>(|w| format!("{w:?}"));
+        let min_version: TlsVersion = (self.choice(
+            &format!("{path}.min_version"),
+            raw.min_version.as_deref(),
+            |other| format!("min_version {other:?}: use {words}"),
+        ))
+        .unwrap_or_default();
         (!certificates.is_empty()).then_some(ListenerTls {
             certificates,
             min_version,
@@ -95,7 +92,7 @@ impl Validator<'_> {
             sni: raw.sni,
             ca_at: ca.as_ref().map(|_| self.place(&format!("{path}.ca"))),
             ca,
-            verify: raw.verify.unwrap_or(true),
+            verify: raw.verify.unwrap_or(UpstreamTls::DEFAULT_VERIFY),
         }
     }
 
@@ -107,16 +104,11 @@ impl Validator<'_> {
         tls: bool,
         check: CheckKind,
     ) -> Protocol {
-        let protocol = match raw {
-            None | Some("http1") => Protocol::Http1,
-            Some("h2") => Protocol::H2,
-            Some(other) => {
-                self.error(
-                    &format!("{path}.protocol"),
-                    format!("unknown protocol {other:?}: use http1 or h2"),
-                );
-                return Protocol::Http1;
-            }
+        let words = one_of::<Protocol>(str::to_string);
+        let Some(protocol) = self.choice(&format!("{path}.protocol"), raw, |other| {
+            format!("unknown protocol {other:?}: use {words}")
+        }) else {
+            return Protocol::default();
         };
         if protocol == Protocol::H2 && !tls {
             self.error(

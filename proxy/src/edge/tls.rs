@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use vigil_conf::{CertificateFiles, ConfigError, ConfigErrors, ListenerTls, TlsVersion};
 
+/// The TLS library and crypto provider [`provider`] builds, as `vigil --version` names
+/// them. Changing either changes this line (a test holds it to `Cargo.lock`).
+pub const PROVIDER_NAME: &str = "rustls 0.23 with ring";
+
 /// The crypto every TLS config of vigil's uses: rustls with ring, built once.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: std::sync::LazyLock<Arc<rustls::crypto::CryptoProvider>> =
@@ -315,6 +319,21 @@ fn build_acceptor(resolver: &Arc<SniResolver>, min: TlsVersion, http2: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_provider_name_matches_the_locked_rustls() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+            .expect("the workspace's Cargo.lock");
+        let versions: Vec<&str> = lock
+            .split("[[package]]")
+            .filter(|p| p.contains("\nname = \"rustls\"\n"))
+            .filter_map(|p| p.split("\nversion = \"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(versions.len(), 1, "one rustls in Cargo.lock: {versions:?}");
+        let minor: Vec<&str> = versions[0].split('.').take(2).collect();
+        let want = format!("rustls {} with ring", minor.join("."));
+        assert_eq!(PROVIDER_NAME, want);
+    }
 
     #[test]
     fn exact_then_wildcard_then_default() {

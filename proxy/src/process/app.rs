@@ -15,6 +15,7 @@ use crate::edge::limits::EdgeLimits;
 use crate::edge::tls::ListenerTlsState;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::ProxyMetrics;
+use crate::observe::systemd::Notifier;
 use crate::process::error::StartError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,17 +41,20 @@ pub struct App {
     pub(crate) discovery: Arc<Discovery>,
     /// Set at start when the config has `fleet`.
     pub(crate) fleet: Option<Arc<Fleet>>,
+    /// What systemd hears: readiness, reloads, the drain.
+    pub(crate) notifier: Notifier,
 }
 
 impl App {
     /// A running state for `config`: the settings fixed at start taken from it, nothing
     /// else in force yet, then `config` applied like any reload, then the control task
-    /// started with what it applied.
+    /// started with what it applied (telling `notifier` of each reload).
     pub fn start(
         config: Config,
         config_path: Option<PathBuf>,
         runtime: tokio::runtime::Handle,
         seed: HashMap<(String, String), (Health, AdminState)>,
+        notifier: Notifier,
     ) -> Result<Arc<App>, StartError> {
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(ProxyMetrics::new(&registry, config.metrics.per_backend)?);
@@ -109,7 +113,8 @@ impl App {
         };
         controller.apply(config).map_err(StartError::Config)?;
         metrics.mark_loaded();
-        crate::control::start(controller, commands).map_err(StartError::Runtime)?;
+        crate::control::start(controller, commands, notifier.clone())
+            .map_err(StartError::Runtime)?;
         let config = in_force.config();
         let fleet = match &config.fleet {
             None => None,
@@ -134,6 +139,7 @@ impl App {
             config_path,
             discovery,
             fleet,
+            notifier,
         }))
     }
 

@@ -1,4 +1,6 @@
 //! The drain: what happens between SIGTERM (or an upgrade) and Pingora's stop.
+//! systemd hears `STOPPING=1` when it starts, except after an upgrade: the new
+//! process is the unit's main process by then, and that word would stop the unit.
 
 use crate::process::app::App;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -7,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
-/// The shutdown Pingora waits for. SIGTERM (and SIGQUIT, until upgrades land) drain:
+/// The shutdown Pingora waits for. SIGTERM and SIGQUIT drain:
 /// the proxy listeners close and keep-alive connections end after their request,
 /// in-flight requests and tunnels are awaited (at most `grace_period`), the checker's
 /// tasks and the file watcher end; only then does Pingora stop its runtimes. SIGINT
@@ -40,17 +42,21 @@ impl ShutdownSignalWatch for Drain {
             _ = term.recv() => "SIGTERM",
             _ = quit.recv() => "SIGQUIT",
             _ = handed_over(&mut upgraded) => {
+                self.app.notifier.handed_over();
                 let _ = self.stop_admin.send(true);
                 "upgrade"
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now");
+                self.app.notifier.stopping("stopping now (SIGINT)");
                 let _ = self.stop_watching.send(true);
                 self.stop_listeners();
                 return ShutdownSignal::FastShutdown;
             }
         };
         let app = &self.app;
+        app.notifier
+            .stopping(&format!("draining ({name}), grace period {:?}", self.grace));
         app.plane.draining.start();
         tracing::info!(signal = name, in_flight = app.plane.in_flight.get(), grace_period = ?self.grace, "draining");
         let _ = self.stop_accepting.send(true);

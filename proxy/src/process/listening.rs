@@ -12,6 +12,7 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use vigil_conf::Config;
 
@@ -82,6 +83,8 @@ pub(super) struct PreBound<S> {
     stopped_by: Option<ShutdownWatch>,
     /// Pin this many worker threads one per CPU before serving (`cpu_affinity: auto`).
     pin_workers: Option<usize>,
+    /// Told when Pingora starts the service on its sockets (readiness waits for it).
+    started: Option<oneshot::Sender<()>>,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
@@ -100,6 +103,7 @@ impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
             fds,
             stopped_by: None,
             pin_workers: None,
+            started: None,
         }
     }
 
@@ -114,6 +118,12 @@ impl<A: ServerApp + Send + Sync + 'static> PreBound<Service<A>> {
     /// shuts down: the proxy's listeners close at the start of a drain, not its end.
     pub fn stopped_by(mut self, watch: ShutdownWatch) -> Self {
         self.stopped_by = Some(watch);
+        self
+    }
+
+    /// `started` is told when Pingora starts the service.
+    pub fn announces(mut self, started: oneshot::Sender<()>) -> Self {
+        self.started = Some(started);
         self
     }
 }
@@ -137,6 +147,11 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
         let shutdown = self.stopped_by.clone().unwrap_or(shutdown);
         if let Some(threads) = self.pin_workers {
             pin_workers(self.inner.name(), threads).await;
+        }
+        // Pingora builds its listeners from the sockets now and accepts: a connection
+        // that came before waits in the backlog.
+        if let Some(started) = self.started.take() {
+            let _ = started.send(());
         }
         self.inner
             .start_service(fds, shutdown, listeners_per_fd, ready_notifier)

@@ -1,7 +1,8 @@
 //! Config → running process, step by step: the sockets (see `listening`), the checker's
 //! runtime and the [`App`], the upgrade socket and the signals (SIGHUP reload, SIGUSR1
-//! reopen), the Pingora server with the proxy and admin services, then the drain (see
-//! `drain`) that SIGTERM starts.
+//! reopen, SIGUSR2 binary upgrade: see `relaunch`), the Pingora server with the proxy
+//! and admin services, readiness (see `ready`: systemd's `READY=1`, and the handover of
+//! an upgrade), then the drain (see `drain`) that SIGTERM starts.
 //!
 //! The checker runs on its own single-threaded runtime, apart from Pingora's worker
 //! threads, so a proxy saturated with requests does not starve health checks.
@@ -9,12 +10,13 @@
 use crate::dataplane::pipeline::Pipeline;
 use crate::dataplane::proxy::VigilProxy;
 use crate::edge::listener::{client_buffers, ConnectionLimit, Slot};
+use crate::observe::systemd::Notifier;
 use crate::process::admin::AdminApp;
 use crate::process::app::App;
 use crate::process::drain::Drain;
 pub use crate::process::error::StartError;
 use crate::process::listening::{PreBound, Sockets};
-use crate::process::upgrade::Handoff;
+use crate::process::relaunch::Relaunch;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -26,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use vigil_conf::{Config, CpuAffinity};
 
 pub struct RunOptions {
@@ -44,6 +46,7 @@ pub fn run(
     opts: RunOptions,
     before_start: impl FnOnce(&tokio::runtime::Handle),
 ) -> Result<(), StartError> {
+    let notifier = Notifier::from_env(opts.upgrade);
     let mut handoff = match opts.upgrade {
         true => Some(crate::process::upgrade::take_over(&config.upgrade_socket)?),
         false => None,
@@ -60,19 +63,35 @@ pub fn run(
             .as_mut()
             .map(|h| std::mem::take(&mut h.backends))
             .unwrap_or_default(),
+        notifier,
     )?;
     let (upgraded, stop_watching) =
-        spawn_reload_and_upgrade_tasks(&control, &config, &app, sockets.copies, opts.watch)?;
-    if let Some(h) = handoff {
-        confirm_take_over(h);
-    }
+        spawn_reload_and_upgrade_tasks(&control, &config, &app, sockets.copies, &opts)?;
     announce_start(&config, &app);
 
     let mut server = pingora_server(&config);
     let (stop_accepting, accepting) = watch::channel(false);
-    add_proxy(&mut server, &config, &app, sockets.proxy, accepting);
+    let (proxy_started, proxy_serves) = oneshot::channel();
+    add_proxy(
+        &mut server,
+        &config,
+        &app,
+        sockets.proxy,
+        accepting,
+        proxy_started,
+    );
     let (stop_admin, admin_accepting) = watch::channel(false);
-    add_admin(&mut server, &app, sockets.admin, admin_accepting);
+    let (admin_started, admin_serves) = oneshot::channel();
+    add_admin(
+        &mut server,
+        &app,
+        sockets.admin,
+        admin_accepting,
+        admin_started,
+    );
+    let within = crate::process::ready::first_checks_within(&config);
+    let serves = vec![proxy_serves, admin_serves];
+    crate::process::ready::spawn(&control, app.clone(), serves, handoff, within);
     let access_log = app.plane.access_log.clone();
     let drain = Drain {
         app,
@@ -103,14 +122,14 @@ fn checker_runtime() -> Result<Runtime, StartError> {
 }
 
 /// On the checker's runtime: the upgrade socket (a later process takes over from here),
-/// SIGHUP and SIGUSR1, and `--watch`. Returns what turns true once a new process took
-/// over, and what ends the signal and watch tasks.
+/// SIGHUP, SIGUSR1 and SIGUSR2, `--watch`, and the watchdog. Returns what turns true
+/// once a new process took over, and what ends the signal and watch tasks.
 fn spawn_reload_and_upgrade_tasks(
     control: &Runtime,
     config: &Config,
     app: &Arc<App>,
     copies: Vec<(String, OwnedFd)>,
-    watch: bool,
+    opts: &RunOptions,
 ) -> Result<(watch::Receiver<bool>, watch::Sender<bool>), StartError> {
     let (handed_over, upgraded) = watch::channel(false);
     crate::process::upgrade::serve(
@@ -121,25 +140,15 @@ fn spawn_reload_and_upgrade_tasks(
         handed_over,
     );
     let (stop_watching, watching) = watch::channel(false);
-    install_signal_handlers(control, app, watching.clone())?;
-    if watch {
+    // `vigil demo` has no file a new process could start from.
+    let relaunch = Relaunch::new(opts.config_path.is_some(), upgraded.clone());
+    install_signal_handlers(control, app, relaunch, watching.clone())?;
+    if opts.watch {
         spawn_watcher(control, app, watching);
     }
+    let notifier = app.notifier.clone();
+    crate::process::ready::spawn_watchdog(control, notifier, app.control.clone());
     Ok((upgraded, stop_watching))
-}
-
-/// Tells the old process that the sockets are ours as well now: connections wait in
-/// their backlog until Pingora accepts them, however its last accepts and ours interleave.
-fn confirm_take_over(h: Handoff) {
-    let from = h.from_pid;
-    if let Err(e) = h.ready() {
-        tracing::warn!(error = %e, "could not tell the old process we are ready; it keeps serving too");
-    } else {
-        tracing::info!(
-            from_pid = from,
-            "took over the listening sockets and backend health"
-        );
-    }
 }
 
 /// Logs the start and sets the descriptor budget: clients never take the descriptors
@@ -179,13 +188,14 @@ fn pingora_server(config: &Config) -> Server {
 }
 
 /// The proxy service on the listeners' sockets; it stops accepting when `accepting`
-/// turns true (the start of a drain).
+/// turns true (the start of a drain), and tells `started` when Pingora starts it.
 fn add_proxy(
     server: &mut Server,
     config: &Config,
     app: &App,
     fds: Vec<(String, OwnedFd)>,
     accepting: ShutdownWatch,
+    started: oneshot::Sender<()>,
 ) {
     let conf = &server.configuration;
     let proxy = pipeline(conf, config, app, false);
@@ -216,7 +226,9 @@ fn add_proxy(
     // No L4 buffers on any listener: rustls reads records into its own buffer, and a
     // 64 KiB L4 read buffer was most of what an idle TLS client cost (bench/RESULTS.md).
     let buffers = |_: usize| client_buffers();
-    let proxy = PreBound::new(proxy, fds, buffers).stopped_by(accepting);
+    let proxy = PreBound::new(proxy, fds, buffers)
+        .stopped_by(accepting)
+        .announces(started);
     let proxy = match config.cpu_affinity {
         CpuAffinity::Auto => proxy.pinned(config.threads),
         CpuAffinity::Off => proxy,
@@ -244,12 +256,14 @@ fn pipeline(conf: &Arc<ServerConf>, config: &Config, app: &App, h2c: bool) -> Pi
 }
 
 /// The admin service on its socket, one thread; it stops accepting when `accepting`
-/// turns true (only after an upgrade, whose new process answers now).
+/// turns true (only after an upgrade, whose new process answers now), and tells
+/// `started` when Pingora starts it.
 fn add_admin(
     server: &mut Server,
     app: &Arc<App>,
     fds: Vec<(String, OwnedFd)>,
     accepting: ShutdownWatch,
+    started: oneshot::Sender<()>,
 ) {
     // Admin heads are bounded as the proxy's are (`AdminHeadLimits`).
     let mut admin_http = HttpServer::new_app(AdminApp { app: app.clone() });
@@ -259,7 +273,9 @@ fn add_admin(
     let mut admin = Service::new("vigil admin".to_string(), admin_http);
     admin.threads = Some(1);
     server.add_service(
-        PreBound::new(admin, fds, |_| L4BufferSettings::default()).stopped_by(accepting),
+        PreBound::new(admin, fds, |_| L4BufferSettings::default())
+            .stopped_by(accepting)
+            .announces(started),
     );
 }
 
@@ -283,10 +299,12 @@ fn h2_options(http2: &vigil_conf::Http2Config) -> pingora::protocols::http::v2::
     b
 }
 
-/// SIGHUP reloads, SIGUSR1 reopens the access log, until `stopped` changes.
+/// SIGHUP reloads, SIGUSR1 reopens the access log, SIGUSR2 starts the binary on disk to
+/// take over, until `stopped` changes.
 fn install_signal_handlers(
     rt: &tokio::runtime::Runtime,
     app: &Arc<App>,
+    mut relaunch: Relaunch,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -294,11 +312,13 @@ fn install_signal_handlers(
     let failed = |signal| move |source| StartError::Signal { signal, source };
     let mut hup = signal(SignalKind::hangup()).map_err(failed("SIGHUP"))?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(failed("SIGUSR1"))?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(failed("SIGUSR2"))?;
     let a = app.clone();
     rt.spawn(async move {
         loop {
             tokio::select! {
                 Some(()) = usr1.recv() => a.plane.access_log.reopen(),
+                Some(()) = usr2.recv() => relaunch.start(),
                 Some(()) = hup.recv() => {
                     let _ = a.control.reload().await;
                 }

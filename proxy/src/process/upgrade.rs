@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use vigil_healthcheck::{AdminState, Checker, Health};
 
 /// How long the old process waits for the new one to say it is ready.
-const READY_WITHIN: Duration = Duration::from_secs(60);
+pub(crate) const READY_WITHIN: Duration = Duration::from_secs(60);
 
 #[derive(Serialize, Deserialize)]
 struct Hello {

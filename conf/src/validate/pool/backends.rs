@@ -1,10 +1,11 @@
 //! A pool's backends: those the file lists, and where discovery finds more.
 
+use crate::bounds;
+use crate::duration::format_duration;
 use crate::schema::*;
 use crate::types::*;
 use crate::validate::Validator;
 use std::collections::HashSet;
-use std::time::Duration;
 
 impl Validator<'_> {
     /// The backends the file lists, each once, at an address that resolves. A pool
@@ -38,7 +39,12 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         for (j, b) in list.into_iter().enumerate() {
             let bpath = format!("{path}.backends.{j}");
-            let weight = self.int(&format!("{bpath}.weight"), b.weight, 1, 1, 1_000_000) as u32;
+            let weight = self.int(
+                &format!("{bpath}.weight"),
+                b.weight,
+                BackendConfig::DEFAULT_WEIGHT.into(),
+                bounds::WEIGHT,
+            ) as u32;
             let Some(address) = b.address else {
                 self.error(&bpath, "backend needs an `address`");
                 continue;
@@ -67,12 +73,17 @@ impl Validator<'_> {
         let refresh = self.duration(
             &format!("{path}.refresh"),
             &raw.refresh,
-            Duration::from_secs(5),
+            DiscoveryConfig::DEFAULT_REFRESH,
         );
-        if refresh < Duration::from_millis(100) || refresh > Duration::from_secs(3600) {
+        if !bounds::DISCOVERY_REFRESH.contains(refresh) {
+            let (min, max) = (bounds::DISCOVERY_REFRESH.min, bounds::DISCOVERY_REFRESH.max);
             self.error(
                 &format!("{path}.refresh"),
-                format!("refresh must be between 100ms and 1h, got {refresh:?}"),
+                format!(
+                    "refresh must be between {} and {}, got {refresh:?}",
+                    format_duration(min),
+                    format_duration(max)
+                ),
             );
         }
         let (key, name) = match (raw.srv, raw.a) {

@@ -1,18 +1,31 @@
 //! A pool's health: its active check (what it asks, what passes, how often) and
 //! passive ejection on live traffic.
 
+use crate::bounds::{self, FloatRange, IntRange};
+use crate::choice::one_of;
+use crate::duration::format_duration;
 use crate::schema::*;
 use crate::types::*;
 use crate::validate::Validator;
-use std::time::Duration;
 
 impl Validator<'_> {
     pub(super) fn health_check(&mut self, path: &str, raw: RawHealthCheck) -> HealthCheckConfig {
         let kind = self.check_kind(&format!("{path}.type"), raw.kind.as_deref());
         let (check_path, expected_status) = self.check_request(path, &raw);
         let timing = self.check_timing(path, &raw);
-        let rise = self.int(&format!("{path}.rise"), raw.rise, 2, 1, 1000) as u32;
-        let fall = self.int(&format!("{path}.fall"), raw.fall, 3, 1, 1000) as u32;
+        let d = HealthCheckConfig::default();
+        let rise = self.int(
+            &format!("{path}.rise"),
+            raw.rise,
+            d.rise.into(),
+            bounds::RISE,
+        ) as u32;
+        let fall = self.int(
+            &format!("{path}.fall"),
+            raw.fall,
+            d.fall.into(),
+            bounds::FALL,
+        ) as u32;
         HealthCheckConfig {
             kind,
             path: check_path,
@@ -21,26 +34,19 @@ impl Validator<'_> {
             expected_body: raw.expected_body,
             rise,
             fall,
-            reuse_connections: raw.reuse_connections.unwrap_or(true),
-            grpc_service: raw.grpc_service.unwrap_or_default(),
-            skip_while_serving: raw.skip_while_serving.unwrap_or(false),
+            reuse_connections: raw.reuse_connections.unwrap_or(d.reuse_connections),
+            grpc_service: raw.grpc_service.unwrap_or(d.grpc_service),
+            skip_while_serving: raw.skip_while_serving.unwrap_or(d.skip_while_serving),
             ..timing
         }
     }
 
     fn check_kind(&mut self, path: &str, raw: Option<&str>) -> CheckKind {
-        match raw {
-            None | Some("http") => CheckKind::Http,
-            Some("tcp") => CheckKind::Tcp,
-            Some("grpc") => CheckKind::Grpc,
-            Some(other) => {
-                self.error(
-                    path,
-                    format!("unknown health check type {other:?}: use http, tcp or grpc"),
-                );
-                CheckKind::Http
-            }
-        }
+        let words = one_of::<CheckKind>(str::to_string);
+        self.choice(path, raw, |other| {
+            format!("unknown health check type {other:?}: use {words}")
+        })
+        .unwrap_or_default()
     }
 
     /// What an HTTP check asks for (its path, and Host if given) and the statuses that
@@ -89,14 +95,15 @@ impl Validator<'_> {
                 None => t.trim().parse().ok().map(|c| (c, c)),
             },
         };
+        let IntRange { min, max } = bounds::STATUS;
         match range {
             Some((lo, hi))
-                if (100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi =>
+                if (min..=max).contains(&lo) && (min..=max).contains(&hi) && lo <= hi =>
             {
                 Some((lo as u16, hi as u16))
             }
             _ => {
-                self.error(path, format!("expected_status entry {raw:?} must be a code or range like \"200-399\" within 100-599"));
+                self.error(path, format!("expected_status entry {raw:?} must be a code or range like \"200-399\" within {min}-{max}"));
                 None
             }
         }
@@ -143,17 +150,21 @@ impl Validator<'_> {
             self.error(&p("max_down_interval"), format!("max_down_interval ({max_down_interval:?}) is below down_interval ({down_interval:?})"));
         }
         let backoff_multiplier = raw.backoff_multiplier.unwrap_or(d.backoff_multiplier);
-        if !(1.0..=100.0).contains(&backoff_multiplier) {
+        if !bounds::BACKOFF_MULTIPLIER.contains(backoff_multiplier) {
+            let FloatRange { min, max, .. } = bounds::BACKOFF_MULTIPLIER;
             self.error(
                 &p("backoff_multiplier"),
-                format!("backoff_multiplier must be between 1 and 100, got {backoff_multiplier}"),
+                format!(
+                    "backoff_multiplier must be between {min} and {max}, got {backoff_multiplier}"
+                ),
             );
         }
         let jitter = raw.jitter.unwrap_or(d.jitter);
-        if !(0.0..1.0).contains(&jitter) {
+        if !bounds::JITTER.contains(jitter) {
+            let FloatRange { min, max, .. } = bounds::JITTER;
             self.error(
                 &p("jitter"),
-                format!("jitter must be at least 0 and below 1, got {jitter}"),
+                format!("jitter must be at least {min} and below {max}, got {jitter}"),
             );
         }
         HealthCheckConfig {
@@ -175,9 +186,8 @@ impl Validator<'_> {
         let consecutive_failures = self.int(
             &p("consecutive_failures"),
             raw.consecutive_failures,
-            5,
-            0,
-            1_000_000,
+            d.consecutive_failures.into(),
+            bounds::CONSECUTIVE_FAILURES,
         ) as u32;
         let ejection_time = self.duration(&p("ejection_time"), &raw.ejection_time, d.ejection_time);
         let max_ejection_time = self.duration(
@@ -197,15 +207,20 @@ impl Validator<'_> {
             d.max_ejected_percent,
         );
         let stall_factor = raw.stall_factor.unwrap_or(d.stall_factor);
-        if !(2.0..=1000.0).contains(&stall_factor) {
+        if !bounds::STALL_FACTOR.contains(stall_factor) {
+            let FloatRange { min, max, .. } = bounds::STALL_FACTOR;
             self.error(
                 &p("stall_factor"),
-                format!("stall_factor must be between 2 and 1000, got {stall_factor}"),
+                format!("stall_factor must be between {min} and {max}, got {stall_factor}"),
             );
         }
         let stall_min = self.duration(&p("stall_min"), &raw.stall_min, d.stall_min);
-        if stall_min < Duration::from_millis(50) {
-            self.error(&p("stall_min"), "stall_min must be at least 50ms");
+        if stall_min < bounds::STALL_MIN_FLOOR {
+            let floor = format_duration(bounds::STALL_MIN_FLOOR);
+            self.error(
+                &p("stall_min"),
+                format!("stall_min must be at least {floor}"),
+            );
         }
         PassiveConfig {
             consecutive_failures,
