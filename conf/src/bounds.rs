@@ -88,6 +88,12 @@ pub const PERCENT: FloatRange = FloatRange {
 };
 pub const WEIGHT: IntRange = IntRange::new(1, 1_000_000);
 pub const SLOW_START_MAX: Duration = Duration::from_secs(3600);
+pub const MAX_REQUESTS: IntRange = IntRange::new(0, 1_000_000);
+pub const QUEUE_SIZE: IntRange = IntRange::new(0, 1_000_000);
+pub const QUEUE_TIMEOUT: DurationRange = DurationRange {
+    min: Duration::from_millis(1),
+    max: Duration::from_secs(3600),
+};
 pub const DISCOVERY_REFRESH: DurationRange = DurationRange {
     min: Duration::from_millis(100),
     max: Duration::from_secs(3600),

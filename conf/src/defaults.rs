@@ -52,6 +52,23 @@ impl PoolConfig {
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
     /// Zero: off.
     pub const DEFAULT_SLOW_START: Duration = Duration::ZERO;
+    /// Zero: no limit.
+    pub const DEFAULT_MAX_REQUESTS: u32 = 0;
+}
+
+impl QueueConfig {
+    /// Zero: no queue, a request finding every backend full is refused at once.
+    pub const DEFAULT_SIZE: u32 = 0;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            size: QueueConfig::DEFAULT_SIZE,
+            timeout: QueueConfig::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 impl RouteConfig {

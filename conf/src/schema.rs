@@ -138,6 +138,14 @@ pub struct RawPool {
     pub protocol: Option<String>,
     pub slow_start: Option<String>,
     pub discovery: Option<RawDiscovery>,
+    pub max_requests: Option<i64>,
+    pub queue: Option<RawQueue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawQueue {
+    pub size: Option<i64>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -272,6 +272,19 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// Backends from DNS as well as (or instead of) `backends`.
     pub discovery: Option<DiscoveryConfig>,
+    /// Requests in flight per backend at most; 0: no limit.
+    pub max_requests: u32,
+    /// Where requests wait when every routable backend is at `max_requests`.
+    pub queue: QueueConfig,
+}
+
+/// A pool's queue of requests waiting for a backend below its `max_requests`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueConfig {
+    /// Requests waiting at most; 0: none wait (503 at once).
+    pub size: u32,
+    /// The longest a request waits, then 503 with `Retry-After`.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -90,6 +90,27 @@ impl Endpoint {
         }
     }
 
+    /// As `request_started`, only while fewer than `max` requests are in flight: false
+    /// (nothing counted) when the backend is full. Two requests racing for the last
+    /// place cannot both have it.
+    pub fn try_request_started(&self, max: u64) -> bool {
+        let taken = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(before) => {
+                self.started.fetch_add(1, Ordering::Relaxed);
+                if before == 0 {
+                    self.progress_ms.store(clock_ms(), Ordering::Relaxed);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The backend answered (a response header) `latency` after it was asked; `ok`
     /// false for a 5xx, which counts at least `FAILURE_PENALTY` in its usual time.
     pub fn answered(&self, latency: std::time::Duration, ok: bool) {

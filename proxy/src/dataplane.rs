@@ -3,12 +3,14 @@
 //! and balancing, upstream connections, and Pingora's proxy for what the pipeline hands
 //! on. It reads what is in force through [`DataPlane`]'s snapshots, never a lock.
 
+pub mod admit;
 pub mod balance;
 pub mod context;
 pub mod idle;
 pub mod path;
 pub mod pipeline;
 pub mod proxy;
+pub mod queue;
 pub mod request;
 pub mod rewound;
 pub mod routing;

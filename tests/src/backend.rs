@@ -39,6 +39,9 @@ pub struct Stats {
     pub health_requests: AtomicU64,
     pub in_flight: AtomicI64,
     pub peak_in_flight: AtomicI64,
+    /// Requests in flight that are not health checks, and the most at once.
+    pub traffic_in_flight: AtomicI64,
+    pub peak_traffic_in_flight: AtomicI64,
     pub health_times: Mutex<Vec<Instant>>,
     pub last_request: Mutex<Option<Request>>,
     /// Paths of every request that was not a health check, in arrival order.
@@ -340,6 +343,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         stats.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         let _in_flight = InFlight(stats.clone());
+        let _traffic = (!is_health).then(|| {
+            let now = stats.traffic_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            stats
+                .peak_traffic_in_flight
+                .fetch_max(now, Ordering::SeqCst);
+            TrafficInFlight(stats.clone())
+        });
         match ctl.mode() {
             Mode::Reset => return,
             _ if ctl.hangs(&req.path) => {
@@ -432,6 +442,13 @@ struct InFlight(Arc<Stats>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct TrafficInFlight(Arc<Stats>);
+impl Drop for TrafficInFlight {
+    fn drop(&mut self) {
+        self.0.traffic_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use vigil_tests::config::{pool, FAST_CHECKS};
 use vigil_tests::{get, request, start_vigil, wait_for_async, FakeBackend, Vigil};
 
-const FAMILIES: [&str; 22] = [
+const FAMILIES: [&str; 25] = [
     "vigil_backend_up",
     "vigil_backend_state",
     "vigil_health_checks_total",
@@ -28,6 +28,9 @@ const FAMILIES: [&str; 22] = [
     "vigil_backend_admin_state",
     "vigil_health_checks_skipped_total",
     "vigil_pool_latency_estimate_seconds",
+    "vigil_pool_queue_length",
+    "vigil_pool_queue_wait_seconds",
+    "vigil_requests_refused_total",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

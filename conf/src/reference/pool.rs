@@ -6,7 +6,7 @@ use crate::bounds;
 use crate::types::*;
 
 pub(super) fn sections() -> Vec<Section> {
-    vec![pools(), routes(), backends(), discovery(), tls()]
+    vec![pools(), queue(), routes(), backends(), discovery(), tls()]
 }
 
 fn pools() -> Section {
@@ -54,6 +54,30 @@ fn pools() -> Section {
             Key::duration("pools[].slow_start", PoolConfig::DEFAULT_SLOW_START)
                 .bound(Bound::AtMost(bounds::SLOW_START_MAX))
                 .means("a backend routable again ramps from 5% to its full weight over this; `0s`: off"),
+            Key::int("pools[].max_requests", PoolConfig::DEFAULT_MAX_REQUESTS, bounds::MAX_REQUESTS)
+                .means("requests in flight per backend at most; `0`: no limit"),
+        ],
+    }
+}
+
+fn queue() -> Section {
+    Section {
+        title: "pools[].queue",
+        about: "Where a request waits when every routable backend of its pool is at \
+                `max_requests` (HAProxy's `maxconn` with `timeout queue`): first in, first \
+                out, until a backend has room or `timeout` passes (then `503` with \
+                `Retry-After`); a full queue answers `503` at once.",
+        keys: vec![
+            Key::section("pools[].queue").means("the pool's queue; absent: the defaults"),
+            Key::int(
+                "pools[].queue.size",
+                QueueConfig::DEFAULT_SIZE,
+                bounds::QUEUE_SIZE,
+            )
+            .means("requests waiting at most; `0`: none wait"),
+            Key::duration("pools[].queue.timeout", QueueConfig::DEFAULT_TIMEOUT)
+                .bound(Bound::Duration(bounds::QUEUE_TIMEOUT))
+                .means("the longest a request waits for a backend"),
         ],
     }
 }

@@ -52,7 +52,16 @@ impl Validator<'_> {
             health_check.kind,
         );
         let slow_start = self.slow_start(&format!("{path}.slow_start"), &raw.slow_start);
+        let max_requests = self.int(
+            &format!("{path}.max_requests"),
+            raw.max_requests,
+            PoolConfig::DEFAULT_MAX_REQUESTS.into(),
+            bounds::MAX_REQUESTS,
+        ) as u32;
+        let queue = self.queue(&format!("{path}.queue"), raw.queue.unwrap_or_default());
         PoolConfig {
+            max_requests,
+            queue,
             discovery,
             slow_start,
             name,
@@ -244,6 +253,33 @@ impl Validator<'_> {
             }
         }
         (connect_timeout, read_timeout)
+    }
+
+    /// `queue`: its size and how long a request waits in it.
+    fn queue(&mut self, path: &str, raw: RawQueue) -> QueueConfig {
+        let size = self.int(
+            &format!("{path}.size"),
+            raw.size,
+            QueueConfig::DEFAULT_SIZE.into(),
+            bounds::QUEUE_SIZE,
+        ) as u32;
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            &raw.timeout,
+            QueueConfig::DEFAULT_TIMEOUT,
+        );
+        if !bounds::QUEUE_TIMEOUT.contains(timeout) {
+            let (min, max) = (bounds::QUEUE_TIMEOUT.min, bounds::QUEUE_TIMEOUT.max);
+            self.error(
+                &format!("{path}.timeout"),
+                format!(
+                    "timeout must be between {} and {}, got {timeout:?}",
+                    format_duration(min),
+                    format_duration(max)
+                ),
+            );
+        }
+        QueueConfig { size, timeout }
     }
 
     fn slow_start(&mut self, path: &str, raw: &Option<String>) -> Duration {

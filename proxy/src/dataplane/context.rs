@@ -2,6 +2,7 @@
 //! retries left, why the last one failed) and everything it counts — in flight, on its
 //! backend, waiting for an answer — given back when it ends, however it ends.
 
+use crate::dataplane::admit::{self, Pick};
 use crate::dataplane::request::{hash_key, route_index};
 use crate::dataplane::routing::RoutingTable;
 use crate::dataplane::{DataPlane, Flight};
@@ -35,6 +36,12 @@ pub struct Ctx {
     /// The pool had no routable backend when the request came: if the fallback
     /// members (`PoolRoute::fallback`) all fail too, it is answered 503.
     pub(crate) no_backend: bool,
+    /// `next_member` found every member at `max_requests`: the request may queue.
+    pub(crate) full: bool,
+    /// It has waited in the pool's queue: it goes before new requests.
+    pub(crate) waited: bool,
+    /// Until when it may wait in the queue, once it has started to.
+    pub(crate) queue_deadline: Option<Instant>,
     /// The current attempt received a response header.
     pub(crate) got_header: bool,
     /// `upstream_response_filter` asked for a retry on the response status.
@@ -82,6 +89,9 @@ impl Ctx {
             attempt_started: Instant::now(),
             waiting: None,
             no_backend: false,
+            full: false,
+            waited: false,
+            queue_deadline: None,
             got_header: false,
             status_retry: false,
             flight: None,
@@ -158,6 +168,7 @@ impl Ctx {
     /// request loop (`pipeline`) builds a peer only when it dials.
     pub(crate) fn next_member(&mut self) -> Result<usize> {
         self.got_header = false;
+        self.full = false;
         if std::mem::take(&mut self.again) {
             if let Some(i) = self.current {
                 // Same backend, still counted in flight.
@@ -174,20 +185,18 @@ impl Ctx {
                 .as_ref()
                 .expect("routed request has a table")
                 .pools[self.pool];
-            let fallback = || {
-                let i = pool
-                    .fallback
-                    .iter()
-                    .copied()
-                    .find(|i| !self.tried.contains(i))?;
-                let kind = !pool.members[i].state.held_out() as usize;
-                pool.metrics.fallback[kind].inc();
-                Some(i)
-            };
-            pool.selector
-                .pick(&pool.members, &pool.candidates, &self.tried, &self.hash_key)
-                .or_else(fallback)
-                .inspect(|&i| pool.members[i].endpoint.request_started())
+            admit::pick(pool, &self.tried, &self.hash_key, self.waited)
+        };
+        let picked = match picked {
+            Pick::Member(i) => Some(i),
+            Pick::None => None,
+            Pick::Full => {
+                self.full = true;
+                return Err(Error::explain(
+                    HTTPStatus(503),
+                    "every backend is at max_requests",
+                ));
+            }
         };
         if self.tried.is_empty() {
             // Nothing routable: a request tried only on fallback members that all fail
@@ -416,6 +425,10 @@ impl Ctx {
                 p.members[i].endpoint.tunnel_closed();
             }
             p.members[i].endpoint.request_finished();
+            if p.config.max_requests > 0 {
+                // A place is free: the longest waiting request may have it.
+                p.queue.wake_one();
+            }
         }
     }
 

@@ -28,6 +28,7 @@ mod conn;
 mod framing;
 mod h2;
 mod head;
+mod queued;
 mod response;
 mod tunnel;
 mod upstream;

@@ -4,6 +4,7 @@
 
 use crate::dataplane::balance::Selector;
 use crate::dataplane::path::host_of;
+use crate::dataplane::queue::PoolQueue;
 use crate::dataplane::upstream_tls::PoolTls;
 use crate::observe::metrics::{PoolHandles, ProxyMetrics};
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub struct PoolRoute {
     pub panic: bool,
     pub selector: Selector,
     pub metrics: PoolHandles,
+    /// Where requests wait when every routable member is at `max_requests`.
+    pub queue: Arc<PoolQueue>,
 }
 
 impl PoolRoute {
@@ -54,7 +57,9 @@ impl PoolRoute {
         let fallback = fallback(&config, &members, &candidates);
         let selector = Selector::build(config.balance, &members, &candidates);
         let metrics = metrics.pool(&config.name, &members);
+        let queue = PoolQueue::of(&config.name);
         PoolRoute {
+            queue,
             name: config.name.as_str().into(),
             config,
             tls,

@@ -29,6 +29,9 @@ pub mod names {
     pub const CLIENT_TIMEOUTS: &str = "vigil_client_timeouts_total";
     pub const TLS_EXPIRY: &str = "vigil_tls_certificate_expiry_timestamp_seconds";
     pub const POOL_LATENCY: &str = "vigil_pool_latency_estimate_seconds";
+    pub const QUEUE_LENGTH: &str = "vigil_pool_queue_length";
+    pub const QUEUE_WAIT: &str = "vigil_pool_queue_wait_seconds";
+    pub const REFUSED: &str = "vigil_requests_refused_total";
 }
 
 /// Seconds since the epoch, as the `*_timestamp_seconds` gauges and the admin API
@@ -47,6 +50,10 @@ pub const FALLBACK_KINDS: [&str; 2] = ["held_out", "fail_open"];
 
 pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
+/// `reason` of `vigil_requests_refused_total`, in [`QueueHandles::refused`]'s order
+/// (`Refused as usize`).
+pub const REFUSED_REASONS: [&str; 2] = ["queue_full", "queue_timeout"];
+
 /// Index into [`CLASSES`]; informational and odd codes count with their neighbours.
 pub fn class_index(status: u16) -> usize {
     match status {
@@ -59,6 +66,7 @@ pub fn class_index(status: u16) -> usize {
 
 pub struct ProxyMetrics {
     pools: PoolFamilies,
+    queues: QueueFamilies,
     clients: ClientFamilies,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
@@ -82,6 +90,21 @@ struct PoolFamilies {
     latency: GaugeVec,
 }
 
+/// A pool's queue (`max_requests`, `queue`): its length, the waits, the refusals.
+struct QueueFamilies {
+    length: IntGaugeVec,
+    wait: HistogramVec,
+    refused: IntCounterVec,
+}
+
+/// Handles of one pool's queue.
+pub struct QueueHandles {
+    pub length: IntGauge,
+    pub wait: Histogram,
+    /// By [`REFUSED_REASONS`].
+    pub refused: [IntCounter; 2],
+}
+
 /// The families labelled by listener: client connections, timeouts and handshakes.
 struct ClientFamilies {
     connections: IntGaugeVec,
@@ -102,6 +125,7 @@ pub struct PoolHandles {
     pub fallback: [IntCounter; 2],
     /// Per member, in member order; empty when per-backend metrics are off.
     pub upstream: Vec<[IntCounter; 4]>,
+    pub queue: QueueHandles,
 }
 
 impl ProxyMetrics {
@@ -109,6 +133,7 @@ impl ProxyMetrics {
         let r = registry;
         let m = ProxyMetrics {
             pools: PoolFamilies::register(r)?,
+            queues: QueueFamilies::register(r)?,
             clients: ClientFamilies::register(r)?,
             reloads: counters(
                 r,
@@ -205,6 +230,11 @@ impl ProxyMetrics {
             no_healthy: self.pools.no_healthy.with_label_values(&[pool]),
             panic: self.pools.panic.with_label_values(&[pool]),
             fallback: FALLBACK_KINDS.map(|k| self.pools.fallback.with_label_values(&[pool, k])),
+            queue: QueueHandles {
+                length: self.queues.length.with_label_values(&[pool]),
+                wait: self.queues.wait.with_label_values(&[pool]),
+                refused: REFUSED_REASONS.map(|r| self.queues.refused.with_label_values(&[pool, r])),
+            },
             upstream: if self.per_backend {
                 members
                     .iter()
@@ -231,6 +261,11 @@ impl ProxyMetrics {
         let _ = self.pools.connections.remove_label_values(&[pool]);
         let _ = self.pools.no_healthy.remove_label_values(&[pool]);
         let _ = self.pools.panic.remove_label_values(&[pool]);
+        let _ = self.queues.length.remove_label_values(&[pool]);
+        let _ = self.queues.wait.remove_label_values(&[pool]);
+        for r in REFUSED_REASONS {
+            let _ = self.queues.refused.remove_label_values(&[pool, r]);
+        }
         for k in FALLBACK_KINDS {
             let _ = self.pools.fallback.remove_label_values(&[pool, k]);
         }
@@ -326,6 +361,39 @@ impl PoolFamilies {
                     ),
                     &["pool"],
                 )?,
+            )?,
+        })
+    }
+}
+
+impl QueueFamilies {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(QueueFamilies {
+            length: gauges(
+                r,
+                names::QUEUE_LENGTH,
+                "Requests waiting in the pool's queue for a backend below max_requests",
+                &["pool"],
+            )?,
+            wait: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        names::QUEUE_WAIT,
+                        "Time requests waited in the pool's queue (those that got a backend and those that timed out)",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                        2.5, 5.0, 10.0,
+                    ]),
+                    &["pool"],
+                )?,
+            )?,
+            refused: counters(
+                r,
+                names::REFUSED,
+                "Requests answered 503 without a backend: the pool's queue was full, or the wait in it timed out",
+                &["pool", "reason"],
             )?,
         })
     }

@@ -72,9 +72,9 @@ impl Pipeline {
         loop {
             // A streamed body, once begun, cannot be sent again.
             let repeatable = out.idempotent && !streamed.as_ref().is_some_and(|s| s.started);
-            let i = match ctx.next_member() {
+            let i = match self.next_member(client.stream, out, ctx).await {
                 Ok(i) => i,
-                Err(e) => return self.failed(client.stream, ctx, e, out, close).await,
+                Err(answered) => return answered,
             };
             let pool = ctx.pool().expect("routed");
             let member = &pool.members[i];
@@ -86,11 +86,9 @@ impl Pipeline {
             let read_timeout = pool.config.read_timeout;
             let h2 = pool.config.protocol == vigil_conf::Protocol::H2;
             // After a stale idle connection, a new one.
-            let idle = if ctx.stale_resent || h2 {
-                None
-            } else {
-                idle::take(key)
-            };
+            let idle = (!ctx.stale_resent && !h2)
+                .then(|| idle::take(key))
+                .flatten();
             let (mut up, reused) = match idle {
                 Some(stream) => (stream, true),
                 None => match self.connect(pool, i, key, ctx.stale_resent).await {
@@ -326,7 +324,7 @@ impl Pipeline {
 
     /// The request failed with `e` before the client had an answer: it gets its
     /// status, as on Pingora's path (`VigilProxy::fail_to_proxy`).
-    async fn failed(
+    pub(super) async fn failed(
         &self,
         client: &mut Stream,
         ctx: &mut Ctx,
