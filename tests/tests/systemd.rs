@@ -346,7 +346,17 @@ async fn sigusr2_hands_over_to_a_child_that_becomes_the_main_pid() {
     unit.taken_over.push(new);
     assert_ne!(new, first);
     assert_eq!(main.pid, new, "MAINPID sent by another process");
-    assert!(main.says("READY", "1"), "{main:?}");
+    // MAINPID comes first (the old process drains once told, right after); READY=1
+    // once the new one serves.
+    let (_, ready) = manager
+        .wait("READY=1 from the new process", main_at, |n| {
+            n.pid == new && n.says("READY", "1")
+        })
+        .await;
+    assert!(
+        ready.get("MAINPID").is_none_or(|p| p == new.to_string()),
+        "{ready:?}"
+    );
     let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("the new process runs");
     assert_eq!(exe, Vigil::binary().canonicalize().unwrap());
 

@@ -114,6 +114,16 @@ impl Notifier {
         });
     }
 
+    /// This process, taking over from another, is the unit's main process from now:
+    /// `MAINPID=`, said before the old one is told to drain (it exits once drained,
+    /// and systemd must know the new main process by then, or it stops the unit).
+    pub fn main_pid(&self) {
+        self.when(|phase, inner| {
+            (*phase == Phase::Starting && inner.upgrading)
+                .then(|| format!("MAINPID={}", std::process::id()))
+        });
+    }
+
     /// A reload starts.
     pub fn reloading(&self) {
         self.when(|phase, _| {

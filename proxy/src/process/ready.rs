@@ -1,8 +1,8 @@
 //! When vigil is ready, and what systemd hears of it from then on (see
 //! `observe::systemd`): `READY=1` once Pingora serves the listening sockets and every
-//! backend has had its first check; for a process that takes over, `MAINPID=` with it,
-//! and only then is the old process told to drain; the `STATUS=` line kept current;
-//! the watchdog's pings.
+//! backend has had its first check (a process that takes over said `MAINPID=` first,
+//! before the old process was told to drain: `server.rs`); the `STATUS=` line kept
+//! current; the watchdog's pings.
 
 use crate::control::Control;
 use crate::observe::systemd::{Notifier, Summary};
@@ -39,13 +39,12 @@ pub(super) fn first_checks_within(config: &Config) -> Duration {
 }
 
 /// On `rt`: once Pingora has started every service of `started` and every backend has
-/// its first verdict (or `within` has passed), says `READY=1`, then tells the old
-/// process of an upgrade (`handoff`) that it may drain; then keeps `STATUS=` current.
+/// its first verdict (or `within` has passed), says `READY=1`; then keeps `STATUS=`
+/// current.
 pub(super) fn spawn(
     rt: &Runtime,
     app: Arc<App>,
     started: Vec<oneshot::Receiver<()>>,
-    handoff: Option<Handoff>,
     within: Duration,
 ) {
     rt.spawn(async move {
@@ -63,12 +62,7 @@ pub(super) fn spawn(
                 "ready before every backend had its first check"
             );
         }
-        // `MAINPID=` goes before the old process hears `ready`: it exits once drained,
-        // and systemd must know the new main process by then, or it stops the unit.
         app.notifier.ready(&summary.to_string());
-        if let Some(h) = handoff {
-            let _ = tokio::task::spawn_blocking(move || confirm_take_over(h)).await;
-        }
         if app.notifier.is_enabled() {
             keep_status(&app, summary).await;
         }
@@ -102,7 +96,7 @@ async fn keep_status(app: &App, mut last: Summary) {
 
 /// Tells the old process that the sockets are ours as well now: connections wait in
 /// their backlog until Pingora accepts them, however its last accepts and ours interleave.
-fn confirm_take_over(h: Handoff) {
+pub(super) fn confirm_take_over(h: Handoff) {
     let from = h.from_pid;
     if let Err(e) = h.ready() {
         tracing::warn!(error = %e, "could not tell the old process we are ready; it keeps serving too");

@@ -67,6 +67,14 @@ pub fn run(
     )?;
     let (upgraded, stop_watching) =
         spawn_reload_and_upgrade_tasks(&control, &config, &app, sockets.copies, &opts)?;
+    if let Some(h) = handoff {
+        // systemd follows this process from now on; then the old one drains at once, as
+        // it did before systemd was told anything: connections wait in the sockets'
+        // backlog until Pingora accepts them here, and no connection is accepted by the
+        // old process only to be told to go away (a client's HTTP/2 streams with it).
+        app.notifier.main_pid();
+        crate::process::ready::confirm_take_over(h);
+    }
     announce_start(&config, &app);
 
     let mut server = pingora_server(&config);
@@ -91,7 +99,7 @@ pub fn run(
     );
     let within = crate::process::ready::first_checks_within(&config);
     let serves = vec![proxy_serves, admin_serves];
-    crate::process::ready::spawn(&control, app.clone(), serves, handoff, within);
+    crate::process::ready::spawn(&control, app.clone(), serves, within);
     let access_log = app.plane.access_log.clone();
     let drain = Drain {
         app,
