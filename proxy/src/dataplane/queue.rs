@@ -5,9 +5,8 @@
 //! outlives the routing table, rebuilt on every health change: it is the pool's, found
 //! by name.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -26,7 +25,7 @@ pub struct PoolQueue {
 }
 
 /// Every pool's queue, by pool name, while a routing table holds it.
-static QUEUES: LazyLock<Mutex<HashMap<String, Weak<PoolQueue>>>> = LazyLock::new(Default::default);
+static QUEUES: Mutex<BTreeMap<String, Weak<PoolQueue>>> = Mutex::new(BTreeMap::new());
 
 impl PoolQueue {
     /// The queue of the pool named `pool`: the one requests already wait in, if any.
@@ -95,19 +94,15 @@ impl PoolQueue {
 /// meeting a pool that has drained some of its queue.
 pub const RETRY_AFTER: &str = "1";
 
-/// The longest a request waits in a queue of `timeout`, from now.
-pub fn deadline(timeout: Duration) -> Instant {
-    Instant::now() + timeout
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn the_longest_waiting_request_is_woken_first_and_a_full_queue_refuses() {
         let q = PoolQueue::of("queue-test-fifo");
-        let deadline = deadline(Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(1);
         let first = tokio::spawn({
             let q = q.clone();
             async move { q.wait(2, deadline, false).await }
