@@ -396,6 +396,13 @@ impl<'a> Task<'a> {
                 Err(_) => return None, // closed: the checker is gone
             },
         };
+        // The permit may have been freed by a check that shutdown cancelled after this
+        // task last looked at the shutdown signal (another thread sent it between the
+        // two polls above): the signal is set before any such permit is freed, so
+        // reading it now closes that window.
+        if *self.shutdown.borrow() {
+            return None;
+        }
         let started = Instant::now();
         shared
             .metrics
