@@ -94,6 +94,26 @@ pub const QUEUE_TIMEOUT: DurationRange = DurationRange {
     min: Duration::from_millis(1),
     max: Duration::from_secs(3600),
 };
+/// `retry_budget.ratio`: a share of the requests in flight.
+pub const RETRY_BUDGET_RATIO: FloatRange = FloatRange {
+    min: 0.0,
+    max: 1.0,
+    max_included: true,
+};
+pub const RETRY_BUDGET_MIN: IntRange = IntRange::new(0, 1_000_000);
+pub const LOAD_REPORT_BLACKOUT: DurationRange = DurationRange {
+    min: Duration::ZERO,
+    max: Duration::from_secs(3600),
+};
+pub const LOAD_REPORT_EXPIRY: DurationRange = DurationRange {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(86_400),
+};
+pub const ERROR_PENALTY: FloatRange = FloatRange {
+    min: 0.0,
+    max: 100.0,
+    max_included: true,
+};
 pub const DISCOVERY_REFRESH: DurationRange = DurationRange {
     min: Duration::from_millis(100),
     max: Duration::from_secs(3600),

@@ -86,6 +86,7 @@ impl Choice for Balance {
         Balance::LeastRequests,
         Balance::PeakEwma,
         Balance::ConsistentHash,
+        Balance::LoadReport,
     ];
 
     fn word(self) -> &'static str {

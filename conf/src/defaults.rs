@@ -71,6 +71,38 @@ impl Default for QueueConfig {
     }
 }
 
+impl RetryBudget {
+    /// Envoy's defaults: 20% of the requests in flight, at least 3.
+    pub const DEFAULT_RATIO: f64 = 0.2;
+    pub const DEFAULT_MIN: u32 = 3;
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: RetryBudget::DEFAULT_RATIO,
+            min: RetryBudget::DEFAULT_MIN,
+        }
+    }
+}
+
+impl LoadReportConfig {
+    /// gRPC's weighted round robin's defaults (gRFC A58).
+    pub const DEFAULT_BLACKOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(180);
+    pub const DEFAULT_ERROR_PENALTY: f64 = 1.0;
+}
+
+impl Default for LoadReportConfig {
+    fn default() -> Self {
+        LoadReportConfig {
+            blackout: LoadReportConfig::DEFAULT_BLACKOUT,
+            expiry: LoadReportConfig::DEFAULT_EXPIRY,
+            error_penalty: LoadReportConfig::DEFAULT_ERROR_PENALTY,
+        }
+    }
+}
+
 impl RouteConfig {
     /// Every host.
     pub const DEFAULT_HOST: &'static str = "*";
@@ -140,6 +172,7 @@ impl Default for HealthCheckConfig {
             max_connection_age: Duration::from_secs(60),
             grpc_service: String::new(),
             skip_while_serving: false,
+            agent: false,
         }
     }
 }

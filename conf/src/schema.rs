@@ -140,6 +140,21 @@ pub struct RawPool {
     pub discovery: Option<RawDiscovery>,
     pub max_requests: Option<i64>,
     pub queue: Option<RawQueue>,
+    pub retry_budget: Option<RawRetryBudget>,
+    pub load_report: Option<RawLoadReport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRetryBudget {
+    pub ratio: Option<f64>,
+    pub min: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLoadReport {
+    pub blackout: Option<String>,
+    pub expiry: Option<String>,
+    pub error_penalty: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +204,7 @@ pub struct RawHealthCheck {
     pub max_connection_age: Option<String>,
     pub grpc_service: Option<String>,
     pub skip_while_serving: Option<bool>,
+    pub agent: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -276,6 +276,28 @@ pub struct PoolConfig {
     pub max_requests: u32,
     /// Where requests wait when every routable backend is at `max_requests`.
     pub queue: QueueConfig,
+    /// How many retries the pool's requests may have in flight at once.
+    pub retry_budget: RetryBudget,
+    /// How backends' load reports become weights (`balance: load_report`).
+    pub load_report: LoadReportConfig,
+}
+
+/// Retries of any cause in flight at once, per pool: at most `ratio` of the pool's
+/// requests in flight, and `min` whatever the ratio (Envoy's `retry_budget`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min: u32,
+}
+
+/// `balance: load_report`: a backend's ORCA reports set its weight once it has
+/// reported for `blackout`, until its last report is `expiry` old.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadReportConfig {
+    pub blackout: Duration,
+    pub expiry: Duration,
+    /// Errors per second over queries per second, times this, add to the utilization.
+    pub error_penalty: f64,
 }
 
 /// A pool's queue of requests waiting for a backend below its `max_requests`.
@@ -313,6 +335,8 @@ pub enum Balance {
     ConsistentHash,
     /// The lowest usual answer time × (requests in flight + 1), failures penalised.
     PeakEwma,
+    /// Weights from the backends' own load reports (ORCA), as client-side WRR.
+    LoadReport,
 }
 
 impl Balance {
@@ -324,6 +348,7 @@ impl Balance {
             Balance::LeastRequests => "least_requests",
             Balance::ConsistentHash => "consistent_hash",
             Balance::PeakEwma => "peak_ewma",
+            Balance::LoadReport => "load_report",
         }
     }
 }
@@ -405,6 +430,8 @@ pub struct HealthCheckConfig {
     pub grpc_service: String,
     /// Skip a check when live requests to the backend succeeded since the last one.
     pub skip_while_serving: bool,
+    /// Read HAProxy agent-check words (`up`, `drain`, `maint`, `NN%`) from the answer.
+    pub agent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

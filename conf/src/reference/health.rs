@@ -47,6 +47,8 @@ fn health_check() -> Section {
                 .means("a kept check connection is replaced after this"),
             Key::flag("pools[].health_check.skip_while_serving", d.skip_while_serving)
                 .means("skip a check when live requests to the backend succeeded since the last one and none failed"),
+            Key::flag("pools[].health_check.agent", d.agent)
+                .means("read HAProxy agent-check words from a passing HTTP check's body: `drain`, `maint`, `up`/`ready`, `NN%` of the configured weight"),
         ],
     }
 }

@@ -6,7 +6,16 @@ use crate::bounds;
 use crate::types::*;
 
 pub(super) fn sections() -> Vec<Section> {
-    vec![pools(), queue(), routes(), backends(), discovery(), tls()]
+    vec![
+        pools(),
+        queue(),
+        retry_budget(),
+        load_report(),
+        routes(),
+        backends(),
+        discovery(),
+        tls(),
+    ]
 }
 
 fn pools() -> Section {
@@ -20,7 +29,8 @@ fn pools() -> Section {
                 choices past 16 backends); `peak_ewma` the lowest usual answer time times \
                 the requests in flight, for its weight; `consistent_hash` maps `hash_key` \
                 onto a weighted ring, so a key keeps its backend while that backend is \
-                routable.",
+                routable; `load_report` in proportion to weights the backends' own ORCA \
+                load reports set (see `load_report`), as `weighted_round_robin` otherwise.",
         keys: vec![
             Key::required("pools", Type::ListOfMappings).means("the pools; at least one"),
             Key::required("pools[].name", Type::String)
@@ -56,6 +66,65 @@ fn pools() -> Section {
                 .means("a backend routable again ramps from 5% to its full weight over this; `0s`: off"),
             Key::int("pools[].max_requests", PoolConfig::DEFAULT_MAX_REQUESTS, bounds::MAX_REQUESTS)
                 .means("requests in flight per backend at most; `0`: no limit"),
+        ],
+    }
+}
+
+fn retry_budget() -> Section {
+    Section {
+        title: "pools[].retry_budget",
+        about: "Retries of any cause (connect error, reset, status, stall) that the pool's \
+                requests may have in flight at once (Envoy's `retry_budget`): at most \
+                `ratio` of the pool's requests in flight, and `min` whatever the ratio. A \
+                retry over the budget is not sent: the request ends with the failed \
+                attempt's answer or error, counted in \
+                `vigil_requests_refused_total{reason=\"retry_budget\"}`.",
+        keys: vec![
+            Key::section("pools[].retry_budget")
+                .means("the pool's retry budget; absent: the defaults"),
+            Key::float(
+                "pools[].retry_budget.ratio",
+                RetryBudget::DEFAULT_RATIO,
+                bounds::RETRY_BUDGET_RATIO,
+            )
+            .means("the share of the pool's requests in flight that may be retries"),
+            Key::int(
+                "pools[].retry_budget.min",
+                RetryBudget::DEFAULT_MIN,
+                bounds::RETRY_BUDGET_MIN,
+            )
+            .means("retries in flight always allowed, whatever the ratio"),
+        ],
+    }
+}
+
+fn load_report() -> Section {
+    let d = LoadReportConfig::default();
+    Section {
+        title: "pools[].load_report",
+        about: "With `balance: load_report`, each backend's weight follows the ORCA load \
+                reports in its answers (`endpoint-load-metrics` header or trailer, `TEXT` or \
+                `JSON`), as gRPC's weighted round robin: queries per second over \
+                (utilization + `error_penalty` × errors per second / queries per second), \
+                smoothed, on the scale of the configured weights. A backend's reports count \
+                once it has reported for `blackout`; when its last report is `expiry` old \
+                it is back to its configured weight. Reports never make routable a backend \
+                the checker or passive ejection holds out.",
+        keys: vec![
+            Key::section("pools[].load_report")
+                .means("how load reports weigh; absent: the defaults"),
+            Key::duration("pools[].load_report.blackout", d.blackout)
+                .bound(Bound::AtMost(bounds::LOAD_REPORT_BLACKOUT.max))
+                .means("a backend's reports are used after it has reported this long"),
+            Key::duration("pools[].load_report.expiry", d.expiry)
+                .bound(Bound::Duration(bounds::LOAD_REPORT_EXPIRY))
+                .means("reports older than this no longer count: the configured weight again"),
+            Key::float(
+                "pools[].load_report.error_penalty",
+                d.error_penalty,
+                bounds::ERROR_PENALTY,
+            )
+            .means("errors per second over queries per second, times this, add to the utilization"),
         ],
     }
 }

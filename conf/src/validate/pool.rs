@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod backends;
 mod health;
+mod load;
 
 impl Validator<'_> {
     pub(super) fn pool(&mut self, path: &str, raw: RawPool) -> PoolConfig {
@@ -59,7 +60,17 @@ impl Validator<'_> {
             bounds::MAX_REQUESTS,
         ) as u32;
         let queue = self.queue(&format!("{path}.queue"), raw.queue.unwrap_or_default());
+        let retry_budget = self.retry_budget(
+            &format!("{path}.retry_budget"),
+            raw.retry_budget.unwrap_or_default(),
+        );
+        let load_report = self.load_report(
+            &format!("{path}.load_report"),
+            raw.load_report.unwrap_or_default(),
+        );
         PoolConfig {
+            retry_budget,
+            load_report,
             max_requests,
             queue,
             discovery,

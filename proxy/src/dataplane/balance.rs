@@ -56,7 +56,7 @@ impl Selector {
                     default_us: usual.map_or(1_000, |d| d.as_micros() as u64).max(1),
                 }
             }
-            Balance::WeightedRoundRobin => {
+            Balance::WeightedRoundRobin | Balance::LoadReport => {
                 let weights: Vec<u64> = candidates
                     .iter()
                     .map(|&i| members[i].weight.max(1) as u64)

@@ -37,6 +37,7 @@ impl Validator<'_> {
             reuse_connections: raw.reuse_connections.unwrap_or(d.reuse_connections),
             grpc_service: raw.grpc_service.unwrap_or(d.grpc_service),
             skip_while_serving: raw.skip_while_serving.unwrap_or(d.skip_while_serving),
+            agent: raw.agent.unwrap_or(d.agent),
             ..timing
         }
     }
