@@ -5,8 +5,10 @@
 
 pub mod admit;
 pub mod balance;
+pub mod budget;
 pub mod context;
 pub mod idle;
+pub mod kept;
 pub mod path;
 pub mod pipeline;
 pub mod proxy;

@@ -109,3 +109,55 @@ async fn no_backend_takes_more_than_max_requests_and_the_rest_queue_or_are_refus
         0.0
     );
 }
+
+/// Retries of the pool's requests in flight at once stay within `retry_budget`: with
+/// `ratio: 0` only the floor `min` of them may retry; the others end with the answer
+/// their one attempt got, each refusal counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_in_flight_stay_within_the_pools_retry_budget() {
+    let backends = [
+        FakeBackend::start("x").await,
+        FakeBackend::start("y").await,
+        FakeBackend::start("z").await,
+    ];
+    let budget = "    retries: 3\n    retry_on_status: [500]\n    retry_budget:\n      ratio: 0\n      min: 2\n    passive:\n      consecutive_failures: 0\n    routes:\n      - host: capped\n";
+    let members: Vec<_> = backends.iter().map(|b| (b, 1)).collect();
+    let v = start_vigil(
+        "",
+        &[pool("capped", &members, &format!("{FAST_CHECKS}{budget}"))],
+    )
+    .await;
+    for b in &backends {
+        // Every answer fails, late enough for the six first attempts to overlap.
+        b.ctl.set_delay(Duration::from_millis(400));
+        b.ctl.set_status(500);
+    }
+    let answers = at_once(&v, "capped", 6).await;
+    assert_eq!(count(&answers, 500), 6, "{answers:?}");
+    // Two requests retry, each on the two backends it has not tried; four do not.
+    let sent: usize = backends
+        .iter()
+        .map(|b| b.stats.seen.lock().unwrap().len())
+        .sum();
+    assert_eq!(sent, 6 + 2 * 2, "attempts the backends saw");
+    let metric = |series: &'static str| {
+        let v = &v;
+        async move { v.metric(series).await.unwrap_or(0.0) }
+    };
+    assert_eq!(
+        metric(r#"vigil_requests_refused_total{pool="capped",reason="retry_budget"}"#).await,
+        4.0
+    );
+    assert_eq!(
+        metric(r#"vigil_upstream_retries_total{pool="capped"}"#).await,
+        4.0
+    );
+
+    // The places are given back when the requests end: the same again, the same counts.
+    let answers = at_once(&v, "capped", 6).await;
+    assert_eq!(count(&answers, 500), 6, "{answers:?}");
+    assert_eq!(
+        metric(r#"vigil_requests_refused_total{pool="capped",reason="retry_budget"}"#).await,
+        8.0
+    );
+}

@@ -26,6 +26,8 @@ pub struct Ctx {
     /// The member the current attempt went to (its in-flight count is held).
     pub(crate) current: Option<usize>,
     pub(crate) retries_left: u32,
+    /// It holds a place in its pool's retry budget (`budget.rs`) until it ends.
+    pub(crate) retrying: bool,
     pub(crate) hash_key: Vec<u8>,
     pub(crate) started: Instant,
     /// When the current attempt was sent to its backend.
@@ -84,6 +86,7 @@ impl Ctx {
             tried: Vec::new(),
             current: None,
             retries_left: 0,
+            retrying: false,
             hash_key: Vec::new(),
             started: Instant::now(),
             attempt_started: Instant::now(),
@@ -270,11 +273,7 @@ impl Ctx {
             b.report_failure();
             b.failed(self.attempt_started.elapsed());
         }
-        let retry = self.can_retry();
-        if retry {
-            self.take_retry();
-        }
-        retry
+        self.can_retry() && self.take_retry()
     }
 
     /// The attempt failed after connecting. `safe`: the request may be sent again (it
@@ -299,11 +298,7 @@ impl Ctx {
                 b.failed(self.attempt_started.elapsed());
             }
         }
-        let retry = from_upstream && !self.got_header && safe && self.can_retry();
-        if retry {
-            self.take_retry();
-        }
-        retry
+        from_upstream && !self.got_header && safe && self.can_retry() && self.take_retry()
     }
 
     /// The attempt failed on a reused (idle) connection before any answer, and its
@@ -353,17 +348,18 @@ impl Ctx {
         } else {
             backend.report_success();
         }
-        if pool.config.retry_on_status.contains(&status) && idempotent && self.can_retry() {
-            self.take_retry();
-            self.status_retry = true;
-            return true;
-        }
-        false
+        let retry = pool.config.retry_on_status.contains(&status)
+            && idempotent
+            && self.can_retry()
+            && self.take_retry();
+        self.status_retry |= retry;
+        retry
     }
 
     /// The request is over and the client got `status`: counted in the metrics.
     pub(crate) fn finished(&mut self, plane: &DataPlane, status: u16) {
         self.release_current();
+        self.release_retry();
         if let Some(pool) = self.pool() {
             pool.metrics.requests[class_index(status)].inc();
             pool.metrics
@@ -395,24 +391,6 @@ impl Ctx {
 
     pub(crate) fn pool(&self) -> Option<&crate::dataplane::routing::PoolRoute> {
         self.table.as_ref().map(|t| &t.pools[self.pool])
-    }
-
-    /// One more attempt is allowed and an untried candidate or fallback member exists.
-    pub(crate) fn can_retry(&self) -> bool {
-        self.retries_left > 0
-            && self.pool().is_some_and(|p| {
-                p.candidates
-                    .iter()
-                    .chain(&p.fallback)
-                    .any(|i| !self.tried.contains(i))
-            })
-    }
-
-    pub(crate) fn take_retry(&mut self) {
-        self.retries_left -= 1;
-        if let Some(p) = self.pool() {
-            p.metrics.retries.inc();
-        }
     }
 
     pub(crate) fn release_current(&mut self) {
@@ -453,6 +431,7 @@ impl Ctx {
 impl Drop for Ctx {
     fn drop(&mut self) {
         self.release_current();
+        self.release_retry();
     }
 }
 

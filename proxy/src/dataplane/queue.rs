@@ -5,8 +5,9 @@
 //! outlives the routing table, rebuilt on every health change: it is the pool's, found
 //! by name.
 
+use crate::dataplane::kept::{self, Registry};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -25,19 +26,12 @@ pub struct PoolQueue {
 }
 
 /// Every pool's queue, by pool name, while a routing table holds it.
-static QUEUES: Mutex<BTreeMap<String, Weak<PoolQueue>>> = Mutex::new(BTreeMap::new());
+static QUEUES: Registry<PoolQueue> = Mutex::new(BTreeMap::new());
 
 impl PoolQueue {
     /// The queue of the pool named `pool`: the one requests already wait in, if any.
     pub fn of(pool: &str) -> Arc<PoolQueue> {
-        let mut queues = QUEUES.lock().unwrap();
-        if let Some(queue) = queues.get(pool).and_then(Weak::upgrade) {
-            return queue;
-        }
-        queues.retain(|_, q| q.strong_count() > 0);
-        let queue = Arc::new(PoolQueue::default());
-        queues.insert(pool.to_string(), Arc::downgrade(&queue));
-        queue
+        kept::of(&QUEUES, pool)
     }
 
     /// Requests waiting now.

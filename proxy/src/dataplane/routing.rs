@@ -3,6 +3,7 @@
 //! request path does one `load()` and never locks.
 
 use crate::dataplane::balance::Selector;
+use crate::dataplane::budget::RetryBudget;
 use crate::dataplane::path::host_of;
 use crate::dataplane::queue::PoolQueue;
 use crate::dataplane::upstream_tls::PoolTls;
@@ -34,6 +35,8 @@ pub struct PoolRoute {
     pub metrics: PoolHandles,
     /// Where requests wait when every routable member is at `max_requests`.
     pub queue: Arc<PoolQueue>,
+    /// Its retries in flight.
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 impl PoolRoute {
@@ -60,6 +63,7 @@ impl PoolRoute {
         let queue = PoolQueue::of(&config.name);
         PoolRoute {
             queue,
+            retry_budget: RetryBudget::of(&config.name),
             name: config.name.as_str().into(),
             config,
             tls,

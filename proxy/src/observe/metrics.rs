@@ -52,7 +52,8 @@ pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// `reason` of `vigil_requests_refused_total`, in [`QueueHandles::refused`]'s order
 /// (`Refused as usize`).
-pub const REFUSED_REASONS: [&str; 2] = ["queue_full", "queue_timeout"];
+/// `retry_budget` is a retry not sent (`budget.rs`), the request ending without it.
+pub const REFUSED_REASONS: [&str; 3] = ["queue_full", "queue_timeout", "retry_budget"];
 
 /// Index into [`CLASSES`]; informational and odd codes count with their neighbours.
 pub fn class_index(status: u16) -> usize {
@@ -102,7 +103,7 @@ pub struct QueueHandles {
     pub length: IntGauge,
     pub wait: Histogram,
     /// By [`REFUSED_REASONS`].
-    pub refused: [IntCounter; 2],
+    pub refused: [IntCounter; 3],
 }
 
 /// The families labelled by listener: client connections, timeouts and handshakes.
