@@ -19,6 +19,9 @@
     bench/harness.py chaos-soak # issue #28: two vigils on etcd, every fault at once, 10 min (CHAOS_SECONDS)
     bench/harness.py chaos     # 90 s of kills, freezes, restarts and reloads under 200 req/s: requests lost (issue #24)
     bench/harness.py ab A=PATH B=PATH  # interleaved A/B of vigil builds beside HAProxy: user/system CPU per request
+    bench/harness.py overload  # issue #30: 1.2x capacity at backends of 8 places: vigil max_requests + queue, HAProxy maxconn, nginx max_conns
+    bench/harness.py retry-storm # issue #30: every backend fails half its requests: vigil's retry budget vs none, HAProxy, nginx
+    bench/harness.py uneven    # issue #30: one backend twice as fast, all reporting load: vigil's balancers, load_report
 
 Everything listens on 127.0.0.1. The machine has 2 cores: wrk, the backends and
 the proxy share them, so figures are for comparison within one run, not absolutes.
@@ -2034,6 +2037,449 @@ def bench_chaos_soak(seconds=None, seed=7):
         raise SystemExit(1)
 
 
+# ---------------------------------------------------------------- issue #30: overload, retry storms, uneven backends
+
+def fleet_with(count, name, opts):
+    """`fleet(count, name)` with more of fleet's options (`--limit`, `--service-ms`,
+    `--fail-ratio`, `--fail-seed`, `--report-load`, ...)."""
+    out = os.path.join(WORK, name + ".txt")
+    for f in (out, out + ".stats"):
+        if os.path.exists(f):
+            os.remove(f)
+    cmd = [os.path.join(BIN, "fleet"), "--count", str(count), "--out", out, *[str(o) for o in opts]]
+    p = start(cmd, name)
+    wait_for(f"{name} up", lambda: os.path.exists(out) and len(open(out).read().split()) == count)
+    return p, out, open(out).read().split()
+
+
+def fleet_backend_stats(file):
+    """FILE.stats in full: {"total": {...}, "backends": [{"addr": ..., ...}]}, each with
+    connections, requests, app_requests (not health checks), failed (5xx), peak_held
+    (most requests inside at once, served or waiting) and peak_served."""
+    for _ in range(100):
+        try:
+            lines = open(file + ".stats").read().splitlines()
+        except OSError:
+            lines = []
+        if lines and "peak_served" in lines[0]:
+            def fields(words):
+                return {words[k]: int(words[k + 1]) for k in range(0, len(words) - 1, 2)}
+            total = fields(lines[0].split())
+            backends = []
+            for line in lines[1:]:
+                w = line.split()
+                if w and w[0] == "backend":
+                    backends.append({"addr": w[1], **fields(w[2:])})
+            return {"total": total, "backends": backends}
+        time.sleep(0.05)
+    raise SystemExit(f"{file}.stats: unreadable (a fleet built before --limit?)")
+
+
+def open_loop_status(addr, rate, seconds, timeout=5.0, path="/"):
+    """An open-loop HTTP/1.1 client on keep-alive connections: request i is sent at
+    start + i/rate whatever the earlier ones are doing (on an idle connection, or a new
+    one when none is idle), each given `timeout` in all. Returns [(status, latency s, lag
+    s)]: status an int, or "timeout", "closed" (the connection ended before a whole
+    answer), "connect" (refused or failed) or "error"; latency from when it was sent;
+    lag how late it was sent against its schedule (the generator falling behind)."""
+    import asyncio
+    host, port = addr.rsplit(":", 1)
+    req = f"GET {path} HTTP/1.1\r\nHost: app\r\n\r\n".encode()
+
+    async def answer(r):
+        line = await r.readline()
+        if not line:
+            raise EOFError
+        status = int(line.split()[1])
+        length, chunked, close = 0, False, line.startswith(b"HTTP/1.0")
+        while True:
+            h = await r.readline()
+            if not h:
+                raise EOFError
+            if h in (b"\r\n", b"\n"):
+                break
+            name, _, value = h.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value:
+                chunked = True
+            elif name == b"connection":
+                close = close or value == b"close"
+        if chunked:
+            while True:
+                size = int((await r.readline()).split(b";")[0], 16)
+                await r.readexactly(size + 2)
+                if size == 0:
+                    break
+        elif length:
+            await r.readexactly(length)
+        return status, close
+
+    idle = []
+
+    async def one(sched):
+        t = time.monotonic()
+        lag = t - sched
+        conn = idle.pop() if idle else None
+        try:
+            if conn is None:
+                try:
+                    conn = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+                except asyncio.TimeoutError:
+                    return ("timeout", time.monotonic() - t, lag)
+                except OSError:
+                    return ("connect", time.monotonic() - t, lag)
+            conn[1].write(req)
+            status, close = await asyncio.wait_for(answer(conn[0]), max(0.001, timeout - (time.monotonic() - t)))
+            took = time.monotonic() - t
+            if close:
+                conn[1].close()
+            else:
+                idle.append(conn)
+            return (status, took, lag)
+        except asyncio.TimeoutError:
+            kind = "timeout"
+        except (EOFError, asyncio.IncompleteReadError, ConnectionError):
+            kind = "closed"
+        except Exception:
+            kind = "error"
+        if conn is not None:
+            conn[1].close()
+        return (kind, time.monotonic() - t, lag)
+
+    async def run():
+        tasks = []
+        begin = time.monotonic() + 0.05
+        for i in range(int(rate * seconds)):
+            sched = begin + i / rate
+            delay = sched - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(sched)))
+        out = await asyncio.gather(*tasks)
+        for _, w in idle:
+            w.close()
+        return out
+
+    return asyncio.run(run())
+
+
+def quantile_ms(values, q):
+    """Nearest-rank q-quantile of seconds, in ms (nan when empty)."""
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    return v[min(len(v) - 1, max(0, int(q * len(v) + 0.999999) - 1))] * 1000
+
+
+def vigil_accepts(config, name):
+    """Whether this vigil build validates `config` (`vigil validate`), and its first error."""
+    path = os.path.join(WORK, name + "-validate.yaml")
+    open(path, "w").write(config)
+    r = subprocess.run([os.path.join(BIN, "vigil"), "validate", path], capture_output=True, text=True)
+    return r.returncode == 0, (r.stderr.strip().splitlines() or [""])[0]
+
+
+def metric_lines(before, after, words=("retr", "refused")):
+    """Counters whose name has one of `words`, with their increase (nonzero only)."""
+    out = []
+    for k, v in sorted(after.items()):
+        if any(w in k.split("{")[0] for w in words) and v - before.get(k, 0):
+            out.append(f"{k} +{v - before.get(k, 0):g}")
+    return out
+
+
+def run_peer(kind, listen, addrs, vigil_extra="", haproxy_server="", haproxy_backend="", haproxy_balance=None,
+             nginx_upstream="", nginx_upstream_head="", nginx_location="", threads=2, name="peer"):
+    """Starts one proxy on `listen` in front of `addrs`, with `threads` workers, once it
+    serves. Returns (process, admin address or None)."""
+    if kind == "vigil":
+        admin_port = int(listen.rsplit(":", 1)[1]) + 1
+        admin = f"127.0.0.1:{admin_port}"
+        cfg = vigil_config(listen, admin, pool_yaml("web", addrs, vigil_extra), f"threads: {threads}\n")
+        p = vigil(cfg, name)[0]
+        wait_for("vigil ready", lambda: http(f"http://{admin}/health/ready")[0] == 200)
+        return p, admin
+    if kind == "haproxy":
+        conf = haproxy_conf(listen, addrs, haproxy_server, haproxy_backend, threads=threads)
+        if haproxy_balance:
+            conf = conf.replace("  balance roundrobin", f"  balance {haproxy_balance}")
+        p = start_haproxy(conf, name)
+    else:
+        conf = nginx_conf(listen, addrs, nginx_upstream, nginx_location, workers=threads)
+        conf = conf.replace("    keepalive 64;", f"{nginx_upstream_head}    keepalive 64;")
+        p = start_nginx(conf, name)
+    wait_port(listen)
+    return p, None
+
+
+def stop_peer(kind, p):
+    stop(p, signal.SIGINT if kind == "vigil" else signal.SIGTERM)
+
+
+def bench_overload(seconds=None, rate=1200, limit=8):
+    """Issue #30: three backends that serve at most 8 requests at once (a request over
+    that waits inside the backend), 20, 20 and 40 ms each (1,000 req/s in all), under an
+    open-loop 1,200 req/s (1.2x capacity) for OVERLOAD_SECONDS (30). vigil with
+    max_requests 8 and a queue (1,000, 1 s), HAProxy with maxconn 8 and timeout queue 1s,
+    nginx with max_conns=8 (no queue: 502). Fresh backends for each proxy, so each
+    backend's peak (requests held at once) is that proxy's."""
+    seconds = seconds or int(os.environ.get("OVERLOAD_SECONDS", "30"))
+    services = (20, 20, 40)
+    capacity = sum(limit * 1000 / s for s in services)
+    queue = f"    max_requests: {limit}\n    queue:\n      size: 1000\n      timeout: 1s\n"
+    setups = [
+        ("vigil least_requests", "vigil", dict(vigil_extra="    balance: least_requests\n" + queue)),
+        ("vigil round_robin", "vigil", dict(vigil_extra="    balance: round_robin\n" + queue)),
+        ("haproxy leastconn maxconn 8", "haproxy",
+         dict(haproxy_server=f" maxconn {limit}", haproxy_backend="  timeout queue 1s\n", haproxy_balance="leastconn")),
+        ("nginx least_conn max_conns=8", "nginx",
+         dict(nginx_upstream=f" max_conns={limit}", nginx_upstream_head="    least_conn;\n    zone pool 64k;\n")),
+    ]
+    rows = []
+    for n, (label, kind, opts) in enumerate(setups):
+        backends = [fleet_with(1, f"overload{n}-b{i}", ["--limit", limit, "--service-ms", s])
+                    for i, s in enumerate(services)]
+        addrs = [b[2][0] for b in backends]
+        listen = f"127.0.0.1:{19400 + 10 * n}"
+        p, admin = run_peer(kind, listen, addrs, name=f"overload-{kind}{n}", **opts)
+        open_loop_status(listen, 100, 1)  # warm-up at a tenth of capacity: connections opened
+        time.sleep(1.2)
+        s0 = [fleet_backend_stats(b[1])["backends"][0] for b in backends]
+        m0 = metrics(admin) if admin else {}
+        c0 = cpu_seconds(p.pid)
+        res = open_loop_status(listen, rate, seconds)
+        cpu = cpu_seconds(p.pid) - c0
+        time.sleep(1.2)  # the stats files are rewritten every second
+        s1 = [fleet_backend_stats(b[1])["backends"][0] for b in backends]
+        m1 = metrics(admin) if admin else {}
+        ok = [r[1] for r in res if r[0] == 200]
+        refused = sum(1 for r in res if r[0] == 503)
+        other = {}
+        for r in res:
+            if r[0] not in (200, 503):
+                other[r[0]] = other.get(r[0], 0) + 1
+        row = {
+            "label": label, "sent": len(res), "ok": len(ok), "refused": refused, "other": other,
+            "p50_ok": quantile_ms(ok, 0.5), "p99_ok": quantile_ms(ok, 0.99),
+            "p50_all": quantile_ms([r[1] for r in res], 0.5), "p99_all": quantile_ms([r[1] for r in res], 0.99),
+            "lag_p99": quantile_ms([r[2] for r in res], 0.99),
+            "peak_held": max(s["peak_held"] for s in s1), "peak_served": max(s["peak_served"] for s in s1),
+            "served": [b["app_requests"] - a["app_requests"] for a, b in zip(s0, s1)],
+            "cpu_share": cpu / seconds, "metrics": metric_lines(m0, m1, ("refused",)) if admin else [],
+        }
+        if admin:
+            waited = m1.get('vigil_pool_queue_wait_seconds_count{pool="web"}', 0) - m0.get(
+                'vigil_pool_queue_wait_seconds_count{pool="web"}', 0)
+            total = m1.get('vigil_pool_queue_wait_seconds_sum{pool="web"}', 0) - m0.get(
+                'vigil_pool_queue_wait_seconds_sum{pool="web"}', 0)
+            row["metrics"].append(f"queued {waited:g}, mean wait {total / max(waited, 1) * 1000:.0f} ms")
+        rows.append(row)
+        log(f"{label}: sent {row['sent']} ok {row['ok']} 503 {refused} other {other} "
+            f"p99 ok {row['p99_ok']:.1f} ms peak held {row['peak_held']} served {row['served']} lag p99 {row['lag_p99']:.1f} ms")
+        stop_peer(kind, p)
+        for b in backends:
+            stop(b[0])
+        time.sleep(0.5)
+    print(f"\n### Overload: 1.2x capacity against backends that queue inside (issue #30)\n")
+    print(f"Three backends serving at most {limit} requests at once each (more wait inside the backend), "
+          f"{services[0]}, {services[1]} and {services[2]} ms per request: capacity {capacity:.0f} req/s. "
+          f"Open loop {rate} req/s for {seconds} s on keep-alive connections (timeout 5 s); each proxy with 2 "
+          f"workers. The Python load generator, the backends and the proxy share the machine's 2 cores: "
+          f"figures compare within this run. \"peak held\" is the most requests any backend held at once "
+          f"(served + waiting inside it), from the backends' own counts.\n")
+    print("| proxy | sent | 200 | 503 | other failures | p50 ms (200s) | p99 ms (200s) | p50 ms (all) | p99 ms (all) "
+          "| peak held | peak served | served per backend (20/20/40 ms) | proxy CPU share | send lag p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        other = ", ".join(f"{k}: {v}" for k, v in sorted(r["other"].items(), key=str)) or "0"
+        print(f"| {r['label']} | {r['sent']} | {r['ok']} | {r['refused']} | {other} | {r['p50_ok']:.1f} | "
+              f"{r['p99_ok']:.1f} | {r['p50_all']:.1f} | {r['p99_all']:.1f} | {r['peak_held']} | {r['peak_served']} | "
+              f"{' / '.join(map(str, r['served']))} | {r['cpu_share']:.2f} | {r['lag_p99']:.1f} |")
+    for r in rows:
+        if r["metrics"]:
+            print(f"\n{r['label']} counters: " + "; ".join(f"`{m}`" for m in r["metrics"]))
+    v = next(r for r in rows if r["label"] == "vigil least_requests")
+    h = next(r for r in rows if r["label"].startswith("haproxy"))
+    checks = [
+        (f"no backend held more than {limit}", v["peak_held"] <= limit, f"peak {v['peak_held']}"),
+        ("p99 (200s) at most HAProxy's", v["p99_ok"] <= h["p99_ok"], f"{v['p99_ok']:.1f} vs {h['p99_ok']:.1f} ms"),
+        ("no failure but the queue's 503", not v["other"], str(v["other"] or "none")),
+    ]
+    print("\nvigil least_requests: " + "; ".join(f"{what}: {'yes' if ok else 'NO'} ({detail})"
+                                              for what, ok, detail in checks))
+
+
+def bench_retry_storm(seconds=None, rate=300, service_ms=None):
+    """Issue #30: three backends that each fail half their requests (500, a seeded draw
+    per request, the same draws for every proxy) and take RETRY_SERVICE_MS (50) per
+    request, under an open-loop 300 req/s for RETRY_SECONDS (20). vigil retrying 500 up
+    to 3 times with its retry budget (ratio 0.2, min 3) and with a budget too large to
+    bite; HAProxy retries 3, redispatch on every retry, retry-on 500; nginx
+    proxy_next_upstream http_500, 4 tries. Retries = requests the backends received -
+    requests the clients sent."""
+    seconds = seconds or int(os.environ.get("RETRY_SECONDS", "20"))
+    service_ms = service_ms or int(os.environ.get("RETRY_SERVICE_MS", "50"))
+    retry = "    retries: 3\n    retry_on_status: [500]\n"
+    budgeted = retry + "    retry_budget:\n      ratio: 0.2\n      min: 3\n"
+    unbudgeted = retry + "    retry_budget:\n      ratio: 1.0\n      min: 1000000\n"
+    setups = []
+    probe = lambda extra: vigil_accepts(vigil_config("127.0.0.1:1", "127.0.0.1:2", pool_yaml("web", ["127.0.0.1:3"], extra)),
+                                        "retry-probe")
+    ok_b, err_b = probe(budgeted)
+    notes = []
+    if ok_b:
+        setups.append(("vigil retry_budget 0.2, min 3", "vigil", dict(vigil_extra=budgeted)))
+        ok_u, err_u = probe(unbudgeted)
+        if ok_u:
+            setups.append(("vigil retry_budget 1.0, min 1000000 (no budget)", "vigil", dict(vigil_extra=unbudgeted)))
+        else:
+            notes.append(f"the unbudgeted config was refused: {err_u}")
+    else:
+        setups.append(("vigil retries 3, no retry_budget key (refused by this build)", "vigil", dict(vigil_extra=retry)))
+        notes.append(f"this vigil refuses retry_budget ({err_b}): run without it")
+    setups += [
+        ("haproxy retries 3, redispatch 1, retry-on 500", "haproxy",
+         dict(haproxy_backend="  retries 3\n  option redispatch 1\n  retry-on 500 conn-failure empty-response response-timeout\n")),
+        ("nginx proxy_next_upstream http_500, tries 4", "nginx",
+         dict(nginx_location="      proxy_next_upstream error timeout http_500;\n      proxy_next_upstream_tries 4;\n")),
+        ("nginx … + max_fails=0 (no server marked failed)", "nginx",
+         dict(nginx_upstream=" max_fails=0",
+              nginx_location="      proxy_next_upstream error timeout http_500;\n      proxy_next_upstream_tries 4;\n")),
+    ]
+    rows = []
+    for n, (label, kind, opts) in enumerate(setups):
+        backends = [fleet_with(1, f"retry{n}-b{i}", ["--fail-ratio", "0.5", "--fail-seed", 1 + i, "--service-ms", service_ms])
+                    for i in range(3)]
+        addrs = [b[2][0] for b in backends]
+        listen = f"127.0.0.1:{19450 + 5 * n}"
+        p, admin = run_peer(kind, listen, addrs, name=f"retry-{kind}{n}", **opts)
+        time.sleep(1.2)
+        s0 = [fleet_backend_stats(b[1])["backends"][0] for b in backends]
+        m0 = metrics(admin) if admin else {}
+        res = open_loop_status(listen, rate, seconds)
+        time.sleep(1.2)
+        s1 = [fleet_backend_stats(b[1])["backends"][0] for b in backends]
+        m1 = metrics(admin) if admin else {}
+        received = sum(b["app_requests"] - a["app_requests"] for a, b in zip(s0, s1))
+        failed_at_backends = sum(b["failed"] - a["failed"] for a, b in zip(s0, s1))
+        lat = [r[1] for r in res]
+        fails = {}
+        for r in res:
+            if r[0] != 200:
+                fails[r[0]] = fails.get(r[0], 0) + 1
+        row = {"label": label, "sent": len(res), "received": received, "retries": received - len(res),
+               "backend_5xx": failed_at_backends, "fails": fails, "p50": quantile_ms(lat, 0.5),
+               "p99": quantile_ms(lat, 0.99), "lag_p99": quantile_ms([r[2] for r in res], 0.99),
+               "metrics": metric_lines(m0, m1, ("retr", "refused", "eject")) if admin else []}
+        rows.append(row)
+        log(f"{label}: sent {row['sent']} received {received} retries {row['retries']} failures {fails} "
+            f"p99 {row['p99']:.1f} ms {row['metrics']}")
+        stop_peer(kind, p)
+        for b in backends:
+            stop(b[0])
+        time.sleep(0.5)
+    print(f"\n### Retry storm: every backend fails half its requests (issue #30)\n")
+    print(f"Three backends, each answering 500 to half its requests (a seeded draw per request, the same draws "
+          f"for every proxy), {service_ms} ms per request; open loop {rate} req/s for {seconds} s on keep-alive "
+          f"connections. Retries = requests the backends received - requests sent; with independent failures "
+          f"and no budget, 3 retries on 3 backends cost 0.75 retries per request and leave 12.5% failing (4 "
+          f"attempts: 0.875 and 6.25%). The load generator shares the 2 cores with the proxy and the backends.\n")
+    for note in notes:
+        print(f"Note: {note}.\n")
+    print("| proxy | requests sent | received by backends | retries | retries / request | client failures "
+          "| failure share | p50 ms | p99 ms | send lag p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        nf = sum(r["fails"].values())
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(r["fails"].items(), key=str)) or "0"
+        print(f"| {r['label']} | {r['sent']} | {r['received']} | {r['retries']} | {r['retries'] / max(r['sent'], 1):.2f} "
+              f"| {kinds} | {nf / max(r['sent'], 1):.1%} | {r['p50']:.1f} | {r['p99']:.1f} | {r['lag_p99']:.1f} |")
+    for r in rows:
+        if r["metrics"]:
+            print(f"\n{r['label']} counters: " + "; ".join(f"`{m}`" for m in r["metrics"]))
+        elif r["label"].startswith("vigil"):
+            print(f"\n{r['label']} counters: no retry or refusal counter moved")
+
+
+def bench_uneven(seconds=None, limit=16, share=0.8):
+    """Issue #30: three backends of 16 places each, two at 20 ms per request and one at
+    10 ms (twice as fast: half the capacity of 3,200 req/s), all reporting their load
+    (`endpoint-load-metrics`), under an open loop at 80% of capacity for UNEVEN_SECONDS
+    (20): the share of requests each of vigil's balancers sends to the fast one (50% is
+    in proportion to capacity) and the latency. `balance: load_report` is skipped if this
+    build refuses it."""
+    seconds = seconds or int(os.environ.get("UNEVEN_SECONDS", "20"))
+    services = (20, 20, 10)
+    capacity = sum(limit * 1000 / s for s in services)
+    rate = int(capacity * share)
+    modes = ["round_robin", "least_requests", "peak_ewma", "load_report"]
+    rows, notes = [], []
+    for n, mode in enumerate(modes):
+        extra = f"    balance: {mode}\n"
+        if mode == "load_report":
+            extra += "    load_report:\n      blackout: 1s\n"
+        ok, err = vigil_accepts(vigil_config("127.0.0.1:1", "127.0.0.1:2", pool_yaml("web", ["127.0.0.1:3"], extra)),
+                                "uneven-probe")
+        if not ok:
+            notes.append(f"balance: {mode} skipped: this vigil refuses it ({err})")
+            continue
+        backends = [fleet_with(1, f"uneven{n}-b{i}", ["--limit", limit, "--service-ms", s, "--report-load"])
+                    for i, s in enumerate(services)]
+        addrs = [b[2][0] for b in backends]
+        listen = f"127.0.0.1:{19480 + 4 * n}"
+        p, admin = run_peer("vigil", listen, addrs, vigil_extra=extra, name=f"uneven-{mode}")
+        # Warm-up: connections opened, and (load_report) reports past their blackout.
+        open_loop_status(listen, rate // 4, 3)
+        time.sleep(1.2)
+        s0 = [fleet_backend_stats(b[1])["backends"][0] for b in backends]
+        res = open_loop_status(listen, rate, seconds)
+        time.sleep(1.2)
+        s1 = [fleet_backend_stats(b[1])["backends"][0] for b in backends]
+        m = metrics(admin)
+        served = [b["app_requests"] - a["app_requests"] for a, b in zip(s0, s1)]
+        ok_lat = [r[1] for r in res if r[0] == 200]
+        lat = [r[1] for r in res]
+        row = {"mode": mode, "sent": len(res), "ok": len(ok_lat), "fast": served[2] / max(sum(served), 1),
+               "served": served, "p50": quantile_ms(lat, 0.5), "p99": quantile_ms(lat, 0.99),
+               "peak": [b["peak_held"] for b in s1], "lag_p99": quantile_ms([r[2] for r in res], 0.99),
+               "weights": []}
+        if mode == "load_report":
+            role = {a: f"{s} ms" for a, s in zip(addrs, services)}
+            for k, v in sorted(m.items()):
+                b = re.search(r'backend="([^"]+)"', k)
+                if b and ("effective_weight" in k or "reported_utilization" in k):
+                    row["weights"].append(f"{k.split('{')[0]} of the {role.get(b.group(1), b.group(1))} backend: {v:g}")
+        rows.append(row)
+        log(f"{mode}: fast share {row['fast']:.1%} served {served} p99 {row['p99']:.1f} ms peak {row['peak']}")
+        stop_peer("vigil", p)
+        for b in backends:
+            stop(b[0])
+        time.sleep(0.5)
+    print(f"\n### Uneven backends that report their load (issue #30)\n")
+    print(f"Three backends of {limit} places each (more wait inside), two at {services[0]} ms per request and one "
+          f"at {services[2]} ms: capacity {capacity:.0f} req/s, half of it the fast one's. Each answer carries "
+          f"`endpoint-load-metrics` (utilization = requests held / {limit}). Open loop {rate} req/s "
+          f"({share:.0%} of capacity) for {seconds} s; vigil with 2 workers and no max_requests. The load "
+          f"generator shares the 2 cores with vigil and the backends.\n")
+    for note in notes:
+        print(f"Note: {note}.\n")
+    print("| balance | sent | 200 | share to the fast backend | served (20/20/10 ms) | peak held per backend "
+          "| p50 ms | p99 ms | send lag p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['sent']} | {r['ok']} | {r['fast']:.1%} | {' / '.join(map(str, r['served']))} | "
+              f"{' / '.join(map(str, r['peak']))} | {r['p50']:.1f} | {r['p99']:.1f} | {r['lag_p99']:.1f} |")
+    for r in rows:
+        if r["weights"]:
+            print(f"\n{r['mode']}, at the end of the run: " + "; ".join(r["weights"]))
+        elif r["mode"] == "load_report":
+            print("\nload_report: this vigil exports no `vigil_backend_effective_weight` or "
+                  "`vigil_backend_reported_utilization`: it may not act on the reports yet (then it balances "
+                  "as weighted_round_robin, as round_robin here).")
+
+
 if __name__ == "__main__":
     try:
         what = sys.argv[1] if len(sys.argv) > 1 else "proxy"
@@ -2042,7 +2488,8 @@ if __name__ == "__main__":
          "threads": bench_threads, "memory": bench_memory, "tls": bench_tls, "frozen": bench_frozen, "slow": bench_slow,
          "fleet": bench_fleet, "split": bench_split, "ab": bench_ab,
          "sched": bench_sched, "chaos": bench_chaos, "shapes": bench_shapes, "h2": bench_h2, "grpc": bench_grpc,
-         "chaos-soak": bench_chaos_soak}[what]()
+         "chaos-soak": bench_chaos_soak, "overload": bench_overload, "retry-storm": bench_retry_storm,
+         "uneven": bench_uneven}[what]()
         log(f"logs in {WORK}")
     finally:
         cleanup()
