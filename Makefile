@@ -74,6 +74,7 @@ chaos: test-deps
 fuzz: deps
 	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-proxy fuzz
 	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-conf --test fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-healthcheck fuzz
 
 # Results go to bench/RESULTS.md by hand, beside the command that produced them.
 bench: bench-deps build

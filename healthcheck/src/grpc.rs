@@ -91,7 +91,7 @@ impl H2 {
             ));
         }
         Ok(match serving_status(&data) {
-            Some(1) => Outcome::Success,
+            Some(1) => Outcome::success(),
             Some(n) => Outcome::Failure(format!("grpc health {}", status_name(n))),
             None => Outcome::Failure("grpc health: unreadable response".into()),
         })

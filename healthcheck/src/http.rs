@@ -1,6 +1,7 @@
 //! The HTTP/1.1 check exchange: one request, one response read to its very end, so
-//! the connection can be reused and the body searched.
+//! the connection can be reused, the body searched and its agent words read.
 
+use crate::agent::AgentReply;
 use crate::conn::{Conn, TlsClient};
 use crate::outcome::Outcome;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Response headers larger than this fail the check.
 const MAX_HEAD: usize = 16 * 1024;
-/// Body bytes kept for `expected_body`; the rest is read and dropped.
+/// Body bytes kept for `expected_body` and agent words; the rest is read and dropped.
 const MAX_KEPT_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +163,9 @@ fn judge(spec: &HttpSpec, status: u16, body: &[u8]) -> Outcome {
             return Outcome::Failure(format!("HTTP {status}: body lacks {needle:?}"));
         }
     }
-    Outcome::Success
+    // Bounded (`agent::MAX_MESSAGE`): cheap enough for every check, and then pools that
+    // share this probe each decide whether the words count.
+    Outcome::Success(AgentReply::parse(body))
 }
 
 enum Framing {
@@ -314,5 +317,17 @@ mod tests {
         };
         assert!(judge(&spec, 200, b"all ok here").is_success());
         assert!(!judge(&spec, 200, b"degraded").is_success());
+    }
+
+    #[test]
+    fn a_passing_check_carries_the_agent_words() {
+        let spec = HttpSpec::default();
+        let pass = judge(&spec, 200, b"drain 50%\n");
+        assert_eq!(pass, Outcome::Success(AgentReply::parse(b"drain 50%")));
+        // A failing check's body is not an agent message.
+        assert_eq!(
+            judge(&spec, 503, b"ready"),
+            Outcome::Failure("HTTP 503".into())
+        );
     }
 }

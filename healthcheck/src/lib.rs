@@ -7,19 +7,24 @@
 //! - [`probe`], `http` and `grpc`: TCP, HTTP(S) and gRPC checks over one pooled
 //!   keep-alive connection (`conn`: plain or TLS);
 //!   [`Probes`] is the seam tests script.
+//! - [`agent`]: HAProxy agent words (`drain`, `maint`, `NN%`…) read from a passing
+//!   HTTP check's body, and what they leave a backend in.
 //! - `table`: the one owner of every backend's live state.
 //! - [`checker`]: one task per backend (`task`), a global bound on checks in flight,
 //!   runtime add/remove/update; [`membership`]: what it publishes.
 //! - [`metrics`]: the checker's Prometheus families.
+//! - [`load_report`]: ORCA load reports from backends, and the weights they earn.
 //!
 //! This crate does not know the YAML config; the proxy translates it.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod checker;
 mod conn;
 mod grpc;
 mod http;
+pub mod load_report;
 pub mod membership;
 pub mod metrics;
 pub mod outcome;
@@ -33,6 +38,7 @@ mod status;
 mod table;
 mod task;
 
+pub use agent::{AgentHealth, AgentMode, AgentReply, AgentState};
 pub use checker::{ApplyReport, Checker, CheckerOptions, Owns};
 pub use conn::TlsClient;
 pub use grpc::GrpcSpec;

@@ -9,6 +9,7 @@
 //! The attempts waiting on a backend, and cutting them when it is stuck, are in
 //! `waiting`.
 
+use crate::agent::AgentMode;
 use crate::state::Health;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct Endpoint {
     slow_start_ms: AtomicU64,
     /// Wakes the backend's task to consider an ejection.
     pub(crate) wake: Notify,
+    /// The load it reports in its answers (`balance: load_report`).
+    pub load: crate::load_report::LoadReports,
 }
 
 impl Endpoint {
@@ -75,6 +78,7 @@ impl Endpoint {
             ramp_start_ms: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(0),
             wake: Notify::new(),
+            load: crate::load_report::LoadReports::new(),
         }
     }
 
@@ -326,6 +330,10 @@ pub struct MemberState {
     /// Requests to it are stuck: no new ones until it answers again.
     pub suspect: bool,
     pub admin: AdminState,
+    /// What its agent keeps away (`health_check.agent`, see
+    /// [`AgentState::hold`](crate::agent::AgentState::hold)): `drain` and `maint` count
+    /// as the operator's drain; `Ready` without an agent.
+    pub agent: AgentMode,
     /// Held out (ejected or suspect) but routed all the same: nothing else in its pool
     /// is routable (see [`route_held_out`]).
     pub rescued: bool,
@@ -336,24 +344,25 @@ impl MemberState {
     /// and held-out ones while they are all their pool has.
     pub fn routable(&self) -> bool {
         self.rescued
-            || (self.health == Health::Up
-                && !self.ejected
-                && !self.suspect
-                && self.admin == AdminState::Ready)
+            || (self.health == Health::Up && !self.ejected && !self.suspect && self.ready())
+    }
+
+    /// Ready by the operator's word and by its agent's: either one's drain or
+    /// maintenance keeps new requests away.
+    pub fn ready(&self) -> bool {
+        self.admin == AdminState::Ready && self.agent == AgentMode::Ready
     }
 
     /// Passing its checks and ready, but held out by live traffic alone: ejected or
     /// suspect.
     pub fn held_out(&self) -> bool {
-        self.health == Health::Up
-            && (self.ejected || self.suspect)
-            && self.admin == AdminState::Ready
+        self.health == Health::Up && (self.ejected || self.suspect) && self.ready()
     }
 
     /// Not routable by its own state, but worth a try when nothing better is left
     /// (failing open): ready, and checked at least once.
     pub fn last_resort(&self) -> bool {
-        self.admin == AdminState::Ready && self.health != Health::Unknown
+        self.ready() && self.health != Health::Unknown
     }
 
     /// The `state` label: ejection wins, then suspicion, then health.
@@ -371,6 +380,7 @@ impl MemberState {
 #[derive(Debug, Clone)]
 pub struct Member {
     pub endpoint: Arc<Endpoint>,
+    /// The weight to balance by: the configured one, scaled by its agent's `NN%`.
     pub weight: u32,
     pub state: MemberState,
     /// Its recent failures: checks failed in a row, ejections on record and live
@@ -390,6 +400,7 @@ impl Member {
                 ejected: false,
                 suspect: false,
                 admin: AdminState::default(),
+                agent: AgentMode::Ready,
                 rescued: false,
             },
             recent_failures: 0,

@@ -108,7 +108,7 @@ impl Prober {
     async fn check_inner(&mut self, spec: &ProbeSpec) -> Outcome {
         match spec {
             ProbeSpec::Tcp => match self.connect().await {
-                Ok(_stream) => Outcome::Success,
+                Ok(_stream) => Outcome::success(),
                 Err(e) => Outcome::ConnectError(e.to_string()),
             },
             ProbeSpec::Http(h) => self.http(h).await,

@@ -130,7 +130,7 @@ mod tests {
     struct Never;
     impl Probe for Never {
         fn check<'a>(&'a mut self, _: &'a ProbeSpec) -> BoxFuture<'a, Outcome> {
-            Box::pin(async { Outcome::Success })
+            Box::pin(async { Outcome::success() })
         }
         fn connections_opened(&self) -> u64 {
             0
@@ -176,7 +176,7 @@ mod tests {
         };
         let t0 = Instant::now();
         assert!(s.reusable(t0, 0).is_none());
-        let seq = s.keep(t0, t0 + Duration::from_millis(5), Outcome::Success);
+        let seq = s.keep(t0, t0 + Duration::from_millis(5), Outcome::success());
         assert!(s.reusable(t0, 0).is_some());
         assert!(s.reusable(t0, seq).is_none(), "taken already");
         assert!(

@@ -17,8 +17,11 @@ pub struct CheckPolicy {
     /// The whole check, connect included, counted from when it really starts.
     pub timeout: Duration,
     pub passive: PassivePolicy,
-    /// Skip a check when live requests succeeded since the last one.
+    /// Skip a check when live requests succeeded since the last one (never with
+    /// `agent`: the agent must be heard while the backend serves).
     pub skip_while_serving: bool,
+    /// Read HAProxy agent words from a passing HTTP check's body ([`crate::agent`]).
+    pub agent: bool,
 }
 
 impl Default for CheckPolicy {
@@ -30,6 +33,7 @@ impl Default for CheckPolicy {
             timeout: Duration::from_secs(2),
             passive: PassivePolicy::default(),
             skip_while_serving: false,
+            agent: false,
         }
     }
 }

@@ -7,12 +7,15 @@ use std::time::Duration;
 pub struct BackendStatus {
     pub pool: String,
     pub address: String,
+    /// As configured (its agent may scale it: `agent`).
     pub weight: u32,
     pub health: Health,
     pub ejected: bool,
     /// Requests to it are stuck: no new ones until it answers.
     pub suspect: bool,
     pub admin: crate::AdminState,
+    /// What its agent said, for a pool with `health_check.agent`.
+    pub agent: Option<crate::agent::AgentState>,
     /// Checks skipped because live traffic succeeded (`skip_while_serving`).
     pub checks_skipped: u64,
     pub consecutive_successes: u32,
@@ -40,6 +43,7 @@ impl BackendStatus {
             ejected: self.ejected,
             suspect: self.suspect,
             admin: self.admin,
+            agent: self.agent.unwrap_or_default().hold(),
             rescued: false,
         }
         .label()

@@ -1,11 +1,13 @@
 //! The backend table: the one owner of every backend's live state (health, check
-//! history, ejection). Backend tasks record into it, the publisher and the admin
-//! status read it; all through the methods here and in the submodules: `checks` (what
-//! a check changes), `ejection`, `stall` (suspects) and `views` (membership, status).
+//! history, ejection, what its agent said). Backend tasks record into it, the
+//! publisher and the admin status read it; all through the methods here and in the
+//! submodules: `checks` (what a check changes), `agent`, `ejection`, `stall` (suspects)
+//! and `views` (membership, status).
 //!
 //! Keyed by (pool, address) in a `DashMap`, so `apply` can add, remove and update
 //! backends while checks run; a kept backend keeps its state whatever else changed.
 
+use crate::agent::AgentState;
 use crate::membership::{AdminState, Endpoint, MemberState};
 use crate::metrics::{BackendMetrics, CheckerMetrics, PoolMetrics};
 use crate::spec::BackendSpec;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+mod agent;
 mod checks;
 mod ejection;
 mod stall;
@@ -43,6 +46,8 @@ struct Live {
     /// Suspect (stuck requests): since when, and the endpoint's progress mark then.
     suspect: Option<(Instant, u64)>,
     admin: AdminState,
+    /// What its agent said (pools with `health_check.agent`).
+    agent: AgentState,
     /// Routable at the last state change, and ever (slow start is for a return).
     routable: bool,
     been_routable: bool,
@@ -66,6 +71,7 @@ impl Live {
             last_ejection_end: None,
             suspect: None,
             admin: AdminState::Ready,
+            agent: AgentState::default(),
             routable: false,
             been_routable: false,
             checks_skipped: 0,
@@ -79,6 +85,7 @@ impl Live {
             ejected: self.ejected_until.is_some(),
             suspect: self.suspect.is_some(),
             admin: self.admin,
+            agent: self.agent.hold(),
             rescued: false,
         }
     }
@@ -173,8 +180,13 @@ impl Slot {
             self.endpoint
                 .set_passive_threshold(spec.policy.passive.consecutive_failures);
             self.endpoint.set_slow_start(spec.slow_start);
+            let agent_off = guard.0.policy.agent && !spec.policy.agent;
             *guard = (Arc::new(spec), order);
             drop(guard);
+            if agent_off {
+                let mut live = self.live.lock().unwrap();
+                self.forget_agent(&mut live, "health_check.agent turned off");
+            }
             self.changed.notify_one();
         } else {
             guard.1 = order;
@@ -265,8 +277,9 @@ impl Slot {
     }
 
     /// Sets the operator's state; logs a change. Returns the state before. Leaving
-    /// maintenance forgets the health it had (it was not checked meanwhile): the backend
-    /// is checked at once and routed after that check passes.
+    /// maintenance forgets the health it had, and what its agent said (it was not
+    /// checked meanwhile): the backend is checked at once and routed after that check
+    /// passes.
     pub fn set_admin(&self, admin: AdminState) -> AdminState {
         let mut live = self.live.lock().unwrap();
         let before = live.admin;
@@ -278,6 +291,7 @@ impl Slot {
         if before == AdminState::Maintenance && self.owned() {
             live.tracker = Tracker::default();
             live.last_transition = Instant::now();
+            self.forget_agent(&mut live, "maintenance ended");
         }
         self.refresh_state_metrics(&mut live);
         tracing::info!(

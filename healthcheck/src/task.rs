@@ -7,7 +7,7 @@
 
 use crate::membership::AdminState;
 use crate::metrics::CheckerMetrics;
-use crate::outcome::Outcome;
+use crate::outcome::{Checked, Outcome};
 use crate::probe::Probes;
 use crate::schedule::{base_delay, initial_delay, next_delay};
 use crate::shared::{ProbeRegistry, ProbeState, SharedProbe};
@@ -162,10 +162,10 @@ async fn run(alive: Alive, slot: Arc<Slot>, start: Start) {
         if task.skip() {
             continue;
         }
-        let Some((outcome, latency, ended)) = task.check(&probe).await else {
+        let Some(checked) = task.check(&probe).await else {
             return;
         };
-        task.apply(&outcome, latency, ended);
+        task.apply(&checked);
     }
 }
 
@@ -336,9 +336,11 @@ impl<'a> Task<'a> {
     }
 
     /// `skip_while_serving`: true if live traffic stands in for the check due, which
-    /// is then scheduled anew.
+    /// is then scheduled anew. Never with agent checks: traffic going well says nothing
+    /// of what the agent would.
     fn skip(&mut self) -> bool {
-        if !(self.spec.policy.skip_while_serving && self.slot.skip_check()) {
+        let policy = &self.spec.policy;
+        if !(policy.skip_while_serving && !policy.agent && self.slot.skip_check()) {
             return false;
         }
         self.deadline = Instant::now()
@@ -352,8 +354,9 @@ impl<'a> Task<'a> {
 
     /// The check's outcome, its latency and when it ended: a result another pool's
     /// check of the same backend took recently enough (less than half this backend's
-    /// interval before it fell due) is taken as is. None if the task is to end.
-    async fn check(&mut self, probe: &SharedProbe) -> Option<(Outcome, Duration, Instant)> {
+    /// interval before it fell due) is taken as is, and judged by this pool's settings.
+    /// None if the task is to end.
+    async fn check(&mut self, probe: &SharedProbe) -> Option<Checked> {
         let not_before = if std::mem::take(&mut self.forced) {
             self.deadline
         } else {
@@ -369,20 +372,27 @@ impl<'a> Task<'a> {
             Some(shot) => {
                 drop(state);
                 self.seen = shot.seq;
-                self.slot
-                    .count_check(&shot.outcome, shot.ended - shot.started, 0);
-                Some((shot.outcome, shot.ended - shot.started, shot.ended))
+                Some(self.judged(shot.outcome, shot.ended - shot.started, shot.ended, 0))
             }
             None => self.probe(state).await,
         }
     }
 
+    /// A check's raw outcome judged by this pool's settings, and counted.
+    fn judged(&self, raw: Outcome, latency: Duration, ended: Instant, opened: u64) -> Checked {
+        let (outcome, agent) = crate::outcome::judge(raw, self.spec.policy.agent);
+        self.slot.count_check(&outcome, latency, opened);
+        Checked {
+            outcome,
+            agent,
+            latency,
+            ended,
+        }
+    }
+
     /// Probes the backend under the global bound on checks in flight, and keeps the
     /// result for the other pools that share the probe.
-    async fn probe(
-        &mut self,
-        mut state: MutexGuard<'_, ProbeState>,
-    ) -> Option<(Outcome, Duration, Instant)> {
+    async fn probe(&mut self, mut state: MutexGuard<'_, ProbeState>) -> Option<Checked> {
         let shared = self.shared;
         // Stopping comes first: a permit freed by a check that shutdown just cancelled
         // must not start a new one while the backend still answers the old (the bound
@@ -429,20 +439,20 @@ impl<'a> Task<'a> {
             .connections_opened
             .fetch_add(opened, Ordering::Relaxed);
         shared.stats.checks_done.fetch_add(1, Ordering::Relaxed);
-        let latency = ended.duration_since(started);
-        self.slot.count_check(&outcome, latency, opened);
-        Some((outcome, latency, ended))
+        Some(self.judged(outcome, ended.duration_since(started), ended, opened))
     }
 
     /// Records the outcome, publishes a transition to the fleet, and schedules the
     /// next check from the end of this one. For a backend owned elsewhere (or no longer
     /// ours since the check began) the owner's word is the health: a pass only ends a
     /// local suspicion.
-    fn apply(&mut self, outcome: &Outcome, latency: Duration, ended: Instant) {
+    fn apply(&mut self, c: &Checked) {
         let shared = self.shared;
         self.owned = self.slot.owned();
         let tracker = if self.owned {
-            let (tracker, changed, transition) = self.slot.record(outcome, latency, ended);
+            let (tracker, changed, transition) =
+                self.slot
+                    .record(&c.outcome, c.agent.as_ref(), c.latency, c.ended);
             if changed {
                 shared.changed.notify_one();
             }
@@ -451,12 +461,12 @@ impl<'a> Task<'a> {
             }
             tracker
         } else {
-            if outcome.is_success() && self.slot.unsuspect() {
+            if c.outcome.is_success() && self.slot.unsuspect() {
                 shared.changed.notify_one();
             }
             self.slot.tracker()
         };
-        self.deadline = ended + next_delay(&tracker, &self.spec.policy.schedule, &mut self.rng);
+        self.deadline = c.ended + next_delay(&tracker, &self.spec.policy.schedule, &mut self.rng);
     }
 
     /// Sends a health transition to the fleet, if this process is in one.

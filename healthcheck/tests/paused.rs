@@ -103,12 +103,12 @@ impl Probe for Scripted {
                 .get(&addr)
                 .unwrap_or(&Reply::Pass);
             match reply {
-                Reply::Pass => Outcome::Success,
+                Reply::Pass => Outcome::success(),
                 Reply::Status(s) => Outcome::Failure(format!("HTTP {s}")),
                 Reply::Hang => std::future::pending().await,
                 Reply::Slow(d) => {
                     tokio::time::sleep(d).await;
-                    Outcome::Success
+                    Outcome::success()
                 }
             }
         })
@@ -160,6 +160,7 @@ fn policy(interval_ms: u64) -> CheckPolicy {
         timeout: Duration::from_secs(2),
         passive: PassivePolicy::default(),
         skip_while_serving: false,
+        agent: false,
     }
 }
 

@@ -109,6 +109,9 @@ pub struct Control {
     hang_path: Mutex<Option<String>>,
     /// `hang_path` is set: most backends never take its lock.
     hang_path_set: AtomicBool,
+    /// The health path's body (agent checks read words from it); `"{name} ok"` when
+    /// None.
+    health_body: Mutex<Option<String>>,
 }
 
 impl Default for Control {
@@ -122,6 +125,7 @@ impl Default for Control {
             delay_health: AtomicBool::new(false),
             hang_path: Mutex::new(None),
             hang_path_set: AtomicBool::new(false),
+            health_body: Mutex::new(None),
         }
     }
 }
@@ -161,6 +165,10 @@ impl Control {
     }
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// The health path answers `body` from now on (e.g. agent words: `"drain\n"`).
+    pub fn set_health_body(&self, body: &str) {
+        *self.health_body.lock().unwrap() = Some(body.to_string());
     }
 }
 
@@ -400,7 +408,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             ctl.status.load(Ordering::SeqCst)
         };
         let body = if is_health {
-            format!("{name} ok")
+            let set = ctl.health_body.lock().unwrap().clone();
+            set.unwrap_or_else(|| format!("{name} ok"))
         } else {
             name.clone()
         };

@@ -42,6 +42,7 @@ pub fn policy(interval_ms: u64) -> CheckPolicy {
         timeout: Duration::from_secs(2),
         passive: PassivePolicy::default(),
         skip_while_serving: false,
+        agent: false,
     }
 }
 

@@ -1,8 +1,9 @@
-//! What a check changes: its outcome recorded (one log line per health transition),
-//! a check skipped for live traffic that went well, and, for a backend another fleet
-//! member probes, the health it reports.
+//! What a check changes: its outcome recorded (one log line per health transition)
+//! with its agent's words, a check skipped for live traffic that went well, and, for a
+//! backend another fleet member probes, the health it reports.
 
 use super::Slot;
+use crate::agent::AgentReply;
 use crate::membership::clock_ms;
 use crate::outcome::Outcome;
 use crate::state::{Health, Tracker, Transition, Verdict};
@@ -21,11 +22,13 @@ impl Slot {
         }
     }
 
-    /// Applies one check's outcome; logs a transition. Returns the state after it and
-    /// whether routing changed.
+    /// Applies one check's outcome, and the agent's words it carried (`agent`, for a
+    /// pool with agent checks: see `outcome::judge`); logs a transition. Returns the state
+    /// after it and whether routing changed.
     pub fn record(
         &self,
         outcome: &Outcome,
+        agent: Option<&AgentReply>,
         latency: Duration,
         at: Instant,
     ) -> (Tracker, bool, Option<Transition>) {
@@ -41,6 +44,8 @@ impl Slot {
         live.checks += 1;
         live.last_check = Some(at);
         live.last_latency = Some(latency);
+        // As HAProxy: the agent's drain or weight first, then the health it decides.
+        let heard = agent.is_some_and(|reply| self.hear_agent(&mut live, reply));
         let describe = || outcome.describe(timeout);
         let transition = live
             .tracker
@@ -60,7 +65,7 @@ impl Slot {
         }
         let tracker = live.tracker.clone();
         let unsuspected = outcome.is_success() && self.clear_suspect_on_check(live);
-        let changed = transition.is_some() || unsuspected;
+        let changed = transition.is_some() || unsuspected || heard;
         (tracker, changed, transition)
     }
 

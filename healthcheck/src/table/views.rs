@@ -16,7 +16,7 @@ impl Slot {
         let live = self.live.lock().unwrap();
         let member = Member {
             endpoint: self.endpoint.clone(),
-            weight: spec.weight,
+            weight: live.agent.weight(spec.weight),
             state: live.member_state(),
             recent_failures: live
                 .tracker
@@ -40,6 +40,7 @@ impl Slot {
             ejected: live.ejected_until.is_some(),
             suspect: live.suspect.is_some(),
             admin: live.admin,
+            agent: spec.policy.agent.then_some(live.agent),
             checks_skipped: live.checks_skipped,
             consecutive_successes: live.tracker.consecutive_successes,
             consecutive_failures: live.tracker.consecutive_failures,

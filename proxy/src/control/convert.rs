@@ -47,6 +47,7 @@ pub fn check_policy(pool: &PoolConfig) -> CheckPolicy {
             stall_min: pool.passive.stall_min,
         },
         skip_while_serving: h.skip_while_serving,
+        agent: h.agent,
     }
 }
 

@@ -6,8 +6,11 @@ use pingora_ketama::{Bucket, Continuum};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use vigil_conf::Balance;
+use vigil_conf::{Balance, LoadReportConfig};
 use vigil_healthcheck::Member;
+
+mod reported;
+pub use reported::ReportedOrder;
 
 /// Longest smooth-weighted sequence we precompute; beyond it weights are scaled down.
 const MAX_WRR_SEQUENCE: u64 = 1 << 16;
@@ -35,12 +38,26 @@ pub enum Selector {
         next: AtomicUsize,
         default_us: u64,
     },
+    /// As `Weighted`, the weights from the backends' load reports (`reported.rs`).
+    LoadReport {
+        order: ReportedOrder,
+        next: AtomicUsize,
+    },
 }
 
 impl Selector {
     /// Builds the selector over `candidates` (indexes into `members`).
-    pub fn build(balance: Balance, members: &[Member], candidates: &[usize]) -> Selector {
+    pub fn build(
+        balance: Balance,
+        reports: LoadReportConfig,
+        members: &[Member],
+        candidates: &[usize],
+    ) -> Selector {
         match balance {
+            Balance::LoadReport => Selector::LoadReport {
+                order: ReportedOrder::build(reports, members, candidates),
+                next: AtomicUsize::new(0),
+            },
             Balance::RoundRobin => Selector::RoundRobin {
                 next: AtomicUsize::new(0),
             },
@@ -56,7 +73,7 @@ impl Selector {
                     default_us: usual.map_or(1_000, |d| d.as_micros() as u64).max(1),
                 }
             }
-            Balance::WeightedRoundRobin | Balance::LoadReport => {
+            Balance::WeightedRoundRobin => {
                 let weights: Vec<u64> = candidates
                     .iter()
                     .map(|&i| members[i].weight.max(1) as u64)
@@ -110,12 +127,12 @@ impl Selector {
             }
             Selector::Weighted { sequence, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                let len = sequence.len();
-                (0..len)
-                    .map(|k| (candidates[sequence[(start + k) % len] as usize], start + k))
-                    .find(|(i, draw)| untried(i) && admitted(&members[*i], *draw))
-                    .map(|(i, _)| i)
-                    .or_else(|| candidates.iter().copied().find(untried))
+                in_order(sequence, start, members, candidates, tried)
+            }
+            Selector::LoadReport { order, next } => {
+                let order = order.current(members, candidates);
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                reported::pick(&order, start, members, candidates, tried)
             }
             Selector::LeastRequests { next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
@@ -167,6 +184,24 @@ impl Selector {
                 .or_else(|| candidates.iter().copied().find(untried)),
         }
     }
+}
+
+/// The next member of a smooth weighted `sequence` (indexes into `candidates`) not
+/// tried and admitted by slow start, else any untried candidate.
+fn in_order(
+    sequence: &[u32],
+    start: usize,
+    members: &[Member],
+    candidates: &[usize],
+    tried: &[usize],
+) -> Option<usize> {
+    let untried = |i: &usize| !tried.contains(i);
+    let len = sequence.len();
+    (0..len)
+        .map(|k| (candidates[sequence[(start + k) % len] as usize], start + k))
+        .find(|(i, draw)| untried(i) && admitted(&members[*i], *draw))
+        .map(|(i, _)| i)
+        .or_else(|| candidates.iter().copied().find(untried))
 }
 
 /// Pools larger than this use two random choices instead of scanning every member.
@@ -289,7 +324,7 @@ mod tests {
                     m.endpoint.request_started();
                 }
             }
-            let sel = Selector::build(Balance::LeastRequests, &ms, &all);
+            let sel = Selector::build(Balance::LeastRequests, Default::default(), &ms, &all);
             let idle = (0..4000)
                 .filter(|_| sel.pick(&ms, &all, &[], b"") == Some(0))
                 .count();

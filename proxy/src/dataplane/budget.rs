@@ -1,13 +1,16 @@
-//! A pool's retry budget (`retry_budget: {ratio, min}`, Envoy's): retries of any cause
-//! — a connect error, a reset, a status in `retry_on_status`, a stall — that the pool's
-//! requests have in flight at once stay within `ratio` of its requests in flight, or
-//! `min`, whichever is more. When a whole pool degrades, retries then add a fifth to
-//! its load instead of doubling it; when one backend dies, the floor and the ratio let
-//! its requests go elsewhere. A request that has retried holds its place until it
-//! ends, however many more attempts it makes. A retry over the budget is not sent: the
-//! request ends with its failed attempt's answer or error, counted as refused.
+//! A pool's retry budget (`retry_budget: {ratio, min}`, Envoy's): retries that add
+//! load to the pool — a status in `retry_on_status`, a timeout while the backend
+//! worked, one request that waited too long — that the pool's requests have in flight
+//! at once stay within `ratio` of its requests in flight, or `min`, whichever is more.
+//! When a whole pool degrades, retries then add a fifth to its load instead of
+//! multiplying it. A request its backend could not take (a connect error, a reset or
+//! close before any answer, a backend judged stuck) goes elsewhere outside the budget:
+//! that moves the load of a dead or frozen backend, it adds none, and refusing it
+//! would fail requests while other backends pass their checks. A request that has
+//! retried holds its place until it ends, however many more attempts it makes. A
+//! retry over the budget is not sent: the request ends with its failed attempt's
+//! answer or error, counted as refused.
 
-use crate::dataplane::context::Ctx;
 use crate::dataplane::kept::{self, Registry};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +23,6 @@ pub struct RetryBudget {
 }
 
 static BUDGETS: Registry<RetryBudget> = Mutex::new(BTreeMap::new());
-
-/// `reason` index of a retry refused by the budget in `vigil_requests_refused_total`.
-pub const REFUSED_RETRY_BUDGET: usize = 2;
 
 impl RetryBudget {
     /// The budget of the pool named `pool`.
@@ -55,52 +55,6 @@ impl RetryBudget {
 fn allowed(requests: u64, config: &vigil_conf::RetryBudget) -> u64 {
     let share = (config.ratio * requests as f64) as u64;
     share.max(config.min.into())
-}
-
-impl Ctx {
-    /// One more attempt is allowed and an untried candidate or fallback member exists.
-    pub(crate) fn can_retry(&self) -> bool {
-        self.retries_left > 0
-            && self.pool().is_some_and(|p| {
-                p.candidates
-                    .iter()
-                    .chain(&p.fallback)
-                    .any(|i| !self.tried.contains(i))
-            })
-    }
-
-    /// Takes a retry, if the pool's budget allows one more in flight: false (counted
-    /// as refused) when it does not. A request retrying already has its place.
-    pub(crate) fn take_retry(&mut self) -> bool {
-        let Some(pool) = self.pool() else {
-            return false;
-        };
-        if !self.retrying {
-            // The pool's requests in flight: each has its attempt counted on a member,
-            // this one's failed attempt too (`next_member` lets it go).
-            let requests = pool.members.iter().map(|m| m.endpoint.in_flight()).sum();
-            if !pool
-                .retry_budget
-                .try_take(requests, &pool.config.retry_budget)
-            {
-                pool.metrics.queue.refused[REFUSED_RETRY_BUDGET].inc();
-                return false;
-            }
-        }
-        pool.metrics.retries.inc();
-        self.retrying = true;
-        self.retries_left -= 1;
-        true
-    }
-
-    /// Its place in the retry budget is given back, once, when the request ends.
-    pub(crate) fn release_retry(&mut self) {
-        if std::mem::take(&mut self.retrying) {
-            if let Some(pool) = self.pool() {
-                pool.retry_budget.give_back();
-            }
-        }
-    }
 }
 
 #[cfg(test)]

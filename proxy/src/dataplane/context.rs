@@ -273,7 +273,8 @@ impl Ctx {
             b.report_failure();
             b.failed(self.attempt_started.elapsed());
         }
-        self.can_retry() && self.take_retry()
+        // Nothing reached the backend: a redispatch, outside the retry budget.
+        self.can_retry() && self.take_retry(false)
     }
 
     /// The attempt failed after connecting. `safe`: the request may be sent again (it
@@ -298,7 +299,12 @@ impl Ctx {
                 b.failed(self.attempt_started.elapsed());
             }
         }
-        from_upstream && !self.got_header && safe && self.can_retry() && self.take_retry()
+        // The backend spent work on it (it timed out while working on it, or this one
+        // request waited too long): the retry adds load, within the budget. A backend
+        // that could not take it (reset, closed, judged stuck as a whole) passes its
+        // requests on outside the budget, as a dead one's connect errors do.
+        let load = (timed_out && e.etype() != &ConnectTimedout) || cut == Some(Cut::Slow);
+        from_upstream && !self.got_header && safe && self.can_retry() && self.take_retry(load)
     }
 
     /// The attempt failed on a reused (idle) connection before any answer, and its
@@ -351,7 +357,7 @@ impl Ctx {
         let retry = pool.config.retry_on_status.contains(&status)
             && idempotent
             && self.can_retry()
-            && self.take_retry();
+            && self.take_retry(true);
         self.status_retry |= retry;
         retry
     }

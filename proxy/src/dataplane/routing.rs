@@ -58,7 +58,7 @@ impl PoolRoute {
             routable
         };
         let fallback = fallback(&config, &members, &candidates);
-        let selector = Selector::build(config.balance, &members, &candidates);
+        let selector = Selector::build(config.balance, config.load_report, &members, &candidates);
         let metrics = metrics.pool(&config.name, &members);
         let queue = PoolQueue::of(&config.name);
         PoolRoute {
@@ -178,6 +178,31 @@ impl RoutingTable {
                 Some((&*pool.name, vigil_healthcheck::median_latency(members)?))
             })
             .collect()
+    }
+
+    /// Each backend's reported utilization and the weight it is balanced by now:
+    /// `(pool, backend, utilization, weight)`; 0 for one that is not a candidate.
+    pub fn backend_load(&self) -> Vec<(&str, &str, Option<f64>, f64)> {
+        let mut rows = Vec::new();
+        for pool in &self.pools {
+            let reported = match &pool.selector {
+                Selector::LoadReport { order, .. } => {
+                    Some(order.current(&pool.members, &pool.candidates))
+                }
+                _ => None,
+            };
+            for (i, m) in pool.members.iter().enumerate() {
+                let position = pool.candidates.iter().position(|&c| c == i);
+                let weight = match (position, &reported) {
+                    (None, _) => 0.0,
+                    (Some(k), Some(order)) => order.weights[k],
+                    (Some(_), None) => f64::from(m.weight),
+                };
+                let utilization = reported.as_ref().and(m.endpoint.load.utilization());
+                rows.push((&*pool.name, &*m.endpoint.address, utilization, weight));
+            }
+        }
+        rows
     }
 
     pub fn empty() -> RoutingTable {

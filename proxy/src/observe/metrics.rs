@@ -32,6 +32,9 @@ pub mod names {
     pub const QUEUE_LENGTH: &str = "vigil_pool_queue_length";
     pub const QUEUE_WAIT: &str = "vigil_pool_queue_wait_seconds";
     pub const REFUSED: &str = "vigil_requests_refused_total";
+    pub const REPORTED_UTILIZATION: &str = "vigil_backend_reported_utilization";
+    pub const EFFECTIVE_WEIGHT: &str = "vigil_backend_effective_weight";
+    pub const MALFORMED_REPORTS: &str = "vigil_load_reports_malformed_total";
 }
 
 /// Seconds since the epoch, as the `*_timestamp_seconds` gauges and the admin API
@@ -89,6 +92,9 @@ struct PoolFamilies {
     panic: IntCounterVec,
     fallback: IntCounterVec,
     latency: GaugeVec,
+    utilization: GaugeVec,
+    weight: GaugeVec,
+    malformed: IntCounterVec,
 }
 
 /// A pool's queue (`max_requests`, `queue`): its length, the waits, the refusals.
@@ -127,6 +133,8 @@ pub struct PoolHandles {
     /// Per member, in member order; empty when per-backend metrics are off.
     pub upstream: Vec<[IntCounter; 4]>,
     pub queue: QueueHandles,
+    /// Load reports refused as malformed (`balance: load_report`).
+    pub malformed_reports: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -211,6 +219,31 @@ impl ProxyMetrics {
         }
     }
 
+    /// Sets each backend's reported utilization (when it reports) and the weight it is
+    /// balanced by (at scrape time): `(pool, backend, utilization, weight)`.
+    pub fn set_backend_load<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a str, &'a str, Option<f64>, f64)>,
+    ) {
+        self.pools.utilization.reset();
+        self.pools.weight.reset();
+        if !self.per_backend {
+            return;
+        }
+        for (pool, backend, utilization, weight) in rows {
+            if let Some(u) = utilization {
+                self.pools
+                    .utilization
+                    .with_label_values(&[pool, backend])
+                    .set(u);
+            }
+            self.pools
+                .weight
+                .with_label_values(&[pool, backend])
+                .set(weight);
+        }
+    }
+
     /// A TLS listener's handshake counters: success, failure, timeout.
     pub fn handshakes(&self, address: &str) -> [IntCounter; 3] {
         ["success", "failure", "timeout"]
@@ -236,6 +269,7 @@ impl ProxyMetrics {
                 wait: self.queues.wait.with_label_values(&[pool]),
                 refused: REFUSED_REASONS.map(|r| self.queues.refused.with_label_values(&[pool, r])),
             },
+            malformed_reports: self.pools.malformed.with_label_values(&[pool]),
             upstream: if self.per_backend {
                 members
                     .iter()
@@ -262,6 +296,7 @@ impl ProxyMetrics {
         let _ = self.pools.connections.remove_label_values(&[pool]);
         let _ = self.pools.no_healthy.remove_label_values(&[pool]);
         let _ = self.pools.panic.remove_label_values(&[pool]);
+        let _ = self.pools.malformed.remove_label_values(&[pool]);
         let _ = self.queues.length.remove_label_values(&[pool]);
         let _ = self.queues.wait.remove_label_values(&[pool]);
         for r in REFUSED_REASONS {
@@ -362,6 +397,32 @@ impl PoolFamilies {
                     ),
                     &["pool"],
                 )?,
+            )?,
+            utilization: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        names::REPORTED_UTILIZATION,
+                        "The utilization a backend last reported in its answers (ORCA; pools with balance: load_report)",
+                    ),
+                    &["pool", "backend"],
+                )?,
+            )?,
+            weight: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        names::EFFECTIVE_WEIGHT,
+                        "The weight a backend is balanced by now: its configured weight (scaled by its agent), or the one its load reports earn",
+                    ),
+                    &["pool", "backend"],
+                )?,
+            )?,
+            malformed: counters(
+                r,
+                names::MALFORMED_REPORTS,
+                "Load reports in backends' answers that could not be read, ignored",
+                &["pool"],
             )?,
         })
     }

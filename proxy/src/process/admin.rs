@@ -126,9 +126,9 @@ impl AdminApp {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        self.app
-            .metrics
-            .set_pool_latency(self.app.table().median_latencies());
+        let (metrics, table) = (&self.app.metrics, self.app.table());
+        metrics.set_pool_latency(table.median_latencies());
+        metrics.set_backend_load(table.backend_load());
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.app.registry.gather(), &mut buf) {
@@ -252,6 +252,7 @@ impl AdminApp {
                     "ejected": s.ejected,
                     "suspect": s.suspect,
                     "admin_state": s.admin.as_str(),
+                    "agent": s.agent.map(|a| json!({"state": a.mode.as_str(), "weight_percent": a.weight_percent})),
                     "checks_skipped": s.checks_skipped,
                     "weight": s.weight,
                     "consecutive_successes": s.consecutive_successes,

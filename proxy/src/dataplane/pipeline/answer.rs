@@ -12,6 +12,7 @@ use pingora::prelude::*;
 use pingora::protocols::Stream;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use vigil_healthcheck::load_report::{self, Malformed, Report};
 
 /// How one attempt ended.
 pub(super) enum Exchange {
@@ -68,6 +69,7 @@ impl Pipeline {
     /// Copies the answer whose head is `resp` to the client, its body framed (or
     /// de-chunked) as `resp` says. `Some((payload bytes, bytes left past the answer))`;
     /// None when the client went away.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn copy_answer(
         &self,
         client: &mut Client<'_>,
@@ -76,8 +78,12 @@ impl Pipeline {
         mut buf: BytesMut,
         read_timeout: Duration,
         sent: &mut Option<u16>,
+        report: Option<&mut Option<LoadReport>>,
     ) -> Result<Option<(u64, usize)>> {
         let mut body = Body::new(resp.framing);
+        if report.is_some() {
+            body.keep_trailers();
+        }
         let mut decoded = resp.dechunk.then(Vec::new);
         let (take, mut done) = body.feed_to(&buf, decoded.as_mut())?;
         let mut first = resp.client_head;
@@ -113,6 +119,9 @@ impl Pipeline {
                 d.clear();
             }
             buf.advance(take);
+        }
+        if let Some(report) = report {
+            *report = body.trailers().and_then(trailer_report);
         }
         Ok(Some((body.payload, buf.len())))
     }
@@ -183,4 +192,18 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) 
         Err(_) => Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}"))
             .map_err(|e| e.into_up()),
     }
+}
+
+/// An answer's load report, parsed or refused.
+pub(super) type LoadReport = Result<Report, Malformed>;
+
+/// The `endpoint-load-metrics` trailer among a chunked body's trailer lines (gRPC
+/// backends report in trailers).
+fn trailer_report(trailers: &[u8]) -> Option<LoadReport> {
+    trailers.split(|&b| b == b'\n').find_map(|line| {
+        let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+        name.trim_ascii()
+            .eq_ignore_ascii_case(load_report::HEADER.as_bytes())
+            .then(|| load_report::parse(value[1..].trim_ascii()))
+    })
 }

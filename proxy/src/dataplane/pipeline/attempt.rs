@@ -240,9 +240,13 @@ impl Pipeline {
             watch_client: !unfinished,
             read_timeout,
         };
-        let Some(resp) = answer_head(client, up, &mut buf, wait).await? else {
+        let Some(mut resp) = answer_head(client, up, &mut buf, wait).await? else {
             return Ok(Exchange::ClientGone);
         };
+        let reports = ctx.takes_load_reports();
+        if let Some(report) = resp.load_report.take().filter(|_| reports) {
+            ctx.load_reported(report);
+        }
         if resp.status != 101 && ctx.answered(resp.status, repeatable) && !unfinished {
             return Ok(Exchange::StatusRetry);
         }
@@ -253,12 +257,17 @@ impl Pipeline {
                 .await;
         }
         let (status, keep, reusable) = (resp.status, resp.keep, resp.reusable);
+        let mut trailer = None;
+        let wanted = (reports && resp.framing == Framing::Chunked).then_some(&mut trailer);
         let copied = self
-            .copy_answer(client, up, resp, buf, read_timeout, sent)
+            .copy_answer(client, up, resp, buf, read_timeout, sent, wanted)
             .await?;
         let Some((payload, rest)) = copied else {
             return Ok(Exchange::ClientGone);
         };
+        if let Some(report) = trailer {
+            ctx.load_reported(report);
+        }
         ctx.bytes_out = payload as usize;
         Ok(Exchange::Answered {
             status,

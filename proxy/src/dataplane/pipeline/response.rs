@@ -7,6 +7,7 @@ use crate::dataplane::request::{connection_keeps, HOP_BY_HOP};
 use pingora::prelude::*;
 use std::io::Write;
 use std::mem::MaybeUninit;
+use vigil_healthcheck::load_report::{self, Malformed, Report};
 
 /// A backend's response head may be at most this long (Pingora's own limit).
 const MAX_RESPONSE_HEAD: usize = 1 << 20;
@@ -26,6 +27,8 @@ pub(super) struct Response {
     /// The head for the client (empty for an informational answer; the backend's own
     /// for a `101` to an upgrade, which is the handshake).
     pub client_head: Vec<u8>,
+    /// Its `endpoint-load-metrics` field (an ORCA load report), parsed.
+    pub load_report: Option<Result<Report, Malformed>>,
 }
 
 /// Parses the backend's response head at the start of `buf`: None while incomplete.
@@ -57,6 +60,7 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
             } else {
                 Vec::new()
             },
+            load_report: None,
         }));
     }
     let fields = Fields::scan(r.headers)?;
@@ -97,6 +101,7 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         keep,
         dechunk,
         client_head: head.write(len + 32),
+        load_report: fields.load_report.map(load_report::parse),
     }))
 }
 
@@ -109,6 +114,8 @@ struct Fields<'a> {
     keep_alive: bool,
     /// Fields the backend's `Connection` names: its connection's own, not passed on.
     named: Vec<&'a [u8]>,
+    /// `endpoint-load-metrics`.
+    load_report: Option<&'a [u8]>,
 }
 
 impl<'a> Fields<'a> {
@@ -119,6 +126,7 @@ impl<'a> Fields<'a> {
             close: false,
             keep_alive: false,
             named: Vec::new(),
+            load_report: None,
         };
         for h in headers {
             if h.name.eq_ignore_ascii_case("content-length") {
@@ -150,6 +158,8 @@ impl<'a> Fields<'a> {
                         f.named.push(token);
                     }
                 }
+            } else if h.name.eq_ignore_ascii_case(load_report::HEADER) {
+                f.load_report = Some(h.value);
             }
         }
         Ok(f)
