@@ -17,6 +17,8 @@ struct Reporting {
     addr: std::net::SocketAddr,
     served: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    /// Its answers to requests are `503`, reports and all.
+    failing: Arc<AtomicBool>,
 }
 
 impl Reporting {
@@ -25,10 +27,11 @@ impl Reporting {
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
-        let (s, h) = (served.clone(), healthy.clone());
+        let failing = Arc::new(AtomicBool::new(false));
+        let (s, h, f) = (served.clone(), healthy.clone(), failing.clone());
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
-                let (s, h) = (s.clone(), h.clone());
+                let (s, h, f) = (s.clone(), h.clone(), f.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -41,16 +44,17 @@ impl Reporting {
                             continue;
                         };
                         let health = buf.starts_with(b"GET /health");
+                        let status = if f.load(Ordering::SeqCst) { 503 } else { 200 };
                         buf.drain(..end + 4);
                         let answer = if health {
                             let status = if h.load(Ordering::SeqCst) { 200 } else { 503 };
                             format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok")
                         } else if in_trailer {
                             s.fetch_add(1, Ordering::SeqCst);
-                            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: endpoint-load-metrics\r\n\r\n2\r\nok\r\n0\r\nendpoint-load-metrics: {report}\r\n\r\n")
+                            format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\ntrailer: endpoint-load-metrics\r\n\r\n2\r\nok\r\n0\r\nendpoint-load-metrics: {report}\r\n\r\n")
                         } else {
                             s.fetch_add(1, Ordering::SeqCst);
-                            format!("HTTP/1.1 200 OK\r\nendpoint-load-metrics: {report}\r\ncontent-length: 2\r\n\r\nok")
+                            format!("HTTP/1.1 {status} X\r\nendpoint-load-metrics: {report}\r\ncontent-length: 2\r\n\r\nok")
                         };
                         if sock.write_all(answer.as_bytes()).await.is_err() {
                             return;
@@ -63,6 +67,7 @@ impl Reporting {
             addr,
             served,
             healthy,
+            failing,
         }
     }
 
@@ -153,6 +158,20 @@ async fn backends_are_weighted_by_the_load_they_report() {
             >= Some(5.0)
     );
     assert!(broken.served() >= 1);
+
+    // Passive ejection stays in charge: answering 503s, however idle it says it is,
+    // the light backend is ejected (retried elsewhere meanwhile) and gets nothing.
+    light.failing.store(true, Ordering::SeqCst);
+    send(&v, "r", 30).await;
+    assert_eq!(
+        gauge(&v, "vigil_backend_effective_weight", "r", &light).await,
+        Some(0.0),
+        "ejected"
+    );
+    let before = light.served();
+    send(&v, "r", 20).await;
+    assert_eq!(light.served(), before, "nothing to an ejected backend");
+    light.failing.store(false, Ordering::SeqCst);
 
     // The checker stays in charge: the light backend fails its checks and gets
     // nothing, however idle it says it is.

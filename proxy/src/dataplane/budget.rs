@@ -1,12 +1,13 @@
 //! A pool's retry budget (`retry_budget: {ratio, min}`, Envoy's): retries that add
 //! load to the pool — a status in `retry_on_status`, a timeout while the backend
-//! worked, one request that waited too long — that the pool's requests have in flight
-//! at once stay within `ratio` of its requests in flight, or `min`, whichever is more.
-//! When a whole pool degrades, retries then add a fifth to its load instead of
-//! multiplying it. A request its backend could not take (a connect error, a reset or
-//! close before any answer, a backend judged stuck) goes elsewhere outside the budget:
-//! that moves the load of a dead or frozen backend, it adds none, and refusing it
-//! would fail requests while other backends pass their checks. A request that has
+//! worked — that the pool's requests have in flight at once stay within `ratio` of its
+//! requests in flight, or `min`, whichever is more. When a whole pool degrades,
+//! retries then add a fifth to its load instead of multiplying it. A request its
+//! backend could not take (a connect error, a reset or close before any answer) goes
+//! elsewhere outside the budget: that moves the load of a dead backend, it adds none,
+//! and refusing it would fail requests while other backends pass their checks. Stall
+//! resends (a frozen backend's requests cut) have their own budget, the stall
+//! detector's. A request that has
 //! retried holds its place until it ends, however many more attempts it makes. A
 //! retry over the budget is not sent: the request ends with its failed attempt's
 //! answer or error, counted as refused.

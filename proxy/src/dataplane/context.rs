@@ -299,11 +299,11 @@ impl Ctx {
                 b.failed(self.attempt_started.elapsed());
             }
         }
-        // The backend spent work on it (it timed out while working on it, or this one
-        // request waited too long): the retry adds load, within the budget. A backend
-        // that could not take it (reset, closed, judged stuck as a whole) passes its
-        // requests on outside the budget, as a dead one's connect errors do.
-        let load = (timed_out && e.etype() != &ConnectTimedout) || cut == Some(Cut::Slow);
+        // The backend timed out while working on it: the retry adds load, within the
+        // budget. A backend that could not take it (reset, closed) passes its requests
+        // on outside the budget, as a dead one's connect errors do; a stall cut's
+        // resend is bounded by the stall detector's own budget.
+        let load = timed_out && e.etype() != &ConnectTimedout && cut.is_none();
         from_upstream && !self.got_header && safe && self.can_retry() && self.take_retry(load)
     }
 
