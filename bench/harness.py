@@ -2411,7 +2411,11 @@ def bench_uneven(seconds=None, limit=16, share=0.8):
     in proportion to capacity) and the latency. `balance: load_report` is skipped if this
     build refuses it."""
     seconds = seconds or int(os.environ.get("UNEVEN_SECONDS", "20"))
-    services = (20, 20, 10)
+    # UNEVEN_LIMIT places and service times UNEVEN_SLOWER times longer: the same
+    # shape at a request rate that leaves the 2 cores to the proxies being compared.
+    limit = int(os.environ.get("UNEVEN_LIMIT", limit))
+    slower = int(os.environ.get("UNEVEN_SLOWER", "1"))
+    services = tuple(s * slower for s in (20, 20, 10))
     capacity = sum(limit * 1000 / s for s in services)
     rate = int(capacity * share)
     modes = ["round_robin", "least_requests", "peak_ewma", "load_report"]
@@ -2460,12 +2464,12 @@ def bench_uneven(seconds=None, limit=16, share=0.8):
     print(f"\n### Uneven backends that report their load (issue #30)\n")
     print(f"Three backends of {limit} places each (more wait inside), two at {services[0]} ms per request and one "
           f"at {services[2]} ms: capacity {capacity:.0f} req/s, half of it the fast one's. Each answer carries "
-          f"`endpoint-load-metrics` (utilization = requests held / {limit}). Open loop {rate} req/s "
+          f"`endpoint-load-metrics` (utilization = the last second's average of requests held / {limit}). Open loop {rate} req/s "
           f"({share:.0%} of capacity) for {seconds} s; vigil with 2 workers and no max_requests. The load "
           f"generator shares the 2 cores with vigil and the backends.\n")
     for note in notes:
         print(f"Note: {note}.\n")
-    print("| balance | sent | 200 | share to the fast backend | served (20/20/10 ms) | peak held per backend "
+    print(f"| balance | sent | 200 | share to the fast backend | served ({services[0]}/{services[1]}/{services[2]} ms) | peak held per backend "
           "| p50 ms | p99 ms | send lag p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
