@@ -23,8 +23,8 @@ pub struct LoadReports {
 #[derive(Debug, Default)]
 struct State {
     weight: Weight,
-    /// From the latest report, with or without a weight.
-    utilization: Option<f64>,
+    /// From the latest report, with or without a weight, and when it came.
+    utilization: Option<(f64, Instant)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,7 +49,7 @@ impl LoadReports {
     /// updates the utilization only: it neither resets nor refreshes the weight.
     pub fn record(&self, report: &Report, error_penalty: f64, now: Instant) {
         let mut state = self.lock();
-        state.utilization = Some(report.utilization());
+        state.utilization = Some((report.utilization(), now));
         let Some(weight) = report.weight(error_penalty) else {
             return;
         };
@@ -97,9 +97,11 @@ impl LoadReports {
     }
 
     /// The utilization of the latest report (the application's, else CPU), for
-    /// `vigil_backend_reported_utilization`.
-    pub fn utilization(&self) -> Option<f64> {
-        self.lock().utilization
+    /// `vigil_backend_reported_utilization`; None once that report is `expiry` old, as
+    /// the weight is.
+    pub fn utilization(&self, now: Instant, expiry: Duration) -> Option<f64> {
+        let (utilization, at) = self.lock().utilization?;
+        (now.saturating_duration_since(at) < expiry).then_some(utilization)
     }
 
     /// The state is plain numbers, whole after any panic.

@@ -260,18 +260,19 @@ fn load_report_one_odd_report_moves_the_weight_by_alpha() {
 }
 
 #[test]
-fn load_report_utilization_is_the_latest_reported() {
+fn load_report_utilization_is_the_latest_reported_until_it_expires() {
     let backend = LoadReports::new();
-    assert_eq!(backend.utilization(), None);
     let t0 = Instant::now();
+    assert_eq!(backend.utilization(t0, EXPIRY), None);
     backend.record(&report(100.0, 0.5), 1.0, t0);
-    assert_eq!(backend.utilization(), Some(0.5));
+    assert_eq!(backend.utilization(t0, EXPIRY), Some(0.5));
     let cpu_only = Report {
         cpu_utilization: 0.7,
         ..Report::default()
     };
     backend.record(&cpu_only, 1.0, t0);
-    assert_eq!(backend.utilization(), Some(0.7));
+    assert_eq!(backend.utilization(t0, EXPIRY), Some(0.7));
+    assert_eq!(backend.utilization(t0 + EXPIRY, EXPIRY), None, "gone quiet");
 }
 
 fn weights(configured: &[u32], reported: &[Option<f64>]) -> Vec<f64> {

@@ -10,6 +10,7 @@ use crate::dataplane::upstream_tls::PoolTls;
 use crate::observe::metrics::{PoolHandles, ProxyMetrics};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::time::Instant;
 use vigil_conf::{HostPattern, PoolConfig};
 use vigil_healthcheck::{Member, Membership};
 
@@ -198,7 +199,9 @@ impl RoutingTable {
                     (Some(k), Some(order)) => order.weights[k],
                     (Some(_), None) => f64::from(m.weight),
                 };
-                let utilization = reported.as_ref().and(m.endpoint.load.utilization());
+                let expiry = pool.config.load_report.expiry;
+                let utilization =
+                    (reported.as_ref()).and(m.endpoint.load.utilization(Instant::now(), expiry));
                 rows.push((&*pool.name, &*m.endpoint.address, utilization, weight));
             }
         }
