@@ -161,3 +161,48 @@ async fn retries_in_flight_stay_within_the_pools_retry_budget() {
         8.0
     );
 }
+
+/// A backend that cannot take a request (here: dead, refusing connections) has its
+/// requests sent elsewhere outside the retry budget, even a budget of nothing: that
+/// moves its load, it adds none. Retries that would add load stay within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backends_requests_go_elsewhere_whatever_the_retry_budget() {
+    let dead = FakeBackend::start("dead").await;
+    let (y, z) = (FakeBackend::start("y").await, FakeBackend::start("z").await);
+    // Checks far apart and no passive ejection: the dead backend stays a candidate.
+    let slow_checks = "    health_check:\n      interval: 60s\n      timeout: 1s\n      rise: 1\n      fall: 1\n    passive:\n      consecutive_failures: 0\n";
+    let budget = "    retries: 2\n    retry_on_status: [500]\n    retry_budget:\n      ratio: 0\n      min: 0\n    routes:\n      - host: none\n";
+    let v = start_vigil(
+        "",
+        &[pool(
+            "none",
+            &[(&dead, 1), (&y, 1), (&z, 1)],
+            &format!("{slow_checks}{budget}"),
+        )],
+    )
+    .await;
+    dead.kill();
+    let answers = at_once(&v, "none", 12).await;
+    assert_eq!(count(&answers, 200), 12, "{answers:?}");
+    let metric = |series: &'static str| {
+        let v = &v;
+        async move { v.metric(series).await.unwrap_or(0.0) }
+    };
+    assert!(
+        metric(r#"vigil_upstream_retries_total{pool="none"}"#).await >= 1.0,
+        "the dead backend's requests were retried"
+    );
+    assert_eq!(
+        metric(r#"vigil_requests_refused_total{pool="none",reason="retry_budget"}"#).await,
+        0.0
+    );
+    // A 500 would be retried, but that adds load: with no budget, never.
+    y.ctl.set_status(500);
+    z.ctl.set_status(500);
+    let answers = at_once(&v, "none", 6).await;
+    assert_eq!(count(&answers, 500), 6, "{answers:?}");
+    assert_eq!(
+        metric(r#"vigil_requests_refused_total{pool="none",reason="retry_budget"}"#).await,
+        6.0
+    );
+}
