@@ -67,3 +67,22 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
 }
+
+/// The fuzz tests' settings: 2,000 cases unless `PROPTEST_CASES` says more (`make
+/// fuzz`), and no regression files in the tree (a failure prints its minimal input).
+#[cfg(test)]
+mod fuzzing {
+    use proptest::prelude::ProptestConfig;
+
+    pub(crate) fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2_000),
+            )
+        }
+    }
+}

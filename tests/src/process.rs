@@ -351,6 +351,18 @@ impl Vigil {
             .expect("admin request")
     }
 
+    /// The backend at `addr` in pool `pool`, as `/health/detailed` shows it.
+    pub async fn backend_detail(&self, pool: &str, addr: SocketAddr) -> serde_json::Value {
+        let d = self.admin_get("/health/detailed").await.json();
+        d["pools"][pool]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .cloned()
+            .unwrap()
+    }
+
     /// Polls `/metrics` until `series` has `value` (counters bumped in Pingora's
     /// logging phase land just after the client has its answer).
     pub async fn wait_metric(&self, series: &str, value: f64) {

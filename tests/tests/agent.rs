@@ -22,14 +22,7 @@ fn checks(agent: bool) -> String {
 }
 
 async fn backend_detail(v: &Vigil, b: &FakeBackend) -> serde_json::Value {
-    let d = v.admin_get("/health/detailed").await.json();
-    d["pools"]["web"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["address"] == b.addr.to_string())
-        .cloned()
-        .unwrap()
+    v.backend_detail("web", b.addr).await
 }
 
 /// Waits until `/health`, which counts from the routing snapshot in use, says `status`

@@ -22,14 +22,7 @@ async fn set_state(v: &Vigil, b: &FakeBackend, state: &str, token: Option<&str>)
 }
 
 async fn backend_detail(v: &Vigil, b: &FakeBackend) -> serde_json::Value {
-    let d = v.admin_get("/health/detailed").await.json();
-    d["pools"]["web"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["address"] == b.addr.to_string())
-        .cloned()
-        .unwrap()
+    v.backend_detail("web", b.addr).await
 }
 
 /// `n` requests one after another; returns how many `b` answered.

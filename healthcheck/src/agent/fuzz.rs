@@ -4,19 +4,8 @@
 //! as a simple model says (the last word of each kind).
 
 use super::{AgentHealth, AgentMode, AgentReply, AgentState, MAX_MESSAGE, MAX_PERCENT};
+use crate::fuzzing::config;
 use proptest::prelude::*;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2_000),
-        )
-    }
-}
 
 /// One word of a message, as the model reads it.
 #[derive(Debug, Clone)]

@@ -3,20 +3,9 @@
 //! either encoding reads back the same; pool weights stay finite and non-negative.
 
 use super::{effective_weights, parse, Report};
+use crate::fuzzing::config;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2_000),
-        )
-    }
-}
 
 /// A field as a backend writes it: absent, or a finite non-negative number of any size.
 fn value() -> impl Strategy<Value = Option<f64>> {

@@ -8,6 +8,9 @@ use tokio::time::Instant;
 use vigil_conf::Balance;
 use vigil_healthcheck::load_report::{Malformed, Report};
 
+/// An answer's load report, parsed or refused.
+pub(crate) type LoadReport = Result<Report, Malformed>;
+
 impl Ctx {
     /// The request's pool balances by load reports: its answers' reports are read.
     pub(crate) fn takes_load_reports(&self) -> bool {
@@ -16,7 +19,7 @@ impl Ctx {
     }
 
     /// The current attempt's answer carried `report`.
-    pub(crate) fn load_reported(&self, report: Result<Report, Malformed>) {
+    pub(crate) fn load_reported(&self, report: LoadReport) {
         let (Some(pool), Some(backend)) = (self.pool(), self.current_backend()) else {
             return;
         };

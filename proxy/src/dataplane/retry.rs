@@ -2,9 +2,7 @@
 //! pool's retry budget (`budget.rs`) while it retries.
 
 use crate::dataplane::context::Ctx;
-
-/// `reason` index of a retry refused by the budget in `vigil_requests_refused_total`.
-const REFUSED_RETRY_BUDGET: usize = 2;
+use crate::observe::metrics::REFUSED_RETRY_BUDGET;
 
 impl Ctx {
     /// One more attempt is allowed and an untried candidate or fallback member exists.

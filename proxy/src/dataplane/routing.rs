@@ -185,23 +185,21 @@ impl RoutingTable {
     /// `(pool, backend, utilization, weight)`; 0 for one that is not a candidate.
     pub fn backend_load(&self) -> Vec<(&str, &str, Option<f64>, f64)> {
         let mut rows = Vec::new();
+        let now = Instant::now();
         for pool in &self.pools {
-            let reported = match &pool.selector {
+            let expiry = pool.config.load_report.expiry;
+            let order = match &pool.selector {
                 Selector::LoadReport { order, .. } => {
                     Some(order.current(&pool.members, &pool.candidates))
                 }
                 _ => None,
             };
             for (i, m) in pool.members.iter().enumerate() {
-                let position = pool.candidates.iter().position(|&c| c == i);
-                let weight = match (position, &reported) {
-                    (None, _) => 0.0,
-                    (Some(k), Some(order)) => order.weights[k],
-                    (Some(_), None) => f64::from(m.weight),
+                let (utilization, weight) = match &order {
+                    Some(order) => (m.endpoint.load.utilization(now, expiry), order.weights[i]),
+                    None if pool.candidates.contains(&i) => (None, f64::from(m.weight)),
+                    None => (None, 0.0),
                 };
-                let expiry = pool.config.load_report.expiry;
-                let utilization =
-                    (reported.as_ref()).and(m.endpoint.load.utilization(Instant::now(), expiry));
                 rows.push((&*pool.name, &*m.endpoint.address, utilization, weight));
             }
         }

@@ -57,6 +57,8 @@ pub const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 /// (`Refused as usize`).
 /// `retry_budget` is a retry not sent (`budget.rs`), the request ending without it.
 pub const REFUSED_REASONS: [&str; 3] = ["queue_full", "queue_timeout", "retry_budget"];
+/// Index of `retry_budget` in [`REFUSED_REASONS`] (the queue's are `Refused as usize`).
+pub const REFUSED_RETRY_BUDGET: usize = 2;
 
 /// Index into [`CLASSES`]; informational and odd codes count with their neighbours.
 pub fn class_index(status: u16) -> usize {

@@ -1,7 +1,7 @@
-//! `balance: load_report`: the smooth weighted order of `weighted_round_robin`, its
-//! weights from what the backends report of their load (`LoadReports`, as gRPC's
-//! weighted round robin reads ORCA), rebuilt every [`WEIGHT_UPDATE_MS`] by the first
-//! request that finds it old. A backend without usable reports keeps its configured
+//! `balance: load_report`: weighted least requests, the weights from what the backends
+//! report of their load (`LoadReports`, as gRPC's weighted round robin reads ORCA),
+//! with `weighted_round_robin`'s smooth order to break ties; both rebuilt every
+//! [`WEIGHT_UPDATE_MS`] by the first request that finds them old. A backend without usable reports keeps its configured
 //! weight. Reports only weigh the candidates: they never make routable a backend the
 //! checker or passive ejection holds out.
 
@@ -28,7 +28,8 @@ pub struct ReportedOrder {
     built_ms: AtomicU64,
 }
 
-/// The order, and each candidate's weight (by candidate position) for the metrics.
+/// The order over the candidates, and each member's weight (by member index; 0 for
+/// one that is not a candidate).
 pub struct Order {
     pub sequence: Vec<u32>,
     pub weights: Vec<f64>,
@@ -75,7 +76,7 @@ pub fn pick(
 ) -> Option<usize> {
     let first = in_order(&order.sequence, start, members, candidates, tried)?;
     let load = |i: usize| {
-        let weight = order.weights[position(candidates, i) as usize] * members[i].endpoint.ramp();
+        let weight = order.weights[i] * members[i].endpoint.ramp();
         members[i].endpoint.in_flight() as f64 / weight.max(1e-9)
     };
     let mut best = (first, load(first));
@@ -98,11 +99,6 @@ pub fn pick(
     Some(best.0)
 }
 
-/// Where member `i` is among the candidates.
-fn position(candidates: &[usize], i: usize) -> u32 {
-    candidates.iter().position(|&c| c == i).unwrap_or(0) as u32
-}
-
 /// The order from the candidates' configured and reported weights now.
 fn order(config: &LoadReportConfig, members: &[Member], candidates: &[usize]) -> Order {
     let now = Instant::now();
@@ -114,10 +110,10 @@ fn order(config: &LoadReportConfig, members: &[Member], candidates: &[usize]) ->
             load.weight(now, config.blackout, config.expiry)
         })
         .collect();
-    let mut weights = Vec::with_capacity(candidates.len());
-    effective_weights(&configured, &reported, &mut weights);
-    let heaviest = weights.iter().copied().fold(0.0, f64::max);
-    let steps: Vec<u64> = weights
+    let mut effective = Vec::with_capacity(candidates.len());
+    effective_weights(&configured, &reported, &mut effective);
+    let heaviest = effective.iter().copied().fold(0.0, f64::max);
+    let steps: Vec<u64> = effective
         .iter()
         .map(|w| match heaviest > 0.0 {
             true => ((w / heaviest * RESOLUTION).round() as u64).max(1),
@@ -127,6 +123,10 @@ fn order(config: &LoadReportConfig, members: &[Member], candidates: &[usize]) ->
     // Equal weights make an order of one entry each, not a hundred.
     let common = steps.iter().copied().fold(0, gcd).max(1);
     let steps: Vec<u64> = steps.iter().map(|s| s / common).collect();
+    let mut weights = vec![0.0; members.len()];
+    for (&i, w) in candidates.iter().zip(effective) {
+        weights[i] = w;
+    }
     Order {
         sequence: smooth_sequence(&steps),
         weights,
@@ -187,7 +187,10 @@ mod tests {
         assert!((mean - 1.0).abs() < 1e-9, "{:?}", reported.weights);
         // Not a candidate (held out): no share, whatever it reports.
         let held_out = order(&config, &ms, &[1, 2]);
-        assert_eq!(held_out.weights.len(), 2);
+        assert_eq!(
+            held_out.weights[0], 0.0,
+            "the held-out member weighs nothing"
+        );
         assert!(!held_out.sequence.contains(&2));
     }
 

@@ -7,12 +7,13 @@ use super::framing::{Asked, Body, Framing};
 use super::response::{parse_response, Response};
 use super::{tunnel, Pipeline};
 use crate::dataplane::context::Ctx;
+use crate::dataplane::reports::LoadReport;
 use bytes::{Buf, BytesMut};
 use pingora::prelude::*;
 use pingora::protocols::Stream;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use vigil_healthcheck::load_report::{self, Malformed, Report};
+use vigil_healthcheck::load_report;
 
 /// How one attempt ended.
 pub(super) enum Exchange {
@@ -193,9 +194,6 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) 
             .map_err(|e| e.into_up()),
     }
 }
-
-/// An answer's load report, parsed or refused.
-pub(super) type LoadReport = Result<Report, Malformed>;
 
 /// The `endpoint-load-metrics` trailer among a chunked body's trailer lines (gRPC
 /// backends report in trailers).

@@ -19,6 +19,7 @@ use std::io::Write;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
+use vigil_healthcheck::load_report;
 
 /// A request as the loop sends it upstream.
 #[derive(Clone, Copy)]
@@ -240,12 +241,12 @@ impl Pipeline {
             watch_client: !unfinished,
             read_timeout,
         };
-        let Some(mut resp) = answer_head(client, up, &mut buf, wait).await? else {
+        let Some(resp) = answer_head(client, up, &mut buf, wait).await? else {
             return Ok(Exchange::ClientGone);
         };
         let reports = ctx.takes_load_reports();
-        if let Some(report) = resp.load_report.take().filter(|_| reports) {
-            ctx.load_reported(report);
+        if let Some(at) = resp.load_report.clone().filter(|_| reports) {
+            ctx.load_reported(load_report::parse(&buf[at]));
         }
         if resp.status != 101 && ctx.answered(resp.status, repeatable) && !unfinished {
             return Ok(Exchange::StatusRetry);

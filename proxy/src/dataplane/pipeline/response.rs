@@ -7,7 +7,8 @@ use crate::dataplane::request::{connection_keeps, HOP_BY_HOP};
 use pingora::prelude::*;
 use std::io::Write;
 use std::mem::MaybeUninit;
-use vigil_healthcheck::load_report::{self, Malformed, Report};
+use std::ops::Range;
+use vigil_healthcheck::load_report;
 
 /// A backend's response head may be at most this long (Pingora's own limit).
 const MAX_RESPONSE_HEAD: usize = 1 << 20;
@@ -27,8 +28,9 @@ pub(super) struct Response {
     /// The head for the client (empty for an informational answer; the backend's own
     /// for a `101` to an upgrade, which is the handshake).
     pub client_head: Vec<u8>,
-    /// Its `endpoint-load-metrics` field (an ORCA load report), parsed.
-    pub load_report: Option<Result<Report, Malformed>>,
+    /// Where its `endpoint-load-metrics` value (an ORCA load report) lies in the
+    /// head: parsed only by pools that balance by reports.
+    pub load_report: Option<Range<usize>>,
 }
 
 /// Parses the backend's response head at the start of `buf`: None while incomplete.
@@ -101,7 +103,10 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         keep,
         dechunk,
         client_head: head.write(len + 32),
-        load_report: fields.load_report.map(load_report::parse),
+        load_report: fields.load_report.map(|v| {
+            let at = v.as_ptr() as usize - buf.as_ptr() as usize;
+            at..at + v.len()
+        }),
     }))
 }
 
