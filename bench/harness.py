@@ -2409,14 +2409,24 @@ def bench_uneven(seconds=None, limit=16, share=0.8):
     (`endpoint-load-metrics`), under an open loop at 80% of capacity for UNEVEN_SECONDS
     (20): the share of requests each of vigil's balancers sends to the fast one (50% is
     in proportion to capacity) and the latency. `balance: load_report` is skipped if this
-    build refuses it."""
+    build refuses it. UNEVEN_BY=places: twice as fast by capacity instead (all at 20 ms,
+    the fast one with twice the places)."""
     seconds = seconds or int(os.environ.get("UNEVEN_SECONDS", "20"))
     # UNEVEN_LIMIT places and service times UNEVEN_SLOWER times longer: the same
     # shape at a request rate that leaves the 2 cores to the proxies being compared.
     limit = int(os.environ.get("UNEVEN_LIMIT", limit))
     slower = int(os.environ.get("UNEVEN_SLOWER", "1"))
     services = tuple(s * slower for s in (20, 20, 10))
-    capacity = sum(limit * 1000 / s for s in services)
+    limits = (limit, limit, limit)
+    # UNEVEN_BY=places: twice as fast by capacity, not by service time (a machine with
+    # twice the cores): the same service time everywhere, the fast backend with twice
+    # the places. Answer times then do not tell the fast backend from the others until
+    # one queues; its reported utilization does.
+    by_places = os.environ.get("UNEVEN_BY") == "places"
+    if by_places:
+        services = (20 * slower,) * 3
+        limits = (limit // 2, limit // 2, limit)
+    capacity = sum(n * 1000 / s for n, s in zip(limits, services))
     rate = int(capacity * share)
     modes = ["round_robin", "least_requests", "peak_ewma", "load_report"]
     rows, notes = [], []
@@ -2429,8 +2439,8 @@ def bench_uneven(seconds=None, limit=16, share=0.8):
         if not ok:
             notes.append(f"balance: {mode} skipped: this vigil refuses it ({err})")
             continue
-        backends = [fleet_with(1, f"uneven{n}-b{i}", ["--limit", limit, "--service-ms", s, "--report-load"])
-                    for i, s in enumerate(services)]
+        backends = [fleet_with(1, f"uneven{n}-b{i}", ["--limit", places, "--service-ms", s, "--report-load"])
+                    for i, (places, s) in enumerate(zip(limits, services))]
         addrs = [b[2][0] for b in backends]
         listen = f"127.0.0.1:{19480 + 4 * n}"
         p, admin = run_peer("vigil", listen, addrs, vigil_extra=extra, name=f"uneven-{mode}")
@@ -2450,7 +2460,7 @@ def bench_uneven(seconds=None, limit=16, share=0.8):
                "peak": [b["peak_held"] for b in s1], "lag_p99": quantile_ms([r[2] for r in res], 0.99),
                "weights": []}
         if mode == "load_report":
-            role = {a: f"{s} ms" for a, s in zip(addrs, services)}
+            role = {a: f"{n}-place {s} ms" for a, n, s in zip(addrs, limits, services)}
             for k, v in sorted(m.items()):
                 b = re.search(r'backend="([^"]+)"', k)
                 if b and ("effective_weight" in k or "reported_utilization" in k):
@@ -2462,14 +2472,19 @@ def bench_uneven(seconds=None, limit=16, share=0.8):
             stop(b[0])
         time.sleep(0.5)
     print(f"\n### Uneven backends that report their load (issue #30)\n")
-    print(f"Three backends of {limit} places each (more wait inside), two at {services[0]} ms per request and one "
-          f"at {services[2]} ms: capacity {capacity:.0f} req/s, half of it the fast one's. Each answer carries "
-          f"`endpoint-load-metrics` (utilization = the last second's average of requests held / {limit}). Open loop {rate} req/s "
+    if by_places:
+        shape = (f"Three backends at {services[0]} ms per request, two of {limits[0]} places and one of {limits[2]} "
+                 f"(more wait inside)")
+    else:
+        shape = (f"Three backends of {limit} places each (more wait inside), two at {services[0]} ms per request "
+                 f"and one at {services[2]} ms")
+    print(f"{shape}: capacity {capacity:.0f} req/s, half of it the fast one's. Each answer carries "
+          f"`endpoint-load-metrics` (utilization = the last second's average of requests held / its places). Open loop {rate} req/s "
           f"({share:.0%} of capacity) for {seconds} s; vigil with 2 workers and no max_requests. The load "
           f"generator shares the 2 cores with vigil and the backends.\n")
     for note in notes:
         print(f"Note: {note}.\n")
-    print(f"| balance | sent | 200 | share to the fast backend | served ({services[0]}/{services[1]}/{services[2]} ms) | peak held per backend "
+    print(f"| balance | sent | 200 | share to the fast backend | served ({'/'.join(f'{n}x{s} ms' for n, s in zip(limits, services))}) | peak held per backend "
           "| p50 ms | p99 ms | send lag p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
