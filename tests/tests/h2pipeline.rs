@@ -501,9 +501,10 @@ async fn the_same_request_over_http1_and_http2_is_the_same_request() {
 
 /// A connection's streams are served on its worker thread: requests one after the
 /// other over one HTTP/2 connection reuse one upstream connection (each worker thread
-/// keeps its own idle ones). Pingora spawned each stream on a random worker thread
-/// (pingora-core patch 16): with two, about every other request found no idle
-/// connection on its thread and the streams shared the codec across threads.
+/// keeps its own idle ones). Pingora's HTTP/2 server spawned each stream on a random
+/// worker thread: with two, about every other request found no idle connection on its
+/// thread and the streams shared the codec across threads. vigil's own serves them in
+/// the connection's task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_connection_s_streams_stay_on_its_thread() {
     let b = vigil_tests::FakeBackend::start("b").await;

@@ -50,7 +50,7 @@ use client::Client;
 use conn::Conn;
 use framing::Asked;
 use head::{Env, Head, LogHead, Refusal, Request, RequestBody};
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::server::{refuse_request_head, HeadLimits};
@@ -160,11 +160,14 @@ impl Pipeline {
                     return None;
                 }
                 Ok(_) if h2 => {
-                    // Its stream back to Pingora's proxy, the body unread.
-                    let client = stream.into_any().downcast::<h2::H2Client>().ok()?;
-                    let session = client.into_session()?;
-                    let session = pingora::protocols::http::ServerSession::new_http2(session);
-                    self.pingora.process_new_http(session, shutdown).await;
+                    // A stream is no connection to hand over: what the loop does not
+                    // carry is refused on it, its body unread.
+                    let status = (stream.as_any())
+                        .downcast_ref::<h2::H2Client>()
+                        .map_or(400, |c| c.refusal(&buf, &limits));
+                    self.plane.edge.refused(status, conn.client.as_ref());
+                    let refuse = Box::pin(refuse_request_head(&mut stream, status));
+                    refuse.await;
                     return None;
                 }
                 Ok(_) => {
@@ -428,11 +431,11 @@ impl ServerApp for Pipeline {
             _ => return self.pingora.process_new(stream, shutdown).await,
         };
         if h2 {
-            // Pingora's HTTP/2 server: each stream's request back here (`H2Front`).
-            let front = Arc::new(h2::H2Front {
-                pipeline: self.clone(),
-            });
-            return front.process_new(stream, shutdown).await;
+            // Its streams, each a request for the loop, served in this task. (Boxed: an
+            // HTTP/1 connection's future is not to hold room for a codec.)
+            let serve = Box::pin(h2::serve_connection(self, stream, shutdown));
+            serve.await;
+            return None;
         }
         self.serve(stream, shutdown, false).await
     }

@@ -41,6 +41,10 @@ pub static H2_HANDSHAKE_ERRORS: LazyLock<prometheus::IntCounter> = LazyLock::new
     .expect("static metric")
 });
 
+/// The target of the line vigil's HTTP/2 server writes when a client's handshake fails
+/// (counted in `H2_HANDSHAKE_ERRORS`, not written).
+pub const H2_HANDSHAKE_TARGET: &str = "vigil::h2_handshake";
+
 /// At most one line per this long about each kind of peer-caused event.
 const EPISODE: Duration = Duration::from_secs(60);
 
@@ -58,8 +62,10 @@ impl PeerCaused {
         let target = meta.target();
         if (target == "rustls" || target.starts_with("rustls::")) && *meta.level() == Level::WARN {
             Some(PeerCaused::Rustls)
-        } else if target == "pingora_core::apps" && *meta.level() == Level::ERROR {
-            // Its one `error!` is `H2 handshake error`.
+        } else if (target == "pingora_core::apps" || target == H2_HANDSHAKE_TARGET)
+            && *meta.level() == Level::ERROR
+        {
+            // Pingora's one `error!` there is `H2 handshake error`, as vigil's own.
             Some(PeerCaused::H2Handshake)
         } else {
             None
@@ -100,6 +106,7 @@ pub fn init(format: LogFormat) {
         for directive in [
             "rustls=error",
             "pingora_core::apps=off",
+            "vigil::h2_handshake=off",
             "pingora_core::apps::http_app=warn",
         ] {
             filter = filter.add_directive(directive.parse().expect("static directive"));
@@ -116,7 +123,8 @@ pub fn init(format: LogFormat) {
     let quiet = Quieted::default().with_filter(
         Targets::new()
             .with_target("rustls", Level::WARN)
-            .with_target("pingora_core::apps", Level::ERROR),
+            .with_target("pingora_core::apps", Level::ERROR)
+            .with_target(H2_HANDSHAKE_TARGET, Level::ERROR),
     );
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))

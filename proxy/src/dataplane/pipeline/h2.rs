@@ -1,42 +1,40 @@
-//! HTTP/2 clients on the request loop. Pingora's HTTP/2 server (the `h2` crate, its
-//! handshake, limits, stream acceptance and GOAWAY on shutdown) turns a connection into
-//! streams; each stream's request is then carried by the same loop as an HTTP/1
-//! request, through `H2Client`: a codec that shows the stream to the loop as an HTTP/1.1
-//! connection carrying that one request. Its reads give the request's head written as
-//! HTTP/1.1 (`:authority` as `Host`, cookies joined) and then its body (chunked when
-//! the client gave no length, so that a body ending with an empty DATA frame is framed
-//! once); its writes take the loop's answer, HTTP/1.1 as an HTTP/1.1 client would get
-//! it, and send it as HEADERS, DATA and trailers, within the stream's flow control.
-//! The head's policy, routing, the attempts, retries, stall registration, the access
-//! log and the metrics are the loop's own: one pipeline, two codecs (as HAProxy's
-//! muxes feed one HTTP analyser). A request the loop does not carry (`CONNECT`) is
-//! handed back to Pingora's proxy as the stream it came on. The same codec turned the
-//! other way (`upstream::H2Upstream`) carries requests to `protocol: h2` backends.
+//! HTTP/2 clients on the request loop. `server` serves an HTTP/2 connection (the `h2`
+//! crate's codec, with the contract's limits) and runs its streams in its own task; each
+//! stream's request is carried by the same loop as an HTTP/1 request, through
+//! `H2Client`: a codec that shows the stream to the loop as an HTTP/1.1 connection
+//! carrying that one request. Its reads give the request's head written as HTTP/1.1
+//! (`:authority` as `Host`, cookies joined) and then its body (chunked when the client
+//! gave no length, so that a body ending with an empty DATA frame is framed once); its
+//! writes take the loop's answer, HTTP/1.1 as an HTTP/1.1 client would get it, and send
+//! it as HEADERS, DATA and trailers, within the stream's flow control. The head's
+//! policy, routing, the attempts, retries, stall registration, the access log and the
+//! metrics are the loop's own: one pipeline, two codecs (as HAProxy's muxes feed one
+//! HTTP analyser). A request the loop does not carry (a plain `CONNECT`, a head past
+//! the limits) is refused on its stream as on HTTP/1. The same codec turned the other
+//! way (`upstream::H2Upstream`) carries requests to `protocol: h2` backends.
 
 mod conns;
 mod convert;
 mod convert_up;
 mod digests;
 mod send;
+mod server;
 mod upstream;
 
 pub(super) use conns::{find as h2_conn, open as open_h2_conn};
+pub(super) use server::serve as serve_connection;
 pub(super) use upstream::H2Upstream;
 
 use super::framing::Framing;
-use super::Pipeline;
-use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use convert::{extended_connect, parse_answer, request_head};
 use convert_up::{chunk, last_chunk};
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::protocols::http::v2::server::{H2Options, HttpSession};
-use pingora::protocols::http::ServerSession;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use pingora::protocols::http::v1::server::HeadLimitValues;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::SocketDigest;
-use pingora::server::ShutdownWatch;
 use send::Outbound;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,61 +46,24 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// bound on a backend's head).
 const MAX_ANSWER_HEAD: usize = 1 << 20;
 
-/// An HTTP/2 connection's application: Pingora's HTTP/2 server accepts its streams and
-/// gives each here, to be carried by the loop.
-pub(super) struct H2Front {
-    pub pipeline: Arc<Pipeline>,
-}
-
-#[async_trait]
-impl HttpServerApp for H2Front {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session {
-            ServerSession::H2(session) => {
-                let client = Box::new(H2Client::new(session));
-                self.pipeline.serve(client, shutdown, true).await;
-            }
-            // An h2c listener's HTTP/1 client (Pipeline sends those to the loop before
-            // this; kept for any other way in).
-            ServerSession::H1(session) => {
-                self.pipeline
-                    .serve(session.into_inner(), shutdown, false)
-                    .await;
-            }
-            other => {
-                self.pipeline
-                    .pingora
-                    .process_new_http(other, shutdown)
-                    .await;
-            }
-        }
-        None
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.pipeline.pingora.h2_options.clone()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.pipeline.pingora.server_options.as_ref()
-    }
-}
-
 /// One HTTP/2 stream, shown to the loop as an HTTP/1.1 connection carrying its request.
 pub(super) struct H2Client {
-    session: Option<HttpSession>,
+    /// The request's body as it comes.
+    body: RecvStream,
+    /// Where the answer's head goes (its body then goes on `write`'s stream).
+    respond: SendResponse<Bytes>,
     socket: Option<Arc<SocketDigest>>,
     ssl: Option<Arc<SslDigest>>,
     read: Reading,
     write: Writing,
+    /// The request has a `content-length`: its body is passed on as it is, not chunked.
+    length: bool,
     /// A `HEAD` request: its answer has no body, whatever its head says.
     head_request: bool,
     /// An extended CONNECT (RFC 8441): after its `101`, the stream carries a tunnel.
     tunnel: bool,
+    /// A plain `CONNECT` (a forward proxy's): refused with 405, as Pingora's proxy does.
+    connect: bool,
     /// The loop cut the answer short (`reset_on_close`): the stream ends with a reset.
     cut: AtomicBool,
 }
@@ -141,28 +102,47 @@ fn other(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error 
 }
 
 impl H2Client {
-    pub(super) fn new(session: HttpSession) -> H2Client {
-        let digest = session.digest();
-        let socket = digest.and_then(|d| d.socket_digest.clone());
-        let ssl = digest.and_then(|d| d.ssl_digest.clone());
-        let head_request = session.req_header().method == http::Method::HEAD;
-        let tunnel = extended_connect(&session).is_some();
-        let head = request_head(&session);
+    pub(super) fn new(
+        request: http::Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        socket: Option<Arc<SocketDigest>>,
+        ssl: Option<Arc<SslDigest>>,
+    ) -> H2Client {
+        let (parts, body) = request.into_parts();
+        let length = parts.headers.get(http::header::CONTENT_LENGTH);
+        // No body to read: the stream ended with its head, or said its length is 0.
+        let bodiless = body.is_end_stream() || length.is_some_and(|l| l.as_bytes() == b"0");
+        let tunnel = extended_connect(&parts).is_some();
         H2Client {
-            session: Some(session),
+            read: Reading::Head(request_head(&parts, bodiless)),
+            write: Writing::Head(BytesMut::new()),
+            length: length.is_some(),
+            head_request: parts.method == http::Method::HEAD,
+            connect: parts.method == http::Method::CONNECT && !tunnel,
+            tunnel,
+            body,
+            respond,
             socket,
             ssl,
-            read: Reading::Head(head),
-            write: Writing::Head(BytesMut::new()),
-            head_request,
-            tunnel,
             cut: AtomicBool::new(false),
         }
     }
 
-    /// The stream back, for Pingora's proxy: only before any of its body was read.
-    pub(super) fn into_session(mut self) -> Option<HttpSession> {
-        self.session.take()
+    /// The status a request the loop does not carry is refused with, `head` its head
+    /// as the loop read it: 405 for a plain `CONNECT` (vigil is no forward proxy, as
+    /// Pingora's proxy said), 431 for a head past the limits, else 400.
+    pub(super) fn refusal(&self, head: &[u8], limits: &HeadLimitValues) -> u16 {
+        if self.connect {
+            return 405;
+        }
+        let mut slots = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
+        let max = limits.max_headers.min(super::MAX_HEADERS);
+        let mut req = httparse::Request::new(&mut slots[..max]);
+        match req.parse(head) {
+            _ if head.len() > limits.max_bytes => 431,
+            Err(httparse::Error::TooManyHeaders) => 431,
+            _ => 400,
+        }
     }
 
     /// The answer was cut short: the stream is reset, not ended, when the loop drops it.
@@ -170,19 +150,16 @@ impl H2Client {
         self.cut.store(true, Ordering::Relaxed);
     }
 
-    fn session(&mut self) -> io::Result<&mut HttpSession> {
-        self.session
-            .as_mut()
-            .ok_or_else(|| other("stream handed over"))
-    }
-
     /// Reads the next DATA of the request body into `pending` (framed as a chunk when
     /// `chunked`), or marks its end (with the chunked terminator).
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let session = self.session()?;
-            let data = match ready!(session.poll_read_body_bytes(cx)) {
-                Some(Ok(data)) => Some(data),
+            let data = match ready!(self.body.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Taken: the client may send as much again.
+                    let _ = self.body.flow_control().release_capacity(data.len());
+                    Some(data)
+                }
                 Some(Err(e)) => return Poll::Ready(Err(other(e))),
                 None => None,
             };
@@ -215,11 +192,7 @@ impl H2Client {
     fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let reason = match &mut self.write {
             Writing::Body(body) => ready!(body.sender.poll_reset(cx)).map_err(other)?,
-            _ => {
-                let session = self.session()?;
-                let mut idle = session.idle();
-                ready!(Pin::new(&mut idle).poll(cx)).map_err(|e| other(e.to_string()))?
-            }
+            _ => ready!(self.respond.poll_reset(cx)).map_err(other)?,
         };
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::ConnectionReset,
@@ -251,17 +224,14 @@ impl H2Client {
                         continue;
                     };
                     let end = framing == Framing::Empty;
-                    let session = self.session()?;
-                    session
-                        .write_response_header(Box::new(resp), end)
-                        .map_err(|e| other(e.to_string()))?;
+                    let sender = self
+                        .respond
+                        .send_response(http::Response::from_parts(resp, ()), end)
+                        .map_err(other)?;
                     if end {
                         self.write = Writing::Ended;
                         return Ok(());
                     }
-                    let sender = session
-                        .take_response_body_writer()
-                        .ok_or_else(|| other("no body writer"))?;
                     self.write = Writing::Body(Outbound::new(framing, sender));
                     if rest.is_empty() {
                         return Ok(());
@@ -311,24 +281,18 @@ impl AsyncRead for H2Client {
                     buf.put_slice(&head[..n]);
                     head.advance(n);
                     if head.is_empty() {
-                        let done = me.session()?.is_body_done();
-                        me.read = if done {
+                        me.read = if me.body.is_end_stream() {
                             Reading::Done
                         } else {
-                            let length = me
-                                .session()?
-                                .req_header()
-                                .headers
-                                .contains_key(http::header::CONTENT_LENGTH);
                             Reading::Body {
-                                chunked: !length && !me.tunnel,
+                                chunked: !me.length && !me.tunnel,
                                 pending: Bytes::new(),
                                 ended: false,
                             }
                         };
                     }
-                    // Only the head in this read: a request the loop does not carry
-                    // goes back to Pingora with its body unread.
+                    // Only the head in this read: a request the loop does not carry is
+                    // refused with its body unread.
                     return Poll::Ready(Ok(()));
                 }
                 Reading::Body { pending, .. } if !pending.is_empty() => {

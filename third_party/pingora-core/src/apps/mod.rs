@@ -361,11 +361,7 @@ where
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    // On this thread, the connection's (vigil patch 16): `current_handle`
-                    // picks a random worker thread in a no-steal runtime, and a stream
-                    // served on another thread than its connection shares the codec's
-                    // lock and wakes it across threads for every frame.
-                    tokio::spawn(async move {
+                    pingora_runtime::current_handle().spawn(async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;

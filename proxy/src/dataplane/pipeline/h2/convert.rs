@@ -6,14 +6,12 @@ use super::super::MAX_HEADERS;
 use super::other;
 use crate::dataplane::request::HOP_BY_HOP;
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::v2::server::HttpSession;
+use pingora::protocols::http::date::get_cached_date;
 use std::io;
 use std::mem::MaybeUninit;
 
 /// The protocol an extended CONNECT asks for (RFC 8441 §4: `:protocol`), if it is one.
-pub(super) fn extended_connect(session: &HttpSession) -> Option<&str> {
-    let req = session.req_header();
+pub(super) fn extended_connect(req: &http::request::Parts) -> Option<&str> {
     if req.method != http::Method::CONNECT {
         return None;
     }
@@ -22,14 +20,15 @@ pub(super) fn extended_connect(session: &HttpSession) -> Option<&str> {
         .map(|p| p.as_str())
 }
 
-/// The request head of `session` written as HTTP/1.1. An extended CONNECT becomes the
-/// HTTP/1.1 upgrade it stands for (RFC 8441 §5): `GET` with `Connection: upgrade`,
-/// `Upgrade: PROTOCOL` and, for a WebSocket, a fresh `Sec-WebSocket-Key` (an HTTP/2
-/// client sends none: the key and its accept are the last hop's).
-pub(super) fn request_head(session: &HttpSession) -> Bytes {
-    let req = session.req_header();
+/// The request head `req` written as HTTP/1.1 (`bodiless`: it has no body to read).
+/// An extended CONNECT becomes the HTTP/1.1 upgrade it stands for (RFC 8441 §5): `GET`
+/// with `Connection: upgrade`, `Upgrade: PROTOCOL` and, for a WebSocket, a fresh
+/// `Sec-WebSocket-Key` (an HTTP/2 client sends none: the key and its accept are the
+/// last hop's). A `host` that contradicts `:authority` is kept for the loop to refuse,
+/// as an HTTP/1.1 head with two hosts is (RFC 9113 §8.3.1).
+pub(super) fn request_head(req: &http::request::Parts, bodiless: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(512);
-    let upgrade = extended_connect(session);
+    let upgrade = extended_connect(req);
     let method = if upgrade.is_some() {
         "GET"
     } else {
@@ -40,7 +39,7 @@ pub(super) fn request_head(session: &HttpSession) -> Bytes {
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    // `:authority` is the Host (RFC 9113 §8.3.1); Pingora refused a conflicting `host`.
+    // `:authority` is the Host (RFC 9113 §8.3.1).
     let authority = req.uri.authority();
     if let Some(a) = authority {
         out.extend_from_slice(b"host: ");
@@ -53,7 +52,12 @@ pub(super) fn request_head(session: &HttpSession) -> Bytes {
     let mut cookies: Vec<&[u8]> = Vec::new();
     let mut length = false;
     for (name, value) in req.headers.iter() {
-        if name == http::header::HOST && authority.is_some() {
+        if name == http::header::HOST
+            && authority.is_some_and(|a| {
+                a.as_str()
+                    .eq_ignore_ascii_case(value.to_str().unwrap_or(""))
+            })
+        {
             continue;
         }
         if name == http::header::COOKIE {
@@ -73,7 +77,7 @@ pub(super) fn request_head(session: &HttpSession) -> Bytes {
         out.extend_from_slice(b"\r\n");
     }
     // A body without a length is chunked on HTTP/1.1 (a tunnel's bytes are no body).
-    if !length && !session.is_body_done() && upgrade.is_none() {
+    if !length && !bodiless && upgrade.is_none() {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -124,7 +128,7 @@ pub(super) fn parse_answer(
     buf: &[u8],
     head_request: bool,
     tunnel: bool,
-) -> io::Result<Option<(usize, Option<ResponseHeader>, Framing)>> {
+) -> io::Result<Option<(usize, Option<http::response::Parts>, Framing)>> {
     let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
     let mut r = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -170,7 +174,10 @@ pub(super) fn parse_answer(
         let value = http::HeaderValue::from_bytes(h.value).map_err(other)?;
         parts.headers.append(name, value);
     }
-    let resp = ResponseHeader::from(parts);
+    // Every answer has a Date (RFC 9110 §6.6.1); the backend's own is kept.
+    if !parts.headers.contains_key(http::header::DATE) {
+        parts.headers.insert(http::header::DATE, get_cached_date());
+    }
     let framing = if opened {
         // The tunnel's bytes, until either side ends it.
         Framing::Close
@@ -185,7 +192,7 @@ pub(super) fn parse_answer(
             None => Framing::Close,
         }
     };
-    Ok(Some((len, Some(resp), framing)))
+    Ok(Some((len, Some(parts), framing)))
 }
 
 /// A chunked body's trailer lines as HTTP/2 trailers (malformed lines left out).

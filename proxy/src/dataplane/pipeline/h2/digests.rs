@@ -60,9 +60,6 @@ macro_rules! stream_digests {
 
             fn set_socket_digest(&mut self, _digest: SocketDigest) {}
         }
-
-        #[async_trait]
-        impl Peek for $t {}
     };
 }
 
@@ -78,3 +75,15 @@ stream_digests!(
     socket: |s| s.conn.socket.clone(),
     ssl: |s| s.conn.ssl.clone()
 );
+
+#[async_trait]
+impl Peek for H2Client {
+    /// Reading a stream whose request is all read costs no system call (it waits for the
+    /// client's reset): the loop may read at once, with no timer to arm first.
+    async fn wait_readable(&mut self) -> std::io::Result<bool> {
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Peek for H2Upstream {}

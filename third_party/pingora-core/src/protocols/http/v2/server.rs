@@ -639,10 +639,7 @@ impl HttpSession {
         }
 
         /* update headers */
-        // The backend's own Date is kept; one is added when it has none (vigil patch 15).
-        if !header.headers.contains_key(header::DATE) {
-            header.insert_header(header::DATE, get_cached_date())?;
-        }
+        header.insert_header(header::DATE, get_cached_date())?;
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields

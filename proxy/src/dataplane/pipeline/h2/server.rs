@@ -1,0 +1,148 @@
+//! An HTTP/2 client connection, served in one task: the `h2` codec's handshake (with
+//! the contract's `http2` limits), then its streams accepted and each carried by the
+//! loop (`Pipeline::serve` over an `H2Client`), all of them polled here beside the
+//! codec, as HAProxy's mux and its streams share one thread's loop. A stream's request,
+//! its backend's answer and the frames that carry both then take one wake-up of one
+//! task, where a task per stream (Pingora's HTTP/2 server) took several: the stream's,
+//! and the codec's for every frame the stream queued.
+//!
+//! The connection ends when the client closes it, on a codec error (a flood cut with
+//! GOAWAY among them), after `http2.idle_timeout` without a stream, or, once vigil
+//! shuts down, when its streams are done: it is told with GOAWAY at once, and the
+//! streams it opened before that are still served.
+
+use super::H2Client;
+use crate::dataplane::pipeline::Pipeline;
+use crate::observe::logging::H2_HANDSHAKE_TARGET;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
+use pingora::protocols::http::v2::server::handshake;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+/// Serves the HTTP/2 connection `stream` until it ends.
+pub(in crate::dataplane::pipeline) async fn serve(
+    pipeline: &Pipeline,
+    stream: Stream,
+    shutdown: &ShutdownWatch,
+) {
+    let socket = stream.get_socket_digest();
+    let ssl = stream.get_ssl_digest();
+    let options = pipeline.pingora.h2_options.clone();
+    let idle_timeout = pipeline
+        .pingora
+        .server_options
+        .as_ref()
+        .and_then(|o| o.h2_idle_timeout);
+    let mut conn = match handshake(stream, options).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // A client that chose HTTP/2 and did not speak it: counted, not logged each.
+            tracing::error!(target: H2_HANDSHAKE_TARGET, "H2 handshake error {e}");
+            return;
+        }
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut signal = Box::pin(signal_changed(shutdown.clone()));
+    let mut closing = false;
+    // `http2.idle_timeout` without a stream open closes the connection: one timer,
+    // moved when the connection becomes idle, not one made for every request.
+    let mut idle = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut idle_armed = false;
+    // The codec is polled only when it asked to be (its socket, or a stream that
+    // queued a frame): a stream's progress with its backend does not poll it again.
+    let codec = Arc::new(CodecWake::new_woken());
+    let codec_waker = Waker::from(codec.clone());
+    let ended = poll_fn(|cx| {
+        codec.parent.register(cx.waker());
+        if !closing && signal.as_mut().poll(cx).is_ready() {
+            // GOAWAY now; the streams it opened before are still served.
+            conn.graceful_shutdown();
+            closing = true;
+            codec.woken.store(true, Ordering::Relaxed);
+        }
+        loop {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if !codec.woken.swap(false, Ordering::AcqRel) {
+                break;
+            }
+            // (A wake while it is polled schedules this task again: no need to loop.)
+            match conn.poll_accept(&mut Context::from_waker(&codec_waker)) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    idle_armed = false;
+                    let client = H2Client::new(request, respond, socket.clone(), ssl.clone());
+                    streams.push(carry(pipeline, client, shutdown));
+                    // The new stream starts, and the codec is asked for the next.
+                    codec.woken.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // Often a client that just closed its socket.
+                    tracing::debug!(error = %e, "HTTP/2 connection ended");
+                    return Poll::Ready(true);
+                }
+                Poll::Ready(None) => return Poll::Ready(true),
+                Poll::Pending => break,
+            }
+        }
+        if let Some(timeout) = idle_timeout.filter(|_| streams.is_empty() && !closing) {
+            if !idle_armed {
+                idle_armed = true;
+                idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                // Idle: closed at once (no GOAWAY to wait on from a peer that may be gone).
+                return Poll::Ready(false);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    // The codec is gone: its streams see the connection end, and finish.
+    drop(conn);
+    if ended {
+        while streams.next().await.is_some() {}
+    }
+}
+
+/// Wakes the connection's task for its codec, and says that it was the codec's turn.
+struct CodecWake {
+    woken: AtomicBool,
+    parent: AtomicWaker,
+}
+
+impl CodecWake {
+    fn new_woken() -> CodecWake {
+        CodecWake {
+            woken: AtomicBool::new(true),
+            parent: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for CodecWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.parent.wake();
+    }
+}
+
+/// Ready once vigil shuts down (or the signal's sender is gone).
+async fn signal_changed(mut signal: ShutdownWatch) {
+    if !*signal.borrow() {
+        let _ = signal.changed().await;
+    }
+}
+
+/// One stream's request carried by the loop.
+async fn carry(pipeline: &Pipeline, client: H2Client, shutdown: &ShutdownWatch) {
+    pipeline.serve(Box::new(client), shutdown, true).await;
+}
