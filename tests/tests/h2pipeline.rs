@@ -546,3 +546,66 @@ async fn an_h2_connection_s_streams_stay_on_its_thread() {
         "100 requests one after the other over one HTTP/2 connection opened more than one upstream connection"
     );
 }
+
+/// What the loop does not carry is refused on its stream, with the status an HTTP/1.1
+/// client gets for the same head, and reaches no backend; the connection serves on: a
+/// plain `CONNECT` (vigil is no forward proxy) `405`, more headers than
+/// `limits.headers` `431`, a `host` contradicting `:authority` `400`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_loop_does_not_carry_is_refused_on_its_stream() {
+    let (backend, seen) = recorder().await;
+    let (listen, admin) = free_ports();
+    let yaml = format!(
+        "threads: 1\nlisteners:\n  - address: {listen}\n    http2: true\nadmin:\n  address: {admin}\nlimits:\n  headers: 20\npools:\n  - name: web\n    backends:\n      - address: {backend}\n{FAST_CHECKS}"
+    );
+    let mut v = Vigil::start(&yaml, listen, admin);
+    v.wait_ready().await;
+    let s = TcpStream::connect(listen).await.unwrap();
+    let (client, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut status = |req: http::Request<()>| {
+        let (resp, _) = client.send_request(req, true).unwrap();
+        async move {
+            let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+                .await
+                .expect("an answer")
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    let connect = http::Request::builder()
+        .method("CONNECT")
+        .uri("app:443")
+        .body(())
+        .unwrap();
+    assert_eq!(status(connect).await, 405);
+    let mut many = http::Request::get("http://app/t/many");
+    for i in 0..30 {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(status(many.body(()).unwrap()).await, 431);
+    let two_hosts = http::Request::get("http://app/t/hosts")
+        .header("host", "other")
+        .body(())
+        .unwrap();
+    assert_eq!(status(two_hosts).await, 400);
+    let same_host = http::Request::get("http://app/t/same")
+        .header("host", "APP")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        status(same_host).await,
+        200,
+        "a host that says what :authority says"
+    );
+    let fine = http::Request::get("http://app/t/fine").body(()).unwrap();
+    assert_eq!(status(fine).await, 200);
+    // (The recorder keeps the requests for `/t/…`.)
+    let paths: Vec<String> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/t/same", "/t/fine"],
+        "only the carried requests reached the backend"
+    );
+}

@@ -56,11 +56,21 @@ pub(in crate::dataplane::pipeline) async fn serve(
     let mut idle_armed = false;
     // The codec is polled only when it asked to be (its socket, or a stream that
     // queued a frame): a stream's progress with its backend does not poll it again.
-    let codec = Arc::new(CodecWake::new_woken());
+    let parent = Arc::new(AtomicWaker::new());
+    let codec = Arc::new(Turn::new(parent.clone()));
     let codec_waker = Waker::from(codec.clone());
+    // The same for the shutdown signal (polling it takes the watch's lock).
+    let told = Arc::new(Turn::new(parent.clone()));
+    let told_waker = Waker::from(told.clone());
     let ended = poll_fn(|cx| {
-        codec.parent.register(cx.waker());
-        if !closing && signal.as_mut().poll(cx).is_ready() {
+        parent.register(cx.waker());
+        if !closing
+            && told.taken()
+            && signal
+                .as_mut()
+                .poll(&mut Context::from_waker(&told_waker))
+                .is_ready()
+        {
             // GOAWAY now; the streams it opened before are still served.
             conn.graceful_shutdown();
             closing = true;
@@ -68,7 +78,7 @@ pub(in crate::dataplane::pipeline) async fn serve(
         }
         loop {
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            if !codec.woken.swap(false, Ordering::AcqRel) {
+            if !codec.taken() {
                 break;
             }
             // (A wake while it is polled schedules this task again: no need to loop.)
@@ -109,22 +119,28 @@ pub(in crate::dataplane::pipeline) async fn serve(
     }
 }
 
-/// Wakes the connection's task for its codec, and says that it was the codec's turn.
-struct CodecWake {
+/// A part of the connection's task polled only when it asked to be (its waker was
+/// called): the task is woken, and the part's turn noted. Each part starts with a turn.
+struct Turn {
     woken: AtomicBool,
-    parent: AtomicWaker,
+    parent: Arc<AtomicWaker>,
 }
 
-impl CodecWake {
-    fn new_woken() -> CodecWake {
-        CodecWake {
+impl Turn {
+    fn new(parent: Arc<AtomicWaker>) -> Turn {
+        Turn {
             woken: AtomicBool::new(true),
-            parent: AtomicWaker::new(),
+            parent,
         }
+    }
+
+    /// Whether it is this part's turn, which is then taken.
+    fn taken(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
     }
 }
 
-impl Wake for CodecWake {
+impl Wake for Turn {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
