@@ -633,8 +633,10 @@ async fn held_out_backends_are_routed_while_nothing_else_is_and_their_ejection_r
     settle().await;
     let ejected_at = Instant::now();
     assert!(c.status()[0].ejected);
+    // (Down in the published table too: an `up` read there before would be the
+    // table from before the ejection.)
     until("a down", Duration::from_millis(100), || {
-        c.status()[0].health == Health::Down
+        c.status()[0].health == Health::Down && members()[0].state.health == Health::Down
     })
     .await;
     // A comes back: up by its checks, still ejected, and not routed while B is.
@@ -644,7 +646,13 @@ async fn held_out_backends_are_routed_while_nothing_else_is_and_their_ejection_r
     })
     .await;
     let m = members();
-    assert!(m[0].state.ejected && !m[0].state.routable() && !m[0].state.rescued);
+    assert!(
+        m[0].state.ejected && !m[0].state.routable() && !m[0].state.rescued,
+        "a: {:?}; b: {:?}; status {:?}",
+        m[0].state,
+        m[1].state,
+        c.status()
+    );
     assert!(m[1].state.routable());
 
     // B dies: A alone passes its checks and is routed again, its ejection running on.
