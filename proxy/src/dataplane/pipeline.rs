@@ -13,12 +13,12 @@
 //! every HTTP/2 request (h2 and h2c), each stream shown to it as an HTTP/1.1 request by
 //! the codec in `h2`, and every request to a `protocol: h2` pool, its backend's stream
 //! shown to it as an HTTP/1.1 connection (`h2::H2Upstream`). Pingora's proxy and
-//! `VigilProxy` carry `CONNECT` and the few heads whose judgement is left to Pingora's
-//! parser (malformed, over
-//! a head limit, a framing or target form the loop does not carry: see
-//! `head::Head::Other`); such a connection is handed over, every byte read so far put
-//! back (`Rewound`), or an HTTP/2 stream handed back as it came. Both take every
-//! decision about a request through `Ctx` (routing, the backend, retries, stall
+//! `VigilProxy` carry an HTTP/1 `CONNECT` and the few heads whose judgement is left to
+//! Pingora's parser (malformed, over a head limit, a framing or target form the loop
+//! does not carry: see `head::Head::Other`); such a connection is handed over, every
+//! byte read so far put back (`Rewound`). An HTTP/2 stream is no connection to hand
+//! over: such a request is refused on it (`h2::H2Client::refusal`). Both paths take
+//! every decision about a request through `Ctx` (routing, the backend, retries, stall
 //! registration, failure accounting, metrics).
 
 mod answer;
@@ -419,7 +419,7 @@ impl ServerApp for Pipeline {
             Some(ALPN::H2) => true,
             None | Some(ALPN::H1) if h2c && stream.get_ssl_digest().is_none() => {
                 // HTTP/2 by prior knowledge on a plain listener: it opens with the
-                // preface (read by Pingora's HTTP/2 server; only looked at here).
+                // preface (read by the HTTP/2 codec; only looked at here).
                 let mut preface = [0u8; H2_PREFACE.len()];
                 match stream.try_peek(&mut preface).await {
                     Ok(true) => preface == *H2_PREFACE,

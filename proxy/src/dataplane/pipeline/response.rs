@@ -205,7 +205,7 @@ impl ClientHead<'_> {
         }
         if !dated {
             // A recipient with a clock adds the Date an answer forwarded lacks (RFC 9110
-            // §6.6.1), as Pingora's HTTP/2 server does.
+            // §6.6.1), as the HTTP/2 codec does (`h2::convert::parse_answer`).
             out.extend_from_slice(b"Date: ");
             out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
             out.extend_from_slice(b"\r\n");
