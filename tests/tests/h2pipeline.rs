@@ -263,6 +263,14 @@ async fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
+/// An HTTP/2 connection by prior knowledge to `listen`, ready for a request.
+async fn h2c_client(listen: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let s = TcpStream::connect(listen).await.unwrap();
+    let (client, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    client.ready().await.unwrap()
+}
+
 /// The same request over HTTP/2 (h2c, a connection of its own). A body in several
 /// parts is sent as that many DATA frames without a length, then an empty DATA frame
 /// with END_STREAM (as Go's client sends them).
@@ -273,9 +281,7 @@ async fn over_h2(
     headers: &[(&str, &str)],
     body: Option<&[&[u8]]>,
 ) -> Answer {
-    let s = TcpStream::connect(listen).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(s).await.unwrap();
-    tokio::spawn(conn);
+    let mut client = h2c_client(listen).await;
     let mut req = http::Request::builder()
         .method(method)
         .uri(format!("http://app{target}"));
@@ -523,10 +529,7 @@ async fn an_h2_connection_s_streams_stay_on_its_thread() {
     );
     let mut v = Vigil::start(&yaml, listen, admin);
     v.wait_ready().await;
-    let s = TcpStream::connect(listen).await.unwrap();
-    let (client, conn) = h2::client::handshake(s).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2c_client(listen).await;
     let before = b.stats.connections();
     for i in 0..100 {
         let req = http::Request::get(format!("http://app/x{i}"))
@@ -560,10 +563,7 @@ async fn what_the_loop_does_not_carry_is_refused_on_its_stream() {
     );
     let mut v = Vigil::start(&yaml, listen, admin);
     v.wait_ready().await;
-    let s = TcpStream::connect(listen).await.unwrap();
-    let (client, conn) = h2::client::handshake(s).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2c_client(listen).await;
     let mut status = |req: http::Request<()>| {
         let (resp, _) = client.send_request(req, true).unwrap();
         async move {

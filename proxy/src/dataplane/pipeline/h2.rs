@@ -58,6 +58,8 @@ pub(super) struct H2Client {
     write: Writing,
     /// The request has a `content-length`: its body is passed on as it is, not chunked.
     length: bool,
+    /// It has no body to read: its stream ended with its head, or its length is 0.
+    bodiless: bool,
     /// A `HEAD` request: its answer has no body, whatever its head says.
     head_request: bool,
     /// An extended CONNECT (RFC 8441): after its `101`, the stream carries a tunnel.
@@ -117,6 +119,7 @@ impl H2Client {
             read: Reading::Head(request_head(&parts, bodiless)),
             write: Writing::Head(BytesMut::new()),
             length: length.is_some(),
+            bodiless,
             head_request: parts.method == http::Method::HEAD,
             connect: parts.method == http::Method::CONNECT && !tunnel,
             tunnel,
@@ -135,11 +138,12 @@ impl H2Client {
         if self.connect {
             return 405;
         }
+        if head.len() > limits.max_bytes {
+            return 431;
+        }
         let mut slots = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
         let max = limits.max_headers.min(super::MAX_HEADERS);
-        let mut req = httparse::Request::new(&mut slots[..max]);
-        match req.parse(head) {
-            _ if head.len() > limits.max_bytes => 431,
+        match httparse::Request::new(&mut slots[..max]).parse(head) {
             Err(httparse::Error::TooManyHeaders) => 431,
             _ => 400,
         }
@@ -281,7 +285,7 @@ impl AsyncRead for H2Client {
                     buf.put_slice(&head[..n]);
                     head.advance(n);
                     if head.is_empty() {
-                        me.read = if me.body.is_end_stream() {
+                        me.read = if me.bodiless || me.body.is_end_stream() {
                             Reading::Done
                         } else {
                             Reading::Body {

@@ -77,7 +77,7 @@ pub(in crate::dataplane::pipeline) async fn serve(
             codec.woken.store(true, Ordering::Relaxed);
         }
         loop {
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(_)) = streams.poll_next_unpin(cx) {}
             if !codec.taken() {
                 break;
             }
@@ -86,7 +86,7 @@ pub(in crate::dataplane::pipeline) async fn serve(
                 Poll::Ready(Some(Ok((request, respond)))) => {
                     idle_armed = false;
                     let client = H2Client::new(request, respond, socket.clone(), ssl.clone());
-                    streams.push(carry(pipeline, client, shutdown));
+                    streams.push(pipeline.serve(Box::new(client), shutdown, true));
                     // The new stream starts, and the codec is asked for the next.
                     codec.woken.store(true, Ordering::Relaxed);
                 }
@@ -156,9 +156,4 @@ async fn signal_changed(mut signal: ShutdownWatch) {
     if !*signal.borrow() {
         let _ = signal.changed().await;
     }
-}
-
-/// One stream's request carried by the loop.
-async fn carry(pipeline: &Pipeline, client: H2Client, shutdown: &ShutdownWatch) {
-    pipeline.serve(Box::new(client), shutdown, true).await;
 }
