@@ -176,8 +176,14 @@ async fn a_pool_with_nothing_routable_fails_open_before_it_answers_503() {
     for _ in 0..10 {
         assert_eq!(get(v.listen, "app", "/").await.unwrap().status, 200);
     }
-    // Both refuse: the answer is the 503 of a pool without a healthy backend.
+    // Both refuse: the answer is the 503 of a pool without a healthy backend. (Once
+    // its connections are closed: a kill is seen by the backend's tasks in their time,
+    // and a kept-alive connection could still answer one request.)
     b[1].kill();
+    wait_for("b's connections closed", Duration::from_secs(5), || {
+        b[1].stats.open() == 0
+    })
+    .await;
     let r = get(v.listen, "app", "/").await.unwrap();
     assert_eq!(
         (r.status, r.header("x-vigil-error")),
