@@ -266,6 +266,7 @@ impl Pipeline {
                 close,
                 http10: req.http10,
                 upgrade: req.upgrade,
+                h2: req.h2,
             },
             idempotent: req.idempotent,
         };

@@ -87,6 +87,11 @@ impl Pipeline {
         }
         let mut decoded = resp.dechunk.then(Vec::new);
         let (take, mut done) = body.feed_to(&buf, decoded.as_mut())?;
+        if let Some(head) = resp.h2_head {
+            // An HTTP/2 client's head goes to its codec as fields; what follows is
+            // its body, framed as the backend framed it.
+            super::h2::H2Client::of(client.stream)?.answer(head, resp.framing);
+        }
         let mut first = resp.client_head;
         match decoded.as_mut() {
             Some(d) => first.append(d),

@@ -24,6 +24,9 @@ pub(super) struct Asked {
     pub http10: bool,
     /// The request asked to switch protocols: a `101` is passed on as it is.
     pub upgrade: bool,
+    /// The client is an HTTP/2 stream: the answer's head goes to its codec as HTTP/2
+    /// fields (`Response::h2_head`), not written as HTTP/1.1 text to be read back.
+    pub h2: bool,
 }
 
 pub(super) fn bad_response<T>(why: &'static str) -> Result<T> {

@@ -4,9 +4,12 @@
 //! `H2Client`: a codec that shows the stream to the loop as an HTTP/1.1 connection
 //! carrying that one request. Its reads give the request's head written as HTTP/1.1
 //! (`:authority` as `Host`, cookies joined) and then its body (chunked when the client
-//! gave no length, so that a body ending with an empty DATA frame is framed once); its
-//! writes take the loop's answer, HTTP/1.1 as an HTTP/1.1 client would get it, and send
-//! it as HEADERS, DATA and trailers, within the stream's flow control. The head's
+//! gave no length, so that a body ending with an empty DATA frame is framed once). A
+//! backend's answer head is handed to it as HTTP/2 fields (`answer`; the loop's
+//! `response` makes them where it would write an HTTP/1.1 client's head); its writes
+//! take the body as the backend framed it, and the loop's own answers (a refusal, a
+//! 502) as HTTP/1.1 text, read back; all is sent as HEADERS, DATA and trailers, within
+//! the stream's flow control. The head's
 //! policy, routing, the attempts, retries, stall registration, the access log and the
 //! metrics are the loop's own: one pipeline, two codecs (as HAProxy's muxes feed one
 //! HTTP analyser). A request the loop does not carry (a plain `CONNECT`, a head past
@@ -38,7 +41,7 @@ use send::Outbound;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -68,6 +71,9 @@ pub(super) struct H2Client {
     connect: bool,
     /// The loop cut the answer short (`reset_on_close`): the stream ends with a reset.
     cut: AtomicBool,
+    /// The answer's head as HTTP/2 fields and its body's framing, handed over by the
+    /// loop (`answer`) and sent with the next write or flush.
+    handed: Mutex<Option<(http::response::Parts, Framing)>>,
 }
 
 enum Reading {
@@ -128,7 +134,50 @@ impl H2Client {
             socket,
             ssl,
             cut: AtomicBool::new(false),
+            handed: Mutex::new(None),
         }
+    }
+
+    /// The HTTP/2 stream `stream` is.
+    pub(super) fn of(stream: &pingora::protocols::Stream) -> pingora::Result<&H2Client> {
+        match stream.as_any().downcast_ref::<H2Client>() {
+            Some(client) => Ok(client),
+            None => pingora::Error::e_explain(
+                pingora::ErrorType::InternalError,
+                "an HTTP/2 answer for a client that is not an HTTP/2 stream",
+            ),
+        }
+    }
+
+    /// The answer's head, as HTTP/2 fields, and how the body the loop writes next is
+    /// framed: sent with that write, or the flush after it. (The loop's answers of its
+    /// own, a refusal or a 502, come as HTTP/1.1 text, read back by `take`.)
+    pub(super) fn answer(&self, head: http::response::Parts, framing: Framing) {
+        let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        *handed = Some((head, framing));
+    }
+
+    /// Sends the head `answer` handed over, if any.
+    fn hand_over(&mut self) -> io::Result<()> {
+        let handed = self.handed.get_mut().unwrap_or_else(|e| e.into_inner());
+        match handed.take() {
+            Some((head, framing)) => self.respond(head, framing),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the answer's head, ending the stream when it has no body.
+    fn respond(&mut self, head: http::response::Parts, framing: Framing) -> io::Result<()> {
+        let end = framing == Framing::Empty;
+        let sender = self
+            .respond
+            .send_response(http::Response::from_parts(head, ()), end)
+            .map_err(other)?;
+        self.write = match end {
+            true => Writing::Ended,
+            false => Writing::Body(Outbound::new(framing, sender)),
+        };
+        Ok(())
     }
 
     /// The status a request the loop does not carry is refused with, `head` its head
@@ -227,17 +276,8 @@ impl H2Client {
                         self.write = Writing::Head(rest);
                         continue;
                     };
-                    let end = framing == Framing::Empty;
-                    let sender = self
-                        .respond
-                        .send_response(http::Response::from_parts(resp, ()), end)
-                        .map_err(other)?;
-                    if end {
-                        self.write = Writing::Ended;
-                        return Ok(());
-                    }
-                    self.write = Writing::Body(Outbound::new(framing, sender));
-                    if rest.is_empty() {
+                    self.respond(resp, framing)?;
+                    if rest.is_empty() || matches!(self.write, Writing::Ended) {
                         return Ok(());
                     }
                     return self.take(&rest);
@@ -327,6 +367,7 @@ impl AsyncWrite for H2Client {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.hand_over()?;
         // What an earlier write left is sent first: back-pressure from the client's
         // flow control.
         ready!(self.poll_send(cx))?;
@@ -339,10 +380,12 @@ impl AsyncWrite for H2Client {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.hand_over()?;
         self.poll_send(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.hand_over()?;
         // A tunnel's backend closed its side: the stream ends once all is sent.
         if let Writing::Body(body) = &mut self.write {
             body.end_at_close();

@@ -35,6 +35,8 @@ pub(super) struct Request {
     pub upgrade: bool,
     /// `Expect: 100-continue`: vigil answers `100 Continue` itself.
     pub continue_100: bool,
+    /// An HTTP/2 stream's request (`Env::h2`).
+    pub h2: bool,
     pub table: Arc<RoutingTable>,
     pub pool: usize,
     pub hash_key: Vec<u8>,
@@ -204,6 +206,7 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         http10,
         upgrade: fields.upgrade.is_some(),
         continue_100: fields.continue_100,
+        h2: env.h2,
         table,
         pool,
         hash_key,

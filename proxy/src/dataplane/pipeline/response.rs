@@ -26,8 +26,10 @@ pub(super) struct Response {
     /// A chunked body the client gets decoded (an HTTP/1.0 client).
     pub dechunk: bool,
     /// The head for the client (empty for an informational answer; the backend's own
-    /// for a `101` to an upgrade, which is the handshake).
+    /// for a `101` to an upgrade, which is the handshake; empty for an HTTP/2 client).
     pub client_head: Vec<u8>,
+    /// The head for an HTTP/2 client (`Asked::h2`), as its codec sends it.
+    pub h2_head: Option<http::response::Parts>,
     /// Where its `endpoint-load-metrics` value (an ORCA load report) lies in the
     /// head: parsed only by pools that balance by reports.
     pub load_report: Option<Range<usize>>,
@@ -62,6 +64,7 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
             } else {
                 Vec::new()
             },
+            h2_head: None,
             load_report: None,
         }));
     }
@@ -95,6 +98,10 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         http10: asked.http10,
         keep,
     };
+    let (client_head, h2_head) = match asked.h2 {
+        true => (Vec::new(), Some(head.h2()?)),
+        false => (head.write(len + 32), None),
+    };
     Ok(Some(Response {
         len,
         status,
@@ -102,7 +109,8 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         reusable,
         keep,
         dechunk,
-        client_head: head.write(len + 32),
+        client_head,
+        h2_head,
         load_report: fields.load_report.map(|v| {
             let at = v.as_ptr() as usize - buf.as_ptr() as usize;
             at..at + v.len()
@@ -216,6 +224,44 @@ impl ClientHead<'_> {
             b"Connection: close\r\n\r\n"
         });
         out
+    }
+
+    /// The same head as an HTTP/2 client gets it: as HTTP/2 fields, with neither the
+    /// connection-specific ones (RFC 9113 §8.2.2) nor HTTP/1.1's framing
+    /// (`Transfer-Encoding`: the codec frames the body), and a `Date` if it had none.
+    fn h2(&self) -> Result<http::response::Parts> {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = match http::StatusCode::from_u16(self.status) {
+            Ok(status) => status,
+            Err(_) => return bad_response("invalid status"),
+        };
+        parts.headers.reserve(self.headers.len() + 1);
+        let f = self.fields;
+        let mut dated = false;
+        for h in self.headers {
+            let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) else {
+                return bad_response("invalid header name");
+            };
+            dated |= name == http::header::DATE;
+            let skip = HOP_BY_HOP.contains(&name.as_str())
+                || name == http::header::TRANSFER_ENCODING
+                || (f.chunked.is_some() && name == http::header::CONTENT_LENGTH)
+                || f.named
+                    .iter()
+                    .any(|n| name.as_str().as_bytes().eq_ignore_ascii_case(n));
+            if skip {
+                continue;
+            }
+            let Ok(value) = http::HeaderValue::from_bytes(h.value) else {
+                return bad_response("invalid header value");
+            };
+            parts.headers.append(name, value);
+        }
+        if !dated {
+            let date = pingora::protocols::http::date::get_cached_date();
+            parts.headers.insert(http::header::DATE, date);
+        }
+        Ok(parts)
     }
 }
 

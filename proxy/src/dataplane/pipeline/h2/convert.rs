@@ -221,7 +221,53 @@ pub(super) fn parse_trailers(lines: &[u8]) -> http::HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use super::base64;
+    use super::{base64, parse_answer};
+    use crate::dataplane::pipeline::framing::Asked;
+    use crate::dataplane::pipeline::response::parse_response;
+
+    #[test]
+    fn an_answer_handed_to_http2_as_fields_is_the_one_its_text_gave() {
+        // The loop hands an HTTP/2 client's answer head to its codec as fields; what
+        // an HTTP/1.1 client gets, read back as HTTP/2 (as the codec does for the
+        // loop's own answers), must be the same head, framed the same.
+        for head in [
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
+             Date: Sun, 06 Dec 2026 00:00:00 GMT\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, \
+             x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\
+             Set-Cookie: b=2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: backend\r\n\r\n",
+        ] {
+            let text = parse_response(head.as_bytes(), Asked::default())
+                .unwrap()
+                .unwrap();
+            let h2 = Asked {
+                h2: true,
+                ..Asked::default()
+            };
+            let fields = parse_response(head.as_bytes(), h2).unwrap().unwrap();
+            assert!(fields.client_head.is_empty(), "{head}");
+            let (len, read_back, framing) = parse_answer(&text.client_head, false, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(len, text.client_head.len());
+            let mut read_back = read_back.unwrap();
+            let mut handed = fields.h2_head.unwrap();
+            assert_eq!(handed.status, read_back.status, "{head}");
+            assert_eq!(fields.framing, framing, "{head}");
+            if !head.contains("Date:") {
+                // Each adds the date of now (the same second, but read twice).
+                assert!(handed.headers.remove(http::header::DATE).is_some());
+                assert!(read_back.headers.remove(http::header::DATE).is_some());
+            }
+            assert_eq!(handed.headers, read_back.headers, "{head}");
+            assert!(!handed.headers.contains_key(http::header::CONNECTION));
+            assert!(!handed.headers.contains_key("x-private"), "{head}");
+        }
+    }
 
     #[test]
     fn base64_is_rfc_4648s() {

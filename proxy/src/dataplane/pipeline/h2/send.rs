@@ -7,7 +7,7 @@
 use super::super::framing::{Body, Framing};
 use super::convert::parse_trailers;
 use super::other;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::io;
 use std::task::{ready, Context, Poll};
 
@@ -16,7 +16,7 @@ pub(in crate::dataplane::pipeline) struct Outbound {
     pub framing: Framing,
     pub sender: h2::SendStream<Bytes>,
     /// Payload decoded and not yet sent.
-    out: BytesMut,
+    out: Vec<u8>,
     /// The body has ended (its last bytes may still wait in `out`).
     pub done: bool,
 }
@@ -34,7 +34,7 @@ impl Outbound {
             body,
             framing,
             sender,
-            out: BytesMut::new(),
+            out: Vec::new(),
             done: false,
         }
     }
@@ -44,12 +44,10 @@ impl Outbound {
         if self.done || bytes.is_empty() {
             return Ok(());
         }
-        let mut payload = Vec::new();
         let (_, end) = self
             .body
-            .feed_to(bytes, Some(&mut payload))
+            .feed_to(bytes, Some(&mut self.out))
             .map_err(|e| other(e.to_string()))?;
-        self.out.extend_from_slice(&payload);
         self.done = end;
         Ok(())
     }
@@ -83,7 +81,7 @@ impl Outbound {
             }
             let n = room.min(self.out.len());
             let last = self.done && n == self.out.len() && self.trailers().is_none();
-            let chunk = self.out.split_to(n).freeze();
+            let chunk = self.split_to(n);
             self.sender.send_data(chunk, last).map_err(other)?;
             if last {
                 return Poll::Ready(Ok(true));
@@ -102,6 +100,16 @@ impl Outbound {
         Poll::Ready(Ok(true))
     }
 
+    /// The first `n` bytes of `out`, taken (all of it without a copy).
+    fn split_to(&mut self, n: usize) -> Bytes {
+        if n == self.out.len() {
+            return Bytes::from(std::mem::take(&mut self.out));
+        }
+        let first = Bytes::copy_from_slice(&self.out[..n]);
+        self.out.drain(..n);
+        first
+    }
+
     /// The chunked body's trailer lines, when it had any.
     fn trailers(&self) -> Option<&[u8]> {
         self.body.trailers().filter(|t| !t.is_empty())
@@ -112,7 +120,7 @@ impl Outbound {
     /// by its sender's close, which has come.
     pub(in crate::dataplane::pipeline) fn finish_or_reset(&mut self, whole_at_close: bool) {
         if self.done || (self.framing == Framing::Close && whole_at_close) {
-            let rest = self.out.split().freeze();
+            let rest = Bytes::from(std::mem::take(&mut self.out));
             match self.trailers().map(parse_trailers) {
                 Some(trailers) => {
                     let _ = self.sender.send_data(rest, false);
