@@ -206,6 +206,22 @@ impl Body {
                         }
                         continue;
                     }
+                    if *state == Chunk::TrailerLine {
+                        // The rest of a trailer line at once, up to its line end (the
+                        // byte steps below would take it a byte at a time).
+                        let rest = &bytes[i..];
+                        let end = rest.iter().position(|&b| b == b'\n');
+                        let line = &rest[..end.map_or(rest.len(), |at| at + 1)];
+                        if let Some(t) = self.trailers.as_mut() {
+                            let room = (64 * 1024usize).saturating_sub(t.len());
+                            t.extend_from_slice(&line[..line.len().min(room)]);
+                        }
+                        i += line.len();
+                        if end.is_some() {
+                            *state = Chunk::TrailerStart;
+                        }
+                        continue;
+                    }
                     let b = bytes[i];
                     i += 1;
                     let before = *state;
@@ -275,6 +291,35 @@ mod tests {
             feed_all(Framing::Chunked, &[b"a\r\n0123456789"]).unwrap(),
             (13, false)
         );
+    }
+
+    #[test]
+    fn a_chunked_body_s_trailer_lines_are_kept_however_they_come() {
+        let body: &[u8] = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\n\r\nnext";
+        let lines: &[u8] = b"grpc-status: 0\r\ngrpc-message: ok\n";
+        for size in [1, 2, 5, 17, body.len()] {
+            let mut b = Body::new(Framing::Chunked);
+            b.keep_trailers();
+            let mut taken = 0;
+            for part in body.chunks(size) {
+                let (take, done) = b.feed(part).unwrap();
+                taken += take;
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(taken, body.len() - 4, "split every {size}");
+            assert_eq!(b.trailers(), Some(lines), "split every {size}");
+            assert_eq!(b.payload, 3);
+        }
+        // At most 64 KiB of them are kept; the body still ends after all of them.
+        let mut long = b"0\r\nx: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 70 * 1024));
+        long.extend_from_slice(b"\r\n\r\n");
+        let mut b = Body::new(Framing::Chunked);
+        b.keep_trailers();
+        assert_eq!(b.feed(&long).unwrap(), (long.len(), true));
+        assert_eq!(b.trailers().map(<[u8]>::len), Some(64 * 1024));
     }
 
     #[test]
