@@ -17,6 +17,9 @@ use vigil_healthcheck::*;
 struct Script {
     outcomes: Mutex<HashMap<SocketAddr, Outcome>>,
     calls: Mutex<HashMap<SocketAddr, usize>>,
+    /// While set, a check takes its outcome when it starts and gives it only once the
+    /// gate closes (`Semaphore::close`): a check in flight.
+    gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Script {
@@ -47,7 +50,13 @@ impl Probe for Scripted {
             .or_default() += 1;
         let outcomes = self.script.outcomes.lock().unwrap();
         let outcome = outcomes.get(&self.addr).cloned();
-        Box::pin(async move { outcome.unwrap_or_else(Outcome::success) })
+        let gate = self.script.gate.lock().unwrap().clone();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _ = gate.acquire().await;
+            }
+            outcome.unwrap_or_else(Outcome::success)
+        })
     }
 
     fn connections_opened(&self) -> u64 {
@@ -372,5 +381,39 @@ async fn checks_are_not_skipped_for_live_traffic_when_the_agent_speaks() {
     }
     assert!(script.calls(a) >= before + 4, "checks were skipped");
     assert_eq!(status(&c, a).checks_skipped, 0);
+    assert!(c.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn words_a_check_carried_across_the_reload_that_turned_the_agent_off_are_not_heard() {
+    let (c, script, last) = checker();
+    let (on, off) = (policy(true), policy(false));
+    c.apply(vec![spec("p", 0, 4, &on)]);
+    let a = addr(0);
+    script.say(a, "drain 50%");
+    until("a drained at half weight", Duration::from_secs(1), || {
+        last.member("p", a) == Some((false, 2, AgentMode::Drain))
+    })
+    .await;
+
+    // A check starts while the agent still says so, and is in flight...
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *script.gate.lock().unwrap() = Some(gate.clone());
+    let before = script.calls(a);
+    until("a check in flight", Duration::from_secs(1), || {
+        script.calls(a) > before
+    })
+    .await;
+    // ...when a reload turns the agent off: its words are forgotten at once.
+    script.say(a, "");
+    c.apply(vec![spec("p", 0, 4, &off)]);
+    assert_eq!(last.member("p", a), Some((true, 4, AgentMode::Ready)));
+
+    // The check in flight ends with the old words: they are not heard.
+    *script.gate.lock().unwrap() = None;
+    gate.close();
+    checks(&c, &script, a, 3).await;
+    assert_eq!(last.member("p", a), Some((true, 4, AgentMode::Ready)));
+    assert!(status(&c, a).agent.is_none());
     assert!(c.shutdown(Duration::from_secs(1)).await);
 }

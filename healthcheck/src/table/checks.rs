@@ -45,6 +45,10 @@ impl Slot {
         live.last_check = Some(at);
         live.last_latency = Some(latency);
         // As HAProxy: the agent's drain or weight first, then the health it decides.
+        // Words judged before a reload turned the agent off (a check in flight, or a
+        // shared probe's result taken) are not heard: its state was forgotten then,
+        // and nothing would ever replace them.
+        let agent = agent.filter(|_| spec.policy.agent);
         let heard = agent.is_some_and(|reply| self.hear_agent(&mut live, reply));
         let describe = || outcome.describe(timeout);
         let transition = live
