@@ -29,6 +29,9 @@ pub(super) struct Asked {
     pub h2: bool,
 }
 
+/// The most of a chunked body's trailer lines kept (`Body::keep_trailers`).
+const MAX_TRAILERS: usize = 64 * 1024;
+
 pub(super) fn bad_response<T>(why: &'static str) -> Result<T> {
     Error::e_explain(InvalidHTTPHeader, why).map_err(|e| e.into_up())
 }
@@ -213,7 +216,7 @@ impl Body {
                         let end = rest.iter().position(|&b| b == b'\n');
                         let line = &rest[..end.map_or(rest.len(), |at| at + 1)];
                         if let Some(t) = self.trailers.as_mut() {
-                            let room = (64 * 1024usize).saturating_sub(t.len());
+                            let room = MAX_TRAILERS.saturating_sub(t.len());
                             t.extend_from_slice(&line[..line.len().min(room)]);
                         }
                         i += line.len();
@@ -224,18 +227,16 @@ impl Body {
                     }
                     let b = bytes[i];
                     i += 1;
-                    let before = *state;
-                    match before.step(b)? {
+                    match state.step(b)? {
                         Some(next) => *state = next,
                         None => {
                             self.state = State::Done;
                             return Ok((i, true));
                         }
                     }
+                    // A trailer line's first byte (the rest is taken above).
                     if let Some(t) = self.trailers.as_mut() {
-                        let in_line = *state == Chunk::TrailerLine
-                            || (before == Chunk::TrailerLine && b == b'\n');
-                        if in_line && t.len() < 64 * 1024 {
+                        if *state == Chunk::TrailerLine && t.len() < MAX_TRAILERS {
                             t.push(b);
                         }
                     }

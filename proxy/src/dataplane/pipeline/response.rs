@@ -196,14 +196,10 @@ impl ClientHead<'_> {
         let mut out = Vec::with_capacity(capacity);
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, self.reason);
         let mut dated = false;
-        let f = self.fields;
         for h in self.headers {
             dated |= h.name.eq_ignore_ascii_case("date");
-            let skip = HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n))
-                || (self.http10 && h.name.eq_ignore_ascii_case("transfer-encoding"))
-                || f.named.iter().any(|n| h.name.as_bytes().eq_ignore_ascii_case(n))
-                // A length beside Transfer-Encoding is not sent on (RFC 9112 §6.2).
-                || (f.chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"));
+            let skip = self.connection_s_own(h.name)
+                || (self.http10 && h.name.eq_ignore_ascii_case("transfer-encoding"));
             if !skip {
                 out.extend_from_slice(h.name.as_bytes());
                 out.extend_from_slice(b": ");
@@ -213,7 +209,7 @@ impl ClientHead<'_> {
         }
         if !dated {
             // A recipient with a clock adds the Date an answer forwarded lacks (RFC 9110
-            // §6.6.1), as the HTTP/2 codec does (`h2::convert::parse_answer`).
+            // §6.6.1), for HTTP/2 clients too (`h2`).
             out.extend_from_slice(b"Date: ");
             out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -226,6 +222,18 @@ impl ClientHead<'_> {
         out
     }
 
+    /// A field of the backend's connection, not passed on whatever the client's
+    /// protocol: a hop-by-hop one, one its `Connection` names, or a length beside
+    /// `Transfer-Encoding` (RFC 9112 §6.2).
+    fn connection_s_own(&self, name: &str) -> bool {
+        let f = self.fields;
+        HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || f.named
+                .iter()
+                .any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+            || (f.chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+    }
+
     /// The same head as an HTTP/2 client gets it: as HTTP/2 fields, with neither the
     /// connection-specific ones (RFC 9113 §8.2.2) nor HTTP/1.1's framing
     /// (`Transfer-Encoding`: the codec frames the body), and a `Date` if it had none.
@@ -236,20 +244,13 @@ impl ClientHead<'_> {
             Err(_) => return bad_response("invalid status"),
         };
         parts.headers.reserve(self.headers.len() + 1);
-        let f = self.fields;
         let mut dated = false;
         for h in self.headers {
             let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) else {
                 return bad_response("invalid header name");
             };
             dated |= name == http::header::DATE;
-            let skip = HOP_BY_HOP.contains(&name.as_str())
-                || name == http::header::TRANSFER_ENCODING
-                || (f.chunked.is_some() && name == http::header::CONTENT_LENGTH)
-                || f.named
-                    .iter()
-                    .any(|n| name.as_str().as_bytes().eq_ignore_ascii_case(n));
-            if skip {
+            if self.connection_s_own(name.as_str()) || name == http::header::TRANSFER_ENCODING {
                 continue;
             }
             let Ok(value) = http::HeaderValue::from_bytes(h.value) else {

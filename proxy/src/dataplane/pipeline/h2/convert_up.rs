@@ -7,6 +7,7 @@ use super::super::framing::Framing;
 use super::super::MAX_HEADERS;
 use super::other;
 use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt::Write;
 use std::io;
 use std::mem::MaybeUninit;
 
@@ -150,19 +151,8 @@ pub(super) fn answer_head(
 /// `data` as one chunk of a chunked body.
 pub(super) fn chunk(data: &[u8]) -> Bytes {
     let mut framed = BytesMut::with_capacity(data.len() + 20);
-    let mut size = [0u8; 16];
-    let mut at = size.len();
-    let mut n = data.len();
-    loop {
-        at -= 1;
-        size[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    framed.extend_from_slice(&size[at..]);
-    framed.extend_from_slice(b"\r\n");
+    // Written in place (a `format!` was an allocation per DATA frame).
+    let _ = write!(framed, "{:x}\r\n", data.len());
     framed.extend_from_slice(data);
     framed.extend_from_slice(b"\r\n");
     framed.freeze()
