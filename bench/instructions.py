@@ -85,3 +85,5 @@ def run(binary, n):
 for binary in sys.argv[1:]:
     a=run(binary, 200); b=run(binary, 1200)
     print(binary, f"{(b-a)/1000:.0f} instructions/request")
+if grpc:
+    backend.terminate()
