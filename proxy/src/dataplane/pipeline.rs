@@ -261,7 +261,6 @@ impl Pipeline {
         ctx.routed_with_key(req.table, req.pool, req.hash_key);
         let out = Outgoing {
             bytes: &upstream,
-            fields: req.up_fields.as_deref(),
             asked: Asked {
                 head: req.head,
                 close,

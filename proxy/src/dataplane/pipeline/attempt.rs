@@ -5,7 +5,7 @@
 use super::answer::{answer_head, Exchange, Wait};
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
-use super::h2::{h2_conn, open_h2_conn, H2Upstream, UpHead};
+use super::h2::{h2_conn, open_h2_conn, H2Upstream};
 use super::{write_flushed, Pipeline};
 use crate::dataplane::context::*;
 use crate::dataplane::idle;
@@ -24,11 +24,8 @@ use vigil_healthcheck::load_report;
 /// A request as the loop sends it upstream.
 #[derive(Clone, Copy)]
 pub(super) struct Outgoing<'a> {
-    /// Its head, and its body when held whole, as sent (for a `protocol: h2` pool,
-    /// the body only).
+    /// Its head, and its body when held whole, as sent.
     pub bytes: &'a [u8],
-    /// For a `protocol: h2` pool: its head, as HTTP/2 fields.
-    pub fields: Option<&'a UpHead>,
     /// What the answer's framing depends on.
     pub asked: Asked,
     /// It may be sent twice (RFC 9110 §9.2.2).
@@ -148,7 +145,7 @@ impl Pipeline {
                         tracing::error!(
                             "Fail to proxy: {e}, status: {status}, tries: {}, {}",
                             ctx.tried.len(),
-                            summary(out)
+                            summary(out.bytes)
                         );
                         return (status, false);
                     }
@@ -218,9 +215,6 @@ impl Pipeline {
         ctx: &mut Ctx,
         sent: &mut Option<u16>,
     ) -> Result<Exchange> {
-        if let Some(head) = out.fields {
-            H2Upstream::of(up)?.ask(head.clone());
-        }
         write_up(up, out.bytes, read_timeout).await?;
         let mut buf = BytesMut::with_capacity(8192);
         // The body left unsent when the backend answered early: the client's
@@ -374,7 +368,7 @@ impl Pipeline {
             tracing::error!(
                 "Fail to proxy: {e}, status: {code}, tries: {}, {}",
                 ctx.tried.len(),
-                summary(out)
+                summary(out.bytes)
             );
         }
         (if code > 0 { code } else { 502 }, false)
@@ -437,10 +431,7 @@ async fn write_up(up: &mut Stream, bytes: &[u8], limit: Duration) -> Result<()> 
 }
 
 /// The request line, for the error log.
-fn summary(out: &Outgoing) -> String {
-    if let Some(head) = out.fields {
-        return head.summary();
-    }
-    let line = out.bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+fn summary(req: &[u8]) -> String {
+    let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
     String::from_utf8_lossy(line).into_owned()
 }

@@ -25,9 +25,6 @@ mod server;
 mod upstream;
 
 pub(super) use conns::{find as h2_conn, open as open_h2_conn};
-#[cfg(test)]
-pub(super) use convert_up::parse_request;
-pub(super) use convert_up::{UpFields, UpHead};
 pub(super) use server::serve as serve_connection;
 pub(super) use upstream::H2Upstream;
 

@@ -2,8 +2,7 @@
 //! does vigil's loop carry it, where does it go, and what goes upstream.
 
 use super::framing::Framing;
-use super::h2::{UpFields, UpHead};
-use super::upstream::{forward, Forward, Target, Upstream};
+use super::upstream::{Forward, Target, Upstream};
 use super::MAX_HEADERS;
 use crate::dataplane::request::{idempotent_method, new_request_id, valid_host};
 use crate::dataplane::routing::{normalize_host, RoutingTable};
@@ -21,11 +20,8 @@ pub(super) const RETRY_BUFFER: usize = 64 * 1024;
 pub(super) struct Request {
     /// Bytes of the client's buffer the head took.
     pub len: usize,
-    /// The head to send upstream, as HTTP/1.1 (empty for a `protocol: h2` pool); a
-    /// body held whole is appended to it.
+    /// The head to send upstream.
     pub upstream: Vec<u8>,
-    /// For a `protocol: h2` pool: the head to send upstream, as HTTP/2 fields.
-    pub up_fields: Option<Box<UpHead>>,
     /// A `HEAD` request: the answer has no body.
     pub head: bool,
     /// Its method may be sent twice (RFC 9110 §9.2.2).
@@ -194,23 +190,15 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         },
     };
     let generated_id = log.as_ref().filter(|_| fields.request_id.is_none());
-    let f = fields.forward(host, env, generated_id.map(|l| l.request_id.as_str()));
-    let line = (method, target, headers);
-    let Some((up, up_fields)) = upstream_head(config, &buf[..len], line, &f, body.held()) else {
-        return Head::Refused(Refusal {
-            len,
-            status: 400,
-            body: r#"{"error":"request cannot be sent over HTTP/2"}"#,
-            close: true,
-            head,
-            route: Some((table.clone(), pool)),
-            log,
-        });
-    };
+    let up = Upstream::with_capacity(len + 128 + body.held()).head(
+        method,
+        target,
+        headers,
+        fields.forward(host, env, generated_id.map(|l| l.request_id.as_str())),
+    );
     Head::Request(Request {
         len,
         upstream: up,
-        up_fields,
         head,
         idempotent: idempotent_method(method),
         body,
@@ -224,27 +212,6 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         hash_key,
         log,
     })
-}
-
-/// The head sent upstream, with room for a body of `held` bytes: HTTP/1.1 text, or for
-/// a `protocol: h2` pool HTTP/2 fields, made with the same policy (`forward`) from the
-/// client's head `head` — None when HTTP/2 cannot carry them.
-fn upstream_head(
-    config: &vigil_conf::PoolConfig,
-    head: &[u8],
-    (method, target, headers): (&str, Target, &[httparse::Header]),
-    f: &Forward,
-    held: usize,
-) -> Option<(Vec<u8>, Option<Box<UpHead>>)> {
-    if config.protocol != vigil_conf::Protocol::H2 {
-        let up = Upstream::with_capacity(head.len() + 128 + held);
-        return Some((up.head(method, target, headers, f), None));
-    }
-    // No HTTP/1.1 text for the codec to read back.
-    let mut up = UpFields::new(head, headers.len());
-    forward(headers, f, &mut up);
-    let fields = up.finish(method, target)?;
-    Some((Vec::with_capacity(held), Some(Box::new(fields))))
 }
 
 /// A whole head's request line, and its fields unread.

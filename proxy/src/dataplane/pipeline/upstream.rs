@@ -1,7 +1,6 @@
-//! The head a request loop request is sent upstream with: the client's fields less
-//! those that concern one connection or that vigil writes itself, then the forwarded
-//! fields — the same as `forward_headers` on Pingora's path — written as HTTP/1.1 text
-//! or handed to a `protocol: h2` backend's codec as HTTP/2 fields.
+//! The head a request loop request is sent upstream with, written into one buffer:
+//! the client's fields less those that concern one connection or that vigil writes
+//! itself, then the forwarded fields — the same as `forward_headers` on Pingora's path.
 
 use crate::dataplane::request::HOP_BY_HOP;
 
@@ -42,57 +41,8 @@ pub(super) struct Target<'a> {
     pub query: &'a str,
 }
 
-/// Where the head sent upstream goes, field by field: HTTP/1.1 text for an HTTP/1
-/// backend (`Upstream`), HTTP/2 fields for a `protocol: h2` one (`h2::UpFields`).
-pub(super) trait Sink {
-    /// One field as it goes upstream.
-    fn field(&mut self, name: &str, value: &[u8]);
-    /// `x-forwarded-for`: the values `chain` gives, then `ip`.
-    fn forwarded_for<'a>(&mut self, chain: impl Iterator<Item = &'a [u8]>, ip: &str);
-}
-
-/// The same fields as `forward_headers` on Pingora's path, into `out`: the client's,
-/// less the hop-by-hop ones and those vigil writes itself, then an upgrade's own pair,
-/// the `x-forwarded-*` chain, and the request id when vigil made it up.
-pub(super) fn forward(headers: &[httparse::Header], f: &Forward, out: &mut impl Sink) {
-    for h in headers {
-        let name = h.name.as_bytes();
-        // An empty request id is replaced by ours, as on Pingora's path.
-        let empty_id = f.drop_request_id && h.name.eq_ignore_ascii_case("x-request-id");
-        let dropped = empty_id
-            || HOP_BY_HOP
-                .iter()
-                .chain(&NOT_FORWARDED)
-                .any(|n| h.name.eq_ignore_ascii_case(n))
-            || f.named.iter().any(|n| name.eq_ignore_ascii_case(n));
-        if !dropped {
-            out.field(h.name, h.value);
-        }
-    }
-    if let Some(protocol) = f.upgrade {
-        // The one hop-by-hop pair that is the request itself.
-        out.field("connection", b"upgrade");
-        out.field("upgrade", protocol);
-    }
-    if let Some(ip) = f.client {
-        // As on Pingora's path: values it can read as text, trimmed, empty ones left out.
-        let chain = f.xff.iter().map(|v| v.trim_ascii()).filter(|v| {
-            !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-        });
-        out.forwarded_for(chain, ip);
-    }
-    let scheme: &[u8] = if f.https { b"https" } else { b"http" };
-    out.field("x-forwarded-proto", scheme);
-    if let Some(host) = f.host {
-        out.field("x-forwarded-host", host.as_bytes());
-    }
-    if let Some(id) = f.generated_id {
-        out.field("x-request-id", id.as_bytes());
-    }
-}
-
-/// The head sent upstream as HTTP/1.1, written into one buffer (with room for a body
-/// held whole, appended once read).
+/// The head sent upstream, written into one buffer (with room for a body held whole,
+/// appended once read).
 pub(super) struct Upstream(Vec<u8>);
 
 impl Upstream {
@@ -100,13 +50,22 @@ impl Upstream {
         Upstream(Vec::with_capacity(n))
     }
 
-    /// The request line, the fields `forward` passes on, and the empty line.
+    fn line(&mut self, name: &[u8], value: &[u8]) {
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    /// The same headers as `forward_headers` on Pingora's path: the client's, less the
+    /// hop-by-hop ones and those vigil writes itself, then an upgrade's own pair, the
+    /// `x-forwarded-*` chain, and the request id when vigil made it up.
     pub(super) fn head(
         mut self,
         method: &str,
         target: Target,
         headers: &[httparse::Header],
-        f: &Forward,
+        f: Forward,
     ) -> Vec<u8> {
         let up = &mut self.0;
         up.extend_from_slice(method.as_bytes());
@@ -114,29 +73,47 @@ impl Upstream {
         up.extend_from_slice(target.path.as_bytes());
         up.extend_from_slice(target.query.as_bytes());
         up.extend_from_slice(b" HTTP/1.1\r\n");
-        forward(headers, f, &mut self);
+        for h in headers {
+            let name = h.name.as_bytes();
+            // An empty request id is replaced by ours, as on Pingora's path.
+            let empty_id = f.drop_request_id && h.name.eq_ignore_ascii_case("x-request-id");
+            let dropped = empty_id
+                || HOP_BY_HOP
+                    .iter()
+                    .chain(&NOT_FORWARDED)
+                    .any(|n| h.name.eq_ignore_ascii_case(n))
+                || f.named.iter().any(|n| name.eq_ignore_ascii_case(n));
+            if !dropped {
+                self.line(name, h.value);
+            }
+        }
+        if let Some(protocol) = f.upgrade {
+            // The one hop-by-hop pair that is the request itself.
+            self.line(b"connection", b"upgrade");
+            self.line(b"upgrade", protocol);
+        }
+        let up = &mut self.0;
+        if let Some(ip) = f.client {
+            up.extend_from_slice(b"x-forwarded-for: ");
+            // As on Pingora's path: values it can read as text, trimmed, empty ones left out.
+            for prev in f.xff.iter().map(|v| v.trim_ascii()).filter(|v| {
+                !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            }) {
+                up.extend_from_slice(prev);
+                up.extend_from_slice(b", ");
+            }
+            up.extend_from_slice(ip.as_bytes());
+            up.extend_from_slice(b"\r\n");
+        }
+        let scheme: &[u8] = if f.https { b"https" } else { b"http" };
+        self.line(b"x-forwarded-proto", scheme);
+        if let Some(host) = f.host {
+            self.line(b"x-forwarded-host", host.as_bytes());
+        }
+        if let Some(id) = f.generated_id {
+            self.line(b"x-request-id", id.as_bytes());
+        }
         self.0.extend_from_slice(b"\r\n");
         self.0
-    }
-}
-
-impl Sink for Upstream {
-    fn field(&mut self, name: &str, value: &[u8]) {
-        let up = &mut self.0;
-        up.extend_from_slice(name.as_bytes());
-        up.extend_from_slice(b": ");
-        up.extend_from_slice(value);
-        up.extend_from_slice(b"\r\n");
-    }
-
-    fn forwarded_for<'a>(&mut self, chain: impl Iterator<Item = &'a [u8]>, ip: &str) {
-        let up = &mut self.0;
-        up.extend_from_slice(b"x-forwarded-for: ");
-        for prev in chain {
-            up.extend_from_slice(prev);
-            up.extend_from_slice(b", ");
-        }
-        up.extend_from_slice(ip.as_bytes());
-        up.extend_from_slice(b"\r\n");
     }
 }

@@ -1,26 +1,28 @@
 //! A `protocol: h2` backend on the request loop: `H2Upstream`, the mirror of
 //! `H2Client`, shows one HTTP/2 stream to a backend as an HTTP/1.1 connection. The
-//! loop hands it the request's head as HTTP/2 fields (`ask`: made where it would write
-//! an HTTP/1.1 backend's head, with the same policy: `convert_up::UpFields`), and
-//! writes the body as it would to an HTTP/1.1 backend; the body goes out as DATA and
-//! trailers (`Outbound`). Its reads give the backend's answer
+//! loop writes its request as it would to an HTTP/1.1 backend; the head is read back
+//! into HTTP/2 (`Host` as `:authority`, connection-specific fields left out) and the
+//! body goes out as DATA and trailers (`Outbound`). Its reads give the backend's answer
 //! as HTTP/1.1: the head, then the body, chunked when it has no length, its HTTP/2
 //! trailers (gRPC's `grpc-status`) as the last chunk's trailer lines, which the loop
 //! copies to the client like any other body and `H2Client` turns back into trailers.
 //! The attempts, retries, stall registration and the access log are the loop's own.
 
 use super::conns::Conn;
-use super::convert_up::{answer_head, chunk, last_chunk, UpHead};
+use super::convert_up::{answer_head, chunk, last_chunk, parse_request};
 use super::other;
 use super::send::Outbound;
 use crate::dataplane::pipeline::framing::Framing;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The longest request head the codec holds while it waits for its end.
+const MAX_REQUEST_HEAD: usize = 1 << 20;
 
 /// One HTTP/2 stream to a backend, shown to the loop as an HTTP/1.1 connection.
 pub(in crate::dataplane::pipeline) struct H2Upstream {
@@ -29,13 +31,11 @@ pub(in crate::dataplane::pipeline) struct H2Upstream {
     write: Sending,
     read: Receiving,
     head_request: bool,
-    /// The request's head, handed over by `ask`: sent with the first write or flush.
-    handed: Mutex<Option<UpHead>>,
 }
 
 enum Sending {
-    /// No request yet.
-    Head,
+    /// The request head, as far as the loop wrote it.
+    Head(BytesMut),
     Body(Outbound),
     /// Sent, END_STREAM included.
     Ended,
@@ -82,42 +82,28 @@ impl H2Upstream {
         H2Upstream {
             send: conn.send.clone(),
             conn,
-            write: Sending::Head,
+            write: Sending::Head(BytesMut::new()),
             read: Receiving::NotAsked,
             head_request: false,
-            handed: Mutex::new(None),
         }
     }
 
-    /// The HTTP/2 stream to a backend `stream` is.
-    pub(in crate::dataplane::pipeline) fn of(
-        stream: &pingora::protocols::Stream,
-    ) -> pingora::Result<&H2Upstream> {
-        match stream.as_any().downcast_ref::<H2Upstream>() {
-            Some(up) => Ok(up),
-            None => pingora::Error::e_explain(
-                pingora::ErrorType::InternalError,
-                "HTTP/2 fields for a backend that is not an HTTP/2 stream",
-            ),
-        }
-    }
-
-    /// The request's head, as HTTP/2 fields: the stream opens with the next write or
-    /// flush, and what the loop writes next is its body.
-    pub(in crate::dataplane::pipeline) fn ask(&self, head: UpHead) {
-        let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
-        *handed = Some(head);
-    }
-
-    /// Opens the stream with the head `ask` handed over (the connection has room:
-    /// `poll_ready` said so).
-    fn open(&mut self) -> io::Result<()> {
-        let handed = self.handed.get_mut().unwrap_or_else(|e| e.into_inner());
-        let Some(head) = handed.take() else {
-            return Err(other("no request head handed over"));
+    /// Takes the request head's bytes; once it is whole, opens the stream with it (the
+    /// connection has room: `poll_ready` said so) and takes the body's first bytes.
+    fn take_head(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Sending::Head(head) = &mut self.write else {
+            return Ok(());
         };
+        head.extend_from_slice(bytes);
         let conn = &self.conn;
-        let up = head.request(&conn.scheme, &conn.authority)?;
+        let Some((len, up)) = parse_request(head, &conn.scheme, &conn.authority)? else {
+            if head.len() > MAX_REQUEST_HEAD {
+                return Err(other("request head too large"));
+            }
+            return Ok(());
+        };
+        let mut rest = std::mem::take(head);
+        rest.advance(len);
         let end = up.framing == Framing::Empty;
         self.head_request = up.head_request;
         let (response, sender) = self
@@ -125,22 +111,14 @@ impl H2Upstream {
             .send_request(up.request, end)
             .map_err(|e| failed(conn, e))?;
         self.read = Receiving::Waiting(response);
-        self.write = match end {
-            true => Sending::Ended,
-            false => Sending::Body(Outbound::new(up.framing, sender)),
+        self.write = if end {
+            Sending::Ended
+        } else {
+            let mut body = Outbound::new(up.framing, sender);
+            body.take(&rest)?;
+            Sending::Body(body)
         };
         Ok(())
-    }
-
-    /// Opens the stream once the connection has room for it.
-    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Sending::Head = self.write {
-            if let Err(e) = ready!(self.send.poll_ready(cx)) {
-                return Poll::Ready(Err(failed(&self.conn, e)));
-            }
-            self.open()?;
-        }
-        Poll::Ready(Ok(()))
     }
 
     /// Sends what the request's body has so far as flow control allows: ready when
@@ -245,10 +223,14 @@ impl AsyncWrite for H2Upstream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = &mut *self;
-        // Bytes are taken only once the connection has room for a stream.
-        ready!(me.poll_open(cx))?;
         match &mut me.write {
-            Sending::Head => {}
+            Sending::Head(_) => {
+                // Bytes are taken only once the connection has room for a stream.
+                if let Err(e) = ready!(me.send.poll_ready(cx)) {
+                    return Poll::Ready(Err(failed(&me.conn, e)));
+                }
+                me.take_head(buf)?;
+            }
             Sending::Body(_) => {
                 // What an earlier write left is sent first: back-pressure from the
                 // backend's flow control.
@@ -267,12 +249,10 @@ impl AsyncWrite for H2Upstream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_open(cx))?;
         self.poll_send(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_open(cx))?;
         self.poll_send(cx)
     }
 }
