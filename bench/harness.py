@@ -1381,8 +1381,18 @@ def bench_h2(rounds=3, seconds=6):
     in front of the same three HTTP/1.1 backends, at 1 and 2 workers (THREADS=n: only
     n), with 16 connections x 10 streams and 1 x 100 (SHAPES=c16 or c1: only that one).
     CPU per request, req/s, mean and p99 latency; h2load and the backends on the same
-    2 cores. VIGIL_BEFORE=path runs an older vigil build beside."""
+    2 cores. VIGIL_BEFORE=path runs an older vigil build beside. H2_LOG=1: every proxy
+    writes an access line per request to a file; H2_BODY=n: each request POSTs n bytes
+    (h2load -d)."""
     rounds = int(os.environ.get("ROUNDS", rounds))
+    logging = bool(os.environ.get("H2_LOG"))
+    body = int(os.environ.get("H2_BODY", "0"))
+    extra = ()
+    if body:
+        post = os.path.join(WORK, "h2-post.bin")
+        open(post, "wb").write(b"x" * body)
+        extra = ("-d", post, "-H", "content-type: application/octet-stream")
+    what = (", access log on" if logging else "") + (f", POST {body} B" if body else "")
     backends = [fleet(1, f"h2-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
     cert, key, both = bench_cert("h2")
@@ -1390,19 +1400,29 @@ def bench_h2(rounds=3, seconds=6):
     only = os.environ.get("THREADS")
     shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", "") in f"c{s[0]}"]
     for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
+        vtop = f"threads: {threads}\n"
+        if logging:
+            vtop += f"access_log:\n  format: text\n  path: {WORK}/vigil-h2-access.log\n"
+
         def v(port, binary=None, name="vigil"):
-            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs),
-                               f"threads: {threads}\n")
+            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs), vtop)
             cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
             p = vigil(cfg, name, binary)[0]
             wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
             return p
-        nginx = nginx_conf("127.0.0.1:19110", addrs, workers=threads).replace(
+        # Bodies streamed as they arrive, as vigil and HAProxy do, and no size limit.
+        nginx_body = "      proxy_request_buffering off;\n      client_max_body_size 0;\n" if body else ""
+        nginx = nginx_conf("127.0.0.1:19110", addrs, workers=threads,
+                           access_log=f"{WORK}/nginx-h2-access.log" if logging else "off",
+                           extra_location=nginx_body).replace(
             "listen 127.0.0.1:19110;",
             f"listen 127.0.0.1:19110 ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
             # Not 1,000 requests a connection (nginx's default): h2load does not reconnect.
             "    keepalive_requests 100000000;")
         haproxy = haproxy_conf(f"127.0.0.1:19120 ssl crt {both} alpn h2,http/1.1", addrs, threads=threads)
+        if logging:
+            haproxy = haproxy.replace("log stderr format rfc5424 local0 notice", "log stdout format raw local0 info")
+            haproxy = haproxy.replace("  log global\n", "  log global\n  option httplog\n")
         peers = {
             "vigil": (19100, lambda: v(19100)),
             "haproxy": (19120, lambda: start_haproxy(haproxy, "haproxy-h2")),
@@ -1416,10 +1436,10 @@ def bench_h2(rounds=3, seconds=6):
             # still does with VIGIL_FAST_PATH=off): Pingora's proxy.
             peers["vigil, Pingora's proxy"] = (19140, lambda: pingora_path(lambda: v(19140, name="vigil-pingora")))
         for clients, streams in shapes:
-            results = interleaved(peers, rounds, seconds, label=f"h2 c{clients} m{streams} threads {threads}",
+            results = interleaved(peers, rounds, seconds, label=f"h2 c{clients} m{streams} threads {threads}{what}",
                                   scheme="https",
-                                  load=lambda url, s, c=clients, m=streams: h2load(url, s, c, m))
-            h2_table(results, peers, f"HTTP/2 over TLS, h2load -c{clients} -m{streams}, {threads} worker(s) "
+                                  load=lambda url, s, c=clients, m=streams: h2load(url, s, c, m, extra))
+            h2_table(results, peers, f"HTTP/2 over TLS{what}, h2load -c{clients} -m{streams}, {threads} worker(s) "
                      f"({rounds} rounds of {seconds} s, medians; h2load -t1 and 3 backends on the same 2 cores)")
     for b in backends:
         stop(b[0])
