@@ -278,6 +278,18 @@ http {{
 """
 
 
+# nginx passes request bodies on as they arrive, as vigil and HAProxy do (it would
+# otherwise buffer each to a file first), with no size limit.
+NGINX_STREAMED_BODIES = "      proxy_request_buffering off;\n      client_max_body_size 0;\n"
+
+
+def haproxy_access_log(conf):
+    """`conf` (from haproxy_conf) with an access line per request (`option httplog`) to
+    stdout, the process's log file."""
+    conf = conf.replace("log stderr format rfc5424 local0 notice", "log stdout format raw local0 info")
+    return conf.replace("  log global\n", "  log global\n  option httplog\n")
+
+
 def haproxy_conf(listen, addrs, server_opts="", backend_opts="", threads=1, maxconn=4096):
     servers = "".join(f"  server s{i} {a}{server_opts}\n" for i, a in enumerate(addrs))
     return f"""global
@@ -1318,17 +1330,14 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
             nlog = "off"
             if logging:
                 vtop += f"access_log:\n  format: text\n  path: {WORK}/vigil-access.log\n"
-                hconf = hconf.replace("log stderr format rfc5424 local0 notice", "log stdout format raw local0 info")
-                hconf = hconf.replace("  log global\n", "  log global\n  option httplog\n")
+                hconf = haproxy_access_log(hconf)
                 nlog = f"{WORK}/nginx-access.log"
             peers = {
                 "vigil": (18930, lambda: vigil_ready(18930, addrs, vtop)),
                 "haproxy": (18940, lambda: start_haproxy(hconf, "haproxy-shapes")),
-                # Bodies streamed as they arrive, as vigil and HAProxy do (nginx would
-                # otherwise buffer each to a file first), and no body size limit.
                 "nginx": (18950, lambda: start_nginx(nginx_conf(
                     "127.0.0.1:18950", addrs, workers=threads, access_log=nlog,
-                    extra_location="      proxy_request_buffering off;\n      client_max_body_size 0;\n"),
+                    extra_location=NGINX_STREAMED_BODIES),
                     "nginx-shapes")),
             }
             before = os.environ.get("VIGIL_BEFORE")
@@ -1398,7 +1407,7 @@ def bench_h2(rounds=3, seconds=6):
     cert, key, both = bench_cert("h2")
     tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
     only = os.environ.get("THREADS")
-    shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", "") in f"c{s[0]}"]
+    shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", f"c{s[0]}") == f"c{s[0]}"]
     for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
         vtop = f"threads: {threads}\n"
         if logging:
@@ -1410,19 +1419,16 @@ def bench_h2(rounds=3, seconds=6):
             p = vigil(cfg, name, binary)[0]
             wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
             return p
-        # Bodies streamed as they arrive, as vigil and HAProxy do, and no size limit.
-        nginx_body = "      proxy_request_buffering off;\n      client_max_body_size 0;\n" if body else ""
         nginx = nginx_conf("127.0.0.1:19110", addrs, workers=threads,
                            access_log=f"{WORK}/nginx-h2-access.log" if logging else "off",
-                           extra_location=nginx_body).replace(
+                           extra_location=NGINX_STREAMED_BODIES if body else "").replace(
             "listen 127.0.0.1:19110;",
             f"listen 127.0.0.1:19110 ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
             # Not 1,000 requests a connection (nginx's default): h2load does not reconnect.
             "    keepalive_requests 100000000;")
         haproxy = haproxy_conf(f"127.0.0.1:19120 ssl crt {both} alpn h2,http/1.1", addrs, threads=threads)
         if logging:
-            haproxy = haproxy.replace("log stderr format rfc5424 local0 notice", "log stdout format raw local0 info")
-            haproxy = haproxy.replace("  log global\n", "  log global\n  option httplog\n")
+            haproxy = haproxy_access_log(haproxy)
         peers = {
             "vigil": (19100, lambda: v(19100)),
             "haproxy": (19120, lambda: start_haproxy(haproxy, "haproxy-h2")),
@@ -1466,7 +1472,7 @@ def bench_grpc(rounds=3, seconds=6):
     tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
     pool = pool_yaml("grpc", addrs, f"    protocol: h2\n    tls: {{verify: false}}\n    health_check:\n      type: tcp\n")
     only = os.environ.get("THREADS")
-    shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", "") in f"c{s[0]}"]
+    shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", f"c{s[0]}") == f"c{s[0]}"]
     load = lambda url, s, c, m: h2load(url + "echo.Echo/Say", s, c, m, extra=(
         "-d", message, "-H", "content-type: application/grpc", "-H", "te: trailers"))
     for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
