@@ -49,7 +49,9 @@ bench-deps: deps
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-run: build
+# Only the binary it starts (the release profile's whole-program step is taken per binary).
+run: deps
+	$(CARGO) build --release -p vigil-proxy --bin vigil
 	$(VIGIL) demo
 
 # The Debian package, target/debian/vigil_VERSION_amd64.deb, and its debug symbols beside
@@ -58,23 +60,27 @@ deb: deb-deps
 	$(CARGO) build --release -p vigil-proxy --bin vigil --bin vigil-docs
 	scripts/deb.sh
 
-# One profile (release) for the binary, the tests and the benches: Pingora is built once.
+# The binaries operators get (release: whole-program optimised), which the end-to-end
+# tests start and package; then the tests and the helpers they start with the `testing`
+# profile (release's optimisation without that step, taken once per test binary otherwise).
 test: test-deps
-	$(CARGO) build --release --workspace --bins
-	$(CARGO) test --release --workspace
-	CHAOS_SECONDS=60 python3 bench/harness.py chaos-soak
+	$(CARGO) build --release -p vigil-proxy --bin vigil --bin vigil-docs
+	$(CARGO) build --profile testing --workspace --bins
+	$(CARGO) test --profile testing --workspace
+	VIGIL_TOOLS=target/testing CHAOS_SECONDS=60 python3 bench/harness.py chaos-soak
 
 # Issue #28's chaos soak, ten minutes: two vigils on etcd, every fault at once, traffic of
 # every kind; exits 1 if anything was lost or grew (`make test` runs one minute of it).
 chaos: test-deps
-	$(CARGO) build --release --workspace --bins
-	CHAOS_SECONDS=600 python3 bench/harness.py chaos-soak
+	$(CARGO) build --release -p vigil-proxy --bin vigil
+	$(CARGO) build --profile testing --workspace --bins
+	VIGIL_TOOLS=target/testing CHAOS_SECONDS=600 python3 bench/harness.py chaos-soak
 
 # The fuzz tests (proptest) with many more cases than make test runs: a few minutes.
 fuzz: deps
-	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-proxy fuzz
-	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-conf --test fuzz
-	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p vigil-healthcheck fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --profile testing -p vigil-proxy fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --profile testing -p vigil-conf --test fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --profile testing -p vigil-healthcheck fuzz
 
 # Results go to bench/RESULTS.md by hand, beside the command that produced them.
 bench: bench-deps build

@@ -42,6 +42,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
+# The helpers (fleet, grpc_backend, the peers' own binaries): `make test` builds them with
+# its `testing` profile (VIGIL_TOOLS=target/testing); vigil is always target/release's.
+TOOLS = os.path.join(ROOT, os.environ.get("VIGIL_TOOLS", os.path.join("target", "release")))
 WORK = tempfile.mkdtemp(prefix="vigil-bench-")
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
@@ -182,7 +185,7 @@ def fleet(count, name, flap=None, delay_ms=None):
     out = os.path.join(WORK, name + ".txt")
     if os.path.exists(out):
         os.remove(out)
-    cmd = [os.path.join(BIN, "fleet"), "--count", str(count), "--out", out]
+    cmd = [os.path.join(TOOLS, "fleet"), "--count", str(count), "--out", out]
     if flap:
         cmd += ["--flap", str(flap)]
     if delay_ms:
@@ -195,7 +198,7 @@ def fleet(count, name, flap=None, delay_ms=None):
 def fleet_again(name, addr):
     """A killed one-backend `fleet` started again on its address (`fleet(1, name)` first)."""
     out = os.path.join(WORK, name + ".txt")
-    return start([os.path.join(BIN, "fleet"), "--count", "1", "--out", out, "--bind", addr], name + "-again")
+    return start([os.path.join(TOOLS, "fleet"), "--count", "1", "--out", out, "--bind", addr], name + "-again")
 
 
 def fleet_stats(file):
@@ -349,11 +352,11 @@ def bench_proxy(rounds=3, seconds=15):
         "vigil": lambda: vigil(vigil_config("127.0.0.1:18800", "127.0.0.1:18801", pool_yaml("web", addrs)))[0],
         "nginx": lambda: start_nginx(nginx_conf("127.0.0.1:18810", addrs)),
         "haproxy": lambda: start_haproxy(haproxy_conf("127.0.0.1:18820", addrs)),
-        "pingora-lb": lambda: start([os.path.join(BIN, "pingora_proxy"), "127.0.0.1:18830", all_file], "pingora-lb"),
+        "pingora-lb": lambda: start([os.path.join(TOOLS, "pingora_proxy"), "127.0.0.1:18830", all_file], "pingora-lb"),
         # Floors, not products: pingora-core's HTTP/1 session and connector without
         # pingora-proxy, with Pingora's connection pool and with a bare idle list.
-        "core-pool": lambda: start([os.path.join(BIN, "core_proxy"), "127.0.0.1:18840", all_file], "core-pool"),
-        "core-bare": lambda: start([os.path.join(BIN, "core_proxy"), "127.0.0.1:18850", all_file, "--own-pool"],
+        "core-pool": lambda: start([os.path.join(TOOLS, "core_proxy"), "127.0.0.1:18840", all_file], "core-pool"),
+        "core-bare": lambda: start([os.path.join(TOOLS, "core_proxy"), "127.0.0.1:18850", all_file, "--own-pool"],
                                    "core-bare"),
     }
     ports = {"vigil": "127.0.0.1:18800", "nginx": "127.0.0.1:18810", "haproxy": "127.0.0.1:18820",
@@ -650,7 +653,7 @@ def bench_memory(count=8000):
             if h2:
                 # Browser-like HTTP/2 clients (bench/src/bin/h2idle.rs): TLS, ALPN h2,
                 # one GET answered on each connection, then quiet.
-                idle = subprocess.Popen([os.path.join(BIN, "h2idle"), "127.0.0.1:18990", str(count)],
+                idle = subprocess.Popen([os.path.join(TOOLS, "h2idle"), "127.0.0.1:18990", str(count)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 ready = idle.stdout.readline().split()
                 time.sleep(2)
@@ -733,7 +736,7 @@ def bench_checker(seconds=60, warmup=15, count=10000):
     peers = {}
     for reuse in (() if os.environ.get("VIGIL_ONLY") else (True, False)):
         name = "pingora-lb" + (" (reuse_connection)" if reuse else " (default)")
-        cmd = [os.path.join(BIN, "lb_peer"), file1, file2] + (["--reuse"] if reuse else [])
+        cmd = [os.path.join(TOOLS, "lb_peer"), file1, file2] + (["--reuse"] if reuse else [])
         s0 = [fleet_stats(file1), fleet_stats(file2)]
         q = start(cmd, "lb_peer")
         time.sleep(warmup)
@@ -1463,7 +1466,7 @@ def bench_grpc(rounds=3, seconds=6):
     backends = []
     for i in range(3):
         addr = f"127.0.0.1:{19200 + i}"
-        backends.append(start([os.path.join(BIN, "grpc_backend"), addr, cert, key], f"grpc-backend{i}"))
+        backends.append(start([os.path.join(TOOLS, "grpc_backend"), addr, cert, key], f"grpc-backend{i}"))
         wait_port(addr)
     addrs = [f"127.0.0.1:{19200 + i}" for i in range(3)]
     message = os.path.join(WORK, "grpc-message.bin")
@@ -1846,7 +1849,7 @@ def bench_chaos_soak(seconds=None, seed=7):
     # The discovered pool: two backends on one port, two loopback addresses.
     dport, dns_port = 18990, 18995
     dips = ["127.0.0.2", "127.0.0.3"]
-    dprocs = [start([os.path.join(BIN, "fleet"), "--count", "1", "--out", os.path.join(WORK, f"soakd-{i}.txt"),
+    dprocs = [start([os.path.join(TOOLS, "fleet"), "--count", "1", "--out", os.path.join(WORK, f"soakd-{i}.txt"),
                      "--bind", f"{ip}:{dport}"], f"soakd-{i}") for i, ip in enumerate(dips)]
     dns_sets = [dips, dips[:1], dips, dips[1:]]  # always overlapping: a checked backend stays
     dns = [start_dnsmasq(dns_port, [("chaos.test", ip) for ip in dns_sets[0]])]
@@ -2072,7 +2075,7 @@ def fleet_with(count, name, opts):
     for f in (out, out + ".stats"):
         if os.path.exists(f):
             os.remove(f)
-    cmd = [os.path.join(BIN, "fleet"), "--count", str(count), "--out", out, *[str(o) for o in opts]]
+    cmd = [os.path.join(TOOLS, "fleet"), "--count", str(count), "--out", out, *[str(o) for o in opts]]
     p = start(cmd, name)
     wait_for(f"{name} up", lambda: os.path.exists(out) and len(open(out).read().split()) == count)
     return p, out, open(out).read().split()

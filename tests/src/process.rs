@@ -49,17 +49,19 @@ pub struct Vigil {
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Vigil {
-    /// `target/<profile>/vigil`, next to the test binary's `deps/` folder.
+    /// `target/release/vigil`, the binary operators get (whole-program optimised), whichever
+    /// profile built the tests (`make test` builds them with `testing`).
     pub fn binary() -> PathBuf {
         let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe
+        let target = exe
             .parent()
             .and_then(|p| p.parent())
-            .expect("target/<profile>");
-        let bin = dir.join("vigil");
+            .and_then(|p| p.parent())
+            .expect("target/<profile>/deps");
+        let bin = target.join("release").join("vigil");
         assert!(
             bin.exists(),
-            "{} is missing: run `cargo build --release --bins` first (make test does)",
+            "{} is missing: run `cargo build --release -p vigil-proxy --bins` first (make test does)",
             bin.display()
         );
         bin
