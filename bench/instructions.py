@@ -7,7 +7,8 @@ a body of that many bytes instead of GETs. H2=1: the client speaks HTTP/2 by pri
 knowledge (h2c; `h2load -c1 -m10`), the backend HTTP/1.1. GRPC=1: gRPC unary calls
 (h2c, `h2load -c1 -m10` posting a 100-byte message) to a `protocol: h2` pool of one
 `grpc_backend` over TLS (the bench crate's; GRPC_BACKEND=path, default
-target/release/grpc_backend). KEEP=1 keeps the callgrind output files
+$VIGIL_TOOLS/grpc_backend, VIGIL_TOOLS=target/release unless set: `make test` builds it
+in target/testing). KEEP=1 keeps the callgrind output files
 (/tmp/cg.out.1200*) for callgrind_annotate.
 
 Usage: python3 bench/instructions.py BINARY...
@@ -31,7 +32,7 @@ if grpc:
                     "-nodes", "-keyout", "/tmp/cg-grpc.key", "-out", "/tmp/cg-grpc.pem", "-days", "7",
                     "-subj", "/CN=bench.test", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    backend = subprocess.Popen([os.environ.get("GRPC_BACKEND", "target/release/grpc_backend"),
+    backend = subprocess.Popen([os.environ.get("GRPC_BACKEND", os.path.join(os.environ.get("VIGIL_TOOLS", "target/release"), "grpc_backend")),
                                 "127.0.0.1:0", "/tmp/cg-grpc.pem", "/tmp/cg-grpc.key"],
                                stdout=subprocess.PIPE, text=True)
     grpc_addr = backend.stdout.readline().split()[1]
