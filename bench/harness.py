@@ -1388,6 +1388,34 @@ def h2load(url, seconds, clients, streams, extra=()):
             "p99": lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan")}
 
 
+def tls_vigil(port, pool, top, cert, key, binary=None, name="vigil"):
+    """vigil (or `binary`) with `pool` behind a TLS listener on `port` (admin on port + 1,
+    config head `top`), once it says it is ready."""
+    tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
+    cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool, top)
+    cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
+    p = vigil(cfg, name, binary)[0]
+    wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
+    return p
+
+
+def grpc_backends(cert, key):
+    """Three `grpc_backend`s over TLS (the message back with `grpc-status: 0` trailers):
+    their processes and addresses, a `protocol: h2` pool of them, and h2load's arguments
+    for a unary call with a 100-byte message."""
+    addrs = [f"127.0.0.1:{19200 + i}" for i in range(3)]
+    procs = []
+    for i, addr in enumerate(addrs):
+        procs.append(start([os.path.join(TOOLS, "grpc_backend"), addr, cert, key], f"grpc-backend{i}"))
+        wait_port(addr)
+    message = os.path.join(WORK, "grpc-message.bin")
+    payload = bytes(range(100))
+    open(message, "wb").write(b"\0" + len(payload).to_bytes(4, "big") + payload)
+    pool = pool_yaml("grpc", addrs, "    protocol: h2\n    tls: {verify: false}\n    health_check:\n      type: tcp\n")
+    extra = ("-d", message, "-H", "content-type: application/grpc", "-H", "te: trailers")
+    return procs, addrs, pool, extra
+
+
 def bench_h2(rounds=3, seconds=6):
     """Issue #26: HTTP/2 over TLS (ALPN h2) from h2load to vigil, HAProxy and nginx, each
     in front of the same three HTTP/1.1 backends, at 1 and 2 workers (THREADS=n: only
@@ -1408,7 +1436,6 @@ def bench_h2(rounds=3, seconds=6):
     backends = [fleet(1, f"h2-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
     cert, key, both = bench_cert("h2")
-    tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
     only = os.environ.get("THREADS")
     shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", f"c{s[0]}") == f"c{s[0]}"]
     for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
@@ -1417,11 +1444,7 @@ def bench_h2(rounds=3, seconds=6):
             vtop += f"access_log:\n  format: text\n  path: {WORK}/vigil-h2-access.log\n"
 
         def v(port, binary=None, name="vigil"):
-            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool_yaml("web", addrs), vtop)
-            cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
-            p = vigil(cfg, name, binary)[0]
-            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
-            return p
+            return tls_vigil(port, pool_yaml("web", addrs), vtop, cert, key, binary, name)
         nginx = nginx_conf("127.0.0.1:19110", addrs, workers=threads,
                            access_log=f"{WORK}/nginx-h2-access.log" if logging else "off",
                            extra_location=NGINX_STREAMED_BODIES if body else "").replace(
@@ -1463,28 +1486,13 @@ def bench_grpc(rounds=3, seconds=6):
     (SHAPES=c16 or c1). h2load, the backends and the proxy share the 2 cores."""
     rounds = int(os.environ.get("ROUNDS", rounds))
     cert, key, both = bench_cert("grpc")
-    backends = []
-    for i in range(3):
-        addr = f"127.0.0.1:{19200 + i}"
-        backends.append(start([os.path.join(TOOLS, "grpc_backend"), addr, cert, key], f"grpc-backend{i}"))
-        wait_port(addr)
-    addrs = [f"127.0.0.1:{19200 + i}" for i in range(3)]
-    message = os.path.join(WORK, "grpc-message.bin")
-    payload = bytes(range(100))
-    open(message, "wb").write(b"\0" + len(payload).to_bytes(4, "big") + payload)
-    tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
-    pool = pool_yaml("grpc", addrs, f"    protocol: h2\n    tls: {{verify: false}}\n    health_check:\n      type: tcp\n")
+    backends, addrs, pool, extra = grpc_backends(cert, key)
     only = os.environ.get("THREADS")
     shapes = [s for s in ((16, 10), (1, 100)) if os.environ.get("SHAPES", f"c{s[0]}") == f"c{s[0]}"]
-    load = lambda url, s, c, m: h2load(url + "echo.Echo/Say", s, c, m, extra=(
-        "-d", message, "-H", "content-type: application/grpc", "-H", "te: trailers"))
+    load = lambda url, s, c, m: h2load(url + "echo.Echo/Say", s, c, m, extra=extra)
     for threads in ([int(t) for t in only.split(",")] if only else (1, 2)):
         def v(port, binary=None, name="vigil"):
-            cfg = vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool, f"threads: {threads}\n")
-            cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
-            p = vigil(cfg, name, binary)[0]
-            wait_for("vigil ready", lambda: http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
-            return p
+            return tls_vigil(port, pool, f"threads: {threads}\n", cert, key, binary, name)
         nginx = nginx_conf("127.0.0.1:19210", addrs, workers=threads).replace(
             "listen 127.0.0.1:19210;",
             f"listen 127.0.0.1:19210 ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"

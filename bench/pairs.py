@@ -20,14 +20,7 @@ pairs, secs = int(os.environ.get("PAIRS", "10")), int(os.environ.get("SECS", "4"
 mode = os.environ.get("MODE", "h2")
 cert, key, both = H.bench_cert("pairs")
 if mode == "grpc":
-    addrs = [f"127.0.0.1:{19200 + i}" for i in range(3)]
-    for a in addrs:
-        H.start([os.path.join(H.TOOLS, "grpc_backend"), a, cert, key], "gb" + a[-1])
-        H.wait_port(a)
-    pool = H.pool_yaml("grpc", addrs, "    protocol: h2\n    tls: {verify: false}\n    health_check:\n      type: tcp\n")
-    message = os.path.join(H.WORK, "m.bin")
-    open(message, "wb").write(b"\0" + (100).to_bytes(4, "big") + bytes(range(100)))
-    extra = ("-d", message, "-H", "content-type: application/grpc", "-H", "te: trailers")
+    _, addrs, pool, extra = H.grpc_backends(cert, key)
     path = "echo.Echo/Say"
     haproxy = H.haproxy_conf(f"127.0.0.1:19220 ssl crt {both} alpn h2", addrs,
                              server_opts=" ssl verify none alpn h2", threads=threads)
@@ -36,20 +29,11 @@ else:
     pool = H.pool_yaml("web", addrs)
     extra, path = (), ""
     haproxy = H.haproxy_conf(f"127.0.0.1:19220 ssl crt {both} alpn h2,http/1.1", addrs, threads=threads)
-tls = f"    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n"
-
-
-def vigil(port, binary, name):
-    cfg = H.vigil_config(f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}", pool, f"threads: {threads}\n")
-    cfg = cfg.replace(f"  - address: 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n{tls}", 1)
-    p = H.vigil(cfg, name, binary)[0]
-    H.wait_for("vigil ready", lambda: H.http(f"http://127.0.0.1:{port + 1}/health/ready")[0] == 200)
-    return p
-
+top = f"threads: {threads}\n"
 
 try:
-    procs = {"vigil": (19230, vigil(19230, None, "vigil")),
-             "before": (19240, vigil(19240, os.environ["VIGIL_BEFORE"], "vigil-before")),
+    procs = {"vigil": (19230, H.tls_vigil(19230, pool, top, cert, key)),
+             "before": (19240, H.tls_vigil(19240, pool, top, cert, key, os.environ["VIGIL_BEFORE"], "vigil-before")),
              "haproxy": (19220, H.start_haproxy(haproxy, "haproxy-pairs"))}
     H.wait_port("127.0.0.1:19220")
     url = lambda port: f"https://127.0.0.1:{port}/{path}"
