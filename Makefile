@@ -61,11 +61,12 @@ deb: deb-deps
 	scripts/deb.sh
 
 # The binaries operators get (release: whole-program optimised), which the end-to-end
-# tests start and package; then the tests and the helpers they start with the `testing`
-# profile (release's optimisation without that step, taken once per test binary otherwise).
+# tests start and package; then the helpers the chaos soak starts (fleet, grpc_backend)
+# and the tests with the `testing` profile (release's optimisation without that step,
+# taken once per test binary otherwise).
 test: test-deps
 	$(CARGO) build --release -p vigil-proxy --bin vigil --bin vigil-docs
-	$(CARGO) build --profile testing --workspace --bins
+	$(CARGO) build --profile testing -p vigil-bench --bins
 	$(CARGO) test --profile testing --workspace
 	VIGIL_TOOLS=target/testing CHAOS_SECONDS=60 python3 bench/harness.py chaos-soak
 
@@ -73,7 +74,7 @@ test: test-deps
 # every kind; exits 1 if anything was lost or grew (`make test` runs one minute of it).
 chaos: test-deps
 	$(CARGO) build --release -p vigil-proxy --bin vigil
-	$(CARGO) build --profile testing --workspace --bins
+	$(CARGO) build --profile testing -p vigil-bench --bins
 	VIGIL_TOOLS=target/testing CHAOS_SECONDS=600 python3 bench/harness.py chaos-soak
 
 # The fuzz tests (proptest) with many more cases than make test runs: a few minutes.
