@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 VIGIL := target/release/vigil
 
-.PHONY: all deps deb-deps test-deps bench-deps build run deb test fuzz bench soak chaos lint fmt
+.PHONY: all deps deb-deps test-deps bench-deps pgo-deps build run deb test fuzz bench soak chaos pgo lint fmt
 
 all: build
 
@@ -45,6 +45,12 @@ bench-deps: deps
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	command -v perf >/dev/null 2>&1 || missing="$$missing linux-perf"; \
 	[ -z "$$missing" ] || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; }
+
+# llvm-profdata of the LLVM rustc is built on (`make pgo` merges the recorded profile
+# with it): Debian's llvm-NN package of that major version.
+LLVM_MAJOR := $(shell rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+pgo-deps: bench-deps test-deps
+	@command -v llvm-profdata-$(LLVM_MAJOR) >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends llvm-$(LLVM_MAJOR); }
 
 build: deps
 	$(CARGO) build --release --workspace --bins
@@ -107,6 +113,21 @@ bench: bench-deps build
 soak: bench-deps build
 	$(CARGO) build --release -p vigil-bench --bins
 	python3 bench/harness.py soak
+
+# Records the profile every build is optimised with (pgo/vigil.profdata, applied by
+# scripts/rustc-pgo): an instrumented vigil (its own target directory) serves
+# bench/pgo_train.py's traffic for about a minute and what it wrote is merged. cargo does
+# not see a new profile as a change, so the release build is then done again from clean.
+# About 15 minutes; run it after changes to the request path, and commit the profile.
+pgo: pgo-deps
+	$(CARGO) build --profile testing -p vigil-bench --bins
+	RUSTFLAGS="-Cprofile-generate=$(CURDIR)/target/pgo/profiles" CARGO_TARGET_DIR=target/pgo \
+		$(CARGO) build --release -p vigil-proxy --bin vigil
+	rm -rf target/pgo/profiles
+	VIGIL_TOOLS=target/testing python3 bench/pgo_train.py target/pgo/release/vigil
+	llvm-profdata-$(LLVM_MAJOR) merge -o pgo/vigil.profdata target/pgo/profiles
+	$(CARGO) clean --release
+	$(CARGO) build --release -p vigil-proxy --bin vigil --bin vigil-docs
 
 lint: deps
 	$(CARGO) fmt --all -- --check

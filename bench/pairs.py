@@ -3,12 +3,12 @@
 proxies stay up, and short h2load measurements alternate between them PAIRS times, so
 each of vigil's is compared with the before build's and HAProxy's taken next to it.
 
-    VIGIL_BEFORE=path [MODE=h2|grpc] [THREADS=2] [C=16 M=10] [PAIRS=10 SECS=4] \
+    VIGIL_BEFORE=path [VIGIL=path] [MODE=h2|grpc] [THREADS=2] [C=16 M=10] [PAIRS=10 SECS=4] \
         python3 bench/pairs.py
 
 MODE=h2: HTTP/2 over TLS to three HTTP/1.1 `fleet` backends (as `harness.py h2`);
 MODE=grpc: gRPC unary calls over TLS to three TLS `grpc_backend`s (as `harness.py grpc`).
-CPU per request from /proc; prints the medians and the per-pair ratios (median, range).
+VIGIL: the build under test (default target/release/vigil). CPU per request from /proc; prints the medians and the per-pair ratios (median, range).
 h2load -t1, the backends and the proxies share the 2 cores."""
 import os, statistics, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ else:
 top = f"threads: {threads}\n"
 
 try:
-    procs = {"vigil": (19230, H.tls_vigil(19230, pool, top, cert, key)),
+    procs = {"vigil": (19230, H.tls_vigil(19230, pool, top, cert, key, os.environ.get("VIGIL"))),
              "before": (19240, H.tls_vigil(19240, pool, top, cert, key, os.environ["VIGIL_BEFORE"], "vigil-before")),
              "haproxy": (19220, H.start_haproxy(haproxy, "haproxy-pairs"))}
     H.wait_port("127.0.0.1:19220")
