@@ -238,6 +238,14 @@ def pool_yaml(name, addrs, extra=""):
     return s + extra
 
 
+def wrk_post_script(size):
+    """A wrk script (in WORK) that POSTs `size` bytes of application/octet-stream."""
+    path = os.path.join(WORK, f"post{size}.lua")
+    open(path, "w").write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {size})\n'
+                          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    return path
+
+
 def wrk(url, seconds, conns=32, extra=()):
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
@@ -1314,12 +1322,8 @@ def bench_shapes(rounds=3, seconds=6, conns=64):
     same 2 cores."""
     backends = [fleet(1, f"shapes-backend{i}") for i in range(3)]
     addrs = [b[2][0] for b in backends]
-    post = os.path.join(WORK, "post1k.lua")
-    open(post, "w").write('wrk.method = "POST"\nwrk.body = string.rep("x", 1024)\n'
-                          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
-    post_mib = os.path.join(WORK, "post1m.lua")
-    open(post_mib, "w").write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n'
-                              'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    post = wrk_post_script(1024)
+    post_mib = wrk_post_script(1048576)
     shapes = [("GET", False, ()), ("GET, access log on", True, ()), ("POST 1 KiB", False, ("-s", post)),
               ("POST 1 MiB", False, ("-s", post_mib))]
     only = os.environ.get("THREADS")

@@ -36,9 +36,7 @@ def served(name, port, p, runs):
 try:
     addrs = [H.fleet(1, f"pgo-backend{i}")[2][0] for i in range(3)]
     pool = H.pool_yaml("web", addrs)
-    post = os.path.join(H.WORK, "pgo-post.lua")
-    open(post, "w").write('wrk.method = "POST"\nwrk.body = string.rep("x", 1024)\n'
-                          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    post = H.wrk_post_script(1024)
     body = os.path.join(H.WORK, "pgo-post.bin")
     open(body, "wb").write(b"x" * 1024)
     http1 = [lambda port: H.wrk(f"http://127.0.0.1:{port}/", secs, 64),
