@@ -80,6 +80,7 @@ pub(crate) const UPSTREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duratio
 // cannot disagree.
 impl Ctx {
     pub(crate) fn new() -> Ctx {
+        let now = Instant::now();
         Ctx {
             table: None,
             pool: 0,
@@ -88,8 +89,8 @@ impl Ctx {
             retries_left: 0,
             retrying: false,
             hash_key: Vec::new(),
-            started: Instant::now(),
-            attempt_started: Instant::now(),
+            started: now,
+            attempt_started: now,
             waiting: None,
             no_backend: false,
             full: false,

@@ -25,6 +25,7 @@ mod answer;
 mod attempt;
 mod client;
 mod conn;
+mod fields;
 mod framing;
 mod h2;
 mod head;
@@ -210,7 +211,8 @@ impl Pipeline {
     ) -> bool {
         let mut ctx = Ctx::new();
         ctx.flight = Some(self.plane.in_flight.start());
-        let deadline = tokio::time::Instant::now() + self.plane.edge.body_timeout();
+        // (The clock read once for the request: it is read on every one.)
+        let deadline = ctx.started + self.plane.edge.body_timeout();
         if req.continue_100 {
             // Answered here, as nginx does: the client sends its body at once instead
             // of waiting out its own timeout for a backend that may never say 100.

@@ -1,6 +1,7 @@
 //! A backend's answer head as it arrives: where it ends, how its body is framed,
 //! whether either connection can carry another request, and the head the client gets.
 
+use super::fields::{self, Text};
 use super::framing::{bad_response, Asked, Framing};
 use super::MAX_HEADERS;
 use crate::dataplane::request::{connection_keeps, HOP_BY_HOP};
@@ -99,7 +100,7 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         keep,
     };
     let (client_head, h2_head) = match asked.h2 {
-        true => (Vec::new(), Some(head.h2()?)),
+        true => (Vec::new(), Some(head.h2(&buf[..len])?)),
         false => (head.write(len + 32), None),
     };
     Ok(Some(Response {
@@ -237,7 +238,9 @@ impl ClientHead<'_> {
     /// The same head as an HTTP/2 client gets it: as HTTP/2 fields, with neither the
     /// connection-specific ones (RFC 9113 §8.2.2) nor HTTP/1.1's framing
     /// (`Transfer-Encoding`: the codec frames the body), and a `Date` if it had none.
-    fn h2(&self) -> Result<http::response::Parts> {
+    /// `text`: the head its fields were parsed from, copied once for their values.
+    fn h2(&self, text: &[u8]) -> Result<http::response::Parts> {
+        let text = Text::copied(text);
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = match http::StatusCode::from_u16(self.status) {
             Ok(status) => status,
@@ -246,14 +249,14 @@ impl ClientHead<'_> {
         parts.headers.reserve(self.headers.len() + 1);
         let mut dated = false;
         for h in self.headers {
-            let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) else {
+            let Ok(name) = fields::name(h.name.as_bytes()) else {
                 return bad_response("invalid header name");
             };
             dated |= name == http::header::DATE;
             if self.connection_s_own(name.as_str()) || name == http::header::TRANSFER_ENCODING {
                 continue;
             }
-            let Ok(value) = http::HeaderValue::from_bytes(h.value) else {
+            let Ok(value) = text.value(h.value) else {
                 return bad_response("invalid header value");
             };
             parts.headers.append(name, value);

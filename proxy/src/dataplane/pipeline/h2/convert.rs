@@ -1,6 +1,7 @@
 //! Between the two protocols: an HTTP/2 stream's request written as an HTTP/1.1 head,
 //! and the loop's HTTP/1.1 answer head and trailers read back into HTTP/2 parts.
 
+use super::super::fields::{self, Text};
 use super::super::framing::Framing;
 use super::super::MAX_HEADERS;
 use super::other;
@@ -198,16 +199,15 @@ pub(super) fn parse_answer(
 /// A chunked body's trailer lines as HTTP/2 trailers (malformed lines left out).
 pub(super) fn parse_trailers(lines: &[u8]) -> http::HeaderMap {
     let mut map = http::HeaderMap::new();
+    // One copy, which the values share.
+    let text = Text::copied(lines);
     for line in lines.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name),
-            http::HeaderValue::from_bytes(value),
-        ) else {
+        let (Ok(name), Ok(value)) = (fields::name(name), text.value(value)) else {
             continue;
         };
         // Not fields a trailer may carry on HTTP/2.

@@ -44,6 +44,8 @@ impl Outbound {
         if self.done || bytes.is_empty() {
             return Ok(());
         }
+        // Room for it at once (the payload is at most what is written).
+        self.out.reserve(bytes.len());
         let (_, end) = self
             .body
             .feed_to(bytes, Some(&mut self.out))

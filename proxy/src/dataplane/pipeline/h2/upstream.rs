@@ -12,6 +12,7 @@ use super::conns::Conn;
 use super::convert_up::{answer_head, chunk, last_chunk, parse_request};
 use super::other;
 use super::send::Outbound;
+use crate::dataplane::pipeline::fields::Text;
 use crate::dataplane::pipeline::framing::Framing;
 use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
@@ -96,14 +97,21 @@ impl H2Upstream {
         };
         head.extend_from_slice(bytes);
         let conn = &self.conn;
-        let Some((len, up)) = parse_request(head, &conn.scheme, &conn.authority)? else {
-            if head.len() > MAX_REQUEST_HEAD {
+        // Frozen, so that the request's fields share its buffer.
+        let text = Text::new(std::mem::take(head).freeze());
+        let Some((len, up)) = parse_request(&text, &conn.scheme, &conn.authority)? else {
+            if text.bytes().len() > MAX_REQUEST_HEAD {
                 return Err(other("request head too large"));
             }
+            // Not all written yet (rare: the loop writes a head at once): kept to be
+            // added to (unshared: no field was cut from it).
+            let text = text.into_bytes();
+            *head = text
+                .try_into_mut()
+                .unwrap_or_else(|b| BytesMut::from(&b[..]));
             return Ok(());
         };
-        let mut rest = std::mem::take(head);
-        rest.advance(len);
+        let rest = text.bytes().slice(len..);
         let end = up.framing == Framing::Empty;
         self.head_request = up.head_request;
         let (response, sender) = self

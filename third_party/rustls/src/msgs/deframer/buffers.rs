@@ -193,6 +193,44 @@ impl DeframerVecBuffer {
     }
 }
 
+/// Read buffers that idle connections gave back (vigil patch 1), kept for the next
+/// reads of this thread's connections: taking one again costs neither an allocation
+/// nor zeroing it. Only what a connection reads into it is ever read from it.
+#[cfg(feature = "std")]
+mod spare {
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    /// At most this many are kept per thread (16 KiB of 4 KiB buffers).
+    const KEPT: usize = 4;
+
+    /// The size a connection's buffer has between messages (`prepare_read`'s reads).
+    const SIZE: usize = 4096;
+
+    std::thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn give(buf: Vec<u8>) {
+        if buf.len() != SIZE {
+            return;
+        }
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEPT {
+                spare.push(buf);
+            }
+        });
+    }
+
+    pub(super) fn take() -> Option<Vec<u8>> {
+        SPARE
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+    }
+}
+
 #[cfg(feature = "std")]
 impl DeframerVecBuffer {
     /// Read some bytes from `rd`, and add them to the buffer.
@@ -209,7 +247,7 @@ impl DeframerVecBuffer {
             // Nothing to read and nothing held: an idle connection keeps no read
             // buffer (vigil patch 1); the next read takes one again.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.used == 0 => {
-                self.buf = Vec::new();
+                spare::give(mem::take(&mut self.buf));
                 return Err(e);
             }
             read => read?,
@@ -220,6 +258,13 @@ impl DeframerVecBuffer {
 
     /// Resize the internal `buf` if necessary for reading more bytes.
     fn prepare_read(&mut self, is_joining_hs: bool) -> Result<(), &'static str> {
+        if self.buf.is_empty() {
+            // One an idle connection gave back, if this thread has one (vigil patch 1).
+            if let Some(buf) = spare::take() {
+                self.buf = buf;
+            }
+        }
+
         /// TLS allows for handshake messages of up to 16MB.  We
         /// restrict that to 64KB to limit potential for denial-of-
         /// service.
