@@ -62,6 +62,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -319,7 +320,7 @@ impl Pipeline {
     /// not take a write of its answer that fast is cut (an error, as if it had gone).
     async fn write_client(&self, client: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
         let limit = self.plane.edge.client_write_timeout();
-        match timeout(limit, write_flushed(client, bytes)).await {
+        match within(limit, write_flushed(client, bytes)).await {
             Ok(written) => written,
             Err(_) => {
                 self.timed_out(client, "write");
@@ -405,6 +406,23 @@ fn log_entry<'a>(
 async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
+}
+
+/// `step` within `limit`, as Pingora's `timeout`, its timer made only once the step
+/// has to wait: most of a request's reads and writes are done when first polled (an
+/// HTTP/2 stream's always take what they are given), and making a timer reads the
+/// clock, twice (Pingora's timer checks that its clock thread runs).
+async fn within<F: Future>(limit: Duration, step: F) -> Result<F::Output, Elapsed> {
+    let mut step = std::pin::pin!(step);
+    let mut timer = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = step.as_mut().poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(pingora::prelude::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+    })
+    .await
 }
 
 #[async_trait]

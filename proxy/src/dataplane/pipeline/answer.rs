@@ -5,7 +5,7 @@
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
 use super::response::{parse_response, Response};
-use super::{tunnel, Pipeline};
+use super::{tunnel, within, Pipeline};
 use crate::dataplane::context::Ctx;
 use crate::dataplane::reports::LoadReport;
 use bytes::{Buf, BytesMut};
@@ -190,7 +190,7 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) 
     if buf.capacity() - buf.len() < 2048 {
         buf.reserve(16 * 1024);
     }
-    match timeout(read_timeout, up.read_buf(buf)).await {
+    match within(read_timeout, up.read_buf(buf)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => {
             Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())

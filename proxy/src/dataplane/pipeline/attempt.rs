@@ -6,7 +6,7 @@ use super::answer::{answer_head, Exchange, Wait};
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
 use super::h2::{h2_conn, open_h2_conn, H2Upstream};
-use super::{write_flushed, Pipeline};
+use super::{within, write_flushed, Pipeline};
 use crate::dataplane::context::*;
 use crate::dataplane::idle;
 use crate::dataplane::request::*;
@@ -419,7 +419,7 @@ fn reset_on_close(stream: &Stream) {
 
 /// Writes to the backend, within `limit`.
 async fn write_up(up: &mut Stream, bytes: &[u8], limit: Duration) -> Result<()> {
-    match timeout(limit, write_flushed(up, bytes)).await {
+    match within(limit, write_flushed(up, bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             Error::e_because(WriteError, "writing the request upstream", e).map_err(|e| e.into_up())

@@ -20,6 +20,8 @@ mod conns;
 mod convert;
 mod convert_up;
 mod digests;
+#[cfg(test)]
+mod hpack_memo;
 mod send;
 mod server;
 mod upstream;

@@ -64,6 +64,12 @@ enum Continuable {
 }
 
 impl<T> FramedRead<T> {
+    /// Header blocks whose fields came from the HPACK memo (vigil patch 4).
+    #[cfg(feature = "unstable")]
+    pub(crate) fn hpack_remembered(&self) -> u64 {
+        self.decoder.hpack.remembered()
+    }
+
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
         FramedRead { inner, decoder }

@@ -351,6 +351,12 @@ impl<B> Encoder<B> {
 }
 
 impl<T, B> FramedWrite<T, B> {
+    /// Header blocks written from the HPACK memo (vigil patch 4).
+    #[cfg(feature = "unstable")]
+    pub(crate) fn hpack_remembered(&self) -> u64 {
+        self.encoder.hpack.remembered()
+    }
+
     /// Returns the max frame size that can be sent
     pub fn max_frame_size(&self) -> usize {
         self.encoder.max_frame_size()

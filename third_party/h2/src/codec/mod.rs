@@ -105,6 +105,14 @@ impl<T, B> Codec<T, B> {
         self.inner.set_max_header_list_size(val);
     }
 
+    /// Header blocks written and read through the HPACK memos so far, instead of
+    /// encoded or decoded field by field (vigil patch 4).
+    #[cfg(feature = "unstable")]
+    pub fn hpack_blocks_remembered(&self) -> (u64, u64) {
+        let read = self.inner.hpack_remembered();
+        (self.inner.get_ref().hpack_remembered(), read)
+    }
+
     /// Get a reference to the inner stream.
     #[cfg(feature = "unstable")]
     pub fn get_ref(&self) -> &T {

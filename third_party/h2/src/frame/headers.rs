@@ -992,14 +992,49 @@ impl HeaderBlock {
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
         let mut hpack = encoder.take_scratch();
         hpack.clear();
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
-        };
-
-        encoder.encode(headers, &mut hpack);
+        self.memo_key(encoder.memo_key());
+        if !encoder.encode_remembered(&mut hpack) {
+            let headers = Iter {
+                pseudo: Some(self.pseudo),
+                fields: self.fields.into_iter(),
+            };
+            encoder.encode_remembering(headers, &mut hpack);
+        }
 
         EncodingHeaderBlock { hpack }
+    }
+
+    /// The block's key for the encoder's memo (vigil patch 4): its fields in the order
+    /// they are encoded, each name and value length-prefixed, with its sensitivity.
+    fn memo_key(&self, key: &mut Vec<u8>) {
+        fn push(key: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+            key.push(tag);
+            key.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            key.extend_from_slice(bytes);
+        }
+        let p = &self.pseudo;
+        if let Some(v) = &p.method {
+            push(key, b'm', v.as_str().as_bytes());
+        }
+        if let Some(v) = &p.scheme {
+            push(key, b's', v.as_str().as_bytes());
+        }
+        if let Some(v) = &p.authority {
+            push(key, b'a', v.as_str().as_bytes());
+        }
+        if let Some(v) = &p.path {
+            push(key, b'p', v.as_str().as_bytes());
+        }
+        if let Some(v) = &p.protocol {
+            push(key, b'r', v.as_str().as_bytes());
+        }
+        if let Some(v) = &p.status {
+            push(key, b't', v.as_str().as_bytes());
+        }
+        for (name, value) in self.fields.iter() {
+            push(key, b'n', name.as_str().as_bytes());
+            push(key, b'v' + value.is_sensitive() as u8, value.as_bytes());
+        }
     }
 
     /// Calculates the size of the currently decoded header list.

@@ -18,7 +18,37 @@ pub struct Encoder {
     /// across frames instead of being allocated and freed per frame. See
     /// `take_scratch` / `return_scratch`.
     scratch: BytesMut,
+    /// Header blocks encoded before, with their bytes (vigil patch 4).
+    memo: Memo,
 }
+
+/// Header blocks this encoder wrote that left its table as it was, each with its bytes:
+/// while the table has not changed since, the same fields encode to the same bytes, and
+/// a block sent again (a gRPC connection's every call, a busy connection's answers) is
+/// copied instead of looked up field by field (vigil patch 4). A block is told by its
+/// key (`Memo::key`): each field's name, value and sensitivity, length-prefixed.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Blocks remembered: their key, bytes, and the table's `changes` they hold for.
+    slots: Vec<(Vec<u8>, Vec<u8>, u64)>,
+    /// The slot the next block remembered takes.
+    next: usize,
+    /// How many times encoding changed the table (an insertion, a size update).
+    changes: u64,
+    /// Blocks encoded: a connection remembers blocks only once it is busy, so that an
+    /// idle one holds no more memory than before.
+    blocks: u64,
+    /// The key of the block being encoded.
+    key: Vec<u8>,
+    /// Blocks written from the memo.
+    hits: u64,
+}
+
+/// Blocks remembered at most, each at most `MEMO_MAX` bytes of key and of bytes.
+const MEMO_SLOTS: usize = 4;
+const MEMO_MAX: usize = 1024;
+/// Blocks a connection encodes before it remembers any.
+const MEMO_AFTER: u64 = 4;
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 enum SizeUpdate {
@@ -35,7 +65,80 @@ impl Encoder {
             max_allowed_size: DEFAULT_MAX_ALLOWED_SIZE,
             size_update: None,
             scratch: BytesMut::new(),
+            memo: Memo::default(),
         }
+    }
+
+    /// Blocks written from the memo so far (vigil patch 4).
+    #[allow(dead_code)]
+    pub(crate) fn remembered(&self) -> u64 {
+        self.memo.hits
+    }
+
+    /// The key of the block about to be encoded, to be written by the caller (empty).
+    pub(crate) fn memo_key(&mut self) -> &mut Vec<u8> {
+        self.memo.key.clear();
+        &mut self.memo.key
+    }
+
+    /// Writes the block whose key `memo_key` was given, if it was encoded before with
+    /// the table as it is now: true if so.
+    pub(crate) fn encode_remembered(&mut self, dst: &mut BytesMut) -> bool {
+        let memo = &mut self.memo;
+        memo.blocks += 1;
+        if self.size_update.is_some() || memo.blocks <= MEMO_AFTER {
+            return false;
+        }
+        let found = memo
+            .slots
+            .iter()
+            .find(|(key, _, changes)| *changes == memo.changes && *key == memo.key);
+        match found {
+            Some((_, bytes, _)) => {
+                dst.extend_from_slice(bytes);
+                memo.hits += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Encodes `headers`, the block whose key `memo_key` was given, and remembers its
+    /// bytes if encoding it left the table as it was.
+    pub(crate) fn encode_remembering<I>(&mut self, headers: I, dst: &mut BytesMut)
+    where
+        I: IntoIterator<Item = Header<Option<HeaderName>>>,
+    {
+        let start = dst.len();
+        let changes = self.memo.changes;
+        self.encode(headers, dst);
+        let memo = &mut self.memo;
+        let bytes = &dst[start..];
+        if changes != memo.changes
+            || memo.blocks <= MEMO_AFTER
+            || memo.key.len() > MEMO_MAX
+            || bytes.len() > MEMO_MAX
+        {
+            return;
+        }
+        // Slots whose table is gone are taken first.
+        let at = match memo.slots.iter().position(|s| s.2 != memo.changes) {
+            Some(i) => i,
+            None if memo.slots.len() < MEMO_SLOTS => {
+                memo.slots.push(Default::default());
+                memo.slots.len() - 1
+            }
+            None => {
+                memo.next = (memo.next + 1) % MEMO_SLOTS;
+                memo.next
+            }
+        };
+        let slot = &mut memo.slots[at];
+        slot.0.clear();
+        slot.0.extend_from_slice(&memo.key);
+        slot.1.clear();
+        slot.1.extend_from_slice(bytes);
+        slot.2 = memo.changes;
     }
 
     #[cfg(test)]
@@ -105,6 +208,9 @@ impl Encoder {
         let span = tracing::trace_span!("hpack::encode");
         let _e = span.enter();
 
+        if self.size_update.is_some() {
+            self.memo.changes += 1;
+        }
         self.encode_size_updates(dst);
 
         let mut last_index = None;
@@ -115,6 +221,9 @@ impl Encoder {
                 // index it in the table.
                 Ok(header) => {
                     let index = self.table.index(header);
+                    if matches!(index, Index::Inserted(_) | Index::InsertedValue(..)) {
+                        self.memo.changes += 1;
+                    }
                     self.encode_header(&index, dst);
 
                     last_index = Some(index);

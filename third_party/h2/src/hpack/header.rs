@@ -61,6 +61,34 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// The same field, holding its own copies of its bytes (not a share of the buffer
+    /// it was decoded from): for a decoder's memo (vigil patch 4).
+    pub(crate) fn detached(&self) -> Header {
+        fn copy(s: &BytesStr) -> BytesStr {
+            BytesStr(Bytes::copy_from_slice(s.as_str().as_bytes()))
+        }
+        match self {
+            Header::Field { name, value } => {
+                let mut copied = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(
+                    value.as_bytes(),
+                ))
+                .unwrap_or_else(|_| value.clone());
+                copied.set_sensitive(value.is_sensitive());
+                Header::Field {
+                    name: HeaderName::from_bytes(name.as_str().as_bytes())
+                        .unwrap_or_else(|_| name.clone()),
+                    value: copied,
+                }
+            }
+            Header::Authority(v) => Header::Authority(copy(v)),
+            Header::Scheme(v) => Header::Scheme(copy(v)),
+            Header::Path(v) => Header::Path(copy(v)),
+            Header::Protocol(v) => Header::Protocol(crate::ext::Protocol::from(v.as_str())),
+            Header::Method(v) => Header::Method(v.clone()),
+            Header::Status(v) => Header::Status(*v),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
