@@ -114,6 +114,11 @@ async fn answer(
     stats: Arc<GrpcStats>,
 ) {
     let health = req.uri().path() == "/grpc.health.v1.Health/Check";
+    // `/echo.Echo/Reset` resets its stream 100 ms after the answer's first bytes (a
+    // reset at once would take them back, unsent);
+    // `/echo.Echo/Report` reports its load in a trailer (cpu_utilization 0.3).
+    let reset = req.uri().path() == "/echo.Echo/Reset";
+    let report = req.uri().path() == "/echo.Echo/Report";
     if !health {
         let seen = Seen {
             authority: req
@@ -155,7 +160,16 @@ async fn answer(
     if !reply.is_empty() && send.send_data(reply, false).is_err() {
         return;
     }
+    if reset {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        send.send_reset(h2::Reason::INTERNAL_ERROR);
+        return;
+    }
     let mut trailers = http::HeaderMap::new();
+    if report {
+        let load = "TEXT cpu_utilization=0.3".parse().unwrap();
+        trailers.insert("endpoint-load-metrics", load);
+    }
     trailers.insert("grpc-status", "0".parse().unwrap());
     trailers.insert("grpc-message", "ok".parse().unwrap());
     trailers.insert("x-trailer", "intact".parse().unwrap());

@@ -213,3 +213,50 @@ async fn a_grpc_call_is_the_same_call_from_http1_and_http2_clients() {
         "{connections} connections for checks and four calls"
     );
 }
+
+/// HTTP/2 to HTTP/2, an answer's body and trailers go from codec to codec without the
+/// chunked framing between them (`H2Upstream::through`): a backend's reset mid-answer
+/// still reaches the client as a reset, not as an answer that ended, and a load report
+/// in its trailers is still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_backend_s_reset_and_trailer_report_reach_an_h2_client_as_they_were() {
+    let ca = TestCa::new("grpc-through");
+    let edge = ca.leaf("edge", &["grpc.test"]);
+    let backend_leaf = ca.leaf("backend", &["127.0.0.1"]);
+    let b = GrpcBackend::start(&backend_leaf).await;
+    let (listen, admin) = free_ports();
+    let pool = format!(
+        "  - name: grpc\n    protocol: h2\n    balance: load_report\n    load_report:\n      blackout: 0s\n    tls: {{ca: {}}}\n    backends:\n      - address: {}\n    health_check:\n      type: grpc\n      interval: 1s\n",
+        ca.cert.display(),
+        b.addr
+    );
+    let mut v = Vigil::start(
+        &tls_config(listen, admin, &[&edge], "", &[pool]),
+        listen,
+        admin,
+    );
+    v.wait_ready().await;
+    let h2 = || connect(listen, "grpc.test", client_config(&ca.cert, &["h2"]));
+
+    let reset = call(h2().await.unwrap(), "grpc.test", "/echo.Echo/Reset", b"cut").await;
+    assert!(
+        reset.is_err(),
+        "a reset answer reached the client as whole: {reset:?}"
+    );
+
+    let (status, body, trailers) = call(
+        h2().await.unwrap(),
+        "grpc.test",
+        "/echo.Echo/Report",
+        b"load",
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body), (200, frame(b"load").to_vec()));
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    let reported = format!(
+        "vigil_backend_reported_utilization{{backend=\"{}\",pool=\"grpc\"}}",
+        b.addr
+    );
+    assert_eq!(v.metric(&reported).await, Some(0.3));
+}

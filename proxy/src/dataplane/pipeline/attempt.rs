@@ -5,7 +5,7 @@
 use super::answer::{answer_head, Exchange, Wait};
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
-use super::h2::{h2_conn, open_h2_conn, H2Upstream};
+use super::h2::{h2_conn, open_h2_conn, H2Client, H2Upstream};
 use super::{within, write_flushed, Pipeline};
 use crate::dataplane::context::*;
 use crate::dataplane::idle;
@@ -215,6 +215,9 @@ impl Pipeline {
         ctx: &mut Ctx,
         sent: &mut Option<u16>,
     ) -> Result<Exchange> {
+        // HTTP/2 to HTTP/2: the answer's body comes as it came, its trailers as fields
+        // (set before anything of the answer is read, which may be while the body goes).
+        let through = out.asked.h2 && H2Upstream::of(up).map(H2Upstream::through).is_some();
         write_up(up, out.bytes, read_timeout).await?;
         let mut buf = BytesMut::with_capacity(8192);
         // The body left unsent when the backend answered early: the client's
@@ -268,6 +271,16 @@ impl Pipeline {
         };
         if let Some(report) = trailer {
             ctx.load_reported(report);
+        }
+        if let Some(trailers) = through
+            .then(|| H2Upstream::of(up))
+            .flatten()
+            .and_then(H2Upstream::take_trailers)
+        {
+            if let Some(report) = trailers.get(load_report::HEADER).filter(|_| reports) {
+                ctx.load_reported(load_report::parse(report.as_bytes()));
+            }
+            H2Client::of(client.stream)?.trailers(trailers);
         }
         ctx.bytes_out = payload as usize;
         Ok(Exchange::Answered {

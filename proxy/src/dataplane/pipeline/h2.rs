@@ -76,6 +76,9 @@ pub(super) struct H2Client {
     /// The answer's head as HTTP/2 fields and its body's framing, handed over by the
     /// loop (`answer`) and sent with the next write or flush.
     handed: Mutex<Option<(http::response::Parts, Framing)>>,
+    /// The answer's trailers as fields, handed over by the loop (`trailers`): an
+    /// HTTP/2 backend's, sent when the stream ends.
+    trailers: Mutex<Option<http::HeaderMap>>,
 }
 
 enum Reading {
@@ -137,6 +140,7 @@ impl H2Client {
             ssl,
             cut: AtomicBool::new(false),
             handed: Mutex::new(None),
+            trailers: Mutex::new(None),
         }
     }
 
@@ -157,6 +161,13 @@ impl H2Client {
     pub(super) fn answer(&self, head: http::response::Parts, framing: Framing) {
         let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
         *handed = Some((head, framing));
+    }
+
+    /// The answer's trailers, as fields (an HTTP/2 backend's, `H2Upstream::through`),
+    /// once the loop has written all of its body: sent as the stream ends.
+    pub(super) fn trailers(&self, trailers: http::HeaderMap) {
+        let mut handed = self.trailers.lock().unwrap_or_else(|e| e.into_inner());
+        *handed = Some(trailers);
     }
 
     /// Sends the head `answer` handed over, if any.
@@ -306,6 +317,14 @@ impl H2Client {
 impl Drop for H2Client {
     fn drop(&mut self) {
         if let Writing::Body(body) = &mut self.write {
+            if let Some(t) = self
+                .trailers
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                body.handed = Some(t);
+            }
             // An answer delimited by its backend's close ended with it, unless the loop
             // cut it short.
             body.finish_or_reset(!*self.cut.get_mut());
@@ -388,8 +407,18 @@ impl AsyncWrite for H2Client {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.hand_over()?;
-        // A tunnel's backend closed its side: the stream ends once all is sent.
-        if let Writing::Body(body) = &mut self.write {
+        // A tunnel's backend closed its side, or an answer delimited by its
+        // backend's close ended: the stream ends once all is sent.
+        let me = &mut *self;
+        if let Writing::Body(body) = &mut me.write {
+            if let Some(t) = me
+                .trailers
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                body.handed = Some(t);
+            }
             body.end_at_close();
         }
         self.poll_send(cx)

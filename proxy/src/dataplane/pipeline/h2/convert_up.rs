@@ -122,11 +122,15 @@ pub(super) fn parse_request(
 }
 
 /// The backend's answer head written as HTTP/1.1, and whether its body is chunked
-/// (`end`: the HEADERS frame ended the stream: no body follows).
+/// (`end`: the HEADERS frame ended the stream: no body follows). `through`: the answer
+/// goes to an HTTP/2 client, its body as it comes and its trailers as fields
+/// (`H2Upstream::through`): a body without a length is then delimited by the stream's
+/// end (as by a close), not chunked.
 pub(super) fn answer_head(
     parts: &http::response::Parts,
     end: bool,
     head_request: bool,
+    through: bool,
 ) -> (Bytes, bool) {
     let mut out = BytesMut::with_capacity(256);
     let status = parts.status;
@@ -152,10 +156,10 @@ pub(super) fn answer_head(
         || status.is_informational()
         || status == http::StatusCode::NO_CONTENT
         || status == http::StatusCode::NOT_MODIFIED;
-    let chunked = !bodiless && !length && !end;
+    let chunked = !bodiless && !length && !end && !through;
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if !bodiless && !length {
+    } else if !bodiless && !length && end {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");

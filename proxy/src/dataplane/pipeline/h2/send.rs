@@ -19,6 +19,9 @@ pub(in crate::dataplane::pipeline) struct Outbound {
     out: Vec<u8>,
     /// The body has ended (its last bytes may still wait in `out`).
     pub done: bool,
+    /// Trailers handed over as fields (from an HTTP/2 backend's answer), sent at the
+    /// end in place of a chunked body's trailer lines.
+    pub handed: Option<http::HeaderMap>,
 }
 
 impl Outbound {
@@ -36,6 +39,7 @@ impl Outbound {
             sender,
             out: Vec::new(),
             done: false,
+            handed: None,
         }
     }
 
@@ -82,7 +86,7 @@ impl Outbound {
                 }
             }
             let n = room.min(self.out.len());
-            let last = self.done && n == self.out.len() && self.trailers().is_none();
+            let last = self.done && n == self.out.len() && !self.has_trailers();
             let chunk = self.split_to(n);
             self.sender.send_data(chunk, last).map_err(other)?;
             if last {
@@ -92,11 +96,8 @@ impl Outbound {
         if !self.done {
             return Poll::Ready(Ok(false));
         }
-        match self.trailers() {
-            Some(t) => {
-                let trailers = parse_trailers(t);
-                self.sender.send_trailers(trailers).map_err(other)?;
-            }
+        match self.take_trailers() {
+            Some(trailers) => self.sender.send_trailers(trailers).map_err(other)?,
             None => self.sender.send_data(Bytes::new(), true).map_err(other)?,
         }
         Poll::Ready(Ok(true))
@@ -117,13 +118,26 @@ impl Outbound {
         self.body.trailers().filter(|t| !t.is_empty())
     }
 
+    /// The body ends with trailers: handed over, or a chunked body's lines.
+    fn has_trailers(&self) -> bool {
+        self.handed.as_ref().is_some_and(|t| !t.is_empty()) || self.trailers().is_some()
+    }
+
+    /// The trailers the body ends with, as fields, if it has any.
+    fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        match self.handed.take().filter(|t| !t.is_empty()) {
+            Some(trailers) => Some(trailers),
+            None => self.trailers().map(parse_trailers),
+        }
+    }
+
     /// The stream given up before its end: what is whole goes (h2 queues what flow
     /// control holds back), anything else is reset. `whole_at_close`: a body delimited
     /// by its sender's close, which has come.
     pub(in crate::dataplane::pipeline) fn finish_or_reset(&mut self, whole_at_close: bool) {
         if self.done || (self.framing == Framing::Close && whole_at_close) {
             let rest = Bytes::from(std::mem::take(&mut self.out));
-            match self.trailers().map(parse_trailers) {
+            match self.take_trailers() {
                 Some(trailers) => {
                     let _ = self.sender.send_data(rest, false);
                     let _ = self.sender.send_trailers(trailers);

@@ -7,6 +7,11 @@
 //! trailers (gRPC's `grpc-status`) as the last chunk's trailer lines, which the loop
 //! copies to the client like any other body and `H2Client` turns back into trailers.
 //! The attempts, retries, stall registration and the access log are the loop's own.
+//!
+//! An answer going to an HTTP/2 client (`through`) skips the chunked framing: its body
+//! comes as the DATA came, delimited by the stream's end, and its trailers are kept as
+//! fields, which the loop hands to the client's codec (`take_trailers`): HTTP/2 to
+//! HTTP/2, the trailers are not written as text and read back.
 
 use super::conns::Conn;
 use super::convert_up::{answer_head, chunk, last_chunk, parse_request};
@@ -18,7 +23,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -32,6 +38,10 @@ pub(in crate::dataplane::pipeline) struct H2Upstream {
     write: Sending,
     read: Receiving,
     head_request: bool,
+    /// The answer goes to an HTTP/2 client: not chunked, its trailers kept as fields.
+    through: AtomicBool,
+    /// The answer's trailers, when `through`.
+    trailers: Mutex<Option<http::HeaderMap>>,
 }
 
 enum Sending {
@@ -86,7 +96,28 @@ impl H2Upstream {
             write: Sending::Head(BytesMut::new()),
             read: Receiving::NotAsked,
             head_request: false,
+            through: AtomicBool::new(false),
+            trailers: Mutex::new(None),
         }
+    }
+
+    /// The HTTP/2 backend stream `stream` is, if it is one.
+    pub(in crate::dataplane::pipeline) fn of(stream: &pingora::protocols::Stream) -> Option<&Self> {
+        stream.as_any().downcast_ref::<H2Upstream>()
+    }
+
+    /// The answer goes to an HTTP/2 client: its body is passed on as it comes, its end
+    /// the stream's, and its trailers kept for `take_trailers`. Before it is read.
+    pub(in crate::dataplane::pipeline) fn through(&self) {
+        self.through.store(true, Ordering::Relaxed);
+    }
+
+    /// The answer's trailers, once it has all been read (`through`).
+    pub(in crate::dataplane::pipeline) fn take_trailers(&self) -> Option<http::HeaderMap> {
+        self.trailers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Takes the request head's bytes; once it is whole, opens the stream with it (the
@@ -150,7 +181,8 @@ impl H2Upstream {
                 let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(conn, e))?;
                 let (parts, recv) = response.into_parts();
                 let end = recv.is_end_stream();
-                let (head, chunked) = answer_head(&parts, end, self.head_request);
+                let through = self.through.load(Ordering::Relaxed);
+                let (head, chunked) = answer_head(&parts, end, self.head_request, through);
                 self.read = Receiving::Body {
                     recv,
                     chunked,
@@ -174,10 +206,17 @@ impl H2Upstream {
                     }
                     Some(Err(e)) => return Poll::Ready(Err(failed(conn, e))),
                     None => {
-                        if *chunked {
+                        let through = self.through.get_mut();
+                        if *chunked || *through {
                             let trailers =
                                 ready!(recv.poll_trailers(cx)).map_err(|e| failed(conn, e))?;
-                            *pending = last_chunk(trailers.as_ref());
+                            match *through {
+                                true => {
+                                    *self.trailers.get_mut().unwrap_or_else(|e| e.into_inner()) =
+                                        trailers
+                                }
+                                false => *pending = last_chunk(trailers.as_ref()),
+                            }
                         }
                         *ended = true;
                     }
