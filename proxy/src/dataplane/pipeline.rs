@@ -262,8 +262,12 @@ impl Pipeline {
         // ends the connection between two requests, so none is lost on the way.
         let close = req.close || *shutdown.borrow() || self.plane.draining();
         ctx.routed_with_key(req.table, req.pool, req.hash_key);
+        let h2_line = (req.h2_head.as_ref()).map(|h| (h.method.clone(), h.target.clone()));
+        let h2_head = std::sync::Mutex::new(req.h2_head);
         let out = Outgoing {
             bytes: &upstream,
+            h2_head: &h2_head,
+            h2_line: h2_line.as_ref(),
             asked: Asked {
                 head: req.head,
                 close,

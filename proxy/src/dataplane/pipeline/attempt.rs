@@ -6,6 +6,7 @@ use super::answer::{answer_head, Exchange, Wait};
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
 use super::h2::{h2_conn, open_h2_conn, H2Client, H2Upstream};
+use super::upstream::H2Head;
 use super::{within, write_flushed, Pipeline};
 use crate::dataplane::context::*;
 use crate::dataplane::idle;
@@ -16,6 +17,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::Stream;
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -24,8 +26,14 @@ use vigil_healthcheck::load_report;
 /// A request as the loop sends it upstream.
 #[derive(Clone, Copy)]
 pub(super) struct Outgoing<'a> {
-    /// Its head, and its body when held whole, as sent.
+    /// Its head, and its body when held whole, as sent (for a `protocol: h2` pool, the
+    /// body alone: the head is `h2_head`).
     pub bytes: &'a [u8],
+    /// For a `protocol: h2` pool: the head, as HTTP/2 fields (taken by the attempt
+    /// that sends it, copied when it may be sent again).
+    pub h2_head: &'a Mutex<Option<Box<H2Head>>>,
+    /// For a `protocol: h2` pool: its method and target, for the error log.
+    pub h2_line: Option<&'a (http::Method, bytes::Bytes)>,
     /// What the answer's framing depends on.
     pub asked: Asked,
     /// It may be sent twice (RFC 9110 §9.2.2).
@@ -145,7 +153,7 @@ impl Pipeline {
                         tracing::error!(
                             "Fail to proxy: {e}, status: {status}, tries: {}, {}",
                             ctx.tried.len(),
-                            summary(out.bytes)
+                            summary(out)
                         );
                         return (status, false);
                     }
@@ -217,7 +225,19 @@ impl Pipeline {
     ) -> Result<Exchange> {
         // HTTP/2 to HTTP/2: the answer's body comes as it came, its trailers as fields
         // (set before anything of the answer is read, which may be while the body goes).
-        let through = out.asked.h2 && H2Upstream::of(up).map(H2Upstream::through).is_some();
+        let h2 = H2Upstream::of(up);
+        let through = out.asked.h2 && h2.map(H2Upstream::through).is_some();
+        if let Some(h2) = h2 {
+            let mut kept = out.h2_head.lock().unwrap_or_else(|e| e.into_inner());
+            // Only a request that may go again (idempotent) is ever sent twice.
+            let head = match out.idempotent {
+                true => kept.as_deref().cloned(),
+                false => kept.take().map(|head| *head),
+            };
+            if let Some(head) = head {
+                h2.hand(head);
+            }
+        }
         write_up(up, out.bytes, read_timeout).await?;
         let mut buf = BytesMut::with_capacity(8192);
         // The body left unsent when the backend answered early: the client's
@@ -381,7 +401,7 @@ impl Pipeline {
             tracing::error!(
                 "Fail to proxy: {e}, status: {code}, tries: {}, {}",
                 ctx.tried.len(),
-                summary(out.bytes)
+                summary(out)
             );
         }
         (if code > 0 { code } else { 502 }, false)
@@ -444,7 +464,10 @@ async fn write_up(up: &mut Stream, bytes: &[u8], limit: Duration) -> Result<()> 
 }
 
 /// The request line, for the error log.
-fn summary(req: &[u8]) -> String {
-    let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
+fn summary(out: &Outgoing) -> String {
+    if let Some((method, target)) = out.h2_line {
+        return format!("{method} {} HTTP/2", String::from_utf8_lossy(target));
+    }
+    let line = out.bytes.split(|&b| b == b'\r').next().unwrap_or_default();
     String::from_utf8_lossy(line).into_owned()
 }

@@ -46,6 +46,7 @@ pub(in crate::dataplane::pipeline) struct Text {
 
 impl Text {
     /// `text`, which the parts will be slices of.
+    #[cfg(test)]
     pub(in crate::dataplane::pipeline) fn new(text: Bytes) -> Text {
         let base = text.as_ptr() as usize;
         Text { bytes: text, base }
@@ -59,12 +60,10 @@ impl Text {
         }
     }
 
+    /// The text, whole.
+    #[cfg(test)]
     pub(in crate::dataplane::pipeline) fn bytes(&self) -> &Bytes {
         &self.bytes
-    }
-
-    pub(in crate::dataplane::pipeline) fn into_bytes(self) -> Bytes {
-        self.bytes
     }
 
     /// `part`, a slice of the text, as a `Bytes` sharing its buffer.
@@ -84,6 +83,14 @@ impl Text {
 
     /// `part` (as in `share`) as a field value, validated as `HeaderValue::from_bytes`
     /// validates it.
+    /// The text from the start of `first` to the end of `last`, shared, when both are
+    /// parts of it in that order; else None.
+    pub(in crate::dataplane::pipeline) fn span(&self, first: &[u8], last: &[u8]) -> Option<Bytes> {
+        let start = (first.as_ptr() as usize).checked_sub(self.base)?;
+        let end = (last.as_ptr() as usize + last.len()).checked_sub(self.base)?;
+        (start <= end && end <= self.bytes.len()).then(|| self.bytes.slice(start..end))
+    }
+
     pub(in crate::dataplane::pipeline) fn value(
         &self,
         part: &[u8],

@@ -1,8 +1,9 @@
 //! Reading an HTTP/1 request head where it lies in the client's buffer: is it whole,
 //! does vigil's loop carry it, where does it go, and what goes upstream.
 
+use super::fields::Text;
 use super::framing::Framing;
-use super::upstream::{Forward, Target, Upstream};
+use super::upstream::{h2_head, Forward, H2Head, Target, Upstream};
 use super::MAX_HEADERS;
 use crate::dataplane::request::{idempotent_method, new_request_id, valid_host};
 use crate::dataplane::routing::{normalize_host, RoutingTable};
@@ -20,8 +21,13 @@ pub(super) const RETRY_BUFFER: usize = 64 * 1024;
 pub(super) struct Request {
     /// Bytes of the client's buffer the head took.
     pub len: usize,
-    /// The head to send upstream.
+    /// The head to send upstream (empty for a `protocol: h2` pool's, in `h2_head`),
+    /// with room for a body held whole.
     pub upstream: Vec<u8>,
+    /// For a `protocol: h2` pool: the same head as HTTP/2 fields. (None also when a
+    /// field cannot be carried by HTTP/2: the attempt then fails, as the backend's
+    /// codec cannot send it.)
+    pub h2_head: Option<Box<H2Head>>,
     /// A `HEAD` request: the answer has no body.
     pub head: bool,
     /// Its method may be sent twice (RFC 9110 §9.2.2).
@@ -190,15 +196,15 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         },
     };
     let generated_id = log.as_ref().filter(|_| fields.request_id.is_none());
-    let up = Upstream::with_capacity(len + 128 + body.held()).head(
-        method,
-        target,
-        headers,
-        fields.forward(host, env, generated_id.map(|l| l.request_id.as_str())),
-    );
+    let id = generated_id.map(|l| l.request_id.as_str());
+    let h2 = config.protocol == vigil_conf::Protocol::H2;
+    let (up, h2) = upstream_head(method, target, headers, &buf[..len], body, h2, || {
+        fields.forward(host, env, id)
+    });
     Head::Request(Request {
         len,
         upstream: up,
+        h2_head: h2.map(Box::new),
         head,
         idempotent: idempotent_method(method),
         body,
@@ -212,6 +218,45 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
         hash_key,
         log,
     })
+}
+
+/// The head sent upstream, written for an HTTP/1.1 backend (with room for a body held
+/// whole); for a `protocol: h2` pool (`h2`), made as HTTP/2 fields instead, cut from a
+/// copy of the client's `head` (the text left empty; written after all when a field
+/// cannot be carried by HTTP/2: the attempt then fails).
+fn upstream_head<'a>(
+    method: &str,
+    target: Target,
+    headers: &[httparse::Header],
+    head: &[u8],
+    body: RequestBody,
+    h2: bool,
+    forward: impl Fn() -> Forward<'a>,
+) -> (Vec<u8>, Option<H2Head>) {
+    let framing = match body {
+        RequestBody::None => Framing::Empty,
+        RequestBody::Held(n) => Framing::Length(n as u64),
+        RequestBody::Streamed(framing) => framing,
+    };
+    let fields = h2
+        .then(|| {
+            h2_head(
+                method,
+                target,
+                headers,
+                forward(),
+                &Text::copied(head),
+                framing,
+            )
+        })
+        .flatten();
+    match fields {
+        Some(fields) => (Vec::with_capacity(body.held()), Some(fields)),
+        None => {
+            let text = Upstream::with_capacity(head.len() + 128 + body.held());
+            (text.head(method, target, headers, forward()), None)
+        }
+    }
 }
 
 /// A whole head's request line, and its fields unread.

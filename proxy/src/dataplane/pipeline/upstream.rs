@@ -1,8 +1,14 @@
 //! The head a request loop request is sent upstream with, written into one buffer:
 //! the client's fields less those that concern one connection or that vigil writes
 //! itself, then the forwarded fields — the same as `forward_headers` on Pingora's path.
+//! For a `protocol: h2` backend the same head is made as HTTP/2 fields (`H2Head`),
+//! handed to its stream's codec (`h2::H2Upstream::hand`) instead of written as text
+//! and read back.
 
+use super::fields::{self, Text};
+use super::framing::Framing;
 use crate::dataplane::request::HOP_BY_HOP;
+use bytes::Bytes;
 
 /// Request headers never copied upstream as they came, besides the hop-by-hop ones
 /// (`HOP_BY_HOP`; an upgrade's own pair is written again): HTTP/2's upgrade settings,
@@ -35,7 +41,33 @@ pub(super) struct Forward<'a> {
     pub generated_id: Option<&'a str>,
 }
 
+/// Fields of an HTTP/1.1 head that have no place in an HTTP/2 one (RFC 9113 §8.2.2),
+/// with `host`, which becomes `:authority`; those `HOP_BY_HOP` leaves out already are
+/// not repeated.
+const NOT_IN_H2: [&str; 2] = ["transfer-encoding", "host"];
+
+const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const XFH: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A request head for a `protocol: h2` backend, as fields: what `Upstream::head`
+/// writes for an HTTP/1.1 backend, less what HTTP/2 has no place for. Values share the
+/// copy of the client's head they were cut from.
+#[derive(Clone, Debug)]
+pub(super) struct H2Head {
+    pub method: http::Method,
+    /// The target: path and query.
+    pub target: Bytes,
+    /// The `Host`, for `:authority` (the backend's address stands in without one).
+    pub host: Option<Bytes>,
+    pub headers: http::HeaderMap,
+    /// How the body that follows is framed (as the loop writes it).
+    pub framing: Framing,
+}
+
 /// The target sent upstream: a path and the query as it came.
+#[derive(Clone, Copy)]
 pub(super) struct Target<'a> {
     pub path: &'a str,
     pub query: &'a str,
@@ -44,6 +76,104 @@ pub(super) struct Target<'a> {
 /// The head sent upstream, written into one buffer (with room for a body held whole,
 /// appended once read).
 pub(super) struct Upstream(Vec<u8>);
+
+/// Whether `Upstream::head` leaves the field `name` out (`f`: the request's).
+fn dropped(name: &str, f: &Forward) -> bool {
+    // An empty request id is replaced by ours, as on Pingora's path.
+    (f.drop_request_id && name.eq_ignore_ascii_case("x-request-id"))
+        || HOP_BY_HOP
+            .iter()
+            .chain(&NOT_FORWARDED)
+            .any(|n| name.eq_ignore_ascii_case(n))
+        || f.named
+            .iter()
+            .any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+}
+
+/// The `x-forwarded-for` value: the client's chain (values it can read as text,
+/// trimmed, empty ones left out, as on Pingora's path), then the client.
+fn forwarded_for(xff: &[&[u8]], ip: &str, out: &mut Vec<u8>) {
+    for prev in xff
+        .iter()
+        .map(|v| v.trim_ascii())
+        .filter(|v| !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)))
+    {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip.as_bytes());
+}
+
+/// The head `Upstream::head` would write, as HTTP/2 fields (`H2Head`): the same fields
+/// in the same order, less HTTP/1.1's connection-specific ones and `Host`, and with
+/// gRPC's `te: trailers`, which it requires of every request. `text`: a copy of the
+/// client's head, which the values are cut from; `framing`: the body's. None when a
+/// field cannot be carried by HTTP/2.
+pub(super) fn h2_head(
+    method: &str,
+    target: Target,
+    headers: &[httparse::Header],
+    f: Forward,
+    text: &Text,
+    framing: Framing,
+) -> Option<H2Head> {
+    let mut map = http::HeaderMap::with_capacity(headers.len() + 4);
+    let (mut host, mut grpc) = (None, false);
+    for h in headers {
+        if dropped(h.name, &f) {
+            continue;
+        }
+        let name = fields::name(h.name.as_bytes()).ok()?;
+        if name == http::header::HOST {
+            host = Some(text.share(h.value));
+        } else if name == http::header::CONTENT_TYPE {
+            grpc = h.value.starts_with(b"application/grpc");
+        }
+        // A length beside chunked framing is not the body's (HTTP/2 frames it).
+        let stale_length = name == http::header::CONTENT_LENGTH && framing == Framing::Chunked;
+        if stale_length || NOT_IN_H2.contains(&name.as_str()) {
+            continue;
+        }
+        map.append(name, text.value(h.value).ok()?);
+    }
+    if let Some(ip) = f.client {
+        let mut chain = Vec::with_capacity(ip.len());
+        forwarded_for(f.xff, ip, &mut chain);
+        let value = http::HeaderValue::from_maybe_shared(Bytes::from(chain)).ok()?;
+        map.append(XFF, value);
+    }
+    let scheme = if f.https { "https" } else { "http" };
+    map.append(XFP, http::HeaderValue::from_static(scheme));
+    if let Some(h) = f.host {
+        let value = http::HeaderValue::from_str(h).ok()?;
+        map.append(XFH, value);
+    }
+    if let Some(id) = f.generated_id {
+        let value = http::HeaderValue::from_str(id).ok()?;
+        map.append(REQUEST_ID, value);
+    }
+    if grpc {
+        // gRPC requires it ("PROTOCOL-HTTP2"); it is hop-by-hop on HTTP/1.1, so the
+        // client's was left out.
+        map.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    // Cut from the head as it came, unless it was normalized.
+    let (path, query) = (target.path.as_bytes(), target.query.as_bytes());
+    let shared = match query.is_empty() {
+        true => text.span(path, path),
+        false => text
+            .span(path, query)
+            .filter(|t| t.len() == path.len() + query.len()),
+    };
+    let target = shared.unwrap_or_else(|| [path, query].concat().into());
+    Some(H2Head {
+        method: http::Method::from_bytes(method.as_bytes()).ok()?,
+        target,
+        host,
+        headers: map,
+        framing,
+    })
+}
 
 impl Upstream {
     pub(super) fn with_capacity(n: usize) -> Upstream {
@@ -74,17 +204,8 @@ impl Upstream {
         up.extend_from_slice(target.query.as_bytes());
         up.extend_from_slice(b" HTTP/1.1\r\n");
         for h in headers {
-            let name = h.name.as_bytes();
-            // An empty request id is replaced by ours, as on Pingora's path.
-            let empty_id = f.drop_request_id && h.name.eq_ignore_ascii_case("x-request-id");
-            let dropped = empty_id
-                || HOP_BY_HOP
-                    .iter()
-                    .chain(&NOT_FORWARDED)
-                    .any(|n| h.name.eq_ignore_ascii_case(n))
-                || f.named.iter().any(|n| name.eq_ignore_ascii_case(n));
-            if !dropped {
-                self.line(name, h.value);
+            if !dropped(h.name, &f) {
+                self.line(h.name.as_bytes(), h.value);
             }
         }
         if let Some(protocol) = f.upgrade {
@@ -95,14 +216,7 @@ impl Upstream {
         let up = &mut self.0;
         if let Some(ip) = f.client {
             up.extend_from_slice(b"x-forwarded-for: ");
-            // As on Pingora's path: values it can read as text, trimmed, empty ones left out.
-            for prev in f.xff.iter().map(|v| v.trim_ascii()).filter(|v| {
-                !v.is_empty() && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-            }) {
-                up.extend_from_slice(prev);
-                up.extend_from_slice(b", ");
-            }
-            up.extend_from_slice(ip.as_bytes());
+            forwarded_for(f.xff, ip, up);
             up.extend_from_slice(b"\r\n");
         }
         let scheme: &[u8] = if f.https { b"https" } else { b"http" };

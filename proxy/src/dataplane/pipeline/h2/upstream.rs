@@ -1,8 +1,9 @@
 //! A `protocol: h2` backend on the request loop: `H2Upstream`, the mirror of
 //! `H2Client`, shows one HTTP/2 stream to a backend as an HTTP/1.1 connection. The
-//! loop writes its request as it would to an HTTP/1.1 backend; the head is read back
-//! into HTTP/2 (`Host` as `:authority`, connection-specific fields left out) and the
-//! body goes out as DATA and trailers (`Outbound`). Its reads give the backend's answer
+//! loop hands it the request's head as HTTP/2 fields (`hand`: the head it writes for
+//! an HTTP/1.1 backend, made as fields, `upstream::H2Head`), which opens the stream
+//! (`Host` as `:authority`), and writes the body as it would to an HTTP/1.1 backend,
+//! which goes out as DATA and trailers (`Outbound`). Its reads give the backend's answer
 //! as HTTP/1.1: the head, then the body, chunked when it has no length, its HTTP/2
 //! trailers (gRPC's `grpc-status`) as the last chunk's trailer lines, which the loop
 //! copies to the client like any other body and `H2Client` turns back into trailers.
@@ -14,12 +15,12 @@
 //! HTTP/2, the trailers are not written as text and read back.
 
 use super::conns::Conn;
-use super::convert_up::{answer_head, chunk, last_chunk, parse_request};
+use super::convert_up::{answer_head, chunk, last_chunk};
 use super::other;
 use super::send::Outbound;
-use crate::dataplane::pipeline::fields::Text;
 use crate::dataplane::pipeline::framing::Framing;
-use bytes::{Buf, Bytes, BytesMut};
+use crate::dataplane::pipeline::upstream::H2Head;
+use bytes::{Buf, Bytes};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -27,9 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// The longest request head the codec holds while it waits for its end.
-const MAX_REQUEST_HEAD: usize = 1 << 20;
 
 /// One HTTP/2 stream to a backend, shown to the loop as an HTTP/1.1 connection.
 pub(in crate::dataplane::pipeline) struct H2Upstream {
@@ -42,11 +40,16 @@ pub(in crate::dataplane::pipeline) struct H2Upstream {
     through: AtomicBool,
     /// The answer's trailers, when `through`.
     trailers: Mutex<Option<http::HeaderMap>>,
+    /// The request's head, handed over by the loop (`hand`), not sent yet.
+    handed: Mutex<Option<H2Head>>,
 }
 
+// (The stream spends its life in `Body`; boxing it would be an allocation more per
+// request, in a value that lives boxed as the attempt's `Stream` already.)
+#[allow(clippy::large_enum_variant)]
 enum Sending {
-    /// The request head, as far as the loop wrote it.
-    Head(BytesMut),
+    /// The stream is not open yet: it opens with the head the loop hands over.
+    Head,
     Body(Outbound),
     /// Sent, END_STREAM included.
     Ended,
@@ -73,6 +76,36 @@ impl std::fmt::Debug for H2Upstream {
     }
 }
 
+/// The request for the backend on `conn`: its scheme, and the `Host` as `:authority`
+/// (the backend's address when the request had none).
+fn request(
+    method: http::Method,
+    target: &Bytes,
+    host: Option<Bytes>,
+    headers: http::HeaderMap,
+    conn: &Conn,
+) -> io::Result<http::Request<()>> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(conn.scheme.clone());
+    uri.authority = Some(
+        match host {
+            Some(host) => http::uri::Authority::from_maybe_shared(host),
+            None => http::uri::Authority::try_from(&*conn.authority),
+        }
+        .map_err(other)?,
+    );
+    uri.path_and_query = Some(match &target[..] {
+        b"/" => http::uri::PathAndQuery::from_static("/"),
+        _ => http::uri::PathAndQuery::from_maybe_shared(target.clone()).map_err(other)?,
+    });
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.version = http::Version::HTTP_2;
+    parts.method = method;
+    parts.uri = http::Uri::from_parts(uri).map_err(other)?;
+    parts.headers = headers;
+    Ok(http::Request::from_parts(parts, ()))
+}
+
 /// An HTTP/2 failure as the loop sees a connection's: the backend refusing the
 /// connection's streams or closing it marks the connection for replacement.
 fn failed(conn: &Conn, e: h2::Error) -> io::Error {
@@ -93,12 +126,19 @@ impl H2Upstream {
         H2Upstream {
             send: conn.send.clone(),
             conn,
-            write: Sending::Head(BytesMut::new()),
+            write: Sending::Head,
             read: Receiving::NotAsked,
             head_request: false,
             through: AtomicBool::new(false),
             trailers: Mutex::new(None),
+            handed: Mutex::new(None),
         }
+    }
+
+    /// The request's head, as HTTP/2 fields: the stream opens with it at the next
+    /// write or flush (once the connection has room for one), before the body's bytes.
+    pub(in crate::dataplane::pipeline) fn hand(&self, head: H2Head) {
+        *self.handed.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
     }
 
     /// The HTTP/2 backend stream `stream` is, if it is one.
@@ -120,44 +160,35 @@ impl H2Upstream {
             .take()
     }
 
-    /// Takes the request head's bytes; once it is whole, opens the stream with it (the
-    /// connection has room: `poll_ready` said so) and takes the body's first bytes.
-    fn take_head(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Sending::Head(head) = &mut self.write else {
-            return Ok(());
-        };
-        head.extend_from_slice(bytes);
+    /// Opens the stream with the head `hand` gave, once the connection has room for
+    /// it: ready when it is open (or was).
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !matches!(self.write, Sending::Head) {
+            return Poll::Ready(Ok(()));
+        }
         let conn = &self.conn;
-        // Frozen, so that the request's fields share its buffer.
-        let text = Text::new(std::mem::take(head).freeze());
-        let Some((len, up)) = parse_request(&text, &conn.scheme, &conn.authority)? else {
-            if text.bytes().len() > MAX_REQUEST_HEAD {
-                return Err(other("request head too large"));
-            }
-            // Not all written yet (rare: the loop writes a head at once): kept to be
-            // added to (unshared: no field was cut from it).
-            let text = text.into_bytes();
-            *head = text
-                .try_into_mut()
-                .unwrap_or_else(|b| BytesMut::from(&b[..]));
-            return Ok(());
+        if let Err(e) = ready!(self.send.poll_ready(cx)) {
+            return Poll::Ready(Err(failed(conn, e)));
+        }
+        let handed = self.handed.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(head) = handed.take() else {
+            // The loop hands every head over; one it could not make as HTTP/2 fields
+            // (a field HTTP/2 cannot carry) fails here, as the codec would refuse it.
+            return Poll::Ready(Err(other("a request head HTTP/2 cannot carry")));
         };
-        let rest = text.bytes().slice(len..);
-        let end = up.framing == Framing::Empty;
-        self.head_request = up.head_request;
+        let end = head.framing == Framing::Empty;
+        self.head_request = head.method == http::Method::HEAD;
+        let request = request(head.method, &head.target, head.host, head.headers, conn)?;
         let (response, sender) = self
             .send
-            .send_request(up.request, end)
+            .send_request(request, end)
             .map_err(|e| failed(conn, e))?;
         self.read = Receiving::Waiting(response);
-        self.write = if end {
-            Sending::Ended
-        } else {
-            let mut body = Outbound::new(up.framing, sender);
-            body.take(&rest)?;
-            Sending::Body(body)
+        self.write = match end {
+            true => Sending::Ended,
+            false => Sending::Body(Outbound::new(head.framing, sender)),
         };
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Sends what the request's body has so far as flow control allows: ready when
@@ -270,14 +301,10 @@ impl AsyncWrite for H2Upstream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = &mut *self;
+        // Bytes are taken only once the stream is open.
+        ready!(me.poll_open(cx))?;
         match &mut me.write {
-            Sending::Head(_) => {
-                // Bytes are taken only once the connection has room for a stream.
-                if let Err(e) = ready!(me.send.poll_ready(cx)) {
-                    return Poll::Ready(Err(failed(&me.conn, e)));
-                }
-                me.take_head(buf)?;
-            }
+            Sending::Head => {}
             Sending::Body(_) => {
                 // What an earlier write left is sent first: back-pressure from the
                 // backend's flow control.
@@ -296,10 +323,13 @@ impl AsyncWrite for H2Upstream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A request without a body opens its stream here.
+        ready!(self.poll_open(cx))?;
         self.poll_send(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_open(cx))?;
         self.poll_send(cx)
     }
 }
