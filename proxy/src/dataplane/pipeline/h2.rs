@@ -170,6 +170,15 @@ impl H2Client {
         *handed = Some(trailers);
     }
 
+    /// Gives the trailers `trailers` handed over, if any, to the body going out, which
+    /// ends with them.
+    fn trailers_to_body(&mut self) {
+        let handed = self.trailers.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let (Writing::Body(body), Some(t)) = (&mut self.write, handed.take()) {
+            body.handed = Some(t);
+        }
+    }
+
     /// Sends the head `answer` handed over, if any.
     fn hand_over(&mut self) -> io::Result<()> {
         let handed = self.handed.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -316,15 +325,8 @@ impl H2Client {
 
 impl Drop for H2Client {
     fn drop(&mut self) {
+        self.trailers_to_body();
         if let Writing::Body(body) = &mut self.write {
-            if let Some(t) = self
-                .trailers
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                body.handed = Some(t);
-            }
             // An answer delimited by its backend's close ended with it, unless the loop
             // cut it short.
             body.finish_or_reset(!*self.cut.get_mut());
@@ -409,16 +411,8 @@ impl AsyncWrite for H2Client {
         self.hand_over()?;
         // A tunnel's backend closed its side, or an answer delimited by its
         // backend's close ended: the stream ends once all is sent.
-        let me = &mut *self;
-        if let Writing::Body(body) = &mut me.write {
-            if let Some(t) = me
-                .trailers
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                body.handed = Some(t);
-            }
+        self.trailers_to_body();
+        if let Writing::Body(body) = &mut self.write {
             body.end_at_close();
         }
         self.poll_send(cx)
