@@ -8,7 +8,7 @@ knowledge (h2c; `h2load -c1 -m10`), the backend HTTP/1.1. GRPC=1: gRPC unary cal
 (h2c, `h2load -c1 -m10` posting a 100-byte message) to a `protocol: h2` pool of one
 `grpc_backend` over TLS (the bench crate's; GRPC_BACKEND=path, default
 $VIGIL_TOOLS/grpc_backend, VIGIL_TOOLS=target/release unless set: `make test` builds it
-in target/testing). KEEP=1 keeps the callgrind output files
+in target/testing). M=100 sends HTTP/2 and gRPC requests 100 at a time instead of 10. KEEP=1 keeps the callgrind output files
 (/tmp/cg.out.1200*) for callgrind_annotate.
 
 Usage: python3 bench/instructions.py BINARY...
@@ -49,7 +49,7 @@ def load(n):
         extra = ["-d", "/tmp/cg-grpc.bin", "-H", "content-type: application/grpc",
                  "-H", "te: trailers"] if grpc else []
         url = "http://127.0.0.1:19981/" + ("echo.Echo/Say" if grpc else "")
-        subprocess.run(["h2load", "-n", str(n), "-c", "1", "-m", "10", *extra, url],
+        subprocess.run(["h2load", "-n", str(n), "-c", "1", "-m", os.environ.get("M", "10"), *extra, url],
                        check=True, capture_output=True)
         return
     s=socket.create_connection(("127.0.0.1",19981))

@@ -22,6 +22,8 @@ pub struct PoolTls {
     checks: Arc<rustls::ClientConfig>,
     /// SNI, verify and the CA file's bytes: unchanged means the same settings.
     id: String,
+    /// A hasher that has hashed `id`, for `connection_key` (every request's).
+    id_hashed: std::collections::hash_map::DefaultHasher,
 }
 
 impl PoolTls {
@@ -36,9 +38,12 @@ impl PoolTls {
     /// is reused only for requests that would have made the same handshake.
     pub fn connection_key(&self, address: &str) -> u64 {
         use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.id.hash(&mut h);
-        self.server_name(address).hash(&mut h);
+        let mut h = self.id_hashed.clone();
+        let name = match &self.sni {
+            Some(sni) => sni.as_str(),
+            None => crate::dataplane::path::host_of(address),
+        };
+        name.hash(&mut h);
         h.finish() | 1
     }
 
@@ -140,12 +145,15 @@ fn prepare_pool(
         vigil_conf::CheckKind::Grpc => vec![b"h2".to_vec()],
         _ => vec![b"http/1.1".to_vec()],
     };
+    let mut id_hashed = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&id, &mut id_hashed);
     Ok(Some(PoolTls {
         sni: tls.sni.clone(),
         verify: tls.verify,
         ca,
         checks: Arc::new(checks),
         id,
+        id_hashed,
     }))
 }
 
@@ -218,5 +226,46 @@ mod tests {
         assert_eq!(host_of("127.0.0.1:8443"), "127.0.0.1");
         assert_eq!(host_of("[::1]:443"), "::1");
         assert_eq!(host_of("plain"), "plain");
+    }
+
+    /// The key telling idle connections apart is the hash of the pool's TLS settings
+    /// and the name its handshake sends: one per name, the same for every request.
+    #[test]
+    fn connection_keys_are_the_settings_and_the_name_hashed() {
+        use std::hash::{Hash, Hasher};
+        let yaml = "listeners: [{address: '127.0.0.1:1'}]\npools:\n  - name: a\n    routes: [{host: a.test}]\n    tls: {verify: false}\n    backends: [{address: '127.0.0.1:443'}]\n  - name: s\n    routes: [{host: s.test}]\n    tls: {verify: false, sni: api.test}\n    backends: [{address: '127.0.0.1:443'}]\n";
+        let config = vigil_conf::from_str(yaml, "keys.yaml").unwrap();
+        let pools = super::prepare(&config).unwrap();
+        let key = |pool: &str, address: &str| pools[pool].connection_key(address);
+        let expected = |pool: &str, address: &str| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            pools[pool].id.hash(&mut h);
+            pools[pool].server_name(address).hash(&mut h);
+            h.finish() | 1
+        };
+        for (pool, address) in [
+            ("a", "b.test:443"),
+            ("a", "c.test:443"),
+            ("s", "b.test:443"),
+        ] {
+            assert_eq!(
+                key(pool, address),
+                expected(pool, address),
+                "{pool} {address}"
+            );
+            assert_eq!(key(pool, address), key(pool, address));
+        }
+        assert_ne!(
+            key("a", "127.0.0.1:443"),
+            key("a", "127.0.0.2:443"),
+            "by name"
+        );
+        // With SNI set, the name is the same whichever backend.
+        assert_eq!(key("s", "127.0.0.1:443"), key("s", "127.0.0.2:443"));
+        assert_ne!(
+            key("a", "b.test:443"),
+            key("s", "b.test:443"),
+            "by settings"
+        );
     }
 }

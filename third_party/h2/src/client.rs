@@ -1445,6 +1445,14 @@ where
     pub fn max_concurrent_send_streams(&self) -> usize {
         self.inner.max_send_streams()
     }
+
+    /// Gives back the room the connection's streams and queued frames took, if no
+    /// stream is left: for a connection gone quiet, which then holds none (vigil patch
+    /// 2). A busy connection keeps its room between streams instead of growing it again.
+    pub fn release_room(&mut self) {
+        self.inner.release_room();
+    }
+
     /// Returns the maximum number of concurrent streams that may be initiated
     /// by the server on this connection.
     ///

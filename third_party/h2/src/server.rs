@@ -567,6 +567,19 @@ where
         self.connection.has_streams()
     }
 
+    /// Gives back the room the connection's streams and queued frames took, if no
+    /// stream is left: for a connection gone quiet, which then holds none (vigil patch
+    /// 2). A busy connection keeps its room between streams instead of growing it again.
+    pub fn release_room(&mut self) {
+        self.connection.release_room();
+    }
+
+    /// How many streams the connection has room for (vigil patch 2, for its tests).
+    #[cfg(feature = "unstable")]
+    pub fn stream_room(&self) -> usize {
+        self.connection.stream_room()
+    }
+
     /// Returns the maximum number of concurrent streams that may be initiated
     /// by the server on this connection.
     ///

@@ -81,8 +81,6 @@ impl Text {
         self.bytes.slice(at..at + part.len())
     }
 
-    /// `part` (as in `share`) as a field value, validated as `HeaderValue::from_bytes`
-    /// validates it.
     /// The text from the start of `first` to the end of `last`, shared, when both are
     /// parts of it in that order; else None.
     pub(in crate::dataplane::pipeline) fn span(&self, first: &[u8], last: &[u8]) -> Option<Bytes> {
@@ -91,6 +89,8 @@ impl Text {
         (start <= end && end <= self.bytes.len()).then(|| self.bytes.slice(start..end))
     }
 
+    /// `part` (as in `share`) as a field value, validated as `HeaderValue::from_bytes`
+    /// validates it.
     pub(in crate::dataplane::pipeline) fn value(
         &self,
         part: &[u8],

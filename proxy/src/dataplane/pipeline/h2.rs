@@ -22,6 +22,8 @@ mod convert_up;
 mod digests;
 #[cfg(test)]
 mod hpack_memo;
+#[cfg(test)]
+mod room;
 mod send;
 mod server;
 mod upstream;

@@ -338,6 +338,18 @@ where
         }
     }
 
+    /// Gives back the room its streams and queued frames took, if no stream is left
+    /// (vigil patch 2).
+    pub fn release_room(&self) {
+        self.inner.streams.release_room_if_idle();
+    }
+
+    /// How many streams it has room for (vigil patch 2, for its tests).
+    #[cfg(feature = "unstable")]
+    pub fn stream_room(&self) -> usize {
+        self.inner.streams.stream_room()
+    }
+
     /// Checks if there are any streams
     pub fn has_streams(&self) -> bool {
         self.inner.streams.has_streams()

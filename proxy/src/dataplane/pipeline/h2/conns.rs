@@ -130,8 +130,12 @@ async fn drive(conn: Arc<Conn>, connection: h2::client::Connection<Stream, Bytes
             }
             _ = tokio::time::sleep(UPSTREAM_IDLE_TIMEOUT) => {
                 let used = conn.used.swap(false, Ordering::Relaxed);
-                if !used && conn.streams.load(Ordering::Relaxed) == 0 {
-                    break;
+                if conn.streams.load(Ordering::Relaxed) == 0 {
+                    if !used {
+                        break;
+                    }
+                    // Kept, quiet: the room its streams took is given back (h2 patch 2).
+                    connection.release_room();
                 }
             }
         }

@@ -6,6 +6,9 @@
 //! task, where a task per stream (Pingora's HTTP/2 server) took several: the stream's,
 //! and the codec's for every frame the stream queued.
 //!
+//! A connection a second without a stream gives back the room its streams took (an idle
+//! client holds little); one busy again sooner keeps it for its next streams.
+//!
 //! The connection ends when the client closes it, on a codec error (a flood cut with
 //! GOAWAY among them), after `http2.idle_timeout` without a stream, or, once vigil
 //! shuts down, when its streams are done: it is told with GOAWAY at once, and the
@@ -20,10 +23,12 @@ use pingora::protocols::http::v2::server::handshake;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 /// Serves the HTTP/2 connection `stream` until it ends.
 pub(in crate::dataplane::pipeline) async fn serve(
@@ -50,10 +55,7 @@ pub(in crate::dataplane::pipeline) async fn serve(
     let mut streams = FuturesUnordered::new();
     let mut signal = Box::pin(signal_changed(shutdown.clone()));
     let mut closing = false;
-    // `http2.idle_timeout` without a stream open closes the connection: one timer,
-    // moved when the connection becomes idle, not one made for every request.
-    let mut idle = Box::pin(tokio::time::sleep(Duration::ZERO));
-    let mut idle_armed = false;
+    let mut idle = Idle::new(idle_timeout);
     // The codec is polled only when it asked to be (its socket, or a stream that
     // queued a frame): a stream's progress with its backend does not poll it again.
     let parent = Arc::new(AtomicWaker::new());
@@ -84,7 +86,7 @@ pub(in crate::dataplane::pipeline) async fn serve(
             // (A wake while it is polled schedules this task again: no need to loop.)
             match conn.poll_accept(&mut Context::from_waker(&codec_waker)) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    idle_armed = false;
+                    idle.busy();
                     let client = H2Client::new(request, respond, socket.clone(), ssl.clone());
                     streams.push(pipeline.serve(Box::new(client), shutdown, true));
                     // The new stream starts, and the codec is asked for the next.
@@ -99,14 +101,16 @@ pub(in crate::dataplane::pipeline) async fn serve(
                 Poll::Pending => break,
             }
         }
-        if let Some(timeout) = idle_timeout.filter(|_| streams.is_empty() && !closing) {
-            if !idle_armed {
-                idle_armed = true;
-                idle.as_mut().reset(tokio::time::Instant::now() + timeout);
-            }
-            if idle.as_mut().poll(cx).is_ready() {
-                // Idle: closed at once (no GOAWAY to wait on from a peer that may be gone).
-                return Poll::Ready(false);
+        if streams.is_empty() && !closing {
+            while let Poll::Ready(step) = idle.poll(cx) {
+                match step {
+                    // Quiet: the room its streams took is given back; a connection busy
+                    // again soon (a client's next batch of requests) keeps it.
+                    Step::Quiet => conn.release_room(),
+                    // Idle: closed at once (no GOAWAY to wait on from a peer that may
+                    // be gone).
+                    Step::Idle => return Poll::Ready(false),
+                }
             }
         }
         Poll::Pending
@@ -116,6 +120,68 @@ pub(in crate::dataplane::pipeline) async fn serve(
     drop(conn);
     if ended {
         while streams.next().await.is_some() {}
+    }
+}
+
+/// How long a connection carries no stream before its codec gives back the room its
+/// streams and their frames took (h2 patch 2).
+const QUIET: Duration = Duration::from_secs(1);
+
+/// A connection's one timer while it carries no stream, moved when it becomes idle (not
+/// one made for every request): `QUIET`, then `http2.idle_timeout` (if set) from the
+/// same moment.
+struct Idle {
+    timer: Pin<Box<Sleep>>,
+    timeout: Option<Duration>,
+    armed: bool,
+    /// When the connection is idle; None: never.
+    until: Option<Instant>,
+    quiet: bool,
+}
+
+/// What an idle connection's timer says.
+enum Step {
+    Quiet,
+    Idle,
+}
+
+impl Idle {
+    fn new(timeout: Option<Duration>) -> Idle {
+        Idle {
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timeout,
+            armed: false,
+            until: None,
+            quiet: false,
+        }
+    }
+
+    /// A stream began: the timer starts again when the connection next has none.
+    fn busy(&mut self) {
+        self.armed = false;
+    }
+
+    /// Polled while the connection carries no stream: `Quiet` once, then `Idle`.
+    fn poll(&mut self, cx: &mut Context) -> Poll<Step> {
+        if !self.armed {
+            self.armed = true;
+            self.quiet = false;
+            let now = Instant::now();
+            self.until = self.timeout.map(|timeout| now + timeout);
+            self.timer.as_mut().reset(now + QUIET);
+        }
+        if self.quiet && self.until.is_none() {
+            return Poll::Pending;
+        }
+        ready!(self.timer.as_mut().poll(cx));
+        if self.quiet {
+            return Poll::Ready(Step::Idle);
+        }
+        self.quiet = true;
+        if let Some(until) = self.until {
+            self.timer.as_mut().reset(until);
+        }
+        Poll::Ready(Step::Quiet)
     }
 }
 
@@ -155,5 +221,60 @@ impl Wake for Turn {
 async fn signal_changed(mut signal: ShutdownWatch) {
     if !*signal.borrow() {
         let _ = signal.changed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Idle, Step, QUIET};
+    use std::future::poll_fn;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// What the timer says once `after` has passed: Some step, or None if it waits.
+    async fn step_after(idle: &mut Idle, after: Duration) -> Option<&'static str> {
+        tokio::time::advance(after).await;
+        poll_fn(|cx| {
+            Poll::Ready(match idle.poll(cx) {
+                Poll::Ready(Step::Quiet) => Some("quiet"),
+                Poll::Ready(Step::Idle) => Some("idle"),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_quiet_after_a_second_then_idle_at_its_timeout() {
+        let mut idle = Idle::new(Some(Duration::from_secs(5)));
+        let ms = Duration::from_millis;
+        assert_eq!(step_after(&mut idle, ms(0)).await, None);
+        assert_eq!(step_after(&mut idle, QUIET - ms(1)).await, None);
+        assert_eq!(step_after(&mut idle, ms(1)).await, Some("quiet"));
+        assert_eq!(step_after(&mut idle, ms(0)).await, None, "quiet once");
+        assert_eq!(step_after(&mut idle, ms(3_999)).await, None);
+        // The timeout counts from when the last stream ended, not from the quiet.
+        assert_eq!(step_after(&mut idle, ms(1)).await, Some("idle"));
+        // A stream, then none again: both start over.
+        idle.busy();
+        assert_eq!(step_after(&mut idle, ms(0)).await, None);
+        assert_eq!(step_after(&mut idle, QUIET).await, Some("quiet"));
+        assert_eq!(step_after(&mut idle, ms(4_000)).await, Some("idle"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_timeout_an_idle_connection_is_only_ever_quiet() {
+        let mut idle = Idle::new(None);
+        assert_eq!(step_after(&mut idle, Duration::ZERO).await, None);
+        assert_eq!(step_after(&mut idle, QUIET).await, Some("quiet"));
+        assert_eq!(step_after(&mut idle, Duration::from_secs(3600)).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_shorter_than_the_quiet_closes_right_after_it() {
+        let mut idle = Idle::new(Some(Duration::from_millis(200)));
+        assert_eq!(step_after(&mut idle, Duration::ZERO).await, None);
+        assert_eq!(step_after(&mut idle, QUIET).await, Some("quiet"));
+        assert_eq!(step_after(&mut idle, Duration::ZERO).await, Some("idle"));
     }
 }

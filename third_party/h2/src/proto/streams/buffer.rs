@@ -1,5 +1,8 @@
 use slab::Slab;
 
+/// The most entries a slab gives back as soon as it is empty (vigil patch 2).
+pub(super) const SMALL_ROOM: usize = 8;
+
 /// Buffers frames for multiple streams.
 #[derive(Debug)]
 pub struct Buffer<T> {
@@ -32,6 +35,24 @@ impl<T> Buffer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
+    }
+
+    /// Gives back the room of a buffer holding no frame (vigil patch 2: called when the
+    /// connection is idle, so that it keeps no room for frames it no longer has).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() > 0 {
+            self.slab = Slab::new();
+        }
+    }
+
+    /// Gives back a small room as soon as it holds no frame (vigil patch 2): taken
+    /// again in one allocation. A larger one, grown by a connection carrying many
+    /// streams at once, is kept for their next frames until the connection is idle
+    /// (`release_if_empty`).
+    fn release_if_small(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() <= SMALL_ROOM {
+            self.slab = Slab::new();
+        }
     }
 }
 
@@ -82,11 +103,7 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
-                if buf.slab.is_empty() {
-                    // No frame left: an idle connection keeps no room for them (vigil
-                    // patch 2).
-                    buf.slab = Slab::new();
-                }
+                buf.release_if_small();
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

@@ -85,6 +85,12 @@ pub(crate) enum Open {
 }
 
 impl Recv {
+    /// Gives back the room of the received frames' buffer when it holds none (vigil
+    /// patch 2, for an idle connection).
+    pub fn release_if_empty(&mut self) {
+        self.buffer.release_if_empty();
+    }
+
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
         let next_stream_id = if peer.is_server() { 1 } else { 2 };
 

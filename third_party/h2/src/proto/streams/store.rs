@@ -206,6 +206,28 @@ impl ops::IndexMut<Key> for Store {
 }
 
 impl Store {
+    /// Whether no stream is stored (vigil patch 2).
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Gives back the room of a store holding no stream (vigil patch 2: called when the
+    /// connection is idle, so that it keeps no room for streams it no longer has).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() > 0 {
+            self.slab = slab::Slab::new();
+        }
+        if self.ids.is_empty() && self.ids.capacity() > 0 {
+            self.ids = IndexMap::new();
+        }
+    }
+
+    /// How many streams the store has room for (vigil patch 2, for its tests).
+    #[cfg(feature = "unstable")]
+    pub fn room(&self) -> usize {
+        self.slab.capacity()
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_active_streams(&self) -> usize {
         self.ids.len()
@@ -406,12 +428,10 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
-        if self.store.slab.is_empty() {
-            // No stream left: an idle connection keeps no room for them (vigil patch 2).
-            self.store.slab = slab::Slab::new();
-            if self.store.ids.is_empty() {
-                self.store.ids = IndexMap::new();
-            }
+        if self.store.slab.is_empty() && self.store.slab.capacity() <= super::buffer::SMALL_ROOM {
+            // No stream left, and a small room: given back at once, as taking it again
+            // is one allocation; a larger one waits for `release_if_empty` (vigil patch 2).
+            self.store.release_if_empty();
         }
         stream.id
     }

@@ -1144,9 +1144,29 @@ where
         me.counts.has_streams()
     }
 
+    /// When no stream is left, gives back the room the connection's streams and queued
+    /// frames took (vigil patch 2): an idle connection keeps none, a busy one keeps its
+    /// room between frames instead of growing it again for each.
+    pub fn release_room_if_idle(&self) {
+        let mut me = self.inner.lock().unwrap();
+        let me = &mut *me;
+        if !me.store.is_empty() {
+            return;
+        }
+        me.store.release_if_empty();
+        me.actions.recv.release_if_empty();
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
+    }
+
+    /// How many streams the connection has room for (vigil patch 2, for its tests).
+    #[cfg(feature = "unstable")]
+    pub fn stream_room(&self) -> usize {
+        self.inner.lock().unwrap().store.room()
     }
 
     #[cfg(feature = "unstable")]
