@@ -1,6 +1,9 @@
 use slab::Slab;
 
-/// The most entries a slab gives back as soon as it is empty (vigil patch 2).
+/// The most entries a stream store or frame buffer gives back as soon as it is empty
+/// (vigil patch 2): taking them again is one allocation. A larger room, grown by a
+/// connection carrying many streams at once, is kept for its next streams until the
+/// connection is idle (`Streams::release_room_if_idle`).
 pub(super) const SMALL_ROOM: usize = 8;
 
 /// Buffers frames for multiple streams.
@@ -37,20 +40,11 @@ impl<T> Buffer<T> {
         self.slab.is_empty()
     }
 
-    /// Gives back the room of a buffer holding no frame (vigil patch 2: called when the
-    /// connection is idle, so that it keeps no room for frames it no longer has).
-    pub fn release_if_empty(&mut self) {
-        if self.slab.is_empty() && self.slab.capacity() > 0 {
-            self.slab = Slab::new();
-        }
-    }
-
-    /// Gives back a small room as soon as it holds no frame (vigil patch 2): taken
-    /// again in one allocation. A larger one, grown by a connection carrying many
-    /// streams at once, is kept for their next frames until the connection is idle
-    /// (`release_if_empty`).
-    fn release_if_small(&mut self) {
-        if self.slab.is_empty() && self.slab.capacity() <= SMALL_ROOM {
+    /// Gives back the buffer's room if it holds no frame and has room for at most
+    /// `at_most` (vigil patch 2): `SMALL_ROOM` as soon as it empties, any once the
+    /// connection is idle.
+    pub fn give_back_room(&mut self, at_most: usize) {
+        if self.slab.is_empty() && (1..=at_most).contains(&self.slab.capacity()) {
             self.slab = Slab::new();
         }
     }
@@ -103,7 +97,7 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
-                buf.release_if_small();
+                buf.give_back_room(SMALL_ROOM);
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

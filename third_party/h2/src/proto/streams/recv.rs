@@ -85,10 +85,10 @@ pub(crate) enum Open {
 }
 
 impl Recv {
-    /// Gives back the room of the received frames' buffer when it holds none (vigil
-    /// patch 2, for an idle connection).
-    pub fn release_if_empty(&mut self) {
-        self.buffer.release_if_empty();
+    /// Gives back the room of the received frames' buffer as `Buffer::give_back_room`
+    /// (vigil patch 2).
+    pub fn give_back_room(&mut self, at_most: usize) {
+        self.buffer.give_back_room(at_most);
     }
 
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {

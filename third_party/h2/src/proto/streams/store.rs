@@ -211,13 +211,11 @@ impl Store {
         self.slab.is_empty()
     }
 
-    /// Gives back the room of a store holding no stream (vigil patch 2: called when the
-    /// connection is idle, so that it keeps no room for streams it no longer has).
-    pub fn release_if_empty(&mut self) {
-        if self.slab.is_empty() && self.slab.capacity() > 0 {
+    /// Gives back the store's room if it holds no stream and has room for at most
+    /// `at_most` (vigil patch 2), as `Buffer::give_back_room`.
+    pub fn give_back_room(&mut self, at_most: usize) {
+        if self.slab.is_empty() && (1..=at_most).contains(&self.slab.capacity()) {
             self.slab = slab::Slab::new();
-        }
-        if self.ids.is_empty() && self.ids.capacity() > 0 {
             self.ids = IndexMap::new();
         }
     }
@@ -428,11 +426,7 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
-        if self.store.slab.is_empty() && self.store.slab.capacity() <= super::buffer::SMALL_ROOM {
-            // No stream left, and a small room: given back at once, as taking it again
-            // is one allocation; a larger one waits for `release_if_empty` (vigil patch 2).
-            self.store.release_if_empty();
-        }
+        self.store.give_back_room(super::buffer::SMALL_ROOM);
         stream.id
     }
 

@@ -1153,9 +1153,9 @@ where
         if !me.store.is_empty() {
             return;
         }
-        me.store.release_if_empty();
-        me.actions.recv.release_if_empty();
-        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        me.store.give_back_room(usize::MAX);
+        me.actions.recv.give_back_room(usize::MAX);
+        self.send_buffer.inner.lock().unwrap().give_back_room(usize::MAX);
     }
 
     pub fn has_streams_or_other_references(&self) -> bool {
