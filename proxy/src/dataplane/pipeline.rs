@@ -38,6 +38,8 @@ mod upstream;
 mod fuzz;
 #[cfg(test)]
 mod fuzz_head;
+#[cfg(test)]
+mod fuzz_stream;
 
 use crate::dataplane::context::Ctx;
 use crate::dataplane::proxy::VigilProxy;
@@ -166,7 +168,7 @@ impl Pipeline {
                     // carry is refused on it, its body unread.
                     let status = (stream.as_any())
                         .downcast_ref::<h2::H2Client>()
-                        .map_or(400, |c| c.refusal(&buf, &limits));
+                        .map_or(400, |c| c.refusal(&limits));
                     self.plane.edge.refused(status, conn.client.as_ref());
                     let refuse = Box::pin(refuse_request_head(&mut stream, status));
                     refuse.await;

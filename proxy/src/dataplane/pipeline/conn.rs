@@ -1,6 +1,7 @@
 //! A client connection between requests: who it is, waiting for its next request (and
 //! the linger of a drain), reading a head until it is whole, reading a body held whole.
 
+use super::h2::H2Client;
 use super::head::{self, Env, Head};
 use super::{Pipeline, DRAIN_LINGER};
 use bytes::BytesMut;
@@ -117,7 +118,14 @@ impl Pipeline {
         buf: &mut BytesMut,
         env: &Env<'_>,
     ) -> std::result::Result<Head, Option<u16>> {
-        if buf.is_empty() && env.https && !env.h2 {
+        if env.h2 {
+            // An HTTP/2 stream's head is at hand, as fields.
+            return match (stream.as_any()).downcast_ref::<H2Client>() {
+                Some(client) => Ok(head::parse_stream(client.head(), env)),
+                None => Err(None),
+            };
+        }
+        if buf.is_empty() && env.https {
             // A TLS stream cannot wait for its next request without reading it (`idle`
             // returns at once): its first bytes are read small, so that a client idle
             // between requests holds no 4 KiB buffer. The rest of the record is in
@@ -153,8 +161,6 @@ impl Pipeline {
                         Err(_) => return Err(Some(408)),
                     }
                 }
-                // An HTTP/2 stream's head is at hand (`h2::H2Client`).
-                None if env.h2 => stream.read_buf(buf).await,
                 None => match timeout(IDLE_KEEPALIVE, stream.read_buf(buf)).await {
                     Ok(read) => read,
                     Err(_) => return Err(None),

@@ -99,6 +99,64 @@ impl Text {
     }
 }
 
+/// Where the fields of a head made for HTTP/2 are cut from: the text an HTTP/1 head
+/// was parsed from, or the fields of an HTTP/2 stream's head (`h2::StreamHead`), which
+/// are already names and values.
+pub(in crate::dataplane::pipeline) enum Cut<'a> {
+    Text(Text),
+    /// The stream's fields, in the order of the `httparse::Header`s they were shown
+    /// to the loop as (`StreamHead::headers`).
+    Fields(&'a [(HeaderName, HeaderValue)]),
+}
+
+impl Cut<'_> {
+    /// The name of `header`, the `index`-th field of its head.
+    pub(in crate::dataplane::pipeline) fn name(
+        &self,
+        index: usize,
+        header: &httparse::Header,
+    ) -> Result<HeaderName, InvalidHeaderName> {
+        match self {
+            Cut::Fields(fields) if index < fields.len() => Ok(fields[index].0.clone()),
+            _ => name(header.name.as_bytes()),
+        }
+    }
+
+    /// The value of `header`, the `index`-th field of its head.
+    pub(in crate::dataplane::pipeline) fn value(
+        &self,
+        index: usize,
+        header: &httparse::Header,
+    ) -> Result<HeaderValue, InvalidHeaderValue> {
+        match self {
+            Cut::Text(text) => text.value(header.value),
+            // The value as shown to the loop (trimmed, as HTTP/1.1's parser trims).
+            Cut::Fields(fields) => match fields.get(index) {
+                Some((_, value)) if value.as_bytes().len() == header.value.len() => {
+                    Ok(value.clone())
+                }
+                _ => HeaderValue::from_bytes(header.value),
+            },
+        }
+    }
+
+    /// `part` of the head, as `Bytes` (shared with the text when there is one).
+    pub(in crate::dataplane::pipeline) fn share(&self, part: &[u8]) -> Bytes {
+        match self {
+            Cut::Text(text) => text.share(part),
+            Cut::Fields(_) => Bytes::copy_from_slice(part),
+        }
+    }
+
+    /// As `Text::span`; None for fields.
+    pub(in crate::dataplane::pipeline) fn span(&self, first: &[u8], last: &[u8]) -> Option<Bytes> {
+        match self {
+            Cut::Text(text) => text.span(first, last),
+            Cut::Fields(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

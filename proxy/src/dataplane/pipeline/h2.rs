@@ -2,9 +2,11 @@
 //! crate's codec, with the contract's limits) and runs its streams in its own task; each
 //! stream's request is carried by the same loop as an HTTP/1 request, through
 //! `H2Client`: a codec that shows the stream to the loop as an HTTP/1.1 connection
-//! carrying that one request. Its reads give the request's head written as HTTP/1.1
-//! (`:authority` as `Host`, cookies joined) and then its body (chunked when the client
-//! gave no length, so that a body ending with an empty DATA frame is framed once). A
+//! carrying that one request. The loop reads the request's head from its fields as it
+//! would read the same head written as HTTP/1.1 (`StreamHead`: `:authority` as `Host`,
+//! cookies joined; `head::parse_stream`), without writing it; the codec's reads give
+//! its body (chunked when the client gave no length, so that a body ending with an
+//! empty DATA frame is framed once). A
 //! backend's answer head is handed to it as HTTP/2 fields (`answer`; the loop's
 //! `response` makes them where it would write an HTTP/1.1 client's head); its writes
 //! take the body as the backend framed it, and the loop's own answers (a refusal, a
@@ -34,7 +36,8 @@ pub(super) use upstream::H2Upstream;
 
 use super::framing::Framing;
 use bytes::{Buf, Bytes, BytesMut};
-use convert::{extended_connect, parse_answer, request_head};
+pub(super) use convert::StreamHead;
+use convert::{extended_connect, parse_answer};
 use convert_up::{chunk, last_chunk};
 use h2::server::SendResponse;
 use h2::RecvStream;
@@ -63,10 +66,8 @@ pub(super) struct H2Client {
     ssl: Option<Arc<SslDigest>>,
     read: Reading,
     write: Writing,
-    /// The request has a `content-length`: its body is passed on as it is, not chunked.
-    length: bool,
-    /// It has no body to read: its stream ended with its head, or its length is 0.
-    bodiless: bool,
+    /// The request's head, read by the loop from its fields.
+    head: StreamHead,
     /// A `HEAD` request: its answer has no body, whatever its head says.
     head_request: bool,
     /// An extended CONNECT (RFC 8441): after its `101`, the stream carries a tunnel.
@@ -84,9 +85,7 @@ pub(super) struct H2Client {
 }
 
 enum Reading {
-    /// The request head as HTTP/1.1, not all read yet.
-    Head(Bytes),
-    /// Its body, `chunked` when it has no length; `pending` of it not read yet;
+    /// The request's body (its head is read from `head`), `chunked` when it has no length; `pending` of it not read yet;
     /// `ended` once the stream said it ended.
     Body {
         chunked: bool,
@@ -123,18 +122,29 @@ impl H2Client {
         socket: Option<Arc<SocketDigest>>,
         ssl: Option<Arc<SslDigest>>,
     ) -> H2Client {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let length = parts.headers.get(http::header::CONTENT_LENGTH);
         // No body to read: the stream ended with its head, or said its length is 0.
         let bodiless = body.is_end_stream() || length.is_some_and(|l| l.as_bytes() == b"0");
+        let length = length.is_some();
         let tunnel = extended_connect(&parts).is_some();
+        let (head_request, connect) = (
+            parts.method == http::Method::HEAD,
+            parts.method == http::Method::CONNECT && !tunnel,
+        );
         H2Client {
-            read: Reading::Head(request_head(&parts, bodiless)),
+            head: StreamHead::new(&mut parts, bodiless),
+            read: match bodiless {
+                true => Reading::Done,
+                false => Reading::Body {
+                    chunked: !length && !tunnel,
+                    pending: Bytes::new(),
+                    ended: false,
+                },
+            },
             write: Writing::Head(BytesMut::new()),
-            length: length.is_some(),
-            bodiless,
-            head_request: parts.method == http::Method::HEAD,
-            connect: parts.method == http::Method::CONNECT && !tunnel,
+            head_request,
+            connect,
             tunnel,
             body,
             respond,
@@ -144,6 +154,11 @@ impl H2Client {
             handed: Mutex::new(None),
             trailers: Mutex::new(None),
         }
+    }
+
+    /// The request's head, as the loop reads it (`head::parse_stream`).
+    pub(super) fn head(&self) -> &StreamHead {
+        &self.head
     }
 
     /// The HTTP/2 stream `stream` is.
@@ -204,22 +219,18 @@ impl H2Client {
         Ok(())
     }
 
-    /// The status a request the loop does not carry is refused with, `head` its head
-    /// as the loop read it: 405 for a plain `CONNECT` (vigil is no forward proxy, as
-    /// Pingora's proxy said), 431 for a head past the limits, else 400.
-    pub(super) fn refusal(&self, head: &[u8], limits: &HeadLimitValues) -> u16 {
+    /// The status a request the loop does not carry is refused with: 405 for a plain
+    /// `CONNECT` (vigil is no forward proxy, as Pingora's proxy said), 431 for a head
+    /// past the limits (as HTTP/1.1 measures it), else 400.
+    pub(super) fn refusal(&self, limits: &HeadLimitValues) -> u16 {
         if self.connect {
             return 405;
         }
-        if head.len() > limits.max_bytes {
+        let max_headers = limits.max_headers.min(super::MAX_HEADERS);
+        if self.head.text_len() > limits.max_bytes || self.head.fields.len() > max_headers {
             return 431;
         }
-        let mut slots = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
-        let max = limits.max_headers.min(super::MAX_HEADERS);
-        match httparse::Request::new(&mut slots[..max]).parse(head) {
-            Err(httparse::Error::TooManyHeaders) => 431,
-            _ => 400,
-        }
+        400
     }
 
     /// The answer was cut short: the stream is reset, not ended, when the loop drops it.
@@ -345,25 +356,6 @@ impl AsyncRead for H2Client {
         let me = &mut *self;
         loop {
             match &mut me.read {
-                Reading::Head(head) => {
-                    let n = head.len().min(buf.remaining());
-                    buf.put_slice(&head[..n]);
-                    head.advance(n);
-                    if head.is_empty() {
-                        me.read = if me.bodiless || me.body.is_end_stream() {
-                            Reading::Done
-                        } else {
-                            Reading::Body {
-                                chunked: !me.length && !me.tunnel,
-                                pending: Bytes::new(),
-                                ended: false,
-                            }
-                        };
-                    }
-                    // Only the head in this read: a request the loop does not carry is
-                    // refused with its body unread.
-                    return Poll::Ready(Ok(()));
-                }
                 Reading::Body { pending, .. } if !pending.is_empty() => {
                     let n = pending.len().min(buf.remaining());
                     buf.put_slice(&pending[..n]);

@@ -1,12 +1,16 @@
 //! Reading an HTTP/1 request head where it lies in the client's buffer: is it whole,
 //! does vigil's loop carry it, where does it go, and what goes upstream.
 
+mod line;
+
 use super::fields::Text;
 use super::framing::Framing;
+use super::h2::StreamHead;
 use super::upstream::{h2_head, Forward, H2Head, Target, Upstream};
 use super::MAX_HEADERS;
 use crate::dataplane::request::{idempotent_method, new_request_id, valid_host};
 use crate::dataplane::routing::{normalize_host, RoutingTable};
+use line::{Line, Source};
 use pingora::protocols::http::v1::server::HeadLimitValues;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -120,25 +124,35 @@ pub(super) struct Env<'a> {
     pub h2: bool,
 }
 
-/// Bytes of an origin-form target passed on as they are (RFC 3986 pchar, `/`, `?` and
-/// `%`); a target with any other byte is Pingora's parser's to judge.
-fn uri_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
-}
-
 /// Parses the head at the start of `buf` and decides how the request goes.
 pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     let mut slots = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+    match Line::parse(buf, env, &mut slots) {
+        Ok(line) => decide(Source::Text(&buf[..line.len]), line, env),
+        Err(head) => head,
+    }
+}
+
+/// Decides how an HTTP/2 stream's request goes, from its head's fields: as `parse`
+/// decides for the same head written as HTTP/1.1 (`StreamHead::text`), which is not
+/// written.
+pub(super) fn parse_stream(head: &StreamHead, env: &Env) -> Head {
+    let headers = head.headers();
+    match Line::of_stream(head, &headers, env) {
+        Ok(line) => decide(Source::Stream(head), line, env),
+        Err(other) => other,
+    }
+}
+
+/// Decides how the request whose head is `line`, read from `source`, goes.
+fn decide(source: Source, line: Line, env: &Env) -> Head {
     let Line {
         len,
         http10,
         method,
         target,
         headers,
-    } = match Line::parse(buf, env, &mut slots) {
-        Ok(line) => line,
-        Err(head) => return head,
-    };
+    } = line;
     let Some(mut fields) = Fields::scan(headers, env, http10) else {
         return Head::Other;
     };
@@ -198,7 +212,7 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
     let generated_id = log.as_ref().filter(|_| fields.request_id.is_none());
     let id = generated_id.map(|l| l.request_id.as_str());
     let h2 = config.protocol == vigil_conf::Protocol::H2;
-    let (up, h2) = upstream_head(method, target, headers, &buf[..len], body, h2, || {
+    let (up, h2) = upstream_head(method, target, headers, source, body, h2, || {
         fields.forward(host, env, id)
     });
     Head::Request(Request {
@@ -221,14 +235,14 @@ pub(super) fn parse(buf: &[u8], env: &Env) -> Head {
 }
 
 /// The head sent upstream, written for an HTTP/1.1 backend (with room for a body held
-/// whole); for a `protocol: h2` pool (`h2`), made as HTTP/2 fields instead, cut from a
-/// copy of the client's `head` (the text left empty; written after all when a field
-/// cannot be carried by HTTP/2: the attempt then fails).
+/// whole); for a `protocol: h2` pool (`h2`), made as HTTP/2 fields instead, cut from
+/// what the client's head was read from (the text left empty; written after all when a
+/// field cannot be carried by HTTP/2: the attempt then fails).
 fn upstream_head<'a>(
     method: &str,
     target: Target,
     headers: &[httparse::Header],
-    head: &[u8],
+    source: Source,
     body: RequestBody,
     h2: bool,
     forward: impl Fn() -> Forward<'a>,
@@ -239,74 +253,14 @@ fn upstream_head<'a>(
         RequestBody::Streamed(framing) => framing,
     };
     let fields = h2
-        .then(|| {
-            h2_head(
-                method,
-                target,
-                headers,
-                forward(),
-                &Text::copied(head),
-                framing,
-            )
-        })
+        .then(|| h2_head(method, target, headers, forward(), &source.cut(), framing))
         .flatten();
     match fields {
         Some(fields) => (Vec::with_capacity(body.held()), Some(fields)),
         None => {
-            let text = Upstream::with_capacity(head.len() + 128 + body.held());
+            let text = Upstream::with_capacity(source.len() + 128 + body.held());
             (text.head(method, target, headers, forward()), None)
         }
-    }
-}
-
-/// A whole head's request line, and its fields unread.
-struct Line<'b, 'h> {
-    /// Bytes of the client's buffer the head took.
-    len: usize,
-    http10: bool,
-    method: &'b str,
-    target: &'b str,
-    headers: &'h [httparse::Header<'b>],
-}
-
-impl<'b, 'h> Line<'b, 'h> {
-    /// `Err` when the head is not whole yet, or is for Pingora's parser to judge.
-    fn parse(
-        buf: &'b [u8],
-        env: &Env,
-        slots: &'h mut [MaybeUninit<httparse::Header<'b>>],
-    ) -> Result<Line<'b, 'h>, Head> {
-        let limits = env.limits;
-        let mut req = httparse::Request::new(&mut []);
-        let max = limits.max_headers.min(MAX_HEADERS);
-        let len = match req.parse_with_uninit_headers(buf, &mut slots[..max]) {
-            Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
-            Ok(httparse::Status::Partial) if buf.len() <= limits.max_bytes => {
-                return Err(Head::Partial)
-            }
-            // Too long, too many headers, malformed: Pingora's parser judges it (400, 431).
-            _ => return Err(Head::Other),
-        };
-        let http10 = match req.version {
-            Some(1) => false,
-            Some(0) => true,
-            _ => return Err(Head::Other),
-        };
-        let (Some(method), Some(target)) = (req.method, req.path) else {
-            return Err(Head::Other);
-        };
-        // CONNECT, absolute- or asterisk-form targets (a forward proxy's) and targets
-        // with bytes outside RFC 3986 are Pingora's.
-        if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(uri_byte) {
-            return Err(Head::Other);
-        }
-        Ok(Line {
-            len,
-            http10,
-            method,
-            target,
-            headers: req.headers,
-        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! handed to its stream's codec (`h2::H2Upstream::hand`) instead of written as text
 //! and read back.
 
-use super::fields::{self, Text};
+use super::fields::Cut;
 use super::framing::Framing;
 use crate::dataplane::request::HOP_BY_HOP;
 use bytes::Bytes;
@@ -53,7 +53,7 @@ const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id
 
 /// A request head for a `protocol: h2` backend, as fields: what `Upstream::head`
 /// writes for an HTTP/1.1 backend, less what HTTP/2 has no place for. Values share the
-/// copy of the client's head they were cut from.
+/// copy of the client's head they were cut from, or are an HTTP/2 client's own.
 #[derive(Clone, Debug)]
 pub(super) struct H2Head {
     pub method: http::Method,
@@ -106,26 +106,26 @@ fn forwarded_for(xff: &[&[u8]], ip: &str, out: &mut Vec<u8>) {
 
 /// The head `Upstream::head` would write, as HTTP/2 fields (`H2Head`): the same fields
 /// in the same order, less HTTP/1.1's connection-specific ones and `Host`, and with
-/// gRPC's `te: trailers`, which it requires of every request. `text`: a copy of the
-/// client's head, which the values are cut from; `framing`: the body's. None when a
-/// field cannot be carried by HTTP/2.
+/// gRPC's `te: trailers`, which it requires of every request. `cut`: what the names
+/// and values are cut from (a copy of the client's head, or an HTTP/2 stream's own
+/// fields); `framing`: the body's. None when a field cannot be carried by HTTP/2.
 pub(super) fn h2_head(
     method: &str,
     target: Target,
     headers: &[httparse::Header],
     f: Forward,
-    text: &Text,
+    cut: &Cut,
     framing: Framing,
 ) -> Option<H2Head> {
     let mut map = http::HeaderMap::with_capacity(headers.len() + 4);
     let (mut host, mut grpc) = (None, false);
-    for h in headers {
+    for (i, h) in headers.iter().enumerate() {
         if dropped(h.name, &f) {
             continue;
         }
-        let name = fields::name(h.name.as_bytes()).ok()?;
+        let name = cut.name(i, h).ok()?;
         if name == http::header::HOST {
-            host = Some(text.share(h.value));
+            host = Some(cut.share(h.value));
         } else if name == http::header::CONTENT_TYPE {
             grpc = h.value.starts_with(b"application/grpc");
         }
@@ -134,7 +134,7 @@ pub(super) fn h2_head(
         if stale_length || NOT_IN_H2.contains(&name.as_str()) {
             continue;
         }
-        map.append(name, text.value(h.value).ok()?);
+        map.append(name, cut.value(i, h).ok()?);
     }
     if let Some(ip) = f.client {
         let mut chain = Vec::with_capacity(ip.len());
@@ -160,8 +160,8 @@ pub(super) fn h2_head(
     // Cut from the head as it came, unless it was normalized.
     let (path, query) = (target.path.as_bytes(), target.query.as_bytes());
     let shared = match query.is_empty() {
-        true => text.span(path, path),
-        false => text
+        true => cut.span(path, path),
+        false => cut
             .span(path, query)
             .filter(|t| t.len() == path.len() + query.len()),
     };

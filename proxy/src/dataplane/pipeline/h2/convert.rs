@@ -1,12 +1,14 @@
-//! Between the two protocols: an HTTP/2 stream's request written as an HTTP/1.1 head,
-//! and the loop's HTTP/1.1 answer head and trailers read back into HTTP/2 parts.
+//! Between the two protocols: an HTTP/2 stream's request head as the loop reads an
+//! HTTP/1.1 one, and the loop's HTTP/1.1 answer head and trailers read back into
+//! HTTP/2 parts.
 
 use super::super::fields::{self, Text};
 use super::super::framing::Framing;
 use super::super::MAX_HEADERS;
 use super::other;
 use crate::dataplane::request::HOP_BY_HOP;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, InvalidHeaderValue};
 use pingora::protocols::http::date::get_cached_date;
 use std::io;
 use std::mem::MaybeUninit;
@@ -21,81 +23,162 @@ pub(super) fn extended_connect(req: &http::request::Parts) -> Option<&str> {
         .map(|p| p.as_str())
 }
 
-/// The request head `req` written as HTTP/1.1 (`bodiless`: it has no body to read).
-/// An extended CONNECT becomes the HTTP/1.1 upgrade it stands for (RFC 8441 §5): `GET`
-/// with `Connection: upgrade`, `Upgrade: PROTOCOL` and, for a WebSocket, a fresh
-/// `Sec-WebSocket-Key` (an HTTP/2 client sends none: the key and its accept are the
-/// last hop's). A `host` that contradicts `:authority` is kept for the loop to refuse,
-/// as an HTTP/1.1 head with two hosts is (RFC 9113 §8.3.1).
-pub(super) fn request_head(req: &http::request::Parts, bodiless: bool) -> Bytes {
-    let mut out = BytesMut::with_capacity(512);
-    let upgrade = extended_connect(req);
-    let method = if upgrade.is_some() {
-        "GET"
-    } else {
-        req.method.as_str()
-    };
-    out.extend_from_slice(method.as_bytes());
-    out.extend_from_slice(b" ");
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    // `:authority` is the Host (RFC 9113 §8.3.1).
-    let authority = req.uri.authority();
-    if let Some(a) = authority {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(a.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(protocol) = upgrade {
-        write_upgrade(&mut out, protocol, &req.headers);
-    }
-    let mut cookies: Vec<&[u8]> = Vec::new();
-    let mut length = false;
-    for (name, value) in req.headers.iter() {
-        if name == http::header::HOST
-            && authority.is_some_and(|a| {
-                a.as_str()
-                    .eq_ignore_ascii_case(value.to_str().unwrap_or(""))
-            })
-        {
-            continue;
-        }
-        if name == http::header::COOKIE {
-            // Split across fields in HTTP/2, one field in HTTP/1.1 (RFC 9113 §8.2.3).
-            cookies.push(value.as_bytes());
-            continue;
-        }
-        length |= name == http::header::CONTENT_LENGTH;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !cookies.is_empty() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(&cookies.join(&b"; "[..]));
-        out.extend_from_slice(b"\r\n");
-    }
-    // A body without a length is chunked on HTTP/1.1 (a tunnel's bytes are no body).
-    if !length && !bodiless && upgrade.is_none() {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
+/// An HTTP/2 stream's request head as the loop reads a head (`head::parse_stream`):
+/// the request line and the fields the same request's HTTP/1.1 head carries, in that
+/// head's order, decided by the same steps as one read from text. `:authority` is the
+/// Host (RFC 9113 §8.3.1), and a `host` field equal to it is not repeated (one that
+/// contradicts it is kept for the loop to refuse, as an HTTP/1.1 head with two hosts
+/// is); cookies split across fields are one (§8.2.3); a body without a length is
+/// chunked, as HTTP/1.1 frames it (a body ending with an empty DATA frame is then
+/// framed once). An extended CONNECT is the HTTP/1.1 upgrade it stands for (RFC 8441
+/// §5): `GET` with `Connection: upgrade`, `Upgrade: PROTOCOL` and, for a WebSocket, a
+/// fresh `Sec-WebSocket-Key` (an HTTP/2 client sends none: the key and its accept are
+/// the last hop's).
+pub(in crate::dataplane::pipeline) struct StreamHead {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub fields: Vec<(HeaderName, HeaderValue)>,
+    /// A pseudo-field HTTP/1.1 cannot carry (an `:authority` or `:protocol` that is no
+    /// field value): the request is malformed.
+    pub malformed: bool,
 }
 
-/// The upgrade fields of an extended CONNECT's HTTP/1.1 head: the `Connection` and
-/// `Upgrade` pair and, for a WebSocket, a new `Sec-WebSocket-Key` (RFC 6455 §4.1: 16
-/// random bytes in base64).
-fn write_upgrade(out: &mut BytesMut, protocol: &str, headers: &http::HeaderMap) {
-    out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
-    out.extend_from_slice(protocol.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if protocol.eq_ignore_ascii_case("websocket") && !headers.contains_key("sec-websocket-key") {
-        out.extend_from_slice(b"sec-websocket-key: ");
-        out.extend_from_slice(&base64(&rand::random::<[u8; 16]>()));
+impl StreamHead {
+    /// The head of the request `req` (its fields taken), `bodiless`: it has no body.
+    pub(in crate::dataplane::pipeline) fn new(
+        req: &mut http::request::Parts,
+        bodiless: bool,
+    ) -> StreamHead {
+        let headers = std::mem::take(&mut req.headers);
+        let upgrade = extended_connect(req);
+        let mut head = StreamHead {
+            method: match upgrade {
+                Some(_) => http::Method::GET,
+                None => req.method.clone(),
+            },
+            uri: http::Uri::default(),
+            fields: Vec::with_capacity(headers.keys_len() + 3),
+            malformed: false,
+        };
+        let authority = req.uri.authority().map(|a| a.as_str());
+        if let Some(a) = authority {
+            head.push_text(http::header::HOST, a);
+        }
+        if let Some(protocol) = upgrade {
+            head.push_upgrade(protocol, &headers);
+        }
+        let mut cookies: Vec<HeaderValue> = Vec::new();
+        let mut length = false;
+        let mut fields = headers.into_iter().peekable();
+        // The name of the field whose further values come next (given once for all).
+        let mut repeated: Option<HeaderName> = None;
+        while let Some((name, value)) = fields.next() {
+            let name = match name {
+                Some(name) => {
+                    repeated = matches!(fields.peek(), Some((None, _))).then(|| name.clone());
+                    name
+                }
+                None => match &repeated {
+                    Some(name) => name.clone(),
+                    None => continue,
+                },
+            };
+            if name == http::header::HOST
+                && authority.is_some_and(|a| a.eq_ignore_ascii_case(value.to_str().unwrap_or("")))
+            {
+                continue;
+            }
+            if name == http::header::COOKIE {
+                cookies.push(value);
+                continue;
+            }
+            length |= name == http::header::CONTENT_LENGTH;
+            head.fields.push((name, value));
+        }
+        match cookies.len() {
+            0 => {}
+            1 => head.fields.push((http::header::COOKIE, cookies.remove(0))),
+            _ => {
+                let joined = cookies
+                    .iter()
+                    .map(|c| c.as_bytes())
+                    .collect::<Vec<_>>()
+                    .join(&b"; "[..]);
+                let value = HeaderValue::from_maybe_shared(Bytes::from(joined));
+                head.push(http::header::COOKIE, value);
+            }
+        }
+        // A body without a length is chunked on HTTP/1.1 (a tunnel's bytes are no body).
+        if !length && !bodiless && upgrade.is_none() {
+            let chunked = HeaderValue::from_static("chunked");
+            head.fields.push((http::header::TRANSFER_ENCODING, chunked));
+        }
+        head.uri = std::mem::take(&mut req.uri);
+        head
+    }
+
+    fn push(&mut self, name: HeaderName, value: Result<HeaderValue, InvalidHeaderValue>) {
+        match value {
+            Ok(value) => self.fields.push((name, value)),
+            Err(_) => self.malformed = true,
+        }
+    }
+
+    fn push_text(&mut self, name: HeaderName, value: &str) {
+        self.push(name, HeaderValue::from_str(value));
+    }
+
+    /// The upgrade fields of an extended CONNECT: the `Connection` and `Upgrade` pair
+    /// and, for a WebSocket, a new `Sec-WebSocket-Key` (RFC 6455 §4.1: 16 random
+    /// bytes in base64).
+    fn push_upgrade(&mut self, protocol: &str, headers: &http::HeaderMap) {
+        self.push_text(http::header::CONNECTION, "upgrade");
+        self.push_text(http::header::UPGRADE, protocol);
+        if protocol.eq_ignore_ascii_case("websocket") && !headers.contains_key("sec-websocket-key")
+        {
+            let key = HeaderValue::from_bytes(&base64(&rand::random::<[u8; 16]>()));
+            self.push(http::header::SEC_WEBSOCKET_KEY, key);
+        }
+    }
+
+    /// The request target: path and query.
+    pub(in crate::dataplane::pipeline) fn target(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    /// The fields as the loop reads a head's: values trimmed of the white space
+    /// HTTP/1.1's parser leaves out (RFC 9110 §5.5).
+    pub(in crate::dataplane::pipeline) fn headers(&self) -> Vec<httparse::Header<'_>> {
+        (self.fields.iter())
+            .map(|(name, value)| httparse::Header {
+                name: name.as_str(),
+                value: value.as_bytes().trim_ascii(),
+            })
+            .collect()
+    }
+
+    /// Its length written as HTTP/1.1: what the loop's head limit measures.
+    pub(in crate::dataplane::pipeline) fn text_len(&self) -> usize {
+        let line = self.method.as_str().len() + 1 + self.target().len() + b" HTTP/1.1\r\n".len();
+        let fields: usize = (self.fields.iter())
+            .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+            .sum();
+        line + fields + 2
+    }
+
+    /// The head written as HTTP/1.1, as the loop would read the same request from an
+    /// HTTP/1.1 client.
+    #[cfg(test)]
+    pub(in crate::dataplane::pipeline) fn text(&self) -> Vec<u8> {
+        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.target()).into_bytes();
+        for (name, value) in &self.fields {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
+        out
     }
 }
 

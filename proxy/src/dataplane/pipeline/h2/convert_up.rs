@@ -84,7 +84,7 @@ pub(super) fn last_chunk(trailers: Option<&http::HeaderMap>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::fields::{self, Text};
+    use super::super::super::fields::{self, Cut, Text};
     use super::super::super::framing::Framing;
     use super::super::super::MAX_HEADERS;
     use super::super::other;
@@ -353,7 +353,7 @@ mod tests {
             };
             let method = r.method.unwrap();
             let text = Upstream::with_capacity(256).head(method, target(), r.headers, forward());
-            let copy = Text::copied(&head.as_bytes()[..len]);
+            let copy = Cut::Text(Text::copied(&head.as_bytes()[..len]));
             let got = h2_head(method, target(), r.headers, forward(), &copy, framing).unwrap();
             let (_, want) = parse_request(&Text::new(Bytes::from(text)), &scheme, "10.0.0.1:443")
                 .unwrap()
