@@ -148,6 +148,37 @@ pub(crate) fn route_index(table: &RoutingTable, req: &RequestHeader) -> Option<u
 /// A Host header's value (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name or IPv4
 /// address of unreserved, percent-encoded and sub-delimiter characters, or an IP literal
 /// in brackets, then an optional `:port`. Both HTTP/1 paths refuse anything else.
+/// Bytes of a reg-name or IPv4 host (RFC 3986 §3.2.2: unreserved, pct-encoded and
+/// sub-delims), looked up rather than searched for: every request's Host is checked.
+static HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 pub(crate) fn valid_host(h: &[u8]) -> bool {
     let (host, port) = match h.iter().rposition(|&b| b == b':') {
         // A colon inside brackets belongs to an IPv6 literal.
@@ -161,12 +192,7 @@ pub(crate) fn valid_host(h: &[u8]) -> bool {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        _ => {
-            !host.is_empty()
-                && host
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
-        }
+        _ => !host.is_empty() && host.iter().all(|&b| HOST_BYTE[b as usize]),
     };
     host_ok && port.iter().all(u8::is_ascii_digit)
 }
@@ -243,5 +269,34 @@ pub(crate) fn error_status(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn a_host_is_a_name_or_an_address_and_a_port() {
+        for good in [
+            "app.test",
+            "App-1.test:8080",
+            "127.0.0.1:19981",
+            "[::1]:80",
+            "a%20b",
+            "x_y~z",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "", ":80", "a b", "a/b", "a@b", "[]", "[::1", "a:8x", "é.test", "a\"b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+        // Each byte alone, as RFC 3986 §3.2.2 reads it.
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+            assert_eq!(valid_host(&[b]), want, "{b:#x}");
+        }
     }
 }

@@ -263,11 +263,14 @@ impl RoutingTable {
     }
 }
 
-/// `Host` header value → lower-case host without port.
-pub fn normalize_host(raw: &str) -> String {
-    host_of(raw.trim())
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+/// `Host` header value → lower-case host without port (copied only when it has an
+/// upper-case letter).
+pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let host = host_of(raw.trim()).trim_end_matches('.');
+    match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => host.to_ascii_lowercase().into(),
+        false => host.into(),
+    }
 }
 
 #[cfg(test)]
