@@ -262,6 +262,23 @@ fn answer() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// The routing table of the pools in `pools` (YAML, the `pools:` list's items), for
+/// the fuzz tests that decide request heads.
+pub(super) fn table(pools: &str) -> std::sync::Arc<crate::dataplane::routing::RoutingTable> {
+    let yaml = format!(
+        "listeners:\n  - address: 127.0.0.1:1\nadmin:\n  address: 127.0.0.1:2\npools:\n{pools}"
+    );
+    let config = vigil_conf::from_str(&yaml, "fuzz.yaml").expect("config");
+    let metrics =
+        crate::observe::metrics::ProxyMetrics::new(&prometheus::Registry::new(), false).unwrap();
+    std::sync::Arc::new(crate::dataplane::routing::RoutingTable::build(
+        &config.pools,
+        &vigil_healthcheck::Membership::default(),
+        &Default::default(),
+        &metrics,
+    ))
+}
+
 /// The fuzz tests' settings: 2,000 cases unless `PROPTEST_CASES` says more (`make
 /// fuzz`), and no regression files in the tree (a failure prints its minimal input).
 pub(super) fn config() -> ProptestConfig {

@@ -18,16 +18,7 @@ const BODY_BYTES: u64 = 100_000;
 
 /// One catch-all pool of plain HTTP/1 backends.
 fn table() -> Arc<RoutingTable> {
-    let yaml = "listeners:\n  - address: 127.0.0.1:1\nadmin:\n  address: 127.0.0.1:2\npools:\n  - name: web\n    backends:\n      - address: 127.0.0.1:3\n";
-    let config = vigil_conf::from_str(yaml, "fuzz.yaml").expect("config");
-    let metrics =
-        crate::observe::metrics::ProxyMetrics::new(&prometheus::Registry::new(), false).unwrap();
-    Arc::new(RoutingTable::build(
-        &config.pools,
-        &vigil_healthcheck::Membership::default(),
-        &Default::default(),
-        &metrics,
-    ))
+    super::fuzz::table("  - name: web\n    backends:\n      - address: 127.0.0.1:3\n")
 }
 
 /// What the reference reading says a whole head is.

@@ -16,19 +16,12 @@ use std::sync::Arc;
 /// A `protocol: h2` pool for `grpc.test`, and a catch-all HTTP/1.1 one, each hashing
 /// requests by something of theirs.
 fn table() -> Arc<RoutingTable> {
-    let yaml = "listeners:\n  - address: 127.0.0.1:1\nadmin:\n  address: 127.0.0.1:2\npools:\n  \
-        - name: grpc\n    routes:\n      - host: grpc.test\n    protocol: h2\n    tls: {verify: false}\n    \
-        balance: consistent_hash\n    hash_key: header:x-custom\n    backends:\n      - address: 127.0.0.1:3\n  \
-        - name: web\n    balance: consistent_hash\n    hash_key: path\n    backends:\n      - address: 127.0.0.1:4\n";
-    let config = vigil_conf::from_str(yaml, "fuzz.yaml").expect("config");
-    let metrics =
-        crate::observe::metrics::ProxyMetrics::new(&prometheus::Registry::new(), false).unwrap();
-    Arc::new(RoutingTable::build(
-        &config.pools,
-        &vigil_healthcheck::Membership::default(),
-        &Default::default(),
-        &metrics,
-    ))
+    super::fuzz::table(
+        "  - name: grpc\n    routes:\n      - host: grpc.test\n    protocol: h2\n    \
+         tls: {verify: false}\n    balance: consistent_hash\n    hash_key: header:x-custom\n    \
+         backends:\n      - address: 127.0.0.1:3\n  - name: web\n    balance: consistent_hash\n    \
+         hash_key: path\n    backends:\n      - address: 127.0.0.1:4\n",
+    )
 }
 
 /// A decision, as far as it must not depend on how the head came: everything but the
