@@ -226,8 +226,7 @@ impl H2Client {
         if self.connect {
             return 405;
         }
-        let max_headers = limits.max_headers.min(super::MAX_HEADERS);
-        if self.head.text_len() > limits.max_bytes || self.head.fields.len() > max_headers {
+        if self.head.past(limits) {
             return 431;
         }
         400

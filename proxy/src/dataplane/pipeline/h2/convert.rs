@@ -10,6 +10,7 @@ use crate::dataplane::request::HOP_BY_HOP;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, InvalidHeaderValue};
 use pingora::protocols::http::date::get_cached_date;
+use pingora::protocols::http::v1::server::HeadLimitValues;
 use std::io;
 use std::mem::MaybeUninit;
 
@@ -155,6 +156,13 @@ impl StreamHead {
                 value: value.as_bytes().trim_ascii(),
             })
             .collect()
+    }
+
+    /// Past the loop's head limits (`limits`: its length or its number of fields), as
+    /// HTTP/1.1's parser measures the same head written as text.
+    pub(in crate::dataplane::pipeline) fn past(&self, limits: &HeadLimitValues) -> bool {
+        self.text_len() > limits.max_bytes
+            || self.fields.len() > limits.max_headers.min(MAX_HEADERS)
     }
 
     /// Its length written as HTTP/1.1: what the loop's head limit measures.

@@ -86,11 +86,7 @@ impl<'b, 'h> Line<'b, 'h> {
         headers: &'h [httparse::Header<'b>],
         env: &Env,
     ) -> Result<Line<'b, 'h>, Head> {
-        let limits = env.limits;
-        if head.malformed
-            || head.text_len() > limits.max_bytes
-            || headers.len() > limits.max_headers.min(MAX_HEADERS)
-        {
+        if head.malformed || head.past(env.limits) {
             return Err(Head::Other);
         }
         let (method, target) = (head.method.as_str(), head.target());
