@@ -37,6 +37,8 @@ mod upstream;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod fuzz_answer;
+#[cfg(test)]
 mod fuzz_head;
 #[cfg(test)]
 mod fuzz_stream;

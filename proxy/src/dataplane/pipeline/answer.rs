@@ -4,7 +4,8 @@
 
 use super::client::Client;
 use super::framing::{Asked, Body, Framing};
-use super::response::{parse_response, Response};
+use super::h2::H2Upstream;
+use super::response::{parse_fields, parse_response, Response};
 use super::{tunnel, within, Pipeline};
 use crate::dataplane::context::Ctx;
 use crate::dataplane::reports::LoadReport;
@@ -150,6 +151,9 @@ pub(super) async fn answer_head(
     buf: &mut BytesMut,
     wait: Wait,
 ) -> Result<Option<Response>> {
+    if let Some(h2) = H2Upstream::of(up).filter(|_| wait.asked.h2) {
+        return fields_head(client, h2, wait).await;
+    }
     let mut first_wait = true;
     loop {
         if !buf.is_empty() {
@@ -185,6 +189,33 @@ pub(super) async fn answer_head(
     }
 }
 
+/// An HTTP/2 backend's answer head for an HTTP/2 client, taken as fields (HTTP/2 to
+/// HTTP/2, it is not written as HTTP/1.1 text and read back), as `answer_head` takes
+/// it otherwise.
+async fn fields_head(
+    client: &mut Client<'_>,
+    up: &H2Upstream,
+    wait: Wait,
+) -> Result<Option<Response>> {
+    let mut first_wait = true;
+    loop {
+        let head = std::future::poll_fn(|cx| up.poll_head(cx));
+        let read = tokio::select! {
+            biased;
+            read = within(wait.read_timeout, head) => read,
+            gone = client.gone(std::mem::replace(&mut first_wait, false)), if wait.watch_client => match gone {
+                true => return Ok(None),
+                false => continue,
+            },
+        };
+        return match read {
+            Ok(Ok((parts, end))) => parse_fields(parts, end, wait.asked).map(Some),
+            Ok(Err(e)) => read_failed(e),
+            Err(_) => timed_out(wait.read_timeout),
+        };
+    }
+}
+
 /// Reads more of the backend's answer into `buf`, within `read_timeout`.
 async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) -> Result<usize> {
     if buf.capacity() - buf.len() < 2048 {
@@ -192,12 +223,17 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) 
     }
     match within(read_timeout, up.read_buf(buf)).await {
         Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => {
-            Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())
-        }
-        Err(_) => Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}"))
-            .map_err(|e| e.into_up()),
+        Ok(Err(e)) => read_failed(e),
+        Err(_) => timed_out(read_timeout),
     }
+}
+
+fn read_failed<T>(e: std::io::Error) -> Result<T> {
+    Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())
+}
+
+fn timed_out<T>(read_timeout: Duration) -> Result<T> {
+    Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}")).map_err(|e| e.into_up())
 }
 
 /// The `endpoint-load-metrics` trailer among a chunked body's trailer lines (gRPC

@@ -268,8 +268,8 @@ impl Pipeline {
             return Ok(Exchange::ClientGone);
         };
         let reports = ctx.takes_load_reports();
-        if let Some(at) = resp.load_report.clone().filter(|_| reports) {
-            ctx.load_reported(load_report::parse(&buf[at]));
+        if let Some(at) = resp.load_report.as_ref().filter(|_| reports) {
+            ctx.load_reported(load_report::parse(at.value(&buf)));
         }
         if resp.status != 101 && ctx.answered(resp.status, repeatable) && !unfinished {
             return Ok(Exchange::StatusRetry);

@@ -31,6 +31,8 @@ mod server;
 mod upstream;
 
 pub(super) use conns::{find as h2_conn, open as open_h2_conn};
+#[cfg(test)]
+pub(super) use convert_up::answer_head as answer_text;
 pub(super) use server::serve as serve_connection;
 pub(super) use upstream::H2Upstream;
 

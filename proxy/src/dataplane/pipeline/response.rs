@@ -1,10 +1,13 @@
 //! A backend's answer head as it arrives: where it ends, how its body is framed,
 //! whether either connection can carry another request, and the head the client gets.
 
+mod of_fields;
+
 use super::fields::{self, Text};
 use super::framing::{bad_response, Asked, Framing};
 use super::MAX_HEADERS;
 use crate::dataplane::request::{connection_keeps, HOP_BY_HOP};
+pub(super) use of_fields::parse_fields;
 use pingora::prelude::*;
 use std::io::Write;
 use std::mem::MaybeUninit;
@@ -31,9 +34,28 @@ pub(super) struct Response {
     pub client_head: Vec<u8>,
     /// The head for an HTTP/2 client (`Asked::h2`), as its codec sends it.
     pub h2_head: Option<http::response::Parts>,
-    /// Where its `endpoint-load-metrics` value (an ORCA load report) lies in the
-    /// head: parsed only by pools that balance by reports.
-    pub load_report: Option<Range<usize>>,
+    /// Its `endpoint-load-metrics` value (an ORCA load report): parsed only by pools
+    /// that balance by reports.
+    pub load_report: Option<LoadAt>,
+}
+
+/// Where an answer's load report is.
+pub(super) enum LoadAt {
+    /// In the head's text, at this range of the buffer it was read into.
+    Text(Range<usize>),
+    /// A field of an HTTP/2 backend's head (`parse_fields`).
+    Field(http::HeaderValue),
+}
+
+impl LoadAt {
+    /// The report's value; `buf`: the buffer the head was read into.
+    pub fn value<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
+        match self {
+            LoadAt::Text(at) => &buf[at.clone()],
+            // Trimmed, as the text's parser trims a value.
+            LoadAt::Field(value) => value.as_bytes().trim_ascii(),
+        }
+    }
 }
 
 /// Parses the backend's response head at the start of `buf`: None while incomplete.
@@ -69,7 +91,7 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
             load_report: None,
         }));
     }
-    let fields = Fields::scan(r.headers)?;
+    let fields = Fields::scan(r.headers.iter().map(|h| (h.name, h.value)))?;
     let framing = if asked.head || status == 204 || status == 304 {
         Framing::Empty
     } else {
@@ -114,7 +136,7 @@ pub(super) fn parse_response(buf: &[u8], asked: Asked) -> Result<Option<Response
         h2_head,
         load_report: fields.load_report.map(|v| {
             let at = v.as_ptr() as usize - buf.as_ptr() as usize;
-            at..at + v.len()
+            LoadAt::Text(at..at + v.len())
         }),
     }))
 }
@@ -133,7 +155,8 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn scan(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>> {
+    /// `headers`: each field's name and value.
+    fn scan(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Fields<'a>> {
         let mut f = Fields {
             length: None,
             chunked: None,
@@ -142,9 +165,9 @@ impl<'a> Fields<'a> {
             named: Vec::new(),
             load_report: None,
         };
-        for h in headers {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value)
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(value)
                     .ok()
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|v| v.parse::<u64>().ok());
@@ -153,18 +176,17 @@ impl<'a> Fields<'a> {
                     (Some(n), Some(m)) if n == m => {}
                     _ => return bad_response("invalid Content-Length"),
                 }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 // Only the last coding counts: chunked or not.
-                if let Some(last) = h
-                    .value
+                if let Some(last) = value
                     .split(|&b| b == b',')
                     .map(|c| c.trim_ascii())
                     .next_back()
                 {
                     f.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
                 }
-            } else if h.name.eq_ignore_ascii_case("connection") {
-                for token in h.value.split(|&b| b == b',') {
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     f.close |= token.eq_ignore_ascii_case(b"close");
                     f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -172,11 +194,23 @@ impl<'a> Fields<'a> {
                         f.named.push(token);
                     }
                 }
-            } else if h.name.eq_ignore_ascii_case(load_report::HEADER) {
-                f.load_report = Some(h.value);
+            } else if name.eq_ignore_ascii_case(load_report::HEADER) {
+                f.load_report = Some(value);
             }
         }
         Ok(f)
+    }
+
+    /// A field of the backend's connection, not passed on whatever the client's
+    /// protocol: a hop-by-hop one, one its `Connection` names, or a length beside
+    /// `Transfer-Encoding` (RFC 9112 §6.2).
+    fn connection_s_own(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || self
+                .named
+                .iter()
+                .any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+            || (self.chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
     }
 }
 
@@ -199,7 +233,7 @@ impl ClientHead<'_> {
         let mut dated = false;
         for h in self.headers {
             dated |= h.name.eq_ignore_ascii_case("date");
-            let skip = self.connection_s_own(h.name)
+            let skip = self.fields.connection_s_own(h.name)
                 || (self.http10 && h.name.eq_ignore_ascii_case("transfer-encoding"));
             if !skip {
                 out.extend_from_slice(h.name.as_bytes());
@@ -223,18 +257,6 @@ impl ClientHead<'_> {
         out
     }
 
-    /// A field of the backend's connection, not passed on whatever the client's
-    /// protocol: a hop-by-hop one, one its `Connection` names, or a length beside
-    /// `Transfer-Encoding` (RFC 9112 §6.2).
-    fn connection_s_own(&self, name: &str) -> bool {
-        let f = self.fields;
-        HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || f.named
-                .iter()
-                .any(|n| name.as_bytes().eq_ignore_ascii_case(n))
-            || (f.chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
-    }
-
     /// The same head as an HTTP/2 client gets it: as HTTP/2 fields, with neither the
     /// connection-specific ones (RFC 9113 §8.2.2) nor HTTP/1.1's framing
     /// (`Transfer-Encoding`: the codec frames the body), and a `Date` if it had none.
@@ -253,7 +275,9 @@ impl ClientHead<'_> {
                 return bad_response("invalid header name");
             };
             dated |= name == http::header::DATE;
-            if self.connection_s_own(name.as_str()) || name == http::header::TRANSFER_ENCODING {
+            if self.fields.connection_s_own(name.as_str())
+                || name == http::header::TRANSFER_ENCODING
+            {
                 continue;
             }
             let Ok(value) = text.value(h.value) else {

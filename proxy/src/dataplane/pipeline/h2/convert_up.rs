@@ -1,7 +1,8 @@
 //! Between the two protocols, towards a `protocol: h2` backend: the backend's answer
-//! written as HTTP/1.1 for the loop (chunked when it has no length and goes to an
-//! HTTP/1 client, so that its trailers — gRPC's status — come through as the chunked
-//! body's trailer lines). (The request goes as fields: `upstream::H2Head`.)
+//! written as HTTP/1.1 for the loop when it goes to an HTTP/1 client (chunked when it
+//! has no length, so that its trailers — gRPC's status — come through as the chunked
+//! body's trailer lines). (The request goes as fields, `upstream::H2Head`, and so does
+//! an answer going to an HTTP/2 client, `H2Upstream::poll_head`.)
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt::Write;
@@ -10,8 +11,9 @@ use std::fmt::Write;
 /// (`end`: the HEADERS frame ended the stream: no body follows). `through`: the answer
 /// goes to an HTTP/2 client, its body as it comes and its trailers as fields
 /// (`H2Upstream::through`): a body without a length is then delimited by the stream's
-/// end (as by a close), not chunked.
-pub(super) fn answer_head(
+/// end (as by a close), not chunked. (The loop takes such a head as fields,
+/// `response::parse_fields`; this text of it is what `fuzz_answer` compares with.)
+pub(in crate::dataplane::pipeline) fn answer_head(
     parts: &http::response::Parts,
     end: bool,
     head_request: bool,

@@ -9,10 +9,11 @@
 //! copies to the client like any other body and `H2Client` turns back into trailers.
 //! The attempts, retries, stall registration and the access log are the loop's own.
 //!
-//! An answer going to an HTTP/2 client (`through`) skips the chunked framing: its body
-//! comes as the DATA came, delimited by the stream's end, and its trailers are kept as
-//! fields, which the loop hands to the client's codec (`take_trailers`): HTTP/2 to
-//! HTTP/2, the trailers are not written as text and read back.
+//! An answer going to an HTTP/2 client (`through`) is not written as text at all: the
+//! loop takes its head as fields (`poll_head`, decided by `response::parse_fields` as
+//! the same head written as HTTP/1.1 would be), its body comes as the DATA came,
+//! delimited by the stream's end, and its trailers are kept as fields, which the loop
+//! hands to the client's codec (`take_trailers`).
 
 use super::conns::Conn;
 use super::convert_up::{answer_head, chunk, last_chunk};
@@ -34,7 +35,8 @@ pub(in crate::dataplane::pipeline) struct H2Upstream {
     pub(super) conn: Arc<Conn>,
     send: h2::client::SendRequest<Bytes>,
     write: Sending,
-    read: Receiving,
+    /// (In a mutex for `poll_head`, which the loop calls through a shared reference.)
+    read: Mutex<Receiving>,
     head_request: bool,
     /// The answer goes to an HTTP/2 client: not chunked, its trailers kept as fields.
     through: AtomicBool,
@@ -127,7 +129,7 @@ impl H2Upstream {
             send: conn.send.clone(),
             conn,
             write: Sending::Head,
-            read: Receiving::NotAsked,
+            read: Mutex::new(Receiving::NotAsked),
             head_request: false,
             through: AtomicBool::new(false),
             trailers: Mutex::new(None),
@@ -183,7 +185,7 @@ impl H2Upstream {
             .send
             .send_request(request, end)
             .map_err(|e| failed(conn, e))?;
-        self.read = Receiving::Waiting(response);
+        *self.read.get_mut().unwrap_or_else(|e| e.into_inner()) = Receiving::Waiting(response);
         self.write = match end {
             true => Sending::Ended,
             false => Sending::Body(Outbound::new(head.framing, sender)),
@@ -203,10 +205,33 @@ impl H2Upstream {
         Poll::Ready(Ok(()))
     }
 
+    /// The answer's head as fields, for an answer going to an HTTP/2 client
+    /// (`through`): the loop decides it from them (`response::parse_fields`), and its
+    /// body is read after it as it came. `end`: the HEADERS ended the stream.
+    pub(in crate::dataplane::pipeline) fn poll_head(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(http::response::Parts, bool)>> {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let Receiving::Waiting(response) = &mut *read else {
+            return Poll::Ready(Err(other("no answer awaited")));
+        };
+        let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(&self.conn, e))?;
+        let (parts, recv) = response.into_parts();
+        let end = recv.is_end_stream();
+        *read = Receiving::Body {
+            recv,
+            chunked: false,
+            pending: Bytes::new(),
+            ended: end || self.head_request,
+        };
+        Poll::Ready(Ok((parts, end)))
+    }
+
     /// The next bytes of the answer into `pending`, or its end.
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let conn = &self.conn;
-        match &mut self.read {
+        match self.read.get_mut().unwrap_or_else(|e| e.into_inner()) {
             Receiving::NotAsked => Poll::Ready(Err(other("no request sent"))),
             Receiving::Waiting(response) => {
                 let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(conn, e))?;
@@ -214,7 +239,7 @@ impl H2Upstream {
                 let end = recv.is_end_stream();
                 let through = self.through.load(Ordering::Relaxed);
                 let (head, chunked) = answer_head(&parts, end, self.head_request, through);
-                self.read = Receiving::Body {
+                *self.read.get_mut().unwrap_or_else(|e| e.into_inner()) = Receiving::Body {
                     recv,
                     chunked,
                     pending: head,
@@ -278,14 +303,15 @@ impl AsyncRead for H2Upstream {
     ) -> Poll<io::Result<()>> {
         let me = &mut *self;
         loop {
-            match &mut me.read {
+            let read = me.read.get_mut().unwrap_or_else(|e| e.into_inner());
+            match read {
                 Receiving::Body { pending, .. } if !pending.is_empty() => {
                     let n = pending.len().min(buf.remaining());
                     buf.put_slice(&pending[..n]);
                     pending.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Receiving::Body { ended: true, .. } => me.read = Receiving::Done,
+                Receiving::Body { ended: true, .. } => *read = Receiving::Done,
                 // The answer is all read: the "connection" ends.
                 Receiving::Done => return Poll::Ready(Ok(())),
                 _ => ready!(me.poll_answer(cx))?,
