@@ -131,8 +131,8 @@ pgo: pgo-deps
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	python3 scripts/import_cycles.py proxy/src healthcheck/src conf/src
-	python3 scripts/unit_sizes.py proxy/src healthcheck/src conf/src
+	python3 scripts/import_cycles.py proxy/src healthcheck/src conf/src alloc/src
+	python3 scripts/unit_sizes.py proxy/src healthcheck/src conf/src alloc/src
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:

@@ -9,9 +9,10 @@ use vigil_proxy::observe::logging;
 use vigil_proxy::process::cli::{Cli, Command};
 use vigil_proxy::process::{demo, server};
 
-// glibc malloc was a tenth of the proxy's CPU per request (bench/RESULTS.md).
+// glibc malloc was a tenth of the proxy's CPU per request (bench/RESULTS.md); mimalloc,
+// called as `vigil_alloc` says.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: vigil_alloc::Allocator = vigil_alloc::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
