@@ -228,10 +228,12 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, read_timeout: Duration) 
     }
 }
 
+/// A failed read of the backend's answer, as the attempt reports it.
 fn read_failed<T>(e: std::io::Error) -> Result<T> {
     Error::e_because(ReadError, "reading the response", e).map_err(|e| e.into_up())
 }
 
+/// No answer from the backend within the pool's `read_timeout`.
 fn timed_out<T>(read_timeout: Duration) -> Result<T> {
     Error::e_explain(ReadTimedout, format!("timeout: {read_timeout:?}")).map_err(|e| e.into_up())
 }
