@@ -213,38 +213,26 @@ impl H2Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(http::response::Parts, bool)>> {
         let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        let Receiving::Waiting(response) = &mut *read else {
-            return Poll::Ready(Err(other("no answer awaited")));
-        };
-        let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(&self.conn, e))?;
-        let (parts, recv) = response.into_parts();
-        let end = recv.is_end_stream();
-        *read = Receiving::Body {
-            recv,
-            chunked: false,
-            pending: Bytes::new(),
-            ended: end || self.head_request,
-        };
-        Poll::Ready(Ok((parts, end)))
+        head_of(&mut read, &self.conn, self.head_request, cx)
     }
 
     /// The next bytes of the answer into `pending`, or its end.
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let conn = &self.conn;
-        match self.read.get_mut().unwrap_or_else(|e| e.into_inner()) {
+        let read = self.read.get_mut().unwrap_or_else(|e| e.into_inner());
+        match read {
             Receiving::NotAsked => Poll::Ready(Err(other("no request sent"))),
-            Receiving::Waiting(response) => {
-                let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(conn, e))?;
-                let (parts, recv) = response.into_parts();
-                let end = recv.is_end_stream();
+            Receiving::Waiting(_) => {
+                let (parts, end) = ready!(head_of(read, conn, self.head_request, cx))?;
+                // Written as HTTP/1.1, the head is the body's first bytes.
                 let through = self.through.load(Ordering::Relaxed);
-                let (head, chunked) = answer_head(&parts, end, self.head_request, through);
-                *self.read.get_mut().unwrap_or_else(|e| e.into_inner()) = Receiving::Body {
-                    recv,
-                    chunked,
-                    pending: head,
-                    ended: end || self.head_request,
-                };
+                let (head, framed) = answer_head(&parts, end, self.head_request, through);
+                if let Receiving::Body {
+                    chunked, pending, ..
+                } = read
+                {
+                    (*chunked, *pending) = (framed, head);
+                }
                 Poll::Ready(Ok(()))
             }
             Receiving::Body {
@@ -282,6 +270,29 @@ impl H2Upstream {
             Receiving::Done => Poll::Ready(Ok(())),
         }
     }
+}
+
+/// The answer's head once it has come, `read` then at its body (nothing of it
+/// pending, not chunked); `end`: the HEADERS ended the stream.
+fn head_of(
+    read: &mut Receiving,
+    conn: &Conn,
+    head_request: bool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<(http::response::Parts, bool)>> {
+    let Receiving::Waiting(response) = read else {
+        return Poll::Ready(Err(other("no answer awaited")));
+    };
+    let response = ready!(Pin::new(response).poll(cx)).map_err(|e| failed(conn, e))?;
+    let (parts, recv) = response.into_parts();
+    let end = recv.is_end_stream();
+    *read = Receiving::Body {
+        recv,
+        chunked: false,
+        pending: Bytes::new(),
+        ended: end || head_request,
+    };
+    Poll::Ready(Ok((parts, end)))
 }
 
 impl Drop for H2Upstream {

@@ -80,7 +80,7 @@ pub(in crate::dataplane::pipeline) fn parse_fields(
         None => None,
     };
     if rebuild {
-        headers = passed_on(&headers);
+        headers = passed_on(&headers, &fields);
     }
     if zero {
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -112,12 +112,12 @@ fn padded(value: &[u8]) -> bool {
     space(value.first()) || space(value.last())
 }
 
-/// The fields of `headers` an HTTP/2 client gets: not the connection's own (nor a
-/// `Transfer-Encoding`), their values trimmed.
-fn passed_on(headers: &HeaderMap) -> HeaderMap {
+/// The fields of `headers` an HTTP/2 client gets: not the connection's own (`fields`
+/// tells, as for a head read as text) nor a `Transfer-Encoding`, their values trimmed.
+fn passed_on(headers: &HeaderMap, fields: &Fields) -> HeaderMap {
     let mut kept = HeaderMap::with_capacity(headers.len() + 2);
     for (name, value) in headers {
-        if name == TRANSFER_ENCODING || HOP_BY_HOP.contains(&name.as_str()) {
+        if name == TRANSFER_ENCODING || fields.connection_s_own(name.as_str()) {
             continue;
         }
         let value = match padded(value.as_bytes()) {
